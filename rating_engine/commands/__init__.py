@@ -1,0 +1,1 @@
+"""Subcommands of `rating-engine`; each module exposes `register(subparsers)`."""

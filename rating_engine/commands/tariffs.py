@@ -1,0 +1,239 @@
+"""Tariff commands: validate decks and plans, show a plan, explain one call, re-rate a file."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, TariffError, TariffErrors
+from ..money import format_amount, parse_amount
+from ..rating.batch import rate_batch
+from ..rating.catalog import Tariffs, load_tariffs
+from ..rating.deck import FOREVER, SINCE_EVER, load_deck
+from ..rating.decision import decide
+from ..rating.plan import Plan
+from ..rating.price import charged_seconds, cost
+from .common import Progress, iso, parse_time, print_json, table
+
+IN_COLUMNS = ("call_id", "extension", "dialed", "start", "billsec")
+OUT_COLUMNS = (*IN_COLUMNS, "e164", "region", "kind", "decision", "prefix", "destination",
+               "charged_seconds", "cost")  # fmt: skip
+CHUNK = 100_000
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    t = sub.add_parser("tariffs", help="validate and inspect rate decks and plans")
+    tsub = t.add_subparsers(dest="tariffs_command", metavar="ACTION", required=True)
+    v = tsub.add_parser("validate", help="check decks (.csv) and plans (.toml); exit 1 on problems")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(handler=cmd_validate)
+    s = tsub.add_parser("show", help="a plan's settings and its rate rows")
+    s.add_argument("plan", metavar="PLAN")
+    s.add_argument("--prefix", help="only rows whose prefix starts with this")
+    s.set_defaults(handler=cmd_show)
+
+    r = sub.add_parser("rate", help="explain the decision and price for one number")
+    r.add_argument("number", metavar="NUMBER")
+    r.add_argument("--plan", required=True, help="the calling plan (.toml)")
+    r.add_argument("--at", help="call start, ISO 8601 or unix seconds (default: now; no zone = UTC)")
+    r.add_argument("--seconds", type=int, help="price a call of this many billable seconds")
+    r.add_argument("--budget", help="how long this amount pays for (decimal, plan currency)")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(handler=cmd_rate)
+
+    f = sub.add_parser("rate-file", help="re-rate a CSV of calls")
+    f.add_argument("input", metavar="IN.csv", help=f"columns {','.join(IN_COLUMNS)}")
+    f.add_argument("-o", "--output", required=True, metavar="OUT.csv")
+    f.add_argument("--plan", required=True, help="the calling plan (.toml)")
+    f.add_argument("--rejects", metavar="FILE", help="bad rows go here (default: OUT.rejects.csv)")
+    f.set_defaults(handler=cmd_rate_file)
+
+
+def _single_plan(path: str) -> tuple[Tariffs, Plan]:
+    tariffs = load_tariffs([path])
+    return tariffs, next(iter(tariffs.plans.values()))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    problems: list[TariffError] = []
+    for name in args.files:
+        try:
+            if name.endswith(".toml"):
+                load_tariffs([name])
+            else:
+                load_deck(name)
+        except TariffErrors as exc:
+            problems.extend(exc.errors)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s); nothing was loaded", file=sys.stderr)
+        return 1
+    print(f"ok: {len(args.files)} file(s)")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    tariffs, plan = _single_plan(args.plan)
+    t = tariffs.table_for(plan)
+    print(f"plan      {plan.name}  ({plan.description})" if plan.description else f"plan      {plan.name}")
+    print(f"country   {plan.country}    currency {plan.currency}")
+    print(f"deck      {plan.deck}  ({len(t)} rows)")
+    for rule in plan.included:
+        print(f"included  {', '.join(sorted(rule.kinds))} in {', '.join(sorted(rule.regions))}")
+    print(f"blocked   kinds: {', '.join(sorted(plan.blocked_kinds)) or '-'}; "
+          f"prefixes: {', '.join(plan.blocked_prefixes) or '-'}")  # fmt: skip
+    print(f"premium   {plan.premium}    short codes {plan.short_codes}\n")
+    rows = [r for r in t.rows if not args.prefix or r.prefix.startswith(args.prefix)]
+    c = plan.currency
+    table(
+        [[r.prefix, r.destination, format_amount(r.price.per_minute, c),
+          format_amount(r.price.connect_fee, c), f"{r.price.initial}/{r.price.increment}",
+          format_amount(r.price.minimum, c),
+          "" if r.valid_from == SINCE_EVER else iso(r.valid_from),
+          "" if r.valid_until == FOREVER else iso(r.valid_until)] for r in rows],
+        ["prefix", "destination", "per_min", "connect", "incr", "minimum", "from", "until"],
+    )  # fmt: skip
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace) -> int:
+    tariffs, plan = _single_plan(args.plan)
+    at = parse_time(args.at) if args.at else int(time.time())
+    if args.seconds is not None and args.seconds < 0:
+        raise ConfigError("--seconds cannot be negative")
+    budget = parse_amount(args.budget) if args.budget is not None else None
+    d = decide(plan, tariffs.table_for(plan), args.number, at, budget=budget)
+    c, cur = d.number, plan.currency
+    out: dict[str, Any] = {
+        "dialed": args.number, "plan": plan.name, "at": iso(at), "e164": c.e164,
+        "region": c.region, "kind": c.kind.value, "status": d.status, "reason": d.reason.value,
+    }  # fmt: skip
+    if c.reason:
+        out["why"] = c.reason
+    if c.short_cost:
+        out["short_number_cost"] = c.short_cost
+    if d.row is not None:
+        p = d.row.price
+        out["rate"] = {
+            "prefix": d.row.prefix, "destination": d.row.destination,
+            "per_minute": format_amount(p.per_minute, cur), "connect_fee": format_amount(p.connect_fee, cur),
+            "increments": f"{p.initial}/{p.increment}", "minimum": format_amount(p.minimum, cur),
+            "deck_line": d.row.line,
+        }  # fmt: skip
+        if args.seconds is not None:
+            out["seconds"] = args.seconds
+            out["charged_seconds"] = charged_seconds(args.seconds, p)
+            out["cost"] = format_amount(cost(args.seconds, p), cur)
+    elif args.seconds is not None:
+        out["seconds"], out["cost"] = args.seconds, format_amount(0, cur)
+    if budget is not None:
+        out["budget"] = format_amount(budget, cur)
+        out["max_seconds"] = d.max_seconds if d.charged else None
+    if args.json:
+        print_json(out)
+        return 0
+    _explain(out, cur)
+    return 0
+
+
+def _explain(o: dict[str, Any], currency: str) -> None:
+    print(f"{o['dialed']} → {o['e164'] or '-'}  region {o['region'] or '-'}  kind {o['kind']}")
+    verdict = {"emergency": "emergency number: always allowed, never charged",
+               "included": f"included in plan {o['plan']}: free, no reservation",
+               "charged": "charged from the prepaid account"}.get(o["reason"])  # fmt: skip
+    print(f"{o['status']} ({o['reason']}): {verdict or 'refused'}" + (f" — {o['why']}" if "why" in o else ""))
+    if "rate" in o:
+        r = o["rate"]
+        print(f"rate: prefix {r['prefix']} {r['destination']} (deck line {r['deck_line']}): "
+              f"{r['per_minute']} {currency}/min, connect {r['connect_fee']}, "
+              f"increments {r['increments']} s, minimum {r['minimum']}")  # fmt: skip
+    if "cost" in o:
+        print(f"cost of {o['seconds']} s: {o['cost']} {currency}"
+              + (f" (billed as {o['charged_seconds']} s)" if "charged_seconds" in o else ""))  # fmt: skip
+    if "max_seconds" in o:
+        limit = "no limit from money" if o["max_seconds"] is None else f"{o['max_seconds']} s"
+        print(f"budget {o['budget']} {currency} pays for: {limit}")
+
+
+def cmd_rate_file(args: argparse.Namespace) -> int:
+    tariffs, plan = _single_plan(args.plan)
+    table_ = tariffs.table_for(plan)
+    src = Path(args.input)
+    rejects_path = Path(args.rejects or f"{args.output}.rejects.csv")
+    try:
+        fin = src.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{src}: {exc.strerror}") from None
+    total = max(sum(1 for _ in src.open(encoding="utf-8")) - 1, 0)
+    progress = Progress(total, "rating")
+    good = bad = 0
+    with fin, open(args.output, "w", newline="", encoding="utf-8") as fout, \
+            open(rejects_path, "w", newline="", encoding="utf-8") as frej:  # fmt: skip
+        reader = csv.reader(fin)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[: len(IN_COLUMNS)]] != list(IN_COLUMNS):
+            raise ConfigError(f"{src}:1: header must start with {','.join(IN_COLUMNS)}")
+        out = csv.writer(fout)
+        out.writerow(OUT_COLUMNS)
+        rej = csv.writer(frej)
+        rej.writerow(("line", "error", *IN_COLUMNS))
+        chunk: list[tuple[list[str], int, int]] = []
+        for cells in reader:
+            line = reader.line_num
+            row, problem = _check_row(cells)
+            if problem:
+                bad += 1
+                print(f"{src}:{line}: {problem}", file=sys.stderr)
+                rej.writerow((line, problem, *cells))
+                continue
+            assert row is not None
+            chunk.append(row)
+            if len(chunk) >= CHUNK:
+                good += _rate_chunk(plan, table_, chunk, out)
+                chunk = []
+                progress.update(good + bad)
+        good += _rate_chunk(plan, table_, chunk, out)
+        progress.update(good + bad)
+    progress.close()
+    print(f"rated {good} call(s) into {args.output}; {bad} rejected into {rejects_path}", file=sys.stderr)
+    return 0
+
+
+def _check_row(cells: list[str]) -> tuple[tuple[list[str], int, int] | None, str]:
+    if len(cells) < len(IN_COLUMNS):
+        return None, f"expected {len(IN_COLUMNS)} columns, found {len(cells)}"
+    cells = [c.strip() for c in cells[: len(IN_COLUMNS)]]
+    try:
+        start = parse_time(cells[3])
+    except ConfigError as exc:
+        return None, f"start: {exc}"
+    if not cells[4].isdigit():
+        return None, f"billsec must be a whole number of seconds: {cells[4]!r}"
+    if not cells[2]:
+        return None, "dialed is empty"
+    return (cells, start, int(cells[4])), ""
+
+
+def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out: Any) -> int:
+    if not chunk:
+        return 0
+    res = rate_batch(
+        plan, t, [c[0][2] for c in chunk],
+        np.array([c[1] for c in chunk], dtype=np.int64), np.array([c[2] for c in chunk], dtype=np.int64),
+    )  # fmt: skip
+    cur = plan.currency
+    for i, (cells, _, _) in enumerate(chunk):
+        num = res.numbers[int(res.number_of[i])]
+        r = int(res.rows[i])
+        row = t.rows[r] if r >= 0 else None
+        out.writerow((*cells, num.e164, num.region, num.kind.value, res.reasons[i].value,
+                      row.prefix if row else "", row.destination if row else "",
+                      int(res.charged_seconds[i]), format_amount(int(res.costs[i]), cur)))  # fmt: skip
+    return len(chunk)

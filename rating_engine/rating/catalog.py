@@ -1,0 +1,76 @@
+"""Plans and their compiled decks, loaded together and swapped as one reference.
+
+`TariffStore.reload()` builds a complete new `Tariffs` first; only when every file loads
+does it replace the old one with a single assignment, so an authorization in flight sees
+the old set or the new set, never half of each, and a bad file changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TariffError, TariffErrors
+from .deck import load_deck
+from .plan import Plan, load_plan
+from .table import RateTable
+
+
+@dataclass(frozen=True, slots=True)
+class Tariffs:
+    plans: dict[str, Plan]
+    tables: dict[Path, RateTable]
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise TariffError(f"unknown plan {name!r} (loaded: {known})") from None
+
+    def table_for(self, plan: Plan) -> RateTable:
+        return self.tables[plan.deck.resolve()]
+
+
+def load_tariffs(plan_paths: Iterable[str | Path]) -> Tariffs:
+    """Load every plan and the decks they name; all-or-nothing, every problem reported."""
+    errors: list[TariffError] = []
+    plans: dict[str, Plan] = {}
+    tables: dict[Path, RateTable] = {}
+    for path in plan_paths:
+        try:
+            plan = load_plan(path)
+        except TariffErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        if plan.name in plans:
+            errors.append(TariffError(f"plan name {plan.name!r} is used twice", str(path)))
+            continue
+        plans[plan.name] = plan
+        key = plan.deck.resolve()
+        if key not in tables:
+            try:
+                tables[key] = RateTable(load_deck(plan.deck))
+            except TariffErrors as exc:
+                errors.extend(exc.errors)
+    if errors:
+        raise TariffErrors(errors)
+    return Tariffs(plans, tables)
+
+
+class TariffStore:
+    """Holds the live `Tariffs`; readers take `.current` once per call."""
+
+    def __init__(self, plan_paths: Iterable[str | Path]) -> None:
+        self.paths = [Path(p) for p in plan_paths]
+        self._current = load_tariffs(self.paths)
+
+    @property
+    def current(self) -> Tariffs:
+        return self._current
+
+    def reload(self) -> Tariffs:
+        fresh = load_tariffs(self.paths)
+        self._current = fresh
+        return fresh

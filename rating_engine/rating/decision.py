@@ -1,0 +1,161 @@
+"""The decision for one call: emergency, included, blocked, or charged at a rate row.
+
+Pure: the plan, the compiled table, the extension's rules, the start time and the budget
+come in; nothing is read from a clock or a database here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import phonenumbers
+
+from ..numbering import Classification, Kind, classify
+from .deck import RateRow
+from .plan import Plan
+from .price import UNLIMITED_SECONDS, cost, max_seconds
+from .table import RateTable
+
+
+class Reason(StrEnum):
+    """Stable codes: part of the dialplan contract (RATING_REASON)."""
+
+    EMERGENCY = "emergency"
+    INCLUDED = "included"
+    CHARGED = "charged"
+    INVALID_NUMBER = "invalid_number"
+    BLOCKED_DESTINATION = "blocked_destination"
+    NO_RATE = "no_rate"
+    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    CAP_REACHED = "cap_reached"
+    ACCOUNT_BLOCKED = "account_blocked"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    ENGINE_ERROR = "engine_error"
+
+
+class DestinationClass(StrEnum):
+    """What an administrator can allow an extension to call, beyond included destinations."""
+
+    NATIONAL = "national"
+    INTERNATIONAL = "international"
+    MOBILE_ABROAD = "mobile_abroad"
+    PREMIUM = "premium"
+
+
+ALL_CLASSES = frozenset(DestinationClass)
+_MOBILE_KINDS = {Kind.MOBILE, Kind.FIXED_OR_MOBILE}
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionRules:
+    """Per-extension restrictions; the default lets an extension spend like the reference product."""
+
+    chargeable: bool = True
+    classes: frozenset[DestinationClass] = ALL_CLASSES
+
+
+def destination_classes(c: Classification, country: str) -> frozenset[DestinationClass]:
+    """Every class a chargeable call falls into; all must be allowed for the extension."""
+    out: set[DestinationClass] = set()
+    abroad = bool(c.region) and c.region != country
+    out.add(DestinationClass.INTERNATIONAL if abroad else DestinationClass.NATIONAL)
+    if abroad and c.kind in _MOBILE_KINDS:
+        out.add(DestinationClass.MOBILE_ABROAD)
+    if c.kind is Kind.PREMIUM or (c.kind is Kind.SHORT_CODE and c.short_cost == "premium_rate"):
+        out.add(DestinationClass.PREMIUM)
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: Reason
+    number: Classification
+    row: RateRow | None = None
+    row_index: int = -1
+    max_seconds: int | None = None
+    """Seconds the budget pays for; None when the call is free (no limit from money)."""
+    minimum_cost: int = 0
+    """Cost of the shortest billable call: what must be available to allow it."""
+
+    @property
+    def charged(self) -> bool:
+        return self.row is not None and self.allowed
+
+    @property
+    def status(self) -> str:
+        return "ALLOW" if self.allowed else "DENY"
+
+
+def rating_digits(c: Classification, plan: Plan) -> str:
+    """Digits to look up in the deck: E.164 digits; for a short code "0" + country code +
+    code, a key no E.164 number can have (E.164 never starts with 0)."""
+    if c.kind is Kind.SHORT_CODE:
+        cc = phonenumbers.country_code_for_region(plan.country)
+        return f"0{cc}{c.e164}" if cc else ""
+    return c.digits
+
+
+def decide(
+    plan: Plan,
+    table: RateTable,
+    dialed: str,
+    at: int,
+    rules: ExtensionRules | None = None,
+    budget: int | None = None,
+) -> Decision:
+    """Decide one call placed at unix time `at`; with a budget, how long it may last."""
+    return decide_classified(plan, table, classify(dialed, plan.country), at, rules, budget)
+
+
+def decide_classified(
+    plan: Plan,
+    table: RateTable,
+    c: Classification,
+    at: int,
+    rules: ExtensionRules | None = None,
+    budget: int | None = None,
+) -> Decision:
+    settled = decide_without_rate(plan, c, rules)
+    if settled is not None:
+        return settled
+    index = table.lookup_index(rating_digits(c, plan), at)
+    if index < 0:
+        return Decision(False, Reason.NO_RATE, c)
+    row = table.rows[index]
+    first = cost(1, row.price)
+    if budget is None:
+        return Decision(True, Reason.CHARGED, c, row, index, None, first)
+    seconds = max_seconds(budget, row.price)
+    if seconds <= 0:
+        return Decision(False, Reason.INSUFFICIENT_FUNDS, c, row, index, 0, first)
+    return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), first)
+
+
+def decide_without_rate(
+    plan: Plan, c: Classification, rules: ExtensionRules | None = None
+) -> Decision | None:
+    """Everything decided by the number, plan and extension alone; None: look up a rate.
+
+    Shared by the one-call path and the batch path so both apply the same rules in the
+    same order: emergency first (never blocked), then validity, blocks, inclusions, rules.
+    """
+    if c.kind is Kind.EMERGENCY:
+        return Decision(True, Reason.EMERGENCY, c)
+    if not c.valid:
+        return Decision(False, Reason.INVALID_NUMBER, c)
+    if (
+        c.kind.value in plan.blocked_kinds
+        or plan.is_blocked_prefix(rating_digits(c, plan))
+        or (c.kind is Kind.PREMIUM and plan.premium == "block")
+        or (c.kind is Kind.SHORT_CODE and plan.short_codes == "block")
+    ):
+        return Decision(False, Reason.BLOCKED_DESTINATION, c)
+    if plan.is_included(c.region, c.kind.value):
+        return Decision(True, Reason.INCLUDED, c)
+    rules = rules or ExtensionRules()
+    if not rules.chargeable or not destination_classes(c, plan.country) <= rules.classes:
+        return Decision(False, Reason.EXTENSION_NOT_ALLOWED, c)
+    return None

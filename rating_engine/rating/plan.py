@@ -1,0 +1,136 @@
+"""Calling plans (TOML): the account's country and currency, its deck, what is included
+free, what is blocked, and what happens to premium-rate numbers and short codes.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TariffError, TariffErrors
+from ..money import MINOR_UNITS
+from ..numbering import Kind
+
+KINDS = frozenset(k.value for k in Kind) - {Kind.INVALID.value}
+POLICIES = ("charge", "block")
+
+
+@dataclass(frozen=True, slots=True)
+class IncludedRule:
+    """Calls to any of `regions` (ISO codes, or "*") of any of `kinds` are free."""
+
+    regions: frozenset[str]
+    kinds: frozenset[str]
+
+    def matches(self, region: str, kind: str) -> bool:
+        return ("*" in self.regions or region in self.regions) and kind in self.kinds
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    country: str
+    currency: str
+    deck: Path
+    included: tuple[IncludedRule, ...] = ()
+    blocked_kinds: frozenset[str] = frozenset()
+    blocked_prefixes: tuple[str, ...] = ()
+    premium: str = "charge"
+    short_codes: str = "charge"
+    source: str = ""
+    description: str = ""
+
+    def is_included(self, region: str, kind: str) -> bool:
+        return any(rule.matches(region, kind) for rule in self.included)
+
+    def is_blocked_prefix(self, digits: str) -> bool:
+        return any(digits.startswith(p) for p in self.blocked_prefixes)
+
+
+def load_plan(path: str | Path) -> Plan:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TariffErrors([TariffError(f"cannot read plan: {exc.strerror}", str(p))]) from None
+    except tomllib.TOMLDecodeError as exc:
+        line, col = _toml_position(str(exc))
+        raise TariffErrors([TariffError(f"invalid TOML: {exc}", str(p), line, col)]) from None
+    return parse_plan(data, str(p), base=p.parent)
+
+
+def _toml_position(message: str) -> tuple[int, int]:
+    # tomllib says "... (at line 3, column 7)"
+    m = re.search(r"line (\d+), column (\d+)", message)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
+
+
+def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None = None) -> Plan:
+    errors: list[TariffError] = []
+
+    def fail(msg: str) -> None:
+        errors.append(TariffError(msg, source))
+
+    def text(key: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value:
+            fail(f"`{key}` must be a non-empty string")
+            return ""
+        return value
+
+    def kinds(values: Any, where: str) -> frozenset[str]:
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            fail(f"{where}: `kinds` must be a list of strings")
+            return frozenset()
+        unknown = sorted(set(values) - KINDS)
+        if unknown:
+            fail(f"{where}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(sorted(KINDS))}")
+        return frozenset(values)
+
+    known = {"name", "country", "currency", "deck", "description", "included", "blocked",
+             "premium", "short_codes"}  # fmt: skip
+    for key in sorted(set(data) - known):
+        fail(f"unknown key `{key}`")
+    name = text("name", Path(source).stem)
+    country = text("country").upper()
+    currency = text("currency").upper()
+    if currency and currency not in MINOR_UNITS:
+        fail(f"unknown currency `{currency}`")
+    deck_name = text("deck")
+    deck = (base / deck_name) if base is not None else Path(deck_name)
+    if deck_name and base is not None and not deck.is_file():
+        fail(f"deck file not found: {deck}")
+    included = []
+    for i, rule in enumerate(data.get("included", []), start=1):
+        where = f"included rule {i}"
+        if not isinstance(rule, dict):
+            fail(f"{where} must be a table")
+            continue
+        regions = rule.get("regions", [])
+        if not isinstance(regions, list) or not regions or not all(isinstance(r, str) for r in regions):
+            fail(f"{where}: `regions` must be a non-empty list of country codes")
+            regions = []
+        included.append(IncludedRule(frozenset(r.upper() for r in regions), kinds(rule.get("kinds"), where)))
+    blocked = data.get("blocked", {})
+    blocked_kinds = kinds(blocked.get("kinds", []), "blocked") if isinstance(blocked, dict) else frozenset()
+    prefixes = blocked.get("prefixes", []) if isinstance(blocked, dict) else []
+    if not all(isinstance(x, str) and x.isdigit() for x in prefixes):
+        fail("blocked: `prefixes` must be a list of digit strings")
+        prefixes = []
+    policies = {}
+    for key in ("premium", "short_codes"):
+        value = data.get(key, "charge")
+        if value not in POLICIES:
+            fail(f"`{key}` must be one of {', '.join(POLICIES)}")
+        policies[key] = value
+    if errors:
+        raise TariffErrors(errors)
+    return Plan(
+        name=name, country=country, currency=currency, deck=deck, included=tuple(included),
+        blocked_kinds=blocked_kinds, blocked_prefixes=tuple(prefixes),
+        premium=policies["premium"], short_codes=policies["short_codes"], source=source,
+        description=str(data.get("description", "")),
+    )  # fmt: skip
