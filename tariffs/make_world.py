@@ -15,26 +15,114 @@ import phonenumbers
 from phonenumbers import geocoder
 
 HERE = Path(__file__).parent
-EUROPE = set("AD AL AT BA BE BG BY CH CY CZ DE DK EE ES FI FO FR GB GI GR HR HU IE IS IT LI LT LU "
-             "LV MC MD ME MK MT NL NO PL PT RO RS SE SI SK SM UA VA XK".split())  # fmt: skip
+EUROPE = set(
+    [
+        "AD",
+        "AL",
+        "AT",
+        "BA",
+        "BE",
+        "BG",
+        "BY",
+        "CH",
+        "CY",
+        "CZ",
+        "DE",
+        "DK",
+        "EE",
+        "ES",
+        "FI",
+        "FO",
+        "FR",
+        "GB",
+        "GI",
+        "GR",
+        "HR",
+        "HU",
+        "IE",
+        "IS",
+        "IT",
+        "LI",
+        "LT",
+        "LU",
+        "LV",
+        "MC",
+        "MD",
+        "ME",
+        "MK",
+        "MT",
+        "NL",
+        "NO",
+        "PL",
+        "PT",
+        "RO",
+        "RS",
+        "SE",
+        "SI",
+        "SK",
+        "SM",
+        "UA",
+        "VA",
+        "XK",
+    ]
+)
 # Mobile ranges (E.164 prefixes) of the countries most called from a French office.
 MOBILE = {
-    "GB": ["447"], "DE": ["4915", "4916", "4917"], "ES": ["346", "347"], "IT": ["393"],
-    "BE": ["324"], "NL": ["316"], "CH": ["4175", "4176", "4177", "4178", "4179"],
-    "PT": ["3519"], "AT": ["4366", "4367", "4368", "4369"], "IE": ["3538"],
-    "LU": ["3526"], "DK": ["452", "453", "454", "455", "456", "457", "458", "459"],
-    "PL": ["485", "486", "487", "488"], "SE": ["467"], "NO": ["474", "479"],
-    "FI": ["3584", "35850"], "GR": ["3069"], "RO": ["407"], "CZ": ["4206", "4207"],
-    "HU": ["3620", "3630", "3670"], "MA": ["2126", "2127"], "DZ": ["2135", "2136", "2137"],
-    "TN": ["2162", "2165", "2169"], "SN": ["2217"], "CI": ["22501", "22505", "22507"],
-    "TR": ["905"], "IL": ["9725"], "RU": ["79"], "CN": ["861"], "IN": ["917", "918", "919"],
-    "JP": ["8170", "8180", "8190"], "AU": ["614"], "BR": ["55119", "55219"], "MX": ["521"],
-    "ZA": ["276", "277", "278"], "AE": ["9715"], "SA": ["9665"], "NG": ["2347", "2348"],
-}  # fmt: skip
-CARIBBEAN = {"1242": "Bahamas", "1246": "Barbados", "1268": "Antigua", "1284": "BVI",
-             "1345": "Cayman Islands", "1441": "Bermuda", "1473": "Grenada", "1809": "Dominican Republic",
-             "1829": "Dominican Republic", "1849": "Dominican Republic", "1876": "Jamaica",
-             "1868": "Trinidad and Tobago", "1758": "Saint Lucia", "1784": "Saint Vincent"}  # fmt: skip
+    "GB": ["447"],
+    "DE": ["4915", "4916", "4917"],
+    "ES": ["346", "347"],
+    "IT": ["393"],
+    "BE": ["324"],
+    "NL": ["316"],
+    "CH": ["4175", "4176", "4177", "4178", "4179"],
+    "PT": ["3519"],
+    "AT": ["4366", "4367", "4368", "4369"],
+    "IE": ["3538"],
+    "LU": ["3526"],
+    "DK": ["452", "453", "454", "455", "456", "457", "458", "459"],
+    "PL": ["485", "486", "487", "488"],
+    "SE": ["467"],
+    "NO": ["474", "479"],
+    "FI": ["3584", "35850"],
+    "GR": ["3069"],
+    "RO": ["407"],
+    "CZ": ["4206", "4207"],
+    "HU": ["3620", "3630", "3670"],
+    "MA": ["2126", "2127"],
+    "DZ": ["2135", "2136", "2137"],
+    "TN": ["2162", "2165", "2169"],
+    "SN": ["2217"],
+    "CI": ["22501", "22505", "22507"],
+    "TR": ["905"],
+    "IL": ["9725"],
+    "RU": ["79"],
+    "CN": ["861"],
+    "IN": ["917", "918", "919"],
+    "JP": ["8170", "8180", "8190"],
+    "AU": ["614"],
+    "BR": ["55119", "55219"],
+    "MX": ["521"],
+    "ZA": ["276", "277", "278"],
+    "AE": ["9715"],
+    "SA": ["9665"],
+    "NG": ["2347", "2348"],
+}
+CARIBBEAN = {
+    "1242": "Bahamas",
+    "1246": "Barbados",
+    "1268": "Antigua",
+    "1284": "BVI",
+    "1345": "Cayman Islands",
+    "1441": "Bermuda",
+    "1473": "Grenada",
+    "1809": "Dominican Republic",
+    "1829": "Dominican Republic",
+    "1849": "Dominican Republic",
+    "1876": "Jamaica",
+    "1868": "Trinidad and Tobago",
+    "1758": "Saint Lucia",
+    "1784": "Saint Vincent",
+}
 FRANCE_SPECIAL = [
     # prefix, destination, per minute, connect, initial, increment, minimum
     # Short codes have no E.164 form: they are keyed "0" + country code + code (never a real number).
@@ -51,10 +139,12 @@ FRANCE_SPECIAL = [
     ("33897", "France premium 0897", "0.50", "0", "1", "1", "0.10"),
     ("33899", "France premium 0899", "0.80", "0.12", "1", "1", "0.20"),
 ]
-SATELLITE = [("870", "Inmarsat", "6.50", "0.50", "60", "60", "1.00"),
-             ("8816", "Iridium", "7.20", "0.50", "60", "60", "1.00"),
-             ("8817", "Iridium", "7.20", "0.50", "60", "60", "1.00"),
-             ("882", "International networks", "4.80", "0.30", "60", "60", "0.50")]  # fmt: skip
+SATELLITE = [
+    ("870", "Inmarsat", "6.50", "0.50", "60", "60", "1.00"),
+    ("8816", "Iridium", "7.20", "0.50", "60", "60", "1.00"),
+    ("8817", "Iridium", "7.20", "0.50", "60", "60", "1.00"),
+    ("882", "International networks", "4.80", "0.30", "60", "60", "0.50"),
+]
 THIRTY_SIX = {"US", "CA", "GB", "MA"}  # 30/6 billing
 PER_SECOND = {"DE", "CH", "CN", "IN"}  # 1/1 billing
 
@@ -118,10 +208,15 @@ def rows() -> list[tuple[str, ...]]:
 
 
 def main() -> None:
-    header = ("prefix,destination,rate_per_minute,connect_fee,initial_increment,increment,"
-              "minimum_charge,valid_from,valid_until")  # fmt: skip
-    lines = ["# Sample world deck for the office-fr plan. Prices in EUR per minute; generated by",
-             "# tariffs/make_world.py (edit that, not this file).", header]  # fmt: skip
+    header = (
+        "prefix,destination,rate_per_minute,connect_fee,initial_increment,increment,"
+        "minimum_charge,valid_from,valid_until"
+    )
+    lines = [
+        "# Sample world deck for the office-fr plan. Prices in EUR per minute; generated by",
+        "# tariffs/make_world.py (edit that, not this file).",
+        header,
+    ]
     for r in rows():
         lines.append(",".join(f'"{c}"' if "," in c else c for c in r))
     (HERE / "world.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -34,7 +34,8 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def table(rows: list[list[str]], header: list[str], out: TextIO = sys.stdout) -> None:
+def table(rows: list[list[str]], header: list[str], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for r in [header, ["-" * w for w in widths], *rows]:
         out.write("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() + "\n")

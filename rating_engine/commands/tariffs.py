@@ -15,15 +15,24 @@ from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
 from ..rating.batch import rate_batch
 from ..rating.catalog import Tariffs, load_tariffs
-from ..rating.deck import FOREVER, SINCE_EVER, load_deck
 from ..rating.decision import decide
+from ..rating.deck import FOREVER, SINCE_EVER, load_deck
 from ..rating.plan import Plan
 from ..rating.price import charged_seconds, cost
 from .common import Progress, iso, parse_time, print_json, table
 
 IN_COLUMNS = ("call_id", "extension", "dialed", "start", "billsec")
-OUT_COLUMNS = (*IN_COLUMNS, "e164", "region", "kind", "decision", "prefix", "destination",
-               "charged_seconds", "cost")  # fmt: skip
+OUT_COLUMNS = (
+    *IN_COLUMNS,
+    "e164",
+    "region",
+    "kind",
+    "decision",
+    "prefix",
+    "destination",
+    "charged_seconds",
+    "cost",
+)
 CHUNK = 100_000
 
 
@@ -87,19 +96,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"deck      {plan.deck}  ({len(t)} rows)")
     for rule in plan.included:
         print(f"included  {', '.join(sorted(rule.kinds))} in {', '.join(sorted(rule.regions))}")
-    print(f"blocked   kinds: {', '.join(sorted(plan.blocked_kinds)) or '-'}; "
-          f"prefixes: {', '.join(plan.blocked_prefixes) or '-'}")  # fmt: skip
+    print(
+        f"blocked   kinds: {', '.join(sorted(plan.blocked_kinds)) or '-'}; "
+        f"prefixes: {', '.join(plan.blocked_prefixes) or '-'}"
+    )
     print(f"premium   {plan.premium}    short codes {plan.short_codes}\n")
     rows = [r for r in t.rows if not args.prefix or r.prefix.startswith(args.prefix)]
     c = plan.currency
     table(
-        [[r.prefix, r.destination, format_amount(r.price.per_minute, c),
-          format_amount(r.price.connect_fee, c), f"{r.price.initial}/{r.price.increment}",
-          format_amount(r.price.minimum, c),
-          "" if r.valid_from == SINCE_EVER else iso(r.valid_from),
-          "" if r.valid_until == FOREVER else iso(r.valid_until)] for r in rows],
+        [
+            [
+                r.prefix,
+                r.destination,
+                format_amount(r.price.per_minute, c),
+                format_amount(r.price.connect_fee, c),
+                f"{r.price.initial}/{r.price.increment}",
+                format_amount(r.price.minimum, c),
+                "" if r.valid_from == SINCE_EVER else iso(r.valid_from),
+                "" if r.valid_until == FOREVER else iso(r.valid_until),
+            ]
+            for r in rows
+        ],
         ["prefix", "destination", "per_min", "connect", "incr", "minimum", "from", "until"],
-    )  # fmt: skip
+    )
     return 0
 
 
@@ -112,9 +131,15 @@ def cmd_rate(args: argparse.Namespace) -> int:
     d = decide(plan, tariffs.table_for(plan), args.number, at, budget=budget)
     c, cur = d.number, plan.currency
     out: dict[str, Any] = {
-        "dialed": args.number, "plan": plan.name, "at": iso(at), "e164": c.e164,
-        "region": c.region, "kind": c.kind.value, "status": d.status, "reason": d.reason.value,
-    }  # fmt: skip
+        "dialed": args.number,
+        "plan": plan.name,
+        "at": iso(at),
+        "e164": c.e164,
+        "region": c.region,
+        "kind": c.kind.value,
+        "status": d.status,
+        "reason": d.reason.value,
+    }
     if c.reason:
         out["why"] = c.reason
     if c.short_cost:
@@ -122,11 +147,14 @@ def cmd_rate(args: argparse.Namespace) -> int:
     if d.row is not None:
         p = d.row.price
         out["rate"] = {
-            "prefix": d.row.prefix, "destination": d.row.destination,
-            "per_minute": format_amount(p.per_minute, cur), "connect_fee": format_amount(p.connect_fee, cur),
-            "increments": f"{p.initial}/{p.increment}", "minimum": format_amount(p.minimum, cur),
+            "prefix": d.row.prefix,
+            "destination": d.row.destination,
+            "per_minute": format_amount(p.per_minute, cur),
+            "connect_fee": format_amount(p.connect_fee, cur),
+            "increments": f"{p.initial}/{p.increment}",
+            "minimum": format_amount(p.minimum, cur),
             "deck_line": d.row.line,
-        }  # fmt: skip
+        }
         if args.seconds is not None:
             out["seconds"] = args.seconds
             out["charged_seconds"] = charged_seconds(args.seconds, p)
@@ -145,18 +173,24 @@ def cmd_rate(args: argparse.Namespace) -> int:
 
 def _explain(o: dict[str, Any], currency: str) -> None:
     print(f"{o['dialed']} → {o['e164'] or '-'}  region {o['region'] or '-'}  kind {o['kind']}")
-    verdict = {"emergency": "emergency number: always allowed, never charged",
-               "included": f"included in plan {o['plan']}: free, no reservation",
-               "charged": "charged from the prepaid account"}.get(o["reason"])  # fmt: skip
+    verdict = {
+        "emergency": "emergency number: always allowed, never charged",
+        "included": f"included in plan {o['plan']}: free, no reservation",
+        "charged": "charged from the prepaid account",
+    }.get(o["reason"])
     print(f"{o['status']} ({o['reason']}): {verdict or 'refused'}" + (f" — {o['why']}" if "why" in o else ""))
     if "rate" in o:
         r = o["rate"]
-        print(f"rate: prefix {r['prefix']} {r['destination']} (deck line {r['deck_line']}): "
-              f"{r['per_minute']} {currency}/min, connect {r['connect_fee']}, "
-              f"increments {r['increments']} s, minimum {r['minimum']}")  # fmt: skip
+        print(
+            f"rate: prefix {r['prefix']} {r['destination']} (deck line {r['deck_line']}): "
+            f"{r['per_minute']} {currency}/min, connect {r['connect_fee']}, "
+            f"increments {r['increments']} s, minimum {r['minimum']}"
+        )
     if "cost" in o:
-        print(f"cost of {o['seconds']} s: {o['cost']} {currency}"
-              + (f" (billed as {o['charged_seconds']} s)" if "charged_seconds" in o else ""))  # fmt: skip
+        print(
+            f"cost of {o['seconds']} s: {o['cost']} {currency}"
+            + (f" (billed as {o['charged_seconds']} s)" if "charged_seconds" in o else "")
+        )
     if "max_seconds" in o:
         limit = "no limit from money" if o["max_seconds"] is None else f"{o['max_seconds']} s"
         print(f"budget {o['budget']} {currency} pays for: {limit}")
@@ -174,8 +208,11 @@ def cmd_rate_file(args: argparse.Namespace) -> int:
     total = max(sum(1 for _ in src.open(encoding="utf-8")) - 1, 0)
     progress = Progress(total, "rating")
     good = bad = 0
-    with fin, open(args.output, "w", newline="", encoding="utf-8") as fout, \
-            open(rejects_path, "w", newline="", encoding="utf-8") as frej:  # fmt: skip
+    with (
+        fin,
+        open(args.output, "w", newline="", encoding="utf-8") as fout,
+        open(rejects_path, "w", newline="", encoding="utf-8") as frej,
+    ):
         reader = csv.reader(fin)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[: len(IN_COLUMNS)]] != list(IN_COLUMNS):
@@ -225,15 +262,28 @@ def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out
     if not chunk:
         return 0
     res = rate_batch(
-        plan, t, [c[0][2] for c in chunk],
-        np.array([c[1] for c in chunk], dtype=np.int64), np.array([c[2] for c in chunk], dtype=np.int64),
-    )  # fmt: skip
+        plan,
+        t,
+        [c[0][2] for c in chunk],
+        np.array([c[1] for c in chunk], dtype=np.int64),
+        np.array([c[2] for c in chunk], dtype=np.int64),
+    )
     cur = plan.currency
     for i, (cells, _, _) in enumerate(chunk):
         num = res.numbers[int(res.number_of[i])]
         r = int(res.rows[i])
         row = t.rows[r] if r >= 0 else None
-        out.writerow((*cells, num.e164, num.region, num.kind.value, res.reasons[i].value,
-                      row.prefix if row else "", row.destination if row else "",
-                      int(res.charged_seconds[i]), format_amount(int(res.costs[i]), cur)))  # fmt: skip
+        out.writerow(
+            (
+                *cells,
+                num.e164,
+                num.region,
+                num.kind.value,
+                res.reasons[i].value,
+                row.prefix if row else "",
+                row.destination if row else "",
+                int(res.charged_seconds[i]),
+                format_amount(int(res.costs[i]), cur),
+            )
+        )
     return len(chunk)

@@ -45,7 +45,6 @@ class DestinationClass(StrEnum):
 
 
 ALL_CLASSES = frozenset(DestinationClass)
-_MOBILE_KINDS = {Kind.MOBILE, Kind.FIXED_OR_MOBILE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +60,7 @@ def destination_classes(c: Classification, country: str) -> frozenset[Destinatio
     out: set[DestinationClass] = set()
     abroad = bool(c.region) and c.region != country
     out.add(DestinationClass.INTERNATIONAL if abroad else DestinationClass.NATIONAL)
-    if abroad and c.kind in _MOBILE_KINDS:
+    if abroad and c.kind is Kind.MOBILE:  # fixed_or_mobile (NANP) cannot be told apart
         out.add(DestinationClass.MOBILE_ABROAD)
     if c.kind is Kind.PREMIUM or (c.kind is Kind.SHORT_CODE and c.short_cost == "premium_rate"):
         out.add(DestinationClass.PREMIUM)

@@ -17,9 +17,16 @@ from ..money import parse_amount
 from .price import Price
 
 COLUMNS = (
-    "prefix", "destination", "rate_per_minute", "connect_fee", "initial_increment",
-    "increment", "minimum_charge", "valid_from", "valid_until",
-)  # fmt: skip
+    "prefix",
+    "destination",
+    "rate_per_minute",
+    "connect_fee",
+    "initial_increment",
+    "increment",
+    "minimum_charge",
+    "valid_from",
+    "valid_until",
+)
 MAX_PREFIX_DIGITS = 15
 FOREVER = 2**62
 SINCE_EVER = -(2**62)

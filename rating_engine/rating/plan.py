@@ -90,8 +90,17 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
             fail(f"{where}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(sorted(KINDS))}")
         return frozenset(values)
 
-    known = {"name", "country", "currency", "deck", "description", "included", "blocked",
-             "premium", "short_codes"}  # fmt: skip
+    known = {
+        "name",
+        "country",
+        "currency",
+        "deck",
+        "description",
+        "included",
+        "blocked",
+        "premium",
+        "short_codes",
+    }
     for key in sorted(set(data) - known):
         fail(f"unknown key `{key}`")
     name = text("name", Path(source).stem)
@@ -129,8 +138,15 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
     if errors:
         raise TariffErrors(errors)
     return Plan(
-        name=name, country=country, currency=currency, deck=deck, included=tuple(included),
-        blocked_kinds=blocked_kinds, blocked_prefixes=tuple(prefixes),
-        premium=policies["premium"], short_codes=policies["short_codes"], source=source,
+        name=name,
+        country=country,
+        currency=currency,
+        deck=deck,
+        included=tuple(included),
+        blocked_kinds=blocked_kinds,
+        blocked_prefixes=tuple(prefixes),
+        premium=policies["premium"],
+        short_codes=policies["short_codes"],
+        source=source,
         description=str(data.get("description", "")),
-    )  # fmt: skip
+    )

@@ -84,9 +84,12 @@ class PriceColumns:
 
     def take(self, rows: IntArray) -> PriceColumns:
         return PriceColumns(
-            self.per_minute[rows], self.connect_fee[rows], self.initial[rows],
-            self.increment[rows], self.minimum[rows],
-        )  # fmt: skip
+            self.per_minute[rows],
+            self.connect_fee[rows],
+            self.initial[rows],
+            self.increment[rows],
+            self.minimum[rows],
+        )
 
 
 def _ceil_div(a: IntArray, b: IntArray | int) -> IntArray:

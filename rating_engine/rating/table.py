@@ -21,13 +21,14 @@ from .price import PriceColumns
 
 KEY_DIGITS = 15
 NO_ROW = -1
+_SCALE: list[int] = [10 ** (KEY_DIGITS - n) for n in range(KEY_DIGITS + 1)]
 I64 = npt.NDArray[np.int64]
 
 
 def number_key(digits: str) -> int:
     """The 15-digit key of E.164 digits (no '+'); longer input is cut to 15 digits."""
     d = digits[:KEY_DIGITS]
-    return int(d) * 10 ** (KEY_DIGITS - len(d))
+    return int(d) * _SCALE[len(d)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,13 @@ class RateTable:
             emit(lo, row)
         close_until(10**KEY_DIGITS)
         return _Epoch(
-            np.array(out_starts, dtype=np.int64), np.array(out_rows, dtype=np.int64),
-            np.array(parent, dtype=np.int64), out_starts, out_rows, parent,
-        )  # fmt: skip
+            np.array(out_starts, dtype=np.int64),
+            np.array(out_rows, dtype=np.int64),
+            np.array(parent, dtype=np.int64),
+            out_starts,
+            out_rows,
+            parent,
+        )
 
     def _epoch_at(self, at: int) -> _Epoch:
         return self._epochs[bisect_right(self.boundaries, at)]

@@ -1,0 +1,57 @@
+"""Test base: the sample tariffs, a loop-exception guard, and the suite on both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from rating_engine.rating.catalog import Tariffs, load_tariffs
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFICE_FR = ROOT / "tariffs" / "office-fr.toml"
+
+try:
+    import uvloop
+
+    LOOPS = ["asyncio", "uvloop"]
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    LOOPS = ["asyncio"]
+
+
+@pytest.fixture(scope="session")
+def tariffs() -> Tariffs:
+    return load_tariffs([OFFICE_FR])
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs once on plain asyncio and once on uvloop (as asyncpg's suite)."""
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    if "uvloop" in LOOPS:
+        factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+@pytest.fixture
+async def loop_guard() -> AsyncIterator[None]:
+    """Fail the test if its event loop saw an exception nobody handled (as asyncpg's _testbase)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context))
+    yield
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    if seen:
+        first = seen[0]
+        pytest.fail(f"unhandled in the event loop: {first.get('message')} {first.get('exception')!r}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.append("loop_guard")

@@ -1,0 +1,27 @@
+"""Shared builders for the tests: decks from rows, reference implementations."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+from rating_engine.rating.deck import COLUMNS, Deck, parse_deck
+from rating_engine.rating.price import Price
+
+HEADER = ",".join(COLUMNS)
+
+
+def deck_text(*rows: str) -> str:
+    return "\n".join([HEADER, *rows]) + "\n"
+
+
+def deck(*rows: str) -> Deck:
+    return parse_deck(deck_text(*rows), "test.csv")
+
+
+def reference_cost(seconds: int, p: Price) -> int:
+    """DESIGN.md's formula with Decimal arithmetic, written independently of price.py."""
+    if seconds <= 0:
+        return 0
+    charged = max(p.initial, p.initial + math.ceil(Decimal(seconds - p.initial) / p.increment) * p.increment)
+    return max(p.minimum, p.connect_fee + math.ceil(Decimal(charged) * p.per_minute / 60))

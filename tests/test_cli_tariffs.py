@@ -1,0 +1,115 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from rating_engine.cli import main
+
+from .conftest import OFFICE_FR, ROOT
+
+PLAN = str(OFFICE_FR)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_validate_accepts_the_sample_tariffs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tariffs", "validate", PLAN, str(ROOT / "tariffs/world.csv"))
+    assert code == 0 and "ok: 2 file(s)" in out
+
+
+def test_validate_lists_every_problem_with_its_place_and_exits_1(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(
+        "prefix,destination,rate_per_minute,connect_fee,initial_increment,increment,minimum_charge,"
+        "valid_from,valid_until\n33,A,x,0,60,60,,,\n33,B,0.1,0,0,60,,,\n"
+    )
+    code, _, err = run(capsys, "tariffs", "validate", str(bad))
+    assert code == 1
+    assert f"{bad}:2:3:" in err and f"{bad}:3:5:" in err and "nothing was loaded" in err
+
+
+@pytest.mark.parametrize(
+    ("number", "words"),
+    [
+        ("0899123456", ["kind premium", "ALLOW (charged)", "prefix 33899 France premium 0899"]),
+        ("0612345678", ["kind mobile", "ALLOW (included)"]),
+        ("112", ["kind emergency", "ALLOW (emergency)"]),
+        ("+1 212 555 0100", ["region US", "ALLOW (charged)", "prefix 1 USA and Canada"]),
+    ],
+)
+def test_rate_explains_the_acceptance_numbers(capsys, number: str, words: list[str]) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "rate", "--plan", PLAN, number)
+    assert code == 0
+    for w in words:
+        assert w in out
+
+
+def test_rate_json_gives_cost_and_max_seconds(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(
+        capsys,
+        "rate",
+        "--plan",
+        PLAN,
+        "0899123456",
+        "--seconds",
+        "95",
+        "--budget",
+        "5",
+        "--at",
+        "2026-11-24T10:00:00+01:00",
+        "--json",
+    )
+    data = json.loads(out)
+    assert code == 0
+    # 0.12 connect + 95 s at 0.80/min = 0.12 + 1.266667 (rounded up to the micro-unit)
+    assert data["cost"] == "1.386667" and data["charged_seconds"] == 95
+    assert data["max_seconds"] == 366 and data["rate"]["prefix"] == "33899"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rate", "--plan", PLAN, "0899123456", "--budget", "1e3"],
+        ["rate", "--plan", "nope.toml", "0899123456"],
+        ["rate", "--plan", PLAN, "0899123456", "--at", "tomorrow"],
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv: list[str]) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("rating-engine: ") and "Traceback" not in err
+
+
+def test_show_filters_rows_by_prefix(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "tariffs", "show", PLAN, "--prefix", "3389")
+    assert code == 0 and "France premium 0899" in out and "USA and Canada" not in out
+
+
+def test_rate_file_rates_good_rows_and_rejects_bad_ones_with_their_line(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "calls.csv"
+    src.write_text(
+        "call_id,extension,dialed,start,billsec\n"
+        "c1,201,0899123456,2026-11-24T10:00:00+01:00,95\n"
+        "c2,202,0612345678,2026-11-24T10:00:00+01:00,300\n"
+        "c3,203,+1 212 555 0100,1795535109,61\n"
+        "c4,204,0899123456,not-a-time,10\n"
+        "c5,205,112,2026-11-24T10:00:00Z,-3\n"
+        "c6,206,garbage,2026-11-24T10:00:00Z,10\n"
+    )
+    out = tmp_path / "out.csv"
+    code, _, err = run(capsys, "rate-file", "--plan", PLAN, str(src), "-o", str(out))
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["call_id"] for r in rows] == ["c1", "c2", "c3", "c6"]
+    assert (rows[0]["decision"], rows[0]["cost"], rows[0]["prefix"]) == ("charged", "1.386667", "33899")
+    assert (rows[1]["decision"], rows[1]["cost"]) == ("included", "0.00")
+    assert (rows[2]["charged_seconds"], rows[2]["cost"]) == ("66", "0.0132")
+    assert (rows[3]["decision"], rows[3]["kind"]) == ("invalid_number", "invalid")
+    rejects = list(csv.DictReader((tmp_path / "out.csv.rejects.csv").open()))
+    assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5")]
+    assert f"{src}:5: start:" in err and f"{src}:6: billsec" in err
