@@ -1,8 +1,9 @@
+import phonenumbers
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rating_engine.numbering import Kind, classify
+from rating_engine.numbering import Kind, classify, fast_parse
 
 
 @pytest.mark.parametrize(
@@ -81,3 +82,32 @@ def test_valid_results_are_e164_or_short(text: str, country: str) -> None:
             Kind.EMERGENCY,
             Kind.SHORT_CODE,
         )
+
+
+forms = st.one_of(
+    st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True),
+    st.from_regex(r"00[1-9][0-9]{6,14}", fullmatch=True),
+    st.from_regex(r"011[1-9][0-9]{6,14}", fullmatch=True),
+    st.from_regex(r"0[1-9][0-9]{7,9}", fullmatch=True),
+    st.from_regex(r"1[2-9][0-9]{9}", fullmatch=True),
+    st.from_regex(r"\+(7|44|49|54|55|52|39|81)[0-9]{6,12}", fullmatch=True),
+)
+
+
+@settings(max_examples=2000)
+@given(forms, st.sampled_from(["FR", "US", "DE", "GB", "IT", "AR", "BR", "RU", "JP", "MX"]))
+def test_fast_parse_agrees_with_phonenumbers_parse_whenever_it_answers(text: str, country: str) -> None:
+    fast = fast_parse(text, country)
+    if fast is None:
+        return
+    slow = phonenumbers.parse(text, country)
+    assert (fast.country_code, fast.national_number) == (slow.country_code, slow.national_number)
+    assert bool(slow.italian_leading_zero) is False
+
+
+def test_fast_parse_answers_the_common_forms() -> None:
+    assert fast_parse("+33612345678", "FR") is not None
+    assert fast_parse("0033612345678", "FR") is not None
+    assert fast_parse("0612345678", "FR") is not None
+    assert fast_parse("+390645678901", "FR") is None  # Italian leading zero: parse decides
+    assert fast_parse("+78121234567", "FR") is None  # Russia's national prefix 8 could be stripped

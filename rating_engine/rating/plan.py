@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ class IncludedRule:
     kinds: frozenset[str]
 
     def matches(self, region: str, kind: str) -> bool:
-        return ("*" in self.regions or region in self.regions) and kind in self.kinds
+        return self.matches_region(region) and kind in self.kinds
+
+    def matches_region(self, region: str) -> bool:
+        return "*" in self.regions or region in self.regions
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +45,18 @@ class Plan:
     short_codes: str = "charge"
     source: str = ""
     description: str = ""
+    _cache: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def is_included(self, region: str, kind: str) -> bool:
-        return any(rule.matches(region, kind) for rule in self.included)
+        return kind in self._included_kinds(region)
+
+    def _included_kinds(self, region: str) -> frozenset[str]:
+        cache: dict[str, frozenset[str]] = self._cache
+        kinds = cache.get(region)
+        if kinds is None:
+            kinds = frozenset().union(*(r.kinds for r in self.included if r.matches_region(region)))
+            cache[region] = kinds
+        return kinds
 
     def is_blocked_prefix(self, digits: str) -> bool:
         return any(digits.startswith(p) for p in self.blocked_prefixes)

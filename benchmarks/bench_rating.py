@@ -1,0 +1,251 @@
+"""Batch rating: our vectorized path against the naive per-call path, same calls, same run.
+
+The workload: N calls (1,000,000 by default) over exactly D distinct numbers (100,000) from
+~40 country × kind ranges, in national, +, and 00 forms, dialed from France. The naive path is
+what a user would write: per call phonenumbers.parse + number_type + a dict longest-prefix loop
++ a Decimal price. Both must agree on every call's decision, prefix and cost. Also: one-call
+decision latency (p50/p99) through `decide`, cold (first sight of a number) and warm.
+
+    python benchmarks/bench_rating.py [--calls N] [--distinct D] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import phonenumbers
+from phonenumbers import PhoneNumberType as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import report  # noqa: E402
+from rating_engine.numbering import _classify  # noqa: E402
+from rating_engine.rating.batch import rate_batch  # noqa: E402
+from rating_engine.rating.catalog import load_tariffs  # noqa: E402
+from rating_engine.rating.decision import decide  # noqa: E402
+from rating_engine.rating.plan import Plan  # noqa: E402
+from rating_engine.rating.table import RateTable  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+AT = 1_795_535_109
+RANGES = [
+    ("FR", T.FIXED_LINE),
+    ("FR", T.MOBILE),
+    ("FR", T.PREMIUM_RATE),
+    ("FR", T.TOLL_FREE),
+    ("FR", T.SHARED_COST),
+    ("FR", T.VOIP),
+    ("DE", T.FIXED_LINE),
+    ("DE", T.MOBILE),
+    ("GB", T.FIXED_LINE),
+    ("GB", T.MOBILE),
+    ("ES", T.FIXED_LINE),
+    ("ES", T.MOBILE),
+    ("IT", T.FIXED_LINE),
+    ("IT", T.MOBILE),
+    ("BE", T.FIXED_LINE),
+    ("BE", T.MOBILE),
+    ("NL", T.FIXED_LINE),
+    ("NL", T.MOBILE),
+    ("CH", T.FIXED_LINE),
+    ("CH", T.MOBILE),
+    ("PT", T.MOBILE),
+    ("US", T.FIXED_LINE_OR_MOBILE),
+    ("CA", T.FIXED_LINE_OR_MOBILE),
+    ("MA", T.FIXED_LINE),
+    ("MA", T.MOBILE),
+    ("DZ", T.MOBILE),
+    ("TN", T.MOBILE),
+    ("SN", T.MOBILE),
+    ("CN", T.MOBILE),
+    ("IN", T.MOBILE),
+    ("JP", T.FIXED_LINE),
+    ("BR", T.MOBILE),
+    ("AU", T.MOBILE),
+    ("PL", T.MOBILE),
+    ("RO", T.MOBILE),
+    ("TR", T.MOBILE),
+    ("RU", T.FIXED_LINE),
+    ("ZA", T.MOBILE),
+    ("MX", T.FIXED_LINE),
+    ("AE", T.MOBILE),
+    ("JM", T.FIXED_LINE_OR_MOBILE),
+    ("SE", T.MOBILE),
+]
+
+
+def make_numbers(distinct: int, rng: random.Random) -> list[str]:
+    """`distinct` dialed strings; valid numbers in every range, varied in the last digits."""
+    out: set[str] = set()
+    seeds = []
+    for region, kind in RANGES:
+        ex = phonenumbers.example_number_for_type(region, kind)
+        if ex is not None:
+            seeds.append((region, ex))
+    while len(out) < distinct:
+        region, ex = rng.choice(seeds)
+        nsn = str(ex.national_number)
+        tail = min(4, len(nsn) - 2)
+        nsn = nsn[:-tail] + "".join(rng.choice("0123456789") for _ in range(tail))
+        cc = ex.country_code
+        form = rng.random()
+        if region == "FR" and form < 0.6:
+            out.add("0" + nsn)
+        elif form < 0.8:
+            out.add(f"+{cc}{nsn}")
+        else:
+            out.add(f"00{cc}{nsn}")
+    return sorted(out)
+
+
+def naive_rater(plan: Plan, table: RateTable):  # type: ignore[no-untyped-def]
+    """What a user would write: parse, type, dict longest prefix, Decimal money."""
+    rates = {r.prefix: r for r in table.rows if r.active_at(AT)}
+    longest = max(len(p) for p in rates)
+    types = {T.FIXED_LINE: "fixed", T.MOBILE: "mobile", T.FIXED_LINE_OR_MOBILE: "fixed_or_mobile",
+             T.PREMIUM_RATE: "premium", T.TOLL_FREE: "toll_free", T.SHARED_COST: "shared_cost",
+             T.VOIP: "voip", T.PERSONAL_NUMBER: "personal", T.UAN: "uan"}  # fmt: skip
+
+    def rate(dialed: str, billsec: int) -> tuple[str, str, int]:
+        try:
+            n = phonenumbers.parse(dialed, plan.country)
+        except phonenumbers.NumberParseException:
+            return "invalid_number", "", 0
+        kind = types.get(phonenumbers.number_type(n))
+        if kind is None or not phonenumbers.is_possible_number(n):
+            return "invalid_number", "", 0
+        region = phonenumbers.region_code_for_number(n)
+        digits = f"{n.country_code}{'0' * (n.number_of_leading_zeros or 1) if n.italian_leading_zero else ''}"
+        digits += str(n.national_number)
+        if any(digits.startswith(p) for p in plan.blocked_prefixes):
+            return "blocked_destination", "", 0
+        if plan.is_included(region, kind):
+            return "included", "", 0
+        for length in range(min(len(digits), longest), 0, -1):
+            row = rates.get(digits[:length])
+            if row is not None:
+                break
+        else:
+            return "no_rate", "", 0
+        p = row.price
+        if billsec <= 0:
+            return "charged", row.prefix, 0
+        charged = max(
+            p.initial, p.initial + math.ceil(Decimal(billsec - p.initial) / p.increment) * p.increment
+        )
+        money = Decimal(p.connect_fee) + (Decimal(charged) * Decimal(p.per_minute) / 60).to_integral_value(
+            "ROUND_CEILING"
+        )
+        return "charged", row.prefix, int(max(Decimal(p.minimum), money))
+
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calls", type=int, default=1_000_000)
+    ap.add_argument("--distinct", type=int, default=100_000)
+    ap.add_argument("--latency-calls", type=int, default=100_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    rng = random.Random(7)
+    tariffs = load_tariffs([ROOT / "tariffs/office-fr.toml"])
+    plan = tariffs.plan("office-fr")
+    table = tariffs.table_for(plan)
+
+    numbers = make_numbers(args.distinct, rng)
+    picks = list(range(len(numbers))) + [
+        rng.randrange(len(numbers)) for _ in range(args.calls - len(numbers))
+    ]
+    rng.shuffle(picks)
+    dialed = [numbers[i] for i in picks]
+    billsec = np.array([rng.choice((0, rng.randint(1, 1800))) for _ in dialed], dtype=np.int64)
+    log = print if not args.json else (lambda *a, **k: None)
+    log(
+        f"workload: {len(dialed):,} calls over {len(set(dialed)):,} distinct numbers from {len(RANGES)} ranges"
+    )
+
+    _classify.cache_clear()
+    t0 = time.perf_counter()
+    res = rate_batch(plan, table, dialed, AT, billsec)
+    vector_s = time.perf_counter() - t0
+    log(f"vectorized: {vector_s:.2f} s")
+
+    naive = naive_rater(plan, table)
+    bs = billsec.tolist()
+    t0 = time.perf_counter()
+    naive_out = [naive(d, s) for d, s in zip(dialed, bs, strict=True)]
+    naive_s = time.perf_counter() - t0
+    log(f"naive: {naive_s:.2f} s")
+
+    mismatches = 0
+    for i, (reason, prefix, money) in enumerate(naive_out):
+        row = int(res.rows[i])
+        ours = (res.reasons[i].value, table.rows[row].prefix if row >= 0 else "", int(res.costs[i]))
+        if ours != (reason, prefix, money):
+            mismatches += 1
+            if mismatches <= 5:
+                print(f"MISMATCH {dialed[i]!r}: ours {ours} naive {(reason, prefix, money)}", file=sys.stderr)
+
+    # One-call latency through the real-time entry point: first sight (cold) and cached (warm).
+    _classify.cache_clear()
+    sample = dialed[: args.latency_calls]
+    seen: set[str] = set()
+    cold, warm = [], []
+    for d in sample:
+        t = time.perf_counter_ns()
+        decide(plan, table, d, AT, budget=10_000_000)
+        (warm if d in seen else cold).append(time.perf_counter_ns() - t)
+        seen.add(d)
+    both = np.array(cold + warm) / 1000
+
+    def pct(xs: list[int], q: float) -> float:
+        return float(np.percentile(np.array(xs) / 1000, q)) if xs else float("nan")
+
+    calls = len(dialed)
+    data = {
+        "calls": calls, "distinct_numbers": len(numbers), "ranges": len(RANGES),
+        "vectorized": {"seconds": round(vector_s, 3), "calls_per_s": round(calls / vector_s)},
+        "naive_baseline": {"seconds": round(naive_s, 3), "calls_per_s": round(calls / naive_s)},
+        "speedup": round(naive_s / vector_s, 1), "mismatches": mismatches,
+        "decide_latency_us": {
+            "calls": len(sample), "p50": round(float(np.percentile(both, 50)), 2),
+            "p99": round(float(np.percentile(both, 99)), 2),
+            "cold_p50": round(pct(cold, 50), 2), "cold_p99": round(pct(cold, 99), 2),
+            "warm_p50": round(pct(warm, 50), 2), "warm_p99": round(pct(warm, 99), 2),
+            "cold_calls": len(cold), "warm_calls": len(warm),
+        },
+    }  # fmt: skip
+    lat = data["decide_latency_us"]
+    report(
+        "bench_rating",
+        ["path", "calls/s", "seconds", "vs naive"],
+        [
+            [
+                "vectorized (ours)",
+                f"{calls / vector_s:,.0f}",
+                f"{vector_s:.2f}",
+                f"{naive_s / vector_s:.1f}x",
+            ],
+            ["naive per call (baseline)", f"{calls / naive_s:,.0f}", f"{naive_s:.2f}", "1.0x"],
+            ["decide() p50 / p99 µs", f"{lat['p50']} / {lat['p99']}", "", ""],
+            ["  cold p50 / p99 µs", f"{lat['cold_p50']} / {lat['cold_p99']}", f"({lat['cold_calls']:,})", ""],
+            ["  warm p50 / p99 µs", f"{lat['warm_p50']} / {lat['warm_p99']}", f"({lat['warm_calls']:,})", ""],
+        ],
+        data,
+        args.json,
+    )
+    if mismatches:
+        print(f"{mismatches} call(s) disagree between the two paths", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
