@@ -25,13 +25,13 @@ from phonenumbers import PhoneNumberType as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import report  # noqa: E402
-from rating_engine.numbering import _classify  # noqa: E402
-from rating_engine.rating.batch import rate_batch  # noqa: E402
-from rating_engine.rating.catalog import load_tariffs  # noqa: E402
-from rating_engine.rating.decision import decide  # noqa: E402
-from rating_engine.rating.plan import Plan  # noqa: E402
-from rating_engine.rating.table import RateTable  # noqa: E402
+from benchmarks.common import report
+from rating_engine.numbering import _classify
+from rating_engine.rating.batch import rate_batch
+from rating_engine.rating.catalog import load_tariffs
+from rating_engine.rating.decision import decide
+from rating_engine.rating.plan import Plan
+from rating_engine.rating.table import RateTable
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = 1_795_535_109
@@ -168,9 +168,8 @@ def main() -> None:
     dialed = [numbers[i] for i in picks]
     billsec = np.array([rng.choice((0, rng.randint(1, 1800))) for _ in dialed], dtype=np.int64)
     log = print if not args.json else (lambda *a, **k: None)
-    log(
-        f"workload: {len(dialed):,} calls over {len(set(dialed)):,} distinct numbers from {len(RANGES)} ranges"
-    )
+    distinct = len(set(dialed))
+    log(f"workload: {len(dialed):,} calls over {distinct:,} distinct numbers from {len(RANGES)} ranges")
 
     _classify.cache_clear()
     t0 = time.perf_counter()

@@ -151,7 +151,8 @@ def _country(cc: int) -> tuple[re.Pattern[str] | None, frozenset[int]] | None:
     if meta is None:
         return None
     npp = re.compile(meta.national_prefix_for_parsing) if meta.national_prefix_for_parsing else None
-    return npp, frozenset(meta.general_desc.possible_length or ())
+    general = meta.general_desc
+    return npp, frozenset(general.possible_length or ()) if general is not None else frozenset()
 
 
 def fast_parse(text: str, country: str) -> phonenumbers.PhoneNumber | None:
@@ -203,7 +204,7 @@ def _classify_short(dialed: str, digits: str, country: str) -> Classification | 
 
 def _kind(number: phonenumbers.PhoneNumber, nsn: str, region: str) -> Kind:
     """`phonenumbers.number_type` without computing the region a second time."""
-    meta = PhoneMetadata.metadata_for_region_or_calling_code(number.country_code, region or None)
+    meta = PhoneMetadata.metadata_for_region_or_calling_code(number.country_code or 0, region)
     if meta is None:
         return Kind.UNKNOWN
     return _TYPE_TO_KIND.get(_number_type_helper(nsn, meta), Kind.UNKNOWN)
