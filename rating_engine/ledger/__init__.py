@@ -1,0 +1,57 @@
+"""The prepaid ledger: accounts, reservations, settlement, top-ups, activity.
+
+`open_ledger(url)` picks the backend: `sqlite:///path` (the embedded default) or
+`postgresql://…` (several engines sharing accounts). Both run the same programs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import Ledger
+from .models import (
+    Account, AccountSettings, ActivityRow, CallDetails, CheckProblem, Extension, ExtensionSettings,
+    LedgerError, OnLow, Refusal, Reservation, ReserveResult, SchemaTooNew, SettleResult, Topup,
+    TopupStatus,
+)  # fmt: skip
+from .payments import ManualProvider, PaymentOutcome, PaymentProvider, ScriptedProvider
+
+__all__ = [
+    "Account", "AccountSettings", "ActivityRow", "CallDetails", "CheckProblem", "Extension",
+    "ExtensionSettings", "Ledger", "LedgerError", "ManualProvider", "OnLow", "PaymentOutcome",
+    "PaymentProvider", "Refusal", "Reservation", "ReserveResult", "SchemaTooNew", "ScriptedProvider",
+    "SettleResult", "Topup", "TopupStatus", "data_dir", "default_url", "open_ledger",
+]  # fmt: skip
+
+
+def data_dir() -> Path:
+    """$RATING_ENGINE_DATA, else $XDG_DATA_HOME/rating-engine, else ~/.local/share/rating-engine."""
+    env = os.environ.get("RATING_ENGINE_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "rating-engine"
+
+
+def default_url() -> str:
+    return f"sqlite:///{data_dir() / 'ledger.sqlite3'}"
+
+
+def make_ledger(url: str, provider: PaymentProvider | None = None) -> Ledger:
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteLedger
+
+        return SqliteLedger(url.removeprefix("sqlite:///") or ":memory:", provider=provider)
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresLedger
+
+        return PostgresLedger(url, provider=provider)
+    raise ConfigError(f"unsupported ledger URL {url!r}: use sqlite:///path or postgresql://…")
+
+
+async def open_ledger(url: str, provider: PaymentProvider | None = None) -> Ledger:
+    ledger = make_ledger(url, provider)
+    await ledger.open()
+    return ledger

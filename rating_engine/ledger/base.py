@@ -1,0 +1,161 @@
+"""The ledger's public interface; a backend only says how to run a program.
+
+Automatic top-ups decided inside a settle are paid outside the transaction, by the
+payment provider, in a task the ledger tracks; `close()` waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import programs as P
+from .models import (
+    Account, AccountSettings, ActivityRow, CallDetails, CheckProblem, Extension, ExtensionSettings,
+    Reservation, ReserveResult, SettleResult, Topup, TopupRequest,
+)  # fmt: skip
+from .payments import PaymentOutcome, PaymentProvider
+
+T = TypeVar("T")
+log = logging.getLogger("rating_engine.ledger")
+
+
+class Ledger(ABC):
+    dialect: str = ""
+
+    def __init__(self, provider: PaymentProvider | None = None, payment_timeout: float = 30.0) -> None:
+        self.provider = provider
+        self.payment_timeout = payment_timeout
+        self._payments: set[asyncio.Task[Any]] = set()
+
+    # -- backend
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
+        """Run `program(*args)` in a transaction; a backend may build it again to retry."""
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    async def close(self) -> None:
+        await self.drain_payments()
+        await self._close()
+
+    async def __aenter__(self) -> Ledger:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @staticmethod
+    def _now(now: int | None) -> int:
+        return int(time.time()) if now is None else now
+
+    # -- accounts
+    async def create_account(self, account_id: str, settings: AccountSettings, now: int | None = None) -> Account:
+        return await self._run(P.create_account, account_id, settings, self._now(now))
+
+    async def update_settings(self, account_id: str, settings: AccountSettings) -> Account:
+        return await self._run(P.update_settings, account_id, settings)
+
+    async def account(self, account_id: str) -> Account:
+        return await self._run(P.get_account, account_id)
+
+    async def find_account(self, account_id: str) -> Account | None:
+        return await self._run(P.find_account, account_id)
+
+    async def accounts(self) -> list[Account]:
+        return await self._run(P.list_accounts)
+
+    async def topup(
+        self, account_id: str, amount: int, reference: str, source: str = "manual", now: int | None = None
+    ) -> tuple[Topup, bool]:
+        return await self._run(P.topup, account_id, amount, reference, source, self._now(now))
+
+    async def complete_topup(self, reference: str, ok: bool, detail: str = "", now: int | None = None) -> Topup:
+        return await self._run(P.complete_topup, reference, ok, detail, self._now(now))
+
+    async def topups(self, account_id: str) -> list[Topup]:
+        return await self._run(P.list_topups, account_id)
+
+    # -- extensions
+    async def set_extension(self, account_id: str, ext: str, settings: ExtensionSettings) -> Extension:
+        return await self._run(P.set_extension, account_id, ext, settings)
+
+    async def extension(self, account_id: str, ext: str) -> Extension | None:
+        return await self._run(P.find_extension, account_id, ext)
+
+    async def extensions(self, account_id: str) -> list[Extension]:
+        return await self._run(P.list_extensions, account_id)
+
+    # -- money held back
+    async def reserve(
+        self, call_id: str, account_id: str, ext: str, amount: int, now: int | None = None,
+        deadline: int = 0, details: str = "",
+    ) -> ReserveResult:  # fmt: skip
+        return await self._run(P.reserve, call_id, account_id, ext, amount, self._now(now), deadline, details)
+
+    async def extend(self, call_id: str, amount: int, now: int | None = None, deadline: int = 0) -> ReserveResult:
+        return await self._run(P.extend, call_id, amount, self._now(now), deadline)
+
+    async def release(self, call_id: str, now: int | None = None) -> bool:
+        return await self._run(P.release, call_id, self._now(now))
+
+    async def settle(
+        self, call_id: str, cost: int, details: CallDetails | None = None, now: int | None = None
+    ) -> SettleResult:
+        result = await self._run(P.settle, call_id, cost, details or CallDetails(), self._now(now))
+        if result.overdraft:
+            log.warning("overdraft", extra={"call_id": call_id, "cost": cost, "reserved": result.reserved})
+        if result.topup is not None:
+            self._start_payment(result.topup)
+        return result
+
+    async def reservations(self, account_id: str | None = None) -> list[Reservation]:
+        return await self._run(P.live_reservations, account_id)
+
+    # -- activity and proof
+    async def activity(
+        self, account_id: str, ext: str | None = None, since: int | None = None, until: int | None = None
+    ) -> list[ActivityRow]:
+        return await self._run(P.activity, account_id, ext, since, until)
+
+    async def check(self) -> list[CheckProblem]:
+        return await self._run(P.check)
+
+    # -- automatic top-ups
+    def _start_payment(self, request: TopupRequest) -> None:
+        task = asyncio.get_running_loop().create_task(self._pay(request))
+        self._payments.add(task)
+        task.add_done_callback(self._payments.discard)
+
+    async def _pay(self, request: TopupRequest) -> None:
+        if self.provider is None:
+            log.warning("auto top-up left pending: no payment provider", extra={"reference": request.reference})
+            return
+        try:
+            outcome = await asyncio.wait_for(
+                self.provider.charge(request.account_id, request.amount, request.reference), self.payment_timeout
+            )
+        except TimeoutError:
+            outcome = PaymentOutcome.failed("payment provider timed out; retrying with the same key is safe")
+        except Exception as exc:  # a provider's bug must not lose the outcome
+            outcome = PaymentOutcome.failed(f"payment provider error: {type(exc).__name__}")
+        if outcome.pending:
+            log.info("auto top-up awaits confirmation", extra={"reference": request.reference})
+            return
+        await self.complete_topup(request.reference, outcome.ok, outcome.detail)
+        if not outcome.ok:
+            log.error("auto top-up failed", extra={"account": request.account_id, "reference": request.reference,
+                                                   "detail": outcome.detail})  # fmt: skip
+
+    async def drain_payments(self) -> None:
+        while self._payments:
+            await asyncio.gather(*list(self._payments), return_exceptions=True)

@@ -1,0 +1,110 @@
+"""PostgreSQL ledger through asyncpg, for several engines sharing accounts.
+
+Each program runs in its own transaction on a pooled connection. Correctness across engines
+comes from the conditional UPDATEs in the programs (`… WHERE balance − reserved − floor ≥ amount`),
+not from which engine took the call. A settle racing another engine's settle of the same call
+loses on the activity primary key and is run again, when it finds the call already settled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import asyncpg
+
+from . import programs as P
+from .base import Ledger
+from .models import SchemaTooNew
+from .payments import PaymentProvider
+from .schema import LATEST, migrations, statements
+
+T = TypeVar("T")
+_PLACEHOLDER = re.compile(r"\?")
+RETRIES = 3
+_MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def to_pg(sql: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 - deliberate memo
+    """`?` placeholders → `$1…$n` (our SQL has no `?` inside literals)."""
+    out = _cache.get(sql)
+    if out is None:
+        counter = iter(range(1, 1000))
+        out = _cache[sql] = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", sql)
+    return out
+
+
+async def run_program(conn: Any, program: P.Program[T]) -> T:
+    try:
+        stmt = next(program)
+        while True:
+            sql = to_pg(stmt.sql)
+            result: Any
+            if stmt.want == "one":
+                row = await conn.fetchrow(sql, *stmt.params)
+                result = None if row is None else dict(row)
+            elif stmt.want == "all":
+                result = [dict(r) for r in await conn.fetch(sql, *stmt.params)]
+            else:
+                status = await conn.execute(sql, *stmt.params)
+                result = int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
+            stmt = program.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+class PostgresLedger(Ledger):
+    dialect = "postgres"
+
+    def __init__(
+        self, dsn: str, *, provider: PaymentProvider | None = None, min_size: int = 1, max_size: int = 10
+    ) -> None:
+        super().__init__(provider)
+        self.dsn = dsn
+        self.min_size, self.max_size = min_size, max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                if current > LATEST:
+                    raise SchemaTooNew(
+                        f"this ledger was written by a newer rating-engine (schema version {current}; "
+                        f"this one knows up to {LATEST}): upgrade rating-engine, nothing was changed"
+                    )
+                for version, script in migrations("postgres"):
+                    if version > current:
+                        for sql in statements(script):
+                            await conn.execute(sql)
+                        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
+        if self._pool is None:
+            raise RuntimeError("ledger is not open")
+        for attempt in range(RETRIES):
+            try:
+                async with self._pool.acquire() as conn:
+                    try:
+                        async with conn.transaction():
+                            return await run_program(conn, program(*args))
+                    except P.Rollback as rb:
+                        return rb.result  # type: ignore[no-any-return]
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
+                    asyncpg.SerializationError):  # fmt: skip
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

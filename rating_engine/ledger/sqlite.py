@@ -1,0 +1,184 @@
+"""SQLite ledger through aiosqlite, with group commit.
+
+One writer task takes every program queued since its last commit and runs them in a single
+transaction in one trip to aiosqlite's database thread: each program inside a SAVEPOINT (so
+a refused or failed one undoes only itself), then one COMMIT with synchronous=FULL, then
+every waiter is answered. Nothing is acknowledged before its commit.
+
+aiosqlite has no public call for "run this function in the database thread"; we use its
+`Connection._execute(fn)` in `_in_db_thread` only, and fail loudly at open if it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from . import programs as P
+from .base import Ledger
+from .models import SchemaTooNew
+from .payments import PaymentProvider
+from .schema import LATEST, migrations, statements
+
+T = TypeVar("T")
+BATCH_MAX = 512
+
+
+def run_program_sync(conn: sqlite3.Connection, program: P.Program[T]) -> T:
+    """Drive one program against a sqlite3 connection (in the database thread)."""
+    try:
+        stmt = next(program)
+        while True:
+            cur = conn.execute(stmt.sql, stmt.params)
+            result: Any
+            if stmt.want == "one":
+                row = cur.fetchone()
+                result = None if row is None else dict(row)
+            elif stmt.want == "all":
+                result = [dict(r) for r in cur.fetchall()]
+            else:
+                result = cur.rowcount
+            stmt = program.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+class _Outcome:
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+
+
+def _apply_batch(conn: sqlite3.Connection, batch: list[P.Program[Any]]) -> list[_Outcome]:
+    outcomes: list[_Outcome] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for program in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                outcomes.append(_Outcome(run_program_sync(conn, program)))
+            except P.Rollback as rb:
+                conn.execute("ROLLBACK TO op")
+                outcomes.append(_Outcome(rb.result))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO op")
+                outcomes.append(_Outcome(error=exc))
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
+    current = row["v"] or 0
+    if current > LATEST:
+        raise SchemaTooNew(
+            f"this ledger was written by a newer rating-engine (schema version {current}; "
+            f"this one knows up to {LATEST}): upgrade rating-engine, nothing was changed"
+        )
+    for version, script in migrations("sqlite"):
+        if version > current:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in statements(script):
+                    conn.execute(sql)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            current = version
+    return int(current)
+
+
+class SqliteLedger(Ledger):
+    dialect = "sqlite"
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", provider: PaymentProvider | None = None,
+        batch_max: int = BATCH_MAX,
+    ) -> None:  # fmt: skip
+        super().__init__(provider)
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.batch_max = batch_max
+        self._db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[P.Program[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def _in_db_thread(self, fn: Any, *args: Any) -> Any:
+        assert self._db is not None
+        conn = self._db._conn
+        return await self._db._execute(fn, conn, *args)
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        if not hasattr(self._db, "_execute"):  # pragma: no cover - guards an aiosqlite upgrade
+            raise RuntimeError("this aiosqlite has no Connection._execute; pin aiosqlite<0.23")
+        self._db.row_factory = sqlite3.Row
+        for pragma in ("journal_mode = WAL", f"synchronous = {self.synchronous}", "busy_timeout = 10000",
+                       "foreign_keys = ON"):  # fmt: skip
+            await self._db.execute(f"PRAGMA {pragma}")
+        try:
+            await self._in_db_thread(_migrate)
+        except BaseException:
+            await self._db.close()
+            self._db = None
+            raise
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._in_db_thread(_apply_batch, [p for p, _ in batch])
+            except Exception as exc:  # the commit itself failed: nobody's change happened
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.commits += 1
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if outcome.error is not None:
+                    fut.set_exception(outcome.error)
+                else:
+                    fut.set_result(outcome.value)
+
+    async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("ledger is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((program(*args), fut))
+        return await fut
+
+    async def _close(self) -> None:
+        if self._writer is not None:
+            while not self._queue.empty():
+                await asyncio.sleep(0.001)
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
