@@ -109,9 +109,17 @@ def naive_rater(plan: Plan, table: RateTable):  # type: ignore[no-untyped-def]
     """What a user would write: parse, type, dict longest prefix, Decimal money."""
     rates = {r.prefix: r for r in table.rows if r.active_at(AT)}
     longest = max(len(p) for p in rates)
-    types = {T.FIXED_LINE: "fixed", T.MOBILE: "mobile", T.FIXED_LINE_OR_MOBILE: "fixed_or_mobile",
-             T.PREMIUM_RATE: "premium", T.TOLL_FREE: "toll_free", T.SHARED_COST: "shared_cost",
-             T.VOIP: "voip", T.PERSONAL_NUMBER: "personal", T.UAN: "uan"}  # fmt: skip
+    types = {
+        T.FIXED_LINE: "fixed",
+        T.MOBILE: "mobile",
+        T.FIXED_LINE_OR_MOBILE: "fixed_or_mobile",
+        T.PREMIUM_RATE: "premium",
+        T.TOLL_FREE: "toll_free",
+        T.SHARED_COST: "shared_cost",
+        T.VOIP: "voip",
+        T.PERSONAL_NUMBER: "personal",
+        T.UAN: "uan",
+    }
 
     def rate(dialed: str, billsec: int) -> tuple[str, str, int]:
         try:
@@ -137,9 +145,7 @@ def naive_rater(plan: Plan, table: RateTable):  # type: ignore[no-untyped-def]
         p = row.price
         if billsec <= 0:
             return "charged", row.prefix, 0
-        charged = max(
-            p.initial, p.initial + math.ceil(Decimal(billsec - p.initial) / p.increment) * p.increment
-        )
+        charged = max(p.initial, p.initial + math.ceil(Decimal(billsec - p.initial) / p.increment) * p.increment)
         money = Decimal(p.connect_fee) + (Decimal(charged) * Decimal(p.per_minute) / 60).to_integral_value(
             "ROUND_CEILING"
         )
@@ -161,9 +167,7 @@ def main() -> None:
     table = tariffs.table_for(plan)
 
     numbers = make_numbers(args.distinct, rng)
-    picks = list(range(len(numbers))) + [
-        rng.randrange(len(numbers)) for _ in range(args.calls - len(numbers))
-    ]
+    picks = list(range(len(numbers))) + [rng.randrange(len(numbers)) for _ in range(args.calls - len(numbers))]
     rng.shuffle(picks)
     dialed = [numbers[i] for i in picks]
     billsec = np.array([rng.choice((0, rng.randint(1, 1800))) for _ in dialed], dtype=np.int64)
@@ -187,7 +191,7 @@ def main() -> None:
     mismatches = 0
     for i, (reason, prefix, money) in enumerate(naive_out):
         row = int(res.rows[i])
-        ours = (res.reasons[i].value, table.rows[row].prefix if row >= 0 else "", int(res.costs[i]))
+        ours = (res.reason(i).value, table.rows[row].prefix if row >= 0 else "", int(res.costs[i]))
         if ours != (reason, prefix, money):
             mismatches += 1
             if mismatches <= 5:
@@ -210,18 +214,25 @@ def main() -> None:
 
     calls = len(dialed)
     data = {
-        "calls": calls, "distinct_numbers": len(numbers), "ranges": len(RANGES),
+        "calls": calls,
+        "distinct_numbers": len(numbers),
+        "ranges": len(RANGES),
         "vectorized": {"seconds": round(vector_s, 3), "calls_per_s": round(calls / vector_s)},
         "naive_baseline": {"seconds": round(naive_s, 3), "calls_per_s": round(calls / naive_s)},
-        "speedup": round(naive_s / vector_s, 1), "mismatches": mismatches,
+        "speedup": round(naive_s / vector_s, 1),
+        "mismatches": mismatches,
         "decide_latency_us": {
-            "calls": len(sample), "p50": round(float(np.percentile(both, 50)), 2),
+            "calls": len(sample),
+            "p50": round(float(np.percentile(both, 50)), 2),
             "p99": round(float(np.percentile(both, 99)), 2),
-            "cold_p50": round(pct(cold, 50), 2), "cold_p99": round(pct(cold, 99), 2),
-            "warm_p50": round(pct(warm, 50), 2), "warm_p99": round(pct(warm, 99), 2),
-            "cold_calls": len(cold), "warm_calls": len(warm),
+            "cold_p50": round(pct(cold, 50), 2),
+            "cold_p99": round(pct(cold, 99), 2),
+            "warm_p50": round(pct(warm, 50), 2),
+            "warm_p99": round(pct(warm, 99), 2),
+            "cold_calls": len(cold),
+            "warm_calls": len(warm),
         },
-    }  # fmt: skip
+    }
     lat = data["decide_latency_us"]
     report(
         "bench_rating",

@@ -25,10 +25,6 @@ def report(title: str, header: list[str], rows: list[list[Any]], data: dict[str,
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
     print("  ".join("-" * w for w in widths))
     for r in cells:
-        print(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))
-            )
-        )
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))))
     print("\nJSON:")
     print(json.dumps({"benchmark": title, "machine": machine(), **data}))

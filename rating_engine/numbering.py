@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType, shortnumberinfo
-from phonenumbers.phonenumberutil import _number_type_helper
 from phonenumbers.shortnumberinfo import ShortNumberCost
 
 
@@ -138,9 +138,7 @@ def _dialing(region: str) -> _Dialing:
     idd = meta.international_prefix or ""
     national = meta.national_prefix or ""
     npp = meta.national_prefix_for_parsing
-    plain_national = (
-        national.isdigit() and meta.national_prefix_transform_rule is None and npp in (None, national)
-    )
+    plain_national = national.isdigit() and meta.national_prefix_transform_rule is None and npp in (None, national)
     return _Dialing(idd if idd.isdigit() else "", national if plain_national else "")
 
 
@@ -202,12 +200,78 @@ def _classify_short(dialed: str, digits: str, country: str) -> Classification | 
     return None
 
 
-def _kind(number: phonenumbers.PhoneNumber, nsn: str, region: str) -> Kind:
-    """`phonenumbers.number_type` without computing the region a second time."""
-    meta = PhoneMetadata.metadata_for_region_or_calling_code(number.country_code or 0, region)
-    if meta is None:
+_TYPE_ORDER = (
+    ("premium_rate", Kind.PREMIUM),
+    ("toll_free", Kind.TOLL_FREE),
+    ("shared_cost", Kind.SHARED_COST),
+    ("voip", Kind.VOIP),
+    ("personal_number", Kind.PERSONAL),
+    ("pager", Kind.PAGER),
+    ("uan", Kind.UAN),
+    ("voicemail", Kind.VOICEMAIL),
+)
+_Desc = tuple[frozenset[int], re.Pattern[str]] | None
+
+
+def _desc(d: Any) -> _Desc:
+    if d is None or not d.national_number_pattern:
+        return None
+    return frozenset(d.possible_length or ()), re.compile(d.national_number_pattern)
+
+
+def _matches(nsn: str, d: _Desc) -> bool:
+    if d is None:
+        return False
+    lengths, pattern = d
+    if lengths and len(nsn) not in lengths:
+        return False
+    return pattern.fullmatch(nsn) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _TypeTable:
+    """A region's number-type descriptions, compiled once, checked in phonenumbers' order."""
+
+    general: _Desc
+    special: tuple[tuple[_Desc, Kind], ...]
+    fixed: _Desc
+    mobile: _Desc
+    same_fixed_and_mobile: bool
+
+    def kind(self, nsn: str) -> Kind:
+        if not _matches(nsn, self.general):
+            return Kind.UNKNOWN
+        for desc, kind in self.special:
+            if _matches(nsn, desc):
+                return kind
+        if _matches(nsn, self.fixed):
+            if self.same_fixed_and_mobile or _matches(nsn, self.mobile):
+                return Kind.FIXED_OR_MOBILE
+            return Kind.FIXED
+        if not self.same_fixed_and_mobile and _matches(nsn, self.mobile):
+            return Kind.MOBILE
         return Kind.UNKNOWN
-    return _TYPE_TO_KIND.get(_number_type_helper(nsn, meta), Kind.UNKNOWN)
+
+
+@lru_cache(maxsize=512)
+def _type_table(cc: int, region: str) -> _TypeTable | None:
+    meta = PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
+    if meta is None:
+        return None
+    special = tuple((_desc(getattr(meta, name)), kind) for name, kind in _TYPE_ORDER)
+    return _TypeTable(
+        _desc(meta.general_desc),
+        special,
+        _desc(meta.fixed_line),
+        _desc(meta.mobile),
+        bool(meta.same_mobile_and_fixed_line_pattern),
+    )
+
+
+def _kind(number: phonenumbers.PhoneNumber, nsn: str, region: str) -> Kind:
+    """`phonenumbers.number_type`, from compiled tables and without computing the region twice."""
+    table = _type_table(number.country_code or 0, region)
+    return Kind.UNKNOWN if table is None else table.kind(nsn)
 
 
 def _national(number: phonenumbers.PhoneNumber) -> str:

@@ -49,9 +49,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_duplicate_prefix_in_the_same_window_is_refused() -> None:
-    [(line, _, message)] = problems(
-        deck_text("33,A,0.01,0,60,60,,,", "34,B,0.01,0,60,60,,,", "33,C,0.02,0,60,60,,,")
-    )
+    [(line, _, message)] = problems(deck_text("33,A,0.01,0,60,60,,,", "34,B,0.01,0,60,60,,,", "33,C,0.02,0,60,60,,,"))
     assert line == 4 and "duplicate prefix 33 (line 2)" in message
 
 
@@ -59,9 +57,7 @@ def test_overlapping_windows_are_refused_but_adjacent_ones_load() -> None:
     jan, feb, mar = "2026-01-01T00:00+00:00", "2026-02-01T00:00+00:00", "2026-03-01T00:00+00:00"
     d = deck(f"33,A,0.01,0,60,60,,,{feb}", f"33,B,0.02,0,60,60,,{feb},{mar}", f"33,C,0.03,0,60,60,,{mar},")
     assert len(d.rows) == 3
-    [(line, _, message)] = problems(
-        deck_text(f"33,A,0.01,0,60,60,,{jan},{mar}", f"33,B,0.02,0,60,60,,{feb},")
-    )
+    [(line, _, message)] = problems(deck_text(f"33,A,0.01,0,60,60,,{jan},{mar}", f"33,B,0.02,0,60,60,,{feb},"))
     assert line == 3 and "overlapping" in message
 
 

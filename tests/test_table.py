@@ -17,11 +17,7 @@ from .helpers import deck
 def brute_force(rows: tuple[RateRow, ...], digits: str, at: int) -> int:
     best = -1
     for i, r in enumerate(rows):
-        if (
-            r.active_at(at)
-            and digits.startswith(r.prefix)
-            and (best < 0 or len(r.prefix) > len(rows[best].prefix))
-        ):
+        if r.active_at(at) and digits.startswith(r.prefix) and (best < 0 or len(r.prefix) > len(rows[best].prefix)):
             best = i
     return best
 

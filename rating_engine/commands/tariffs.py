@@ -279,7 +279,7 @@ def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out
                 num.e164,
                 num.region,
                 num.kind.value,
-                res.reasons[i].value,
+                res.reason(i).value,
                 row.prefix if row else "",
                 row.destination if row else "",
                 int(res.charged_seconds[i]),

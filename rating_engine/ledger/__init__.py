@@ -12,18 +12,51 @@ from pathlib import Path
 from ..errors import ConfigError
 from .base import Ledger
 from .models import (
-    Account, AccountSettings, ActivityRow, CallDetails, CheckProblem, Extension, ExtensionSettings,
-    LedgerError, OnLow, Refusal, Reservation, ReserveResult, SchemaTooNew, SettleResult, Topup,
+    Account,
+    AccountSettings,
+    ActivityRow,
+    CallDetails,
+    CheckProblem,
+    Extension,
+    ExtensionSettings,
+    LedgerError,
+    OnLow,
+    Refusal,
+    Reservation,
+    ReserveResult,
+    SchemaTooNew,
+    SettleResult,
+    Topup,
     TopupStatus,
-)  # fmt: skip
+)
 from .payments import ManualProvider, PaymentOutcome, PaymentProvider, ScriptedProvider
 
 __all__ = [
-    "Account", "AccountSettings", "ActivityRow", "CallDetails", "CheckProblem", "Extension",
-    "ExtensionSettings", "Ledger", "LedgerError", "ManualProvider", "OnLow", "PaymentOutcome",
-    "PaymentProvider", "Refusal", "Reservation", "ReserveResult", "SchemaTooNew", "ScriptedProvider",
-    "SettleResult", "Topup", "TopupStatus", "data_dir", "default_url", "open_ledger",
-]  # fmt: skip
+    "Account",
+    "AccountSettings",
+    "ActivityRow",
+    "CallDetails",
+    "CheckProblem",
+    "Extension",
+    "ExtensionSettings",
+    "Ledger",
+    "LedgerError",
+    "ManualProvider",
+    "OnLow",
+    "PaymentOutcome",
+    "PaymentProvider",
+    "Refusal",
+    "Reservation",
+    "ReserveResult",
+    "SchemaTooNew",
+    "ScriptedProvider",
+    "SettleResult",
+    "Topup",
+    "TopupStatus",
+    "data_dir",
+    "default_url",
+    "open_ledger",
+]
 
 
 def data_dir() -> Path:

@@ -15,9 +15,19 @@ from typing import Any, TypeVar
 
 from . import programs as P
 from .models import (
-    Account, AccountSettings, ActivityRow, CallDetails, CheckProblem, Extension, ExtensionSettings,
-    Reservation, ReserveResult, SettleResult, Topup, TopupRequest,
-)  # fmt: skip
+    Account,
+    AccountSettings,
+    ActivityRow,
+    CallDetails,
+    CheckProblem,
+    Extension,
+    ExtensionSettings,
+    Reservation,
+    ReserveResult,
+    SettleResult,
+    Topup,
+    TopupRequest,
+)
 from .payments import PaymentOutcome, PaymentProvider
 
 T = TypeVar("T")
@@ -97,9 +107,15 @@ class Ledger(ABC):
 
     # -- money held back
     async def reserve(
-        self, call_id: str, account_id: str, ext: str, amount: int, now: int | None = None,
-        deadline: int = 0, details: str = "",
-    ) -> ReserveResult:  # fmt: skip
+        self,
+        call_id: str,
+        account_id: str,
+        ext: str,
+        amount: int,
+        now: int | None = None,
+        deadline: int = 0,
+        details: str = "",
+    ) -> ReserveResult:
         return await self._run(P.reserve, call_id, account_id, ext, amount, self._now(now), deadline, details)
 
     async def extend(self, call_id: str, amount: int, now: int | None = None, deadline: int = 0) -> ReserveResult:
@@ -142,7 +158,8 @@ class Ledger(ABC):
             return
         try:
             outcome = await asyncio.wait_for(
-                self.provider.charge(request.account_id, request.amount, request.reference), self.payment_timeout
+                self.provider.charge(request.account_id, request.amount, request.reference),
+                self.payment_timeout,
             )
         except TimeoutError:
             outcome = PaymentOutcome.failed("payment provider timed out; retrying with the same key is safe")
@@ -153,8 +170,10 @@ class Ledger(ABC):
             return
         await self.complete_topup(request.reference, outcome.ok, outcome.detail)
         if not outcome.ok:
-            log.error("auto top-up failed", extra={"account": request.account_id, "reference": request.reference,
-                                                   "detail": outcome.detail})  # fmt: skip
+            log.error(
+                "auto top-up failed",
+                extra={"account": request.account_id, "reference": request.reference, "detail": outcome.detail},
+            )
 
     async def drain_payments(self) -> None:
         while self._payments:

@@ -98,8 +98,7 @@ class PostgresLedger(Ledger):
                             return await run_program(conn, program(*args))
                     except P.Rollback as rb:
                         return rb.result  # type: ignore[no-any-return]
-            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError,
-                    asyncpg.SerializationError):  # fmt: skip
+            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")

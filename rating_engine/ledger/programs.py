@@ -16,10 +16,23 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from .models import (
-    Account, AccountSettings, ActivityRow, CallDetails, CheckProblem, Extension, ExtensionSettings,
-    LedgerError, OnLow, Refusal, Reservation, ReserveResult, SettleResult, Topup, TopupRequest,
+    Account,
+    AccountSettings,
+    ActivityRow,
+    CallDetails,
+    CheckProblem,
+    Extension,
+    ExtensionSettings,
+    LedgerError,
+    OnLow,
+    Refusal,
+    Reservation,
+    ReserveResult,
+    SettleResult,
+    Topup,
+    TopupRequest,
     TopupStatus,
-)  # fmt: skip
+)
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -35,7 +48,7 @@ class Stmt:
 Program = Generator[Stmt, Any, T]
 
 
-class Rollback(Exception):  # noqa: N818 - a control signal, not an error
+class Rollback(Exception):
     """Undo this program's writes and answer `result`."""
 
     def __init__(self, result: Any) -> None:
@@ -66,30 +79,35 @@ ACCOUNT_COLUMNS = (
     "block_on_topup_failure, topup_failed, topup_pending, floor"
 )
 # The floor: the threshold in block mode, or in top-up mode after a failed top-up (if asked).
-FLOOR_SQL = (
-    "CASE WHEN on_low = 'block' OR (topup_failed = 1 AND block_on_topup_failure = 1) THEN threshold ELSE 0 END"
-)
+FLOOR_SQL = "CASE WHEN on_low = 'block' OR (topup_failed = 1 AND block_on_topup_failure = 1) THEN threshold ELSE 0 END"
 
 
 def _account(r: Row) -> Account:
     settings = AccountSettings(
-        plan=r["plan"], currency=r["currency"], threshold=r["threshold"], on_low=OnLow(r["on_low"]),
-        topup_amount=r["topup_amount"], block_on_topup_failure=bool(r["block_on_topup_failure"]),
-    )  # fmt: skip
-    return Account(r["id"], settings, r["balance"], r["reserved"], r["floor"], bool(r["topup_failed"]),
-                   r["topup_pending"])  # fmt: skip
+        plan=r["plan"],
+        currency=r["currency"],
+        threshold=r["threshold"],
+        on_low=OnLow(r["on_low"]),
+        topup_amount=r["topup_amount"],
+        block_on_topup_failure=bool(r["block_on_topup_failure"]),
+    )
+    return Account(
+        r["id"], settings, r["balance"], r["reserved"], r["floor"], bool(r["topup_failed"]), r["topup_pending"]
+    )
 
 
 def _extension(r: Row) -> Extension:
     classes = frozenset(c for c in r["classes"].split(",") if c) if r["classes"] is not None else None
     settings = ExtensionSettings(bool(r["chargeable"]), classes, r["daily_cap"], r["monthly_cap"])
-    return Extension(r["account_id"], r["ext"], settings, r["reserved"], r["day"], r["day_spent"], r["month"],
-                     r["month_spent"])  # fmt: skip
+    return Extension(
+        r["account_id"], r["ext"], settings, r["reserved"], r["day"], r["day_spent"], r["month"], r["month_spent"]
+    )
 
 
 def _topup(r: Row) -> Topup:
-    return Topup(r["reference"], r["account_id"], r["amount"], r["at"], r["source"], TopupStatus(r["status"]),
-                 r["detail"])  # fmt: skip
+    return Topup(
+        r["reference"], r["account_id"], r["amount"], r["at"], r["source"], TopupStatus(r["status"]), r["detail"]
+    )
 
 
 # ---------------------------------------------------------------- accounts
@@ -101,9 +119,16 @@ def create_account(account_id: str, s: AccountSettings, now: int) -> Program[Acc
     yield count(
         "INSERT INTO accounts (id, plan, currency, threshold, on_low, topup_amount, block_on_topup_failure,"
         " floor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        account_id, s.plan, s.currency, s.threshold, s.on_low.value, s.topup_amount,
-        int(s.block_on_topup_failure), s.threshold if s.on_low is OnLow.BLOCK else 0, now,
-    )  # fmt: skip
+        account_id,
+        s.plan,
+        s.currency,
+        s.threshold,
+        s.on_low.value,
+        s.topup_amount,
+        int(s.block_on_topup_failure),
+        s.threshold if s.on_low is OnLow.BLOCK else 0,
+        now,
+    )
     return (yield from get_account(account_id))
 
 
@@ -112,8 +137,13 @@ def update_settings(account_id: str, s: AccountSettings) -> Program[Account]:
     yield count(
         "UPDATE accounts SET plan = ?, threshold = ?, on_low = ?, topup_amount = ?, block_on_topup_failure = ?"
         " WHERE id = ?",
-        s.plan, s.threshold, s.on_low.value, s.topup_amount, int(s.block_on_topup_failure), account_id,
-    )  # fmt: skip
+        s.plan,
+        s.threshold,
+        s.on_low.value,
+        s.topup_amount,
+        int(s.block_on_topup_failure),
+        account_id,
+    )
     yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", account_id)
     return (yield from get_account(account_id))
 
@@ -142,13 +172,19 @@ def _credit(account_id: str, amount: int, reference: str, now: int) -> Program[i
         "UPDATE accounts SET balance = balance + ?, topup_failed = 0,"
         " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END"
         " WHERE id = ? RETURNING balance",
-        amount, reference, account_id,
-    )  # fmt: skip
+        amount,
+        reference,
+        account_id,
+    )
     yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", account_id)
     yield count(
         "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after) VALUES (?, ?, 'topup', ?, ?, ?)",
-        account_id, now, amount, reference, acc["balance"],
-    )  # fmt: skip
+        account_id,
+        now,
+        amount,
+        reference,
+        acc["balance"],
+    )
     return int(acc["balance"])
 
 
@@ -164,8 +200,12 @@ def topup(account_id: str, amount: int, reference: str, source: str, now: int) -
         return _topup(prior), False
     yield count(
         "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, ?, 'succeeded')",
-        reference, account_id, amount, now, source,
-    )  # fmt: skip
+        reference,
+        account_id,
+        amount,
+        now,
+        source,
+    )
     yield from _credit(account_id, amount, reference, now)
     return Topup(reference, account_id, amount, now, source, TopupStatus.SUCCEEDED), True
 
@@ -185,15 +225,18 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[T
         yield count(
             "UPDATE accounts SET topup_failed = 1,"
             " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END WHERE id = ?",
-            reference, r["account_id"],
-        )  # fmt: skip
+            reference,
+            r["account_id"],
+        )
         yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", r["account_id"])
     return Topup(reference, r["account_id"], r["amount"], r["at"], r["source"], status, detail)
 
 
 def list_topups(account_id: str) -> Program[list[Topup]]:
     yield from get_account(account_id)
-    return [_topup(r) for r in (yield rows("SELECT * FROM topups WHERE account_id = ? ORDER BY at, reference", account_id))]
+    return [
+        _topup(r) for r in (yield rows("SELECT * FROM topups WHERE account_id = ? ORDER BY at, reference", account_id))
+    ]
 
 
 # ---------------------------------------------------------------- extensions
@@ -204,9 +247,15 @@ def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Ex
     classes = None if s.classes is None else ",".join(sorted(s.classes))
     yield count("INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING", account_id, ext)
     yield count(
-        "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ? WHERE account_id = ? AND ext = ?",
-        int(s.chargeable), classes, s.daily_cap, s.monthly_cap, account_id, ext,
-    )  # fmt: skip
+        "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?"
+        " WHERE account_id = ? AND ext = ?",
+        int(s.chargeable),
+        classes,
+        s.daily_cap,
+        s.monthly_cap,
+        account_id,
+        ext,
+    )
     return _extension((yield one("SELECT * FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)))
 
 
@@ -216,7 +265,9 @@ def find_extension(account_id: str, ext: str) -> Program[Extension | None]:
 
 
 def list_extensions(account_id: str) -> Program[list[Extension]]:
-    return [_extension(r) for r in (yield rows("SELECT * FROM extensions WHERE account_id = ? ORDER BY ext", account_id))]
+    return [
+        _extension(r) for r in (yield rows("SELECT * FROM extensions WHERE account_id = ? ORDER BY ext", account_id))
+    ]
 
 
 # ---------------------------------------------------------------- reservations
@@ -261,8 +312,15 @@ def reserve(
     yield count(
         "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        call_id, account_id, ext, amount, now, now, deadline, details,
-    )  # fmt: skip
+        call_id,
+        account_id,
+        ext,
+        amount,
+        now,
+        now,
+        deadline,
+        details,
+    )
     return ReserveResult(True, None, amount)
 
 
@@ -277,8 +335,12 @@ def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[Re
     yield count(
         "UPDATE reservations SET amount = amount + ?, updated_at = ?,"
         " deadline = CASE WHEN ? > deadline THEN ? ELSE deadline END WHERE call_id = ?",
-        amount, now, deadline, deadline, call_id,
-    )  # fmt: skip
+        amount,
+        now,
+        deadline,
+        deadline,
+        call_id,
+    )
     return ReserveResult(True, None, r["amount"] + amount)
 
 
@@ -290,8 +352,16 @@ def _give_back(r: Row, spent: int, now: int) -> Program[None]:
         " day_spent = CASE WHEN day = ? THEN day_spent ELSE 0 END + ?, day = ?,"
         " month_spent = CASE WHEN month = ? THEN month_spent ELSE 0 END + ?, month = ?"
         " WHERE account_id = ? AND ext = ?",
-        r["amount"], day, spent, day, month, spent, month, r["account_id"], r["ext"],
-    )  # fmt: skip
+        r["amount"],
+        day,
+        spent,
+        day,
+        month,
+        spent,
+        month,
+        r["account_id"],
+        r["ext"],
+    )
 
 
 def release(call_id: str, now: int) -> Program[bool]:
@@ -320,38 +390,63 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     acc = yield one(
         "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?"
         " RETURNING balance, threshold, on_low, topup_pending, topup_amount",
-        cost, r["amount"], account_id,
-    )  # fmt: skip
+        cost,
+        r["amount"],
+        account_id,
+    )
     balance = int(acc["balance"])
     if cost > 0:
         yield count(
             "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)"
             " VALUES (?, ?, 'debit', ?, ?, ?)",
-            account_id, now, -cost, call_id, balance,
-        )  # fmt: skip
+            account_id,
+            now,
+            -cost,
+            call_id,
+            balance,
+        )
     yield count(
         "INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,"
         " billable_seconds, cost, reserved, balance_after, estimated, overdraft)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        call_id, account_id, r["ext"], d.started_at, d.ended_at or now, d.dialed, d.e164, d.destination, d.kind,
-        d.billable_seconds, cost, r["amount"], balance, int(d.estimated), int(cost > r["amount"]),
-    )  # fmt: skip
+        call_id,
+        account_id,
+        r["ext"],
+        d.started_at,
+        d.ended_at or now,
+        d.dialed,
+        d.e164,
+        d.destination,
+        d.kind,
+        d.billable_seconds,
+        cost,
+        r["amount"],
+        balance,
+        int(d.estimated),
+        int(cost > r["amount"]),
+    )
     yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
     request = None
     if acc["on_low"] == OnLow.TOPUP.value and balance < acc["threshold"] and acc["topup_pending"] is None:
         reference = f"auto:{account_id}:{call_id}"
         taken = yield count(
-            "UPDATE accounts SET topup_pending = ? WHERE id = ? AND topup_pending IS NULL", reference, account_id
+            "UPDATE accounts SET topup_pending = ? WHERE id = ? AND topup_pending IS NULL",
+            reference,
+            account_id,
         )
         if taken:
             yield count(
                 "INSERT INTO topups (reference, account_id, amount, at, source, status)"
                 " VALUES (?, ?, ?, ?, 'auto', 'pending')",
-                reference, account_id, acc["topup_amount"], now,
-            )  # fmt: skip
+                reference,
+                account_id,
+                acc["topup_amount"],
+                now,
+            )
             request = TopupRequest(reference, account_id, int(acc["topup_amount"]))
-    return SettleResult(True, cost=cost, reserved=r["amount"], overdraft=cost > r["amount"], balance_after=balance,
-                        topup=request)  # fmt: skip
+    return SettleResult(
+        True, cost=cost, reserved=r["amount"], overdraft=cost > r["amount"], balance_after=balance, topup=request
+    )
 
 
 def live_reservations(account_id: str | None = None) -> Program[list[Reservation]]:
@@ -359,8 +454,9 @@ def live_reservations(account_id: str | None = None) -> Program[list[Reservation
     if account_id is None:
         found = yield rows(f"SELECT {cols} FROM reservations ORDER BY created_at, call_id")
     else:
-        found = yield rows(f"SELECT {cols} FROM reservations WHERE account_id = ? ORDER BY created_at, call_id",
-                           account_id)  # fmt: skip
+        found = yield rows(
+            f"SELECT {cols} FROM reservations WHERE account_id = ? ORDER BY created_at, call_id", account_id
+        )
     return [Reservation(**r) for r in found]
 
 
@@ -385,14 +481,26 @@ def activity(account_id: str, ext: str | None, since: int | None, until: int | N
 def check() -> Program[list[CheckProblem]]:
     """Prove every balance equals its journal and every hold equals its live reservations."""
     problems: list[CheckProblem] = []
-    journal = {r["account_id"]: int(r["total"]) for r in (yield rows(
-        "SELECT account_id, SUM(amount) AS total FROM journal GROUP BY account_id"))}  # fmt: skip
-    held = {r["account_id"]: int(r["total"]) for r in (yield rows(
-        "SELECT account_id, SUM(amount) AS total FROM reservations GROUP BY account_id"))}  # fmt: skip
-    debits = {r["account_id"]: int(r["total"]) for r in (yield rows(
-        "SELECT account_id, SUM(cost) AS total FROM activity GROUP BY account_id"))}  # fmt: skip
-    journal_debits = {r["account_id"]: int(r["total"]) for r in (yield rows(
-        "SELECT account_id, -SUM(amount) AS total FROM journal WHERE entry = 'debit' GROUP BY account_id"))}  # fmt: skip
+    journal = {
+        r["account_id"]: int(r["total"])
+        for r in (yield rows("SELECT account_id, SUM(amount) AS total FROM journal GROUP BY account_id"))
+    }
+    held = {
+        r["account_id"]: int(r["total"])
+        for r in (yield rows("SELECT account_id, SUM(amount) AS total FROM reservations GROUP BY account_id"))
+    }
+    debits = {
+        r["account_id"]: int(r["total"])
+        for r in (yield rows("SELECT account_id, SUM(cost) AS total FROM activity GROUP BY account_id"))
+    }
+    journal_debits = {
+        r["account_id"]: int(r["total"])
+        for r in (
+            yield rows(
+                "SELECT account_id, -SUM(amount) AS total FROM journal WHERE entry = 'debit' GROUP BY account_id"
+            )
+        )
+    }
     for a in (yield rows("SELECT id, balance, reserved FROM accounts ORDER BY id")):
         aid = a["id"]
         if a["balance"] != journal.get(aid, 0):
@@ -400,8 +508,9 @@ def check() -> Program[list[CheckProblem]]:
         if a["reserved"] != held.get(aid, 0):
             problems.append(CheckProblem(aid, f"reserved {a['reserved']} != live reservations {held.get(aid, 0)}"))
         if debits.get(aid, 0) != journal_debits.get(aid, 0):
-            problems.append(CheckProblem(aid, f"activity costs {debits.get(aid, 0)} != journal debits "
-                                              f"{journal_debits.get(aid, 0)}"))  # fmt: skip
+            problems.append(
+                CheckProblem(aid, f"activity costs {debits.get(aid, 0)} != journal debits {journal_debits.get(aid, 0)}")
+            )
     ext_held = yield rows(
         "SELECT e.account_id, e.ext, e.reserved, COALESCE(SUM(r.amount), 0) AS live FROM extensions e"
         " LEFT JOIN reservations r ON r.account_id = e.account_id AND r.ext = e.ext"
@@ -409,6 +518,9 @@ def check() -> Program[list[CheckProblem]]:
     )
     for e in ext_held:
         if e["reserved"] != e["live"]:
-            problems.append(CheckProblem(e["account_id"], f"extension {e['ext']} holds {e['reserved']} "
-                                                          f"!= live reservations {e['live']}"))  # fmt: skip
+            problems.append(
+                CheckProblem(
+                    e["account_id"], f"extension {e['ext']} holds {e['reserved']} != live reservations {e['live']}"
+                )
+            )
     return problems

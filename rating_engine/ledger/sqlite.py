@@ -12,6 +12,7 @@ aiosqlite has no public call for "run this function in the database thread"; we 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -106,9 +107,13 @@ class SqliteLedger(Ledger):
     dialect = "sqlite"
 
     def __init__(
-        self, path: str | Path, *, synchronous: str = "FULL", provider: PaymentProvider | None = None,
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        provider: PaymentProvider | None = None,
         batch_max: int = BATCH_MAX,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(provider)
         self.path = str(path)
         self.synchronous = synchronous
@@ -121,7 +126,7 @@ class SqliteLedger(Ledger):
     async def _in_db_thread(self, fn: Any, *args: Any) -> Any:
         assert self._db is not None
         conn = self._db._conn
-        return await self._db._execute(fn, conn, *args)
+        return await self._db._execute(fn, conn, *args)  # type: ignore[no-untyped-call]
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -130,8 +135,12 @@ class SqliteLedger(Ledger):
         if not hasattr(self._db, "_execute"):  # pragma: no cover - guards an aiosqlite upgrade
             raise RuntimeError("this aiosqlite has no Connection._execute; pin aiosqlite<0.23")
         self._db.row_factory = sqlite3.Row
-        for pragma in ("journal_mode = WAL", f"synchronous = {self.synchronous}", "busy_timeout = 10000",
-                       "foreign_keys = ON"):  # fmt: skip
+        for pragma in (
+            "journal_mode = WAL",
+            f"synchronous = {self.synchronous}",
+            "busy_timeout = 10000",
+            "foreign_keys = ON",
+        ):
             await self._db.execute(f"PRAGMA {pragma}")
         try:
             await self._in_db_thread(_migrate)
@@ -174,10 +183,8 @@ class SqliteLedger(Ledger):
             while not self._queue.empty():
                 await asyncio.sleep(0.001)
             self._writer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-            except asyncio.CancelledError:
-                pass
             self._writer = None
         if self._db is not None:
             await self._db.close()

@@ -15,20 +15,28 @@ from .plan import Plan
 from .price import IntArray, charged_seconds_array, cost_array
 from .table import NO_ROW, RateTable
 
+REASONS: tuple[Reason, ...] = tuple(Reason)
+_CODE = {r: i for i, r in enumerate(REASONS)}
+_CHARGED, _NO_RATE = _CODE[Reason.CHARGED], _CODE[Reason.NO_RATE]
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     numbers: list[Classification]
     """One per distinct dialed string; `number_of` maps each call to it."""
     number_of: IntArray
-    reasons: list[Reason]
+    reason_codes: IntArray
+    """Index into REASONS per call (an array: a million enum objects would cost more than rating)."""
     rows: IntArray
     """Rate row index per call, -1 when the call is not charged."""
     charged_seconds: IntArray
     costs: IntArray
 
     def __len__(self) -> int:
-        return len(self.reasons)
+        return len(self.reason_codes)
+
+    def reason(self, i: int) -> Reason:
+        return REASONS[int(self.reason_codes[i])]
 
 
 def rate_batch(
@@ -39,29 +47,28 @@ def rate_batch(
     billsec: IntArray,
     rules: ExtensionRules | None = None,
 ) -> BatchResult:
-    index: dict[str, int] = {}
-    number_of = np.fromiter((index.setdefault(d, len(index)) for d in dialed), np.int64, len(dialed))
+    index = {d: i for i, d in enumerate(dict.fromkeys(dialed))}
+    number_of = np.fromiter(map(index.__getitem__, dialed), np.int64, len(dialed))
     numbers = [classify(d, plan.country) for d in index]
-    fixed: list[Reason | None] = []
+    fixed = np.full(len(numbers), -1, dtype=np.int64)
     digits: list[str] = []
-    for c in numbers:
+    for i, c in enumerate(numbers):
         d = decide_without_rate(plan, c, rules)
-        fixed.append(None if d is None else d.reason)
-        digits.append(rating_digits(c, plan) if d is None else "")
+        if d is None:
+            digits.append(rating_digits(c, plan))
+        else:
+            fixed[i] = _CODE[d.reason]
+            digits.append("")
     keys, lens = RateTable.keys_of(digits)
     rows = table.lookup_batch(keys[number_of], lens[number_of], starts)
     charged = rows != NO_ROW
-    safe = np.where(charged, rows, 0)
-    prices = table.prices.take(safe) if len(table) else None
     seconds = np.asarray(billsec, dtype=np.int64)
-    if prices is None:
-        zeros = np.zeros(len(dialed), dtype=np.int64)
-        charged_s, costs = zeros, zeros
-    else:
+    if len(table):
+        prices = table.prices.take(np.where(charged, rows, 0))
         charged_s = np.where(charged, charged_seconds_array(seconds, prices), 0)
         costs = np.where(charged, cost_array(seconds, prices), 0)
-    reasons = [
-        fixed[n] or (Reason.CHARGED if r != NO_ROW else Reason.NO_RATE)
-        for n, r in zip(number_of.tolist(), rows.tolist(), strict=True)
-    ]
-    return BatchResult(numbers, number_of, reasons, rows, charged_s, costs)
+    else:
+        charged_s = costs = np.zeros(len(dialed), dtype=np.int64)
+    codes = fixed[number_of]
+    codes = np.where(codes >= 0, codes, np.where(charged, _CHARGED, _NO_RATE))
+    return BatchResult(numbers, number_of, codes, rows, charged_s, costs)

@@ -44,7 +44,7 @@ class DestinationClass(StrEnum):
     PREMIUM = "premium"
 
 
-ALL_CLASSES = frozenset(DestinationClass)
+ALL_CLASSES: frozenset[DestinationClass] = frozenset(DestinationClass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +133,7 @@ def decide_classified(
     return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), first)
 
 
-def decide_without_rate(
-    plan: Plan, c: Classification, rules: ExtensionRules | None = None
-) -> Decision | None:
+def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | None = None) -> Decision | None:
     """Everything decided by the number, plan and extension alone; None: look up a rate.
 
     Shared by the one-call path and the batch path so both apply the same rules in the
@@ -147,14 +145,15 @@ def decide_without_rate(
         return Decision(False, Reason.INVALID_NUMBER, c)
     if (
         c.kind.value in plan.blocked_kinds
-        or plan.is_blocked_prefix(rating_digits(c, plan))
+        or (plan.blocked_prefixes and plan.is_blocked_prefix(rating_digits(c, plan)))
         or (c.kind is Kind.PREMIUM and plan.premium == "block")
         or (c.kind is Kind.SHORT_CODE and plan.short_codes == "block")
     ):
         return Decision(False, Reason.BLOCKED_DESTINATION, c)
     if plan.is_included(c.region, c.kind.value):
         return Decision(True, Reason.INCLUDED, c)
-    rules = rules or ExtensionRules()
+    if rules is None or (rules.chargeable and rules.classes is ALL_CLASSES):
+        return None
     if not rules.chargeable or not destination_classes(c, plan.country) <= rules.classes:
         return Decision(False, Reason.EXTENSION_NOT_ALLOWED, c)
     return None

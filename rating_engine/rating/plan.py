@@ -59,7 +59,7 @@ class Plan:
         return kinds
 
     def is_blocked_prefix(self, digits: str) -> bool:
-        return any(digits.startswith(p) for p in self.blocked_prefixes)
+        return digits.startswith(self.blocked_prefixes)
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -1,0 +1,79 @@
+"""Ledger backends for the contract tests: a fresh SQLite file, or a fresh PostgreSQL database.
+
+PostgreSQL tests run against the server on 127.0.0.1:5432 (user postgres, trust auth) and
+create and drop their own database; where no server answers they skip and say why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from rating_engine.ledger import Ledger, PaymentProvider, make_ledger
+
+PG_ADMIN = os.environ.get("RATING_ENGINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def pg_url(dbname: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN, timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+_pg_reason: list[str] = []
+
+
+def pg_unavailable() -> str:
+    """Empty when the server answers; else the reason, checked once per run."""
+    if not _pg_reason:
+        try:
+            asyncio.run(_admin("SELECT 1"))
+            _pg_reason.append("")
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            _pg_reason.append(f"no PostgreSQL server at {PG_ADMIN}: {exc}")
+    return _pg_reason[0]
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    reason = pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    name = f"rating_engine_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    try:
+        yield pg_url(name)
+    finally:
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    else:
+        with pg_database() as url:
+            yield url
+
+
+@asynccontextmanager
+async def opened(url: str, provider: PaymentProvider | None = None) -> AsyncIterator[Ledger]:
+    ledger = make_ledger(url, provider)
+    await ledger.open()
+    try:
+        yield ledger
+    finally:
+        await ledger.close()

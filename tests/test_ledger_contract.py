@@ -1,0 +1,321 @@
+"""One contract, both backends: every test here runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from rating_engine.ledger import (
+    AccountSettings,
+    CallDetails,
+    ExtensionSettings,
+    Ledger,
+    LedgerError,
+    ManualProvider,
+    OnLow,
+    Refusal,
+    SchemaTooNew,
+    ScriptedProvider,
+    TopupStatus,
+)
+
+from .ledgers import BACKENDS, database_url, opened
+
+EUR = 1_000_000
+DAY = 86_400
+NOW = 1_795_535_109  # 2026-11-24
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from database_url(request.param, tmp_path)
+
+
+@pytest.fixture
+async def ledger(url: str) -> AsyncIterator[Ledger]:
+    async with opened(url) as led:
+        yield led
+
+
+async def funded(ledger: Ledger, balance: int = 10 * EUR, **settings: object) -> str:
+    await ledger.create_account("acme", AccountSettings("office-fr", "EUR", **settings), now=NOW)  # type: ignore[arg-type]
+    if balance:
+        await ledger.topup("acme", balance, "opening", now=NOW)
+    return "acme"
+
+
+async def test_accounts_are_created_once_and_unknown_ones_are_refused(ledger: Ledger) -> None:
+    await funded(ledger)
+    acc = await ledger.account("acme")
+    assert (acc.balance, acc.reserved, acc.available, acc.settings.currency) == (10 * EUR, 0, 10 * EUR, "EUR")
+    with pytest.raises(LedgerError, match="already exists"):
+        await funded(ledger)
+    with pytest.raises(LedgerError, match="unknown account"):
+        await ledger.account("nobody")
+    with pytest.raises(LedgerError, match="unknown account"):
+        await ledger.topup("nobody", EUR, "x")
+
+
+async def test_topup_is_idempotent_on_its_reference(ledger: Ledger) -> None:
+    await funded(ledger, 0)
+    _, created = await ledger.topup("acme", 5 * EUR, "bank-42")
+    _, again = await ledger.topup("acme", 5 * EUR, "bank-42")
+    assert created and not again
+    assert (await ledger.account("acme")).balance == 5 * EUR
+    with pytest.raises(LedgerError, match="already used"):
+        await ledger.topup("acme", 6 * EUR, "bank-42")
+    with pytest.raises(LedgerError, match="positive"):
+        await ledger.topup("acme", -1, "neg")
+    assert (await ledger.account("acme")).balance == 5 * EUR
+
+
+async def test_reserve_takes_only_available_money_above_the_floor(ledger: Ledger) -> None:
+    await funded(ledger, 10 * EUR, threshold=2 * EUR)  # block mode: floor = 2 EUR
+    assert (await ledger.reserve("c1", "acme", "201", 5 * EUR, now=NOW)).ok
+    assert (await ledger.account("acme")).available == 3 * EUR
+    blocked = await ledger.reserve("c2", "acme", "202", 4 * EUR, now=NOW)
+    assert (blocked.ok, blocked.refusal) == (False, Refusal.ACCOUNT_BLOCKED)
+    broke = await ledger.reserve("c3", "acme", "202", 6 * EUR, now=NOW)
+    assert (broke.ok, broke.refusal) == (False, Refusal.INSUFFICIENT_FUNDS)
+    assert (await ledger.reserve("c4", "acme", "202", 3 * EUR, now=NOW)).ok
+    assert (await ledger.account("acme")).available == 0
+    dup = await ledger.reserve("c1", "acme", "201", 1, now=NOW)
+    assert dup.refusal is Refusal.DUPLICATE_CALL
+    assert (await ledger.reserve("c5", "ghost", "201", 1, now=NOW)).refusal is Refusal.UNKNOWN_ACCOUNT
+    assert [r.call_id for r in await ledger.reservations()] == ["c1", "c4"]
+    assert await ledger.check() == []
+
+
+async def test_extend_follows_the_same_rule(ledger: Ledger) -> None:
+    await funded(ledger, 10 * EUR)
+    await ledger.reserve("c1", "acme", "201", 4 * EUR, now=NOW, deadline=NOW + 120)
+    grown = await ledger.extend("c1", 4 * EUR, now=NOW + 100, deadline=NOW + 240)
+    assert grown.ok and grown.reserved == 8 * EUR
+    refused = await ledger.extend("c1", 4 * EUR, now=NOW + 200)
+    assert refused.refusal is Refusal.INSUFFICIENT_FUNDS
+    [r] = await ledger.reservations("acme")
+    assert (r.amount, r.deadline) == (8 * EUR, NOW + 240)
+    assert (await ledger.extend("nope", 1)).refusal is Refusal.UNKNOWN_CALL
+
+
+async def test_settle_debits_releases_the_rest_and_records_activity_once(ledger: Ledger) -> None:
+    await funded(ledger, 10 * EUR)
+    await ledger.reserve("c1", "acme", "201", 3 * EUR, now=NOW)
+    details = CallDetails(
+        started_at=NOW,
+        ended_at=NOW + 95,
+        dialed="0899123456",
+        e164="+33899123456",
+        destination="France premium 0899",
+        kind="premium",
+        billable_seconds=95,
+    )
+    first = await ledger.settle("c1", 1_386_667, details, now=NOW + 95)
+    assert first.settled and not first.overdraft and first.balance_after == 10 * EUR - 1_386_667
+    again = await ledger.settle("c1", 1_386_667, details, now=NOW + 96)
+    assert (again.settled, again.already) == (False, True)
+    acc = await ledger.account("acme")
+    assert (acc.balance, acc.reserved) == (10 * EUR - 1_386_667, 0)
+    [row] = await ledger.activity("acme")
+    assert (row.ext, row.e164, row.billable_seconds, row.cost, row.balance_after) == (
+        "201",
+        "+33899123456",
+        95,
+        1_386_667,
+        acc.balance,
+    )
+    assert (await ledger.settle("never-reserved", 5)).unknown
+    assert await ledger.check() == []
+
+
+async def test_a_cost_above_the_reservation_is_debited_and_flagged(ledger: Ledger) -> None:
+    await funded(ledger, 10 * EUR)
+    await ledger.reserve("c1", "acme", "201", EUR, now=NOW)
+    result = await ledger.settle("c1", 2 * EUR, now=NOW)
+    assert result.settled and result.overdraft
+    assert (await ledger.activity("acme"))[0].overdraft
+    assert (await ledger.account("acme")).balance == 8 * EUR
+
+
+async def test_release_gives_everything_back(ledger: Ledger) -> None:
+    await funded(ledger, 10 * EUR)
+    await ledger.reserve("c1", "acme", "201", 4 * EUR, now=NOW)
+    assert await ledger.release("c1")
+    assert not await ledger.release("c1")
+    acc = await ledger.account("acme")
+    assert (acc.balance, acc.reserved, await ledger.activity("acme")) == (10 * EUR, 0, [])
+
+
+async def test_extension_caps_are_a_second_budget(ledger: Ledger) -> None:
+    await funded(ledger, 100 * EUR)
+    await ledger.set_extension("acme", "201", ExtensionSettings(daily_cap=5 * EUR, monthly_cap=8 * EUR))
+    assert (await ledger.reserve("c1", "acme", "201", 4 * EUR, now=NOW)).ok
+    assert (await ledger.reserve("c2", "acme", "201", 2 * EUR, now=NOW)).refusal is Refusal.CAP_REACHED
+    await ledger.settle("c1", 3 * EUR, now=NOW)  # 3 spent today, 2 left
+    assert (await ledger.reserve("c3", "acme", "201", 2 * EUR, now=NOW)).ok
+    await ledger.settle("c3", 2 * EUR, now=NOW)
+    assert (await ledger.reserve("c4", "acme", "201", 1, now=NOW)).refusal is Refusal.CAP_REACHED
+    # Next day the daily cap is fresh, but the month has only 3 EUR left.
+    assert (await ledger.reserve("c5", "acme", "201", 4 * EUR, now=NOW + DAY)).refusal is Refusal.CAP_REACHED
+    assert (await ledger.reserve("c6", "acme", "201", 3 * EUR, now=NOW + DAY)).ok
+    # Other extensions are not capped by 201's caps.
+    assert (await ledger.reserve("c7", "acme", "202", 20 * EUR, now=NOW)).ok
+    assert await ledger.check() == []
+
+
+async def test_an_extension_denied_chargeable_calls_cannot_reserve(ledger: Ledger) -> None:
+    await funded(ledger)
+    ext = await ledger.set_extension("acme", "203", ExtensionSettings(chargeable=False, classes=frozenset()))
+    assert not ext.settings.chargeable and ext.settings.classes == frozenset()
+    assert (await ledger.reserve("c1", "acme", "203", 1, now=NOW)).refusal is Refusal.EXTENSION_NOT_ALLOWED
+    assert [e.ext for e in await ledger.extensions("acme")] == ["203"]
+
+
+async def test_activity_filters_by_extension_and_period(ledger: Ledger) -> None:
+    await funded(ledger)
+    for i, (ext, t) in enumerate([("201", NOW), ("202", NOW + 10), ("201", NOW + DAY)]):
+        await ledger.reserve(f"c{i}", "acme", ext, EUR, now=t)
+        await ledger.settle(f"c{i}", 100_000, CallDetails(started_at=t, ended_at=t + 5), now=t + 5)
+    assert [r.call_id for r in await ledger.activity("acme", ext="201")] == ["c0", "c2"]
+    assert [r.call_id for r in await ledger.activity("acme", since=NOW + 6, until=NOW + DAY)] == ["c1"]
+
+
+async def test_many_calls_ending_together_trigger_one_auto_topup(url: str) -> None:
+    provider = ScriptedProvider("ok")
+    async with opened(url, provider) as ledger:
+        await funded(ledger, 10 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+        for i in range(20):
+            assert (await ledger.reserve(f"c{i}", "acme", f"2{i:02d}", 400_000, now=NOW)).ok
+        await asyncio.gather(*(ledger.settle(f"c{i}", 400_000, now=NOW + 60) for i in range(20)))
+        await ledger.drain_payments()
+        assert len(provider.charges) == 1
+        acc = await ledger.account("acme")
+        assert acc.balance == 10 * EUR - 20 * 400_000 + 20 * EUR and acc.topup_pending is None
+        [auto] = [t for t in await ledger.topups("acme") if t.source == "auto"]
+        assert auto.status is TopupStatus.SUCCEEDED
+        assert await ledger.check() == []
+
+
+async def test_a_failed_auto_topup_blocks_chargeable_calls_until_a_topup_succeeds(url: str) -> None:
+    provider = ScriptedProvider("fail", "ok")
+    async with opened(url, provider) as ledger:
+        await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+        assert (await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)).ok
+        await ledger.settle("c1", 2 * EUR, now=NOW)  # balance 4 < 5: top-up attempted, declined
+        await ledger.drain_payments()
+        acc = await ledger.account("acme")
+        assert acc.topup_failed and acc.floor == 5 * EUR and acc.balance == 4 * EUR
+        assert (await ledger.reserve("c2", "acme", "201", EUR, now=NOW)).refusal is Refusal.ACCOUNT_BLOCKED
+        [failed] = [t for t in await ledger.topups("acme") if t.source == "auto"]
+        assert failed.status is TopupStatus.FAILED and "declined" in failed.detail
+        await ledger.topup("acme", 10 * EUR, "bank-transfer")
+        acc = await ledger.account("acme")
+        assert not acc.topup_failed and acc.floor == 0
+        assert (await ledger.reserve("c3", "acme", "201", EUR, now=NOW)).ok
+
+
+async def test_a_hanging_provider_times_out_and_never_blocks_settlement(url: str) -> None:
+    provider = ScriptedProvider("hang")
+    async with opened(url, provider) as ledger:
+        ledger.payment_timeout = 0.2
+        await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+        await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)
+        settled = await asyncio.wait_for(ledger.settle("c1", 2 * EUR, now=NOW), 2)
+        assert settled.settled and settled.topup is not None
+        await ledger.drain_payments()
+        [t] = [t for t in await ledger.topups("acme") if t.source == "auto"]
+        assert t.status is TopupStatus.FAILED and "timed out" in t.detail
+
+
+async def test_manual_provider_leaves_the_topup_pending_for_the_operator(url: str) -> None:
+    async with opened(url, ManualProvider()) as ledger:
+        await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+        await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)
+        result = await ledger.settle("c1", 2 * EUR, now=NOW)
+        await ledger.drain_payments()
+        assert result.topup is not None
+        assert (await ledger.account("acme")).topup_pending == result.topup.reference
+        confirmed = await ledger.complete_topup(result.topup.reference, ok=True)
+        assert confirmed.status is TopupStatus.SUCCEEDED
+        assert (await ledger.account("acme")).balance == 24 * EUR
+        assert (await ledger.complete_topup(result.topup.reference, ok=True)).status is TopupStatus.SUCCEEDED
+        assert (await ledger.account("acme")).balance == 24 * EUR
+
+
+async def test_block_mode_stops_at_the_threshold(ledger: Ledger) -> None:
+    await funded(ledger, 5 * EUR, threshold=4 * EUR)
+    assert (await ledger.reserve("c1", "acme", "201", EUR, now=NOW)).ok
+    assert (await ledger.reserve("c2", "acme", "202", 1, now=NOW)).refusal is Refusal.ACCOUNT_BLOCKED
+
+
+async def test_settings_change_moves_the_floor(ledger: Ledger) -> None:
+    await funded(ledger, 5 * EUR, threshold=4 * EUR)
+    acc = await ledger.update_settings("acme", AccountSettings("office-fr", "EUR", threshold=0))
+    assert acc.floor == 0 and acc.available == 5 * EUR
+
+
+async def test_concurrent_calls_never_take_available_money_below_the_floor(ledger: Ledger) -> None:
+    await funded(ledger, 50 * EUR, threshold=5 * EUR)
+    rng = random.Random(3)
+    floor_breaches: list[int] = []
+
+    async def call(i: int) -> int:
+        amount = rng.randint(10_000, 3 * EUR)
+        held = await ledger.reserve(f"c{i}", "acme", f"2{i % 30:02d}", amount, now=NOW)
+        acc = await ledger.account("acme")
+        if acc.available < 0:
+            floor_breaches.append(acc.available)
+        if not held.ok:
+            return 0
+        await asyncio.sleep(rng.random() / 100)
+        cost = rng.randint(0, amount)
+        if cost == 0:
+            await ledger.release(f"c{i}")
+        else:
+            assert (await ledger.settle(f"c{i}", cost, now=NOW + 60)).settled
+        return cost
+
+    spent = sum(await asyncio.gather(*(call(i) for i in range(500))))
+    acc = await ledger.account("acme")
+    assert floor_breaches == []
+    assert acc.balance == 50 * EUR - spent and acc.reserved == 0 and acc.balance >= acc.floor
+    rows = await ledger.activity("acme")
+    assert len({r.call_id for r in rows}) == len(rows) and sum(r.cost for r in rows) == spent
+    assert not any(r.overdraft for r in rows)
+    assert await ledger.check() == []
+
+
+async def test_check_finds_a_balance_that_does_not_match_its_journal(url: str) -> None:
+    async with opened(url) as ledger:
+        await funded(ledger)
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("UPDATE accounts SET balance = balance + 1")
+    else:
+        conn = await asyncpg.connect(url)
+        await conn.execute("UPDATE accounts SET balance = balance + 1")
+        await conn.close()
+    async with opened(url) as ledger:
+        [problem] = await ledger.check()
+        assert problem.account_id == "acme" and "journal" in problem.message
+
+
+async def test_a_database_from_a_newer_version_is_refused_untouched(url: str) -> None:
+    async with opened(url) as ledger:
+        await funded(ledger)
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    else:
+        conn = await asyncpg.connect(url)
+        await conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+        await conn.close()
+    with pytest.raises(SchemaTooNew, match="newer rating-engine"):
+        async with opened(url):
+            pass
