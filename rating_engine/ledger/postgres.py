@@ -42,10 +42,9 @@ async def run_program(conn: Any, program: P.Program[T]) -> T:
             sql = to_pg(stmt.sql)
             result: Any
             if stmt.want == "one":
-                row = await conn.fetchrow(sql, *stmt.params)
-                result = None if row is None else dict(row)
+                result = await conn.fetchrow(sql, *stmt.params)
             elif stmt.want == "all":
-                result = [dict(r) for r in await conn.fetch(sql, *stmt.params)]
+                result = await conn.fetch(sql, *stmt.params)
             else:
                 status = await conn.execute(sql, *stmt.params)
                 result = int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0

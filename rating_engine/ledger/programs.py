@@ -286,13 +286,26 @@ _ACCOUNT_TAKE = "UPDATE accounts SET reserved = reserved + ? WHERE id = ? AND ba
 def _take(account_id: str, ext: str, amount: int, now: int) -> Program[None]:
     """Hold `amount` against both budgets, the extension's caps and the account, or refuse."""
     day, month = periods(now)
-    yield count("INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING", account_id, ext)
-    n = yield count(_EXT_TAKE, amount, day, day, month, month, account_id, ext, day, amount, month, amount)
+    args = (amount, day, day, month, month, account_id, ext, day, amount, month, amount)
+    n = yield count(_EXT_TAKE, *args)
     if n == 0:
         e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
-        raise Rollback(ReserveResult(False, Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED))
+        if e is None:  # first call of this extension (or no such account): default rules, then take again
+            if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
+                raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT))
+            yield count(
+                "INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING", account_id, ext
+            )
+            n = yield count(_EXT_TAKE, *args)
+            e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
+        if n == 0:
+            raise Rollback(
+                ReserveResult(False, Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED)
+            )
     if (yield count(_ACCOUNT_TAKE, amount, account_id, amount)) == 0:
         a = yield one("SELECT balance, reserved, floor FROM accounts WHERE id = ?", account_id)
+        if a is None:
+            raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT))
         blocked = a["floor"] > 0 and a["balance"] - a["reserved"] >= amount
         raise Rollback(ReserveResult(False, Refusal.ACCOUNT_BLOCKED if blocked else Refusal.INSUFFICIENT_FUNDS))
 
@@ -302,25 +315,17 @@ def reserve(
 ) -> Program[ReserveResult]:
     if amount <= 0:
         raise LedgerError("a reservation must be a positive amount")
-    if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
-        return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
-    if (yield one("SELECT call_id FROM reservations WHERE call_id = ?", call_id)) is not None:
-        return ReserveResult(False, Refusal.DUPLICATE_CALL)
-    if (yield one("SELECT call_id FROM activity WHERE call_id = ?", call_id)) is not None:
+    inserted = yield count(
+        "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
+        " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
+        " AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING",
+        call_id, account_id, ext, amount, now, now, deadline, details, account_id, call_id,
+    )  # fmt: skip
+    if not inserted:
+        if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
+            return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
         return ReserveResult(False, Refusal.DUPLICATE_CALL)
     yield from _take(account_id, ext, amount, now)
-    yield count(
-        "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        call_id,
-        account_id,
-        ext,
-        amount,
-        now,
-        now,
-        deadline,
-        details,
-    )
     return ReserveResult(True, None, amount)
 
 
@@ -379,20 +384,24 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     """Debit the cost, release the rest, write the activity row; once per call."""
     if cost < 0:
         raise LedgerError("a cost cannot be negative")
-    done = yield one("SELECT cost, balance_after FROM activity WHERE call_id = ?", call_id)
-    if done is not None:
-        return SettleResult(False, already=True, cost=done["cost"], balance_after=done["balance_after"])
-    r = yield one("SELECT account_id, ext, amount FROM reservations WHERE call_id = ?", call_id)
-    if r is None:
+    r = yield one(
+        "SELECT r.account_id, r.ext, r.amount, a.cost AS done_cost, a.balance_after AS done_balance"
+        " FROM (SELECT CAST(? AS TEXT) AS id) AS k"
+        " LEFT JOIN reservations AS r ON r.call_id = k.id LEFT JOIN activity AS a ON a.call_id = k.id",
+        call_id,
+    )
+    if r["done_cost"] is not None:
+        return SettleResult(False, already=True, cost=r["done_cost"], balance_after=r["done_balance"])
+    if r["account_id"] is None:
         return SettleResult(False, unknown=True)
     account_id = r["account_id"]
     yield from _give_back(r, cost, now)
+    yield count(
+        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?", cost, r["amount"], account_id
+    )
+    # Read back in the same transaction (the row is ours until commit): cheaper than RETURNING.
     acc = yield one(
-        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?"
-        " RETURNING balance, threshold, on_low, topup_pending, topup_amount",
-        cost,
-        r["amount"],
-        account_id,
+        "SELECT balance, threshold, on_low, topup_pending, topup_amount FROM accounts WHERE id = ?", account_id
     )
     balance = int(acc["balance"])
     if cost > 0:
@@ -457,7 +466,7 @@ def live_reservations(account_id: str | None = None) -> Program[list[Reservation
         found = yield rows(
             f"SELECT {cols} FROM reservations WHERE account_id = ? ORDER BY created_at, call_id", account_id
         )
-    return [Reservation(**r) for r in found]
+    return [Reservation(**dict(r)) for r in found]
 
 
 # ---------------------------------------------------------------- activity and proof
@@ -475,7 +484,9 @@ def activity(account_id: str, ext: str | None, since: int | None, until: int | N
             sql += f" AND {clause}"
             params.append(value)
     found = yield rows(sql + " ORDER BY ended_at, call_id", *params)
-    return [ActivityRow(**{**r, "estimated": bool(r["estimated"]), "overdraft": bool(r["overdraft"])}) for r in found]
+    return [
+        ActivityRow(**{**dict(r), "estimated": bool(r["estimated"]), "overdraft": bool(r["overdraft"])}) for r in found
+    ]
 
 
 def check() -> Program[list[CheckProblem]]:

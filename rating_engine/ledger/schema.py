@@ -46,7 +46,6 @@ CREATE TABLE reservations (
     deadline BIGINT NOT NULL DEFAULT 0,
     details TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX reservations_account ON reservations (account_id);
 CREATE TABLE activity (
     call_id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts(id),
@@ -87,8 +86,7 @@ _JOURNAL_REST = """
     entry TEXT NOT NULL,
     amount BIGINT NOT NULL,
     reference TEXT NOT NULL,
-    balance_after BIGINT NOT NULL,
-    UNIQUE (account_id, entry, reference)
+    balance_after BIGINT NOT NULL
 );
 """
 

@@ -30,18 +30,17 @@ T = TypeVar("T")
 BATCH_MAX = 512
 
 
-def run_program_sync(conn: sqlite3.Connection, program: P.Program[T]) -> T:
-    """Drive one program against a sqlite3 connection (in the database thread)."""
+def run_program_sync(cur: sqlite3.Cursor, program: P.Program[T]) -> T:
+    """Drive one program on a sqlite3 cursor (in the database thread; one cursor per batch)."""
     try:
         stmt = next(program)
         while True:
-            cur = conn.execute(stmt.sql, stmt.params)
+            cur.execute(stmt.sql, stmt.params)
             result: Any
             if stmt.want == "one":
-                row = cur.fetchone()
-                result = None if row is None else dict(row)
+                result = cur.fetchone()
             elif stmt.want == "all":
-                result = [dict(r) for r in cur.fetchall()]
+                result = cur.fetchall()
             else:
                 result = cur.rowcount
             stmt = program.send(result)
@@ -58,20 +57,21 @@ class _Outcome:
 
 def _apply_batch(conn: sqlite3.Connection, batch: list[P.Program[Any]]) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
-    conn.execute("BEGIN IMMEDIATE")
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")
     try:
         for program in batch:
-            conn.execute("SAVEPOINT op")
+            cur.execute("SAVEPOINT op")
             try:
-                outcomes.append(_Outcome(run_program_sync(conn, program)))
+                outcomes.append(_Outcome(run_program_sync(cur, program)))
             except P.Rollback as rb:
-                conn.execute("ROLLBACK TO op")
+                cur.execute("ROLLBACK TO op")
                 outcomes.append(_Outcome(rb.result))
             except Exception as exc:
-                conn.execute("ROLLBACK TO op")
+                cur.execute("ROLLBACK TO op")
                 outcomes.append(_Outcome(error=exc))
-            conn.execute("RELEASE op")
-        conn.execute("COMMIT")
+            cur.execute("RELEASE op")
+        cur.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

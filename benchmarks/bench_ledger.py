@@ -1,0 +1,162 @@
+"""Ledger throughput: reservation + settle pairs per second, 1 and 100 concurrent tasks.
+
+Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit) and
+PostgreSQL (one transaction per operation, pooled). Baseline, same run: the naive SQLite way,
+one transaction per reservation and per settle through aiosqlite, one await per statement.
+
+    python benchmarks/bench_ledger.py [--pairs N] [--json] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import report
+from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledger
+
+NOW = 1_795_535_109
+
+
+async def ours(ledger: Ledger, pairs: int, tasks: int) -> float:
+    await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+    await ledger.topup("acme", 10**15, "opening")
+    per_task = pairs // tasks
+
+    async def worker(w: int) -> None:
+        for i in range(per_task):
+            call = f"w{w}-{i}"
+            held = await ledger.reserve(call, "acme", f"2{w % 50:02d}", 500_000, now=NOW)
+            assert held.ok
+            await ledger.settle(call, 123_456, CallDetails(dialed="0899123456"), now=NOW + 60)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(tasks)))
+    elapsed = time.perf_counter() - t0
+    assert await ledger.check() == []
+    return per_task * tasks / elapsed
+
+
+async def naive_sqlite(path: str, pairs: int, tasks: int) -> float:
+    db = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL"):
+        await db.execute(f"PRAGMA {pragma}")
+    await db.execute("CREATE TABLE accounts (id TEXT PRIMARY KEY, balance BIGINT, reserved BIGINT)")
+    await db.execute("CREATE TABLE reservations (call_id TEXT PRIMARY KEY, account_id TEXT, amount BIGINT)")
+    await db.execute("CREATE TABLE activity (call_id TEXT PRIMARY KEY, account_id TEXT, cost BIGINT, dialed TEXT)")
+    await db.execute("INSERT INTO accounts VALUES ('acme', ?, 0)", (10**15,))
+    lock = asyncio.Lock()  # one connection: transactions must not interleave
+    per_task = pairs // tasks
+
+    async def worker(w: int) -> None:
+        for i in range(per_task):
+            call = f"w{w}-{i}"
+            async with lock:
+                await db.execute("BEGIN IMMEDIATE")
+                cur = await db.execute(
+                    "UPDATE accounts SET reserved = reserved + ? WHERE id = 'acme' AND balance - reserved >= ?",
+                    (500_000, 500_000),
+                )
+                assert cur.rowcount == 1
+                await db.execute("INSERT INTO reservations VALUES (?, 'acme', ?)", (call, 500_000))
+                await db.execute("COMMIT")
+            async with lock:
+                await db.execute("BEGIN IMMEDIATE")
+                await db.execute(
+                    "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = 'acme'",
+                    (123_456, 500_000),
+                )
+                await db.execute("INSERT INTO activity VALUES (?, 'acme', ?, '0899123456')", (call, 123_456))
+                await db.execute("DELETE FROM reservations WHERE call_id = ?", (call,))
+                await db.execute("COMMIT")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(tasks)))
+    elapsed = time.perf_counter() - t0
+    await db.close()
+    return per_task * tasks / elapsed
+
+
+async def postgres_url() -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres", timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
+    await conn.execute("DROP DATABASE IF EXISTS rating_engine_bench WITH (FORCE)")
+    await conn.execute("CREATE DATABASE rating_engine_bench")
+    await conn.close()
+    return "postgresql://postgres@127.0.0.1:5432/rating_engine_bench"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for tasks in (1, 100):
+        pairs = args.pairs if tasks > 1 else max(args.pairs // 10, 100)
+        with tempfile.TemporaryDirectory() as d:
+            results[f"naive_sqlite_full/{tasks}"] = await naive_sqlite(f"{d}/naive.db", pairs, tasks)
+            ledger = make_ledger(f"sqlite:///{d}/ours.db")
+            await ledger.open()
+            results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks)
+            await ledger.close()
+        if not args.no_postgres:
+            url = await postgres_url()
+            if url is None:
+                results[f"ours_postgres/{tasks}"] = None
+                continue
+            ledger = make_ledger(url)
+            await ledger.open()
+            results[f"ours_postgres/{tasks}"] = await ours(ledger, pairs if tasks > 1 else pairs // 2, tasks)
+            await ledger.close()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=20_000, help="reservation+settle pairs with 100 tasks")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-postgres", action="store_true")
+    args = ap.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
+    r = asyncio.run(run(args))
+    rows = []
+    for name, label in (
+        ("naive_sqlite_full", "naive SQLite FULL, 1 txn per op (baseline)"),
+        ("ours_sqlite_full", "ours: SQLite FULL, group commit"),
+        ("ours_postgres", "ours: PostgreSQL, txn per op"),
+    ):
+        for tasks in (1, 100):
+            v = r.get(f"{name}/{tasks}")
+            base = r[f"naive_sqlite_full/{tasks}"]
+            rows.append(
+                [
+                    label,
+                    tasks,
+                    "skipped (no server)" if v is None and name == "ours_postgres" else f"{v:,.0f}" if v else "-",
+                    f"{v / base:.1f}x" if v else "-",
+                ]
+            )
+    data = {"loop": loop_name, "pairs_per_s": {k: (round(v) if v else None) for k, v in r.items()}}
+    report(
+        "bench_ledger (reserve+settle pairs/s)", ["backend", "tasks", "pairs/s", "vs baseline"], rows, data, args.json
+    )
+
+
+if __name__ == "__main__":
+    main()
