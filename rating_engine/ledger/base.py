@@ -121,6 +121,9 @@ class Ledger(ABC):
     async def extend(self, call_id: str, amount: int, now: int | None = None, deadline: int = 0) -> ReserveResult:
         return await self._run(P.extend, call_id, amount, self._now(now), deadline)
 
+    async def annotate(self, call_id: str, deadline: int, details: str) -> bool:
+        return await self._run(P.annotate, call_id, deadline, details)
+
     async def release(self, call_id: str, now: int | None = None) -> bool:
         return await self._run(P.release, call_id, self._now(now))
 

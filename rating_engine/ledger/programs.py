@@ -535,3 +535,9 @@ def check() -> Program[list[CheckProblem]]:
                 )
             )
     return problems
+
+
+def annotate(call_id: str, deadline: int, details: str) -> Program[bool]:
+    """Record a live call's deadline and details (answer time, price) for reconciliation."""
+    n = yield count("UPDATE reservations SET deadline = ?, details = ? WHERE call_id = ?", deadline, details, call_id)
+    return bool(n)

@@ -1,0 +1,188 @@
+"""A small FastAGI server on `asyncio.Protocol` (panoramisk's spins on an early EOF).
+
+Asterisk has no read timeout on FastAGI: a stalled engine holds the call in the dialplan. So
+every request is answered within `answer_timeout`: if the route's handler is late or fails,
+the fallback answers instead (the engine's fallback still lets emergency numbers through).
+A client that closes early, sends garbage, or never finishes its environment costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .agi import MAX_ENV_BYTES, AgiProtocolError, AgiReply, AgiRequest, ReplyReader, parse_env, set_variable
+
+Variables = Sequence[tuple[str, str]]
+Handler = Callable[[AgiRequest], Awaitable[Variables]]
+Fallback = Callable[[AgiRequest, str], Variables]
+log = logging.getLogger("rating_engine.agi")
+
+
+@dataclass(slots=True)
+class AgiStats:
+    requests: int = 0
+    answered: int = 0
+    fallbacks: int = 0
+    bad_requests: int = 0
+    hangups: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class FastAgiServer:
+    def __init__(
+        self,
+        routes: dict[str, Handler],
+        fallback: Fallback,
+        *,
+        answer_timeout: float = 2.0,
+        reply_timeout: float = 5.0,
+        env_timeout: float = 5.0,
+        on_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.fallback = fallback
+        self.answer_timeout = answer_timeout
+        self.reply_timeout = reply_timeout
+        self.env_timeout = env_timeout
+        self.on_latency = on_latency
+        self.stats = AgiStats()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 4573, *, reuse_port: bool = False) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _AgiConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def close(self) -> None:
+        await self.stop_accepting()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.answer_timeout + self.reply_timeout)
+
+    async def answer(self, request: AgiRequest) -> tuple[Variables, bool]:
+        """The variables for a request and whether they came from the handler (not the fallback)."""
+        handler = self.routes.get(request.script)
+        if handler is None:
+            return self.fallback(request, "no_route"), False
+        try:
+            return await asyncio.wait_for(handler(request), self.answer_timeout), True
+        except TimeoutError:
+            log.error("authorize timed out", extra={"uniqueid": request.uniqueid})
+            return self.fallback(request, "timeout"), False
+        except Exception:
+            log.exception("authorize failed", extra={"uniqueid": request.uniqueid})
+            return self.fallback(request, "error"), False
+
+
+class _AgiConnection(asyncio.Protocol):
+    def __init__(self, server: FastAgiServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.env_done = False
+        self.reader = ReplyReader()
+        self.replies: asyncio.Queue[AgiReply | None] = asyncio.Queue()
+        self.closed = False
+        self.env_timer: asyncio.TimerHandle | None = None
+        self.started = time.perf_counter()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.env_timer = asyncio.get_running_loop().call_later(self.server.env_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.env_done:
+            self._feed_replies(data)
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\n\n")
+        end_crlf = self.buffer.find(b"\r\n\r\n")
+        if end < 0 and end_crlf < 0:
+            if len(self.buffer) > MAX_ENV_BYTES:
+                self.server.stats.bad_requests += 1
+                self._abort()
+            return
+        cut, skip = (end, 2) if end_crlf < 0 or (0 <= end < end_crlf) else (end_crlf, 4)
+        block, rest = bytes(self.buffer[:cut]), bytes(self.buffer[cut + skip :])
+        self.buffer.clear()
+        self.env_done = True
+        if self.env_timer is not None:
+            self.env_timer.cancel()
+        try:
+            request = parse_env(block)
+        except AgiProtocolError as exc:
+            self.server.stats.bad_requests += 1
+            log.warning("bad FastAGI request", extra={"error": str(exc)})
+            self._abort()
+            return
+        self.server.stats.requests += 1
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self.server._tasks.add(task)
+        task.add_done_callback(self.server._tasks.discard)
+        if rest:
+            self._feed_replies(rest)
+
+    def _feed_replies(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            nl = self.buffer.find(b"\n")
+            if nl < 0:
+                return
+            line = self.buffer[:nl].decode("utf-8", "replace")
+            del self.buffer[: nl + 1]
+            reply = self.reader.feed(line)
+            if reply is not None:
+                self.replies.put_nowait(reply)
+            elif self.reader.hangup_seen:
+                self.replies.put_nowait(None) if self.replies.empty() else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.env_timer is not None:
+            self.env_timer.cancel()
+        self.replies.put_nowait(None)
+
+    async def _serve(self, request: AgiRequest) -> None:
+        variables, from_handler = await self.server.answer(request)
+        stats = self.server.stats
+        if not from_handler:
+            stats.fallbacks += 1
+        elapsed = time.perf_counter() - self.started
+        if self.server.on_latency is not None:
+            self.server.on_latency(elapsed)
+        try:
+            for name, value in variables:
+                if self.closed or self.reader.hangup_seen:
+                    stats.hangups += 1
+                    return
+                assert self.transport is not None
+                self.transport.write(set_variable(name, value))
+                try:
+                    reply = await asyncio.wait_for(self.replies.get(), self.server.reply_timeout)
+                except TimeoutError:
+                    log.warning("no AGI reply", extra={"uniqueid": request.uniqueid, "variable": name})
+                    return
+                if reply is None or reply.dead:
+                    stats.hangups += 1
+                    return
+                if not reply.ok:
+                    log.warning("AGI command refused", extra={"uniqueid": request.uniqueid, "code": reply.code})
+            stats.answered += 1
+        finally:
+            self._abort()

@@ -1,0 +1,392 @@
+"""The engine: authorize a call, follow it while it talks, settle it when it ends.
+
+Rules live here and in `rating/`; `asterisk/` only translates the wire. The money rule:
+a running call never spends money that is not reserved for it. Authorize reserves the first
+quota; at answer the deadline is set in Asterisk (TIMEOUT(absolute)), and before it runs out
+the next quota is reserved and the deadline moved; at hangup the billable time is priced
+with the same function that granted it, debited, and the rest released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .clock import Clock
+from .ledger import Account, CallDetails, Extension, Ledger, Refusal
+from .numbering import Kind, classify
+from .rating.catalog import TariffStore
+from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, Reason, decide
+from .rating.price import Price, cost, max_seconds
+
+log = logging.getLogger("rating_engine.engine")
+
+
+class Pbx(Protocol):
+    """What the engine asks of Asterisk (the AMI client implements it)."""
+
+    async def set_timeout(self, channel: str, seconds: int) -> bool: ...
+
+    async def live_channels(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    quota_seconds: int = 120
+    renew_margin: int = 20
+    ring_timeout: int = 60
+    account_source: str = "accountcode"
+    """Where the account comes from: "accountcode", "arg:N", or "fixed:NAME"."""
+    extension_source: str = "arg:1"
+    dialed_source: str = "arg:2"
+    default_country: str = "FR"
+    """Country used to recognise emergency numbers when the account cannot be read."""
+    node: str = "pbx1"
+    """This PBX's name; reconciliation only touches the reservations it made."""
+    cdr_tolerance: int = 1
+
+
+@dataclass(slots=True)
+class Call:
+    call_id: str
+    account_id: str
+    ext: str
+    dialed: str
+    e164: str
+    kind: str
+    destination: str
+    price: Price
+    granted: int
+    reserved: int
+    started_at: float
+    channel: str = ""
+    answered_at: float | None = None
+    cdr_billable: int | None = None
+    follower: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def deadline(self) -> float:
+        return (self.answered_at or self.started_at) + self.granted
+
+    def details(self, node: str) -> str:
+        p = self.price
+        return json.dumps({
+            "node": node, "channel": self.channel, "dialed": self.dialed, "e164": self.e164, "kind": self.kind,
+            "destination": self.destination, "price": [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum],
+            "granted": self.granted, "answered_at": self.answered_at, "started_at": self.started_at,
+        })  # fmt: skip
+
+
+@dataclass(slots=True)
+class EngineStats:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    settled: int = 0
+    released: int = 0
+    extended: int = 0
+    estimated: int = 0
+    cdr_mismatches: int = 0
+
+    def count(self, reason: str) -> None:
+        self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
+
+
+Variables = list[tuple[str, str]]
+
+
+def _answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "") -> Variables:
+    return [("RATING_STATUS", status), ("RATING_REASON", reason), ("RATING_E164", e164),
+            ("RATING_GUARDSEC", guard), ("RATING_CALLID", call_id)]  # fmt: skip
+
+
+class Engine:
+    def __init__(
+        self, tariffs: TariffStore, ledger: Ledger, clock: Clock | None = None,
+        settings: EngineSettings | None = None, pbx: Pbx | None = None,
+    ) -> None:  # fmt: skip
+        self.tariffs = tariffs
+        self.ledger = ledger
+        self.clock = clock or Clock()
+        self.settings = settings or EngineSettings()
+        self.pbx = pbx
+        self.calls: dict[str, Call] = {}
+        self.stats = EngineStats()
+        self.accepting = True
+        self._finishing: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ authorize
+    @staticmethod
+    def _source(req: Mapping[str, str], args: tuple[str, ...], spec: str) -> str:
+        kind, _, value = spec.partition(":")
+        if kind == "arg":
+            n = int(value)
+            return args[n - 1].strip() if 0 < n <= len(args) else ""
+        if kind == "fixed":
+            return value
+        if kind == "callerid":
+            return req.get("agi_callerid", "").strip()
+        if kind == "accountcode":
+            return req.get("agi_accountcode", "").strip()
+        return req.get(f"agi_{kind}", "").strip()
+
+    def fallback(self, env: Mapping[str, str], args: tuple[str, ...], why: str) -> Variables:
+        """Answer without the ledger: emergency numbers still go through, the rest is refused."""
+        dialed = self._source(env, args, self.settings.dialed_source) or env.get("agi_extension", "")
+        c = classify(dialed, self.settings.default_country)
+        self.stats.count(f"fallback_{why}")
+        if c.kind is Kind.EMERGENCY:
+            return _answer("ALLOW", Reason.EMERGENCY, c.e164, "", env.get("agi_uniqueid", ""))
+        return _answer("DENY", Reason.ENGINE_ERROR, c.e164, "", env.get("agi_uniqueid", ""))
+
+    async def authorize(self, env: Mapping[str, str], args: tuple[str, ...]) -> Variables:
+        s = self.settings
+        call_id = env.get("agi_uniqueid", "")
+        dialed = self._source(env, args, s.dialed_source) or env.get("agi_extension", "")
+        ext = self._source(env, args, s.extension_source) or env.get("agi_callerid", "")
+        account_id = self._source(env, args, s.account_source)
+        now = self.clock.now()
+        account = await self.ledger.find_account(account_id) if account_id else None
+        if account is None:
+            c = classify(dialed, s.default_country)
+            if c.kind is Kind.EMERGENCY:
+                return self._done(_answer("ALLOW", Reason.EMERGENCY, c.e164, "", call_id))
+            return self._done(_answer("DENY", Reason.UNKNOWN_ACCOUNT, c.e164, "", call_id))
+        tariffs = self.tariffs.current
+        plan = tariffs.plan(account.settings.plan)
+        table = tariffs.table_for(plan)
+        extension = await self.ledger.extension(account_id, ext)
+        d = decide(plan, table, dialed, int(now), _rules(extension))
+        e164 = d.number.e164
+        if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
+            return self._done(_answer("ALLOW", d.reason, e164, "", call_id))
+        if not d.allowed or d.row is None:
+            return self._done(_answer("DENY", d.reason, e164, "", call_id))
+        if not self.accepting:
+            return self._done(_answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
+        price = d.row.price
+        call = Call(call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now)
+        for attempt in range(2):
+            seconds = min(s.quota_seconds, max_seconds(_budget(account, extension, int(now)), price))
+            if seconds <= 0:
+                reason = Reason.CAP_REACHED if _cap_binding(account, extension, int(now)) else _short(account, price)
+                return self._done(_answer("DENY", reason, e164, "", call_id))
+            call.granted, call.reserved = seconds, cost(seconds, price)
+            held = await self.ledger.reserve(call_id, account_id, ext, call.reserved, int(now),
+                                             int(now) + s.ring_timeout + seconds, call.details(s.node))  # fmt: skip
+            if held.ok:
+                self.calls[call_id] = call
+                return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + seconds), call_id))
+            if held.refusal is Refusal.DUPLICATE_CALL and call_id in self.calls:
+                known = self.calls[call_id]  # Asterisk asked twice for one channel: same answer
+                return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
+            if attempt == 0 and held.refusal in (Refusal.INSUFFICIENT_FUNDS, Refusal.CAP_REACHED,
+                                                 Refusal.ACCOUNT_BLOCKED):  # fmt: skip
+                account = await self.ledger.account(account_id)  # another call took money meanwhile
+                extension = await self.ledger.extension(account_id, ext)
+                continue
+            return self._done(_answer("DENY", _refusal_reason(held.refusal), e164, "", call_id))
+        return self._done(_answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
+
+    def _done(self, variables: Variables) -> Variables:
+        self.stats.count(f"{variables[0][1].lower()}_{variables[1][1]}")
+        return variables
+
+    # ------------------------------------------------------------ following calls
+    def event_time(self, event: Mapping[str, str]) -> float:
+        stamp = event.get("Timestamp", "")
+        try:
+            return float(stamp) if stamp else self.clock.now()
+        except ValueError:
+            return self.clock.now()
+
+    async def handle_event(self, event: Mapping[str, str]) -> None:
+        """One AMI event, in the order Asterisk sent them."""
+        name = event.get("Event", "")
+        uid = event.get("Uniqueid", "")
+        if name == "DialEnd":
+            call = self.calls.get(uid)
+            if call is not None and event.get("DialStatus") == "ANSWER" and call.answered_at is None:
+                call.answered_at = self.event_time(event)
+                call.channel = event.get("Channel", "") or call.channel
+                call.follower = asyncio.get_running_loop().create_task(self._follow(call))
+        elif name == "Cdr":
+            call = self.calls.get(event.get("UniqueID", ""))
+            if call is not None and event.get("DestinationChannel") and event.get("BillableSeconds", "").isdigit():
+                call.cdr_billable = int(event["BillableSeconds"])
+        elif name == "Hangup":
+            call = self.calls.pop(uid, None)
+            if call is not None:
+                await self._finish(call, self.event_time(event))
+
+    async def _follow(self, call: Call) -> None:
+        """Hold the deadline in Asterisk and move it forward while the account can pay."""
+        s = self.settings
+        try:
+            await self._push_deadline(call)
+            while call.call_id in self.calls:
+                await self.clock.sleep_until(call.deadline - s.renew_margin)
+                if call.call_id not in self.calls:
+                    return
+                if not await self._renew(call):
+                    log.info("quota not renewed: the call ends at its deadline",
+                             extra={"call_id": call.call_id, "granted": call.granted})  # fmt: skip
+                    return
+                await self._push_deadline(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("following a call failed; its deadline in Asterisk still holds",
+                          extra={"call_id": call.call_id})  # fmt: skip
+
+    async def _push_deadline(self, call: Call) -> None:
+        remaining = max(1, math.floor(call.deadline - self.clock.now()))
+        await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
+        if self.pbx is not None and call.channel:
+            await self.pbx.set_timeout(call.channel, remaining)
+
+    async def _renew(self, call: Call) -> bool:
+        s = self.settings
+        for _ in range(2):
+            account = await self.ledger.account(call.account_id)
+            extension = await self.ledger.extension(call.account_id, call.ext)
+            budget = call.reserved + _budget(account, extension, self.clock.now_int())
+            more = min(s.quota_seconds, max_seconds(budget, call.price) - call.granted)
+            if more <= 0:
+                return False
+            amount = cost(call.granted + more, call.price) - call.reserved
+            if amount <= 0:  # the next seconds are already paid for by the billing increment
+                call.granted += more
+                return True
+            held = await self.ledger.extend(call.call_id, amount, self.clock.now_int(),
+                                            math.floor(call.deadline + more))  # fmt: skip
+            if held.ok:
+                call.granted += more
+                call.reserved += amount
+                self.stats.extended += 1
+                return True
+        return False
+
+    async def _finish(self, call: Call, ended_at: float, estimated: bool = False) -> None:
+        if call.follower is not None:
+            call.follower.cancel()
+        if call.answered_at is None:
+            await self.ledger.release(call.call_id, int(ended_at))
+            self.stats.released += 1
+            return
+        billable = max(0, math.floor(ended_at - call.answered_at))
+        if billable > call.granted:
+            log.warning("call outlived its deadline; billing the granted time",
+                        extra={"call_id": call.call_id, "billable": billable, "granted": call.granted})  # fmt: skip
+            billable = call.granted
+        if call.cdr_billable is not None and abs(call.cdr_billable - billable) > self.settings.cdr_tolerance:
+            self.stats.cdr_mismatches += 1
+            log.warning("Cdr BillableSeconds differs from answer-to-hangup",
+                        extra={"call_id": call.call_id, "cdr": call.cdr_billable, "ours": billable})  # fmt: skip
+        amount = cost(billable, call.price)
+        details = CallDetails(int(call.started_at), int(ended_at), call.dialed, call.e164, call.destination,
+                              call.kind, billable, estimated)  # fmt: skip
+        result = await self.ledger.settle(call.call_id, amount, details, int(ended_at))
+        if result.settled:
+            self.stats.settled += 1
+            self.stats.estimated += estimated
+
+    # ------------------------------------------------------------ restart and reconnect
+    async def reconcile(self) -> tuple[int, int]:
+        """Settle reservations whose channel is gone; follow again those still up. (settled, followed)"""
+        if self.pbx is None:
+            return 0, 0
+        live = await self.pbx.live_channels()
+        settled = followed = 0
+        for r in await self.ledger.reservations():
+            try:
+                info = json.loads(r.details) if r.details else {}
+            except ValueError:
+                info = {}
+            if info.get("node") != self.settings.node or (r.call_id in self.calls and r.call_id in live):
+                continue
+            call = self.calls.pop(r.call_id, None) or _call_from(r.call_id, r.account_id, r.ext, r.amount, info)
+            if r.call_id in live:
+                call.channel = live[r.call_id] or call.channel
+                self.calls[r.call_id] = call
+                if call.answered_at is not None:
+                    call.follower = asyncio.get_running_loop().create_task(self._follow(call))
+                followed += 1
+                continue
+            end = min(self.clock.now(), call.deadline) if call.answered_at is not None else self.clock.now()
+            await self._finish(call, end, estimated=call.answered_at is not None)
+            settled += 1
+        return settled, followed
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: keep following live calls until they end or `grace` (clock seconds) passes."""
+        self.accepting = False
+        waited = 0.0
+        while self.calls and waited < grace:
+            await self.clock.sleep(0.5)
+            waited += 0.5
+        for call in list(self.calls.values()):
+            if call.follower is not None:
+                call.follower.cancel()
+
+
+def _rules(extension: Extension | None) -> ExtensionRules:
+    if extension is None:
+        return ExtensionRules()
+    s = extension.settings
+    classes = ALL_CLASSES if s.classes is None else frozenset(DestinationClass(c) for c in s.classes)
+    return ExtensionRules(chargeable=s.chargeable, classes=classes)
+
+
+def _cap_left(extension: Extension | None, now: int) -> int | None:
+    if extension is None:
+        return None
+    from .ledger.programs import periods
+
+    day, month = periods(now)
+    s, left = extension.settings, None
+    if s.daily_cap is not None:
+        left = s.daily_cap - (extension.day_spent if extension.day == day else 0) - extension.reserved
+    if s.monthly_cap is not None:
+        m = s.monthly_cap - (extension.month_spent if extension.month == month else 0) - extension.reserved
+        left = m if left is None else min(left, m)
+    return left
+
+
+def _budget(account: Account, extension: Extension | None, now: int) -> int:
+    cap = _cap_left(extension, now)
+    return max(0, account.available if cap is None else min(account.available, cap))
+
+
+def _cap_binding(account: Account, extension: Extension | None, now: int) -> bool:
+    cap = _cap_left(extension, now)
+    return cap is not None and cap < account.available
+
+
+def _short(account: Account, price: Price) -> Reason:
+    if account.floor > 0 and account.balance - account.reserved >= cost(1, price):
+        return Reason.ACCOUNT_BLOCKED
+    return Reason.INSUFFICIENT_FUNDS
+
+
+def _refusal_reason(refusal: Refusal | None) -> Reason:
+    return {
+        Refusal.INSUFFICIENT_FUNDS: Reason.INSUFFICIENT_FUNDS, Refusal.ACCOUNT_BLOCKED: Reason.ACCOUNT_BLOCKED,
+        Refusal.CAP_REACHED: Reason.CAP_REACHED, Refusal.EXTENSION_NOT_ALLOWED: Reason.EXTENSION_NOT_ALLOWED,
+        Refusal.UNKNOWN_ACCOUNT: Reason.UNKNOWN_ACCOUNT,
+    }.get(refusal or Refusal.INSUFFICIENT_FUNDS, Reason.ENGINE_ERROR)  # fmt: skip
+
+
+def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dict[str, Any]) -> Call:
+    """Rebuild a call from its reservation after a restart (the price it started with)."""
+    price = Price(*(int(x) for x in info.get("price") or [0, 0, 1, 1, 0]))
+    answered = info.get("answered_at")
+    return Call(
+        call_id, account_id, ext, str(info.get("dialed", "")), str(info.get("e164", "")), str(info.get("kind", "")),
+        str(info.get("destination", "")), price, int(info.get("granted", 0)), reserved,
+        float(info.get("started_at", 0)), str(info.get("channel", "")),
+        float(answered) if answered is not None else None,
+    )  # fmt: skip
