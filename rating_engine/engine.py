@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,7 +116,12 @@ class Engine:
         self.calls: dict[str, Call] = {}
         self.stats = EngineStats()
         self.accepting = True
-        self._finishing: set[asyncio.Task[None]] = set()
+        self.observer: Callable[[str, dict[str, Any]], None] | None = None
+        """Told of each step of each call (the demo prints them); must not block."""
+
+    def _notify(self, what: str, **fields: Any) -> None:
+        if self.observer is not None:
+            self.observer(what, fields)
 
     # ------------------------------------------------------------ authorize
     @staticmethod
@@ -192,7 +197,17 @@ class Engine:
         return self._done(_answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
 
     def _done(self, variables: Variables) -> Variables:
-        self.stats.count(f"{variables[0][1].lower()}_{variables[1][1]}")
+        v = dict(variables)
+        self.stats.count(f"{v['RATING_STATUS'].lower()}_{v['RATING_REASON']}")
+        self._notify(
+            "authorized",
+            call_id=v["RATING_CALLID"],
+            status=v["RATING_STATUS"],
+            reason=v["RATING_REASON"],
+            e164=v["RATING_E164"],
+            guard=v["RATING_GUARDSEC"],
+            call=self.calls.get(v["RATING_CALLID"]),
+        )
         return variables
 
     # ------------------------------------------------------------ following calls
@@ -213,6 +228,7 @@ class Engine:
                 call.answered_at = self.event_time(event)
                 call.channel = event.get("Channel", "") or call.channel
                 call.follower = asyncio.get_running_loop().create_task(self._follow(call))
+                self._notify("answered", call=call)
         elif name == "Cdr":
             call = self.calls.get(event.get("UniqueID", ""))
             if call is not None and event.get("DestinationChannel") and event.get("BillableSeconds", "").isdigit():
@@ -267,6 +283,7 @@ class Engine:
                 call.granted += more
                 call.reserved += amount
                 self.stats.extended += 1
+                self._notify("renewed", call=call, more=more, amount=amount)
                 return True
         return False
 
@@ -276,6 +293,7 @@ class Engine:
         if call.answered_at is None:
             await self.ledger.release(call.call_id, int(ended_at))
             self.stats.released += 1
+            self._notify("released", call=call)
             return
         billable = max(0, math.floor(ended_at - call.answered_at))
         if billable > call.granted:
@@ -293,6 +311,15 @@ class Engine:
         if result.settled:
             self.stats.settled += 1
             self.stats.estimated += estimated
+            self._notify(
+                "settled",
+                call=call,
+                billable=billable,
+                cost=amount,
+                balance=result.balance_after,
+                estimated=estimated,
+                cut=ended_at >= call.deadline - 2,
+            )
 
     # ------------------------------------------------------------ restart and reconnect
     async def reconcile(self) -> tuple[int, int]:

@@ -1,0 +1,42 @@
+"""`rating-engine run` (the service) and `rating-engine demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("run", help="run the engine: FastAGI authorization, AMI call tracking, metrics")
+    r.add_argument("--config", required=True, help="TOML config (see asterisk_conf/rating-engine.toml)")
+    r.set_defaults(handler=cmd_run)
+    d = sub.add_parser("demo", help="the engine on the sample tariffs against the Asterisk simulator")
+    d.add_argument("--speed", type=float, default=15.0, help="how much faster than real time (default 15)")
+    d.add_argument("--balance", default="4.00", help="the shared account's opening balance (EUR)")
+    d.add_argument("--dir", help="where to keep the demo ledger (default: a new temporary directory)")
+    d.set_defaults(handler=cmd_demo)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .. import logs
+    from ..config import load_config
+    from ..service import run
+
+    config = load_config(args.config)
+    config.ami.resolved_secret()  # fail now, with one clear line, if there is no secret
+    logs.setup(config.log.level, config.log.format)
+    run(config)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .. import logs
+    from ..demo import run_demo
+
+    logs.setup("error", "text")
+    try:
+        import uvloop
+
+        return uvloop.run(run_demo(args.speed, args.balance, args.dir))
+    except ImportError:
+        return asyncio.run(run_demo(args.speed, args.balance, args.dir))

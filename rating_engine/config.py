@@ -1,0 +1,186 @@
+"""Every setting and its default, in one place; read from TOML.
+
+The AMI secret comes from the file, from an environment variable (`secret_env`) or from a
+file of its own (`secret_file`) — never from the command line — and is never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _hostport(text: str, default_port: int) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host:
+        return text, default_port
+    if not port.isdigit():
+        raise ConfigError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class EngineSection:
+    node: str = "pbx1"
+    quota_seconds: int = 120
+    renew_margin: int = 20
+    ring_timeout: int = 60
+    account: str = "accountcode"
+    extension: str = "arg:1"
+    dialed: str = "arg:2"
+    default_country: str = "FR"
+    answer_timeout: float = 2.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class AgiSection:
+    bind: str = "127.0.0.1:4573"
+    reuse_port: bool = False
+
+
+@dataclass(frozen=True)
+class AmiSection:
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "rating"
+    secret: str = field(default="", repr=False)
+    secret_env: str = "RATING_ENGINE_AMI_SECRET"
+    secret_file: str = ""
+    action_timeout: float = 5.0
+    ping_interval: float = 10.0
+
+    def resolved_secret(self) -> str:
+        if self.secret:
+            return self.secret
+        if self.secret_file:
+            try:
+                return Path(self.secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read ami.secret_file {self.secret_file}: {exc.strerror}") from None
+        value = os.environ.get(self.secret_env, "") if self.secret_env else ""
+        if not value:
+            raise ConfigError(f"no AMI secret: set ami.secret_file, or the environment variable {self.secret_env}")
+        return value
+
+
+@dataclass(frozen=True)
+class LedgerSection:
+    url: str = ""
+    """Empty: sqlite:/// under the data directory."""
+
+
+@dataclass(frozen=True)
+class TariffsSection:
+    plans: tuple[str, ...] = ("tariffs/office-fr.toml",)
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    bind: str = "127.0.0.1:9573"
+    """Empty disables the metrics endpoint."""
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineSection = EngineSection()
+    agi: AgiSection = AgiSection()
+    ami: AmiSection = AmiSection()
+    ledger: LedgerSection = LedgerSection()
+    tariffs: TariffsSection = TariffsSection()
+    metrics: MetricsSection = MetricsSection()
+    log: LogSection = LogSection()
+    base: Path = Path(".")
+    """Directory that relative paths in the file are read against."""
+
+    def plan_paths(self) -> list[Path]:
+        return [p if p.is_absolute() else self.base / p for p in map(Path, self.tariffs.plans)]
+
+    @property
+    def agi_address(self) -> tuple[str, int]:
+        return _hostport(self.agi.bind, 4573)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return _hostport(self.metrics.bind, 9573) if self.metrics.bind else None
+
+
+SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base"}
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
+    cfg = Config(base=base or Path("."))
+    for name, body in data.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        section = getattr(cfg, name)
+        known = {f.name: f for f in fields(section)}
+        values: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {name}.{key}; known: {', '.join(known)}")
+            default = getattr(section, key)
+            if isinstance(default, tuple):
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{source}: {name}.{key} must be a list of strings")
+                value = tuple(value)
+            elif isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{source}: {name}.{key} must be true or false")
+            elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            elif not isinstance(value, type(default)) or isinstance(value, bool) != isinstance(default, bool):
+                raise ConfigError(f"{source}: {name}.{key} must be a {type(default).__name__}")
+            values[key] = value
+        cfg = replace(cfg, **{name: replace(section, **values)})
+    _check(cfg, source)
+    return cfg
+
+
+def _check(cfg: Config, source: str) -> None:
+    e = cfg.engine
+    if e.quota_seconds < 10 or e.renew_margin < 1 or e.renew_margin >= e.quota_seconds:
+        raise ConfigError(f"{source}: engine.quota_seconds must be ≥ 10 and renew_margin between 1 and the quota")
+    if e.ring_timeout < 1:
+        raise ConfigError(f"{source}: engine.ring_timeout must be positive")
+    for key in ("account", "extension", "dialed"):
+        spec = getattr(e, key)
+        kind, _, value = spec.partition(":")
+        ok = (
+            (kind == "arg" and value.isdigit() and int(value) > 0)
+            or (kind == "fixed" and value)
+            or (kind in ("accountcode", "callerid", "extension") and not value)
+        )
+        if not ok:
+            raise ConfigError(f"{source}: engine.{key} = {spec!r}: use accountcode, callerid, arg:N or fixed:NAME")
+    cfg.agi_address  # noqa: B018 - validates
+    if cfg.metrics.bind:
+        cfg.metrics_address  # noqa: B018
+    if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{source}: log.level must be debug, info, warning or error")
+    if cfg.log.format not in ("json", "text"):
+        raise ConfigError(f"{source}: log.format must be json or text")
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, str(p), p.resolve().parent)
