@@ -18,6 +18,7 @@ from typing import Any
 from .asterisk.simulator import AsteriskSimulator, Scenario
 from .clock import Clock
 from .config import AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
+from .engine import Call
 from .ledger import AccountSettings, ExtensionSettings
 from .money import format_amount, parse_amount
 from .service import Service
@@ -25,29 +26,32 @@ from .service import Service
 ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = {"201": "Alice", "202": "Bob", "203": "Carol", "204": "Dave", "205": "Eve"}
 CALLS: list[tuple[float, Scenario]] = [
-    (0, Scenario("06 12 34 56 78", "201", talk=150)),                 # included: French mobile
-    (2, Scenario("+49 30 1234567", "202", talk=90)),                  # included: German fixed line
-    (4, Scenario("0899 12 34 56", "203", talk=95)),                   # premium rate
-    (6, Scenario("+1 212 555 0100", "201", talk=200)),                # international, 30/6 billing
-    (8, Scenario("+44 7911 123456", "205", talk=60)),                 # refused: Eve has no mobile-abroad calls
-    (10, Scenario("+212 612 345678", "204", talk=60)),                # refused: Dave has no chargeable calls
-    (12, Scenario("112", "204", talk=40)),                            # emergency: always, free, even for Dave
-    (14, Scenario("0892 68 01 23", "202", outcome="busy")),           # busy: nothing charged
-    (20, Scenario("+212 612 345678", "201", talk=400)),               # three long chargeable calls at once …
-    (21, Scenario("+86 138 0013 8000", "202", talk=400)),             # … run the shared balance out mid-call
+    (0, Scenario("06 12 34 56 78", "201", talk=150)),  # included: French mobile
+    (2, Scenario("+49 30 1234567", "202", talk=90)),  # included: German fixed line
+    (4, Scenario("0899 12 34 56", "203", talk=95)),  # premium rate
+    (6, Scenario("+1 212 555 0100", "201", talk=200)),  # international, 30/6 billing
+    (8, Scenario("+44 7911 123456", "205", talk=60)),  # refused: Eve has no mobile-abroad calls
+    (10, Scenario("+212 612 345678", "204", talk=60)),  # refused: Dave has no chargeable calls
+    (12, Scenario("112", "204", talk=40)),  # emergency: always, free, even for Dave
+    (14, Scenario("0892 68 01 23", "202", outcome="busy")),  # busy: nothing charged
+    (20, Scenario("+212 612 345678", "201", talk=400)),  # three long chargeable calls at once …
+    (21, Scenario("+86 138 0013 8000", "202", talk=400)),  # … run the shared balance out mid-call
     (22, Scenario("0899 12 34 56", "203", talk=400)),
-    (70, Scenario("+44 20 7946 0000", "205", talk=60)),               # included: UK fixed line
-]  # fmt: skip
+    (70, Scenario("+44 20 7946 0000", "205", talk=60)),  # included: UK fixed line
+]
 
 
 def _show(t0: float, clock: Clock, currency: str) -> Any:
     def observe(what: str, f: dict[str, Any]) -> None:
-        call = f.get("call")
+        maybe: Call | None = f.get("call")
         t = f"[{clock.now() - t0:6.1f}s]"
-        who = f"{call.ext} {PEOPLE.get(call.ext, '')}" if call else ""
-        if what == "authorized" and not call:
-            print(f"{t} {f['e164'] or '?':>15}  {f['status']} {f['reason']}")
-        elif what == "authorized":
+        if maybe is None:
+            if what == "authorized":
+                print(f"{t} {f['e164'] or '?':>15}  {f['status']} {f['reason']}")
+            return
+        call = maybe
+        who = f"{call.ext} {PEOPLE.get(call.ext, '')}"
+        if what == "authorized":
             print(
                 f"{t} {call.e164:>15}  ALLOW charged from {who}: {call.destination}, "
                 f"{call.granted} s reserved ({format_amount(call.reserved, currency)} {currency})"
@@ -75,9 +79,11 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     ami_port = await sim.start()
     config = Config(
         engine=EngineSection(account="fixed:acme-office", quota_seconds=60, renew_margin=10, ring_timeout=30),
-        ami=AmiSection(port=ami_port, username="rating"), ledger=LedgerSection(url=f"sqlite:///{work / 'ledger.sqlite3'}"),
-        tariffs=TariffsSection(plans=(str(ROOT / "tariffs" / "office-fr.toml"),)), metrics=MetricsSection(bind=""),
-    )  # fmt: skip
+        ami=AmiSection(port=ami_port, username="rating"),
+        ledger=LedgerSection(url=f"sqlite:///{work / 'ledger.sqlite3'}"),
+        tariffs=TariffsSection(plans=(str(ROOT / "tariffs" / "office-fr.toml"),)),
+        metrics=MetricsSection(bind=""),
+    )
     service = Service(config, clock=clock, ami_secret="simulator")
     await service.ledger.open()
     ledger = service.ledger
@@ -106,7 +112,7 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     await service.stop(grace=0)
     await _summary(ledger)
     problems = await ledger.check()
-    print("\nledger check:", "ok, every balance equals its journal" if not problems else problems)
+    print("\nledger check:", problems if problems else "ok, every balance equals its journal")
     await ledger.close()
     await sim.close()
     return 0 if not problems else 1

@@ -75,11 +75,20 @@ class Call:
 
     def details(self, node: str) -> str:
         p = self.price
-        return json.dumps({
-            "node": node, "channel": self.channel, "dialed": self.dialed, "e164": self.e164, "kind": self.kind,
-            "destination": self.destination, "price": [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum],
-            "granted": self.granted, "answered_at": self.answered_at, "started_at": self.started_at,
-        })  # fmt: skip
+        return json.dumps(
+            {
+                "node": node,
+                "channel": self.channel,
+                "dialed": self.dialed,
+                "e164": self.e164,
+                "kind": self.kind,
+                "destination": self.destination,
+                "price": [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum],
+                "granted": self.granted,
+                "answered_at": self.answered_at,
+                "started_at": self.started_at,
+            }
+        )
 
 
 @dataclass(slots=True)
@@ -99,15 +108,24 @@ Variables = list[tuple[str, str]]
 
 
 def _answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "") -> Variables:
-    return [("RATING_STATUS", status), ("RATING_REASON", reason), ("RATING_E164", e164),
-            ("RATING_GUARDSEC", guard), ("RATING_CALLID", call_id)]  # fmt: skip
+    return [
+        ("RATING_STATUS", status),
+        ("RATING_REASON", reason),
+        ("RATING_E164", e164),
+        ("RATING_GUARDSEC", guard),
+        ("RATING_CALLID", call_id),
+    ]
 
 
 class Engine:
     def __init__(
-        self, tariffs: TariffStore, ledger: Ledger, clock: Clock | None = None,
-        settings: EngineSettings | None = None, pbx: Pbx | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        tariffs: TariffStore,
+        ledger: Ledger,
+        clock: Clock | None = None,
+        settings: EngineSettings | None = None,
+        pbx: Pbx | None = None,
+    ) -> None:
         self.tariffs = tariffs
         self.ledger = ledger
         self.clock = clock or Clock()
@@ -180,16 +198,26 @@ class Engine:
                 reason = Reason.CAP_REACHED if _cap_binding(account, extension, int(now)) else _short(account, price)
                 return self._done(_answer("DENY", reason, e164, "", call_id))
             call.granted, call.reserved = seconds, cost(seconds, price)
-            held = await self.ledger.reserve(call_id, account_id, ext, call.reserved, int(now),
-                                             int(now) + s.ring_timeout + seconds, call.details(s.node))  # fmt: skip
+            held = await self.ledger.reserve(
+                call_id,
+                account_id,
+                ext,
+                call.reserved,
+                int(now),
+                int(now) + s.ring_timeout + seconds,
+                call.details(s.node),
+            )
             if held.ok:
                 self.calls[call_id] = call
                 return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + seconds), call_id))
             if held.refusal is Refusal.DUPLICATE_CALL and call_id in self.calls:
                 known = self.calls[call_id]  # Asterisk asked twice for one channel: same answer
                 return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
-            if attempt == 0 and held.refusal in (Refusal.INSUFFICIENT_FUNDS, Refusal.CAP_REACHED,
-                                                 Refusal.ACCOUNT_BLOCKED):  # fmt: skip
+            if attempt == 0 and held.refusal in (
+                Refusal.INSUFFICIENT_FUNDS,
+                Refusal.CAP_REACHED,
+                Refusal.ACCOUNT_BLOCKED,
+            ):
                 account = await self.ledger.account(account_id)  # another call took money meanwhile
                 extension = await self.ledger.extension(account_id, ext)
                 continue
@@ -248,15 +276,18 @@ class Engine:
                 if call.call_id not in self.calls:
                     return
                 if not await self._renew(call):
-                    log.info("quota not renewed: the call ends at its deadline",
-                             extra={"call_id": call.call_id, "granted": call.granted})  # fmt: skip
+                    log.info(
+                        "quota not renewed: the call ends at its deadline",
+                        extra={"call_id": call.call_id, "granted": call.granted},
+                    )
                     return
                 await self._push_deadline(call)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("following a call failed; its deadline in Asterisk still holds",
-                          extra={"call_id": call.call_id})  # fmt: skip
+            log.exception(
+                "following a call failed; its deadline in Asterisk still holds", extra={"call_id": call.call_id}
+            )
 
     async def _push_deadline(self, call: Call) -> None:
         remaining = max(1, math.floor(call.deadline - self.clock.now()))
@@ -277,8 +308,9 @@ class Engine:
             if amount <= 0:  # the next seconds are already paid for by the billing increment
                 call.granted += more
                 return True
-            held = await self.ledger.extend(call.call_id, amount, self.clock.now_int(),
-                                            math.floor(call.deadline + more))  # fmt: skip
+            held = await self.ledger.extend(
+                call.call_id, amount, self.clock.now_int(), math.floor(call.deadline + more)
+            )
             if held.ok:
                 call.granted += more
                 call.reserved += amount
@@ -297,16 +329,28 @@ class Engine:
             return
         billable = max(0, math.floor(ended_at - call.answered_at))
         if billable > call.granted:
-            log.warning("call outlived its deadline; billing the granted time",
-                        extra={"call_id": call.call_id, "billable": billable, "granted": call.granted})  # fmt: skip
+            log.warning(
+                "call outlived its deadline; billing the granted time",
+                extra={"call_id": call.call_id, "billable": billable, "granted": call.granted},
+            )
             billable = call.granted
         if call.cdr_billable is not None and abs(call.cdr_billable - billable) > self.settings.cdr_tolerance:
             self.stats.cdr_mismatches += 1
-            log.warning("Cdr BillableSeconds differs from answer-to-hangup",
-                        extra={"call_id": call.call_id, "cdr": call.cdr_billable, "ours": billable})  # fmt: skip
+            log.warning(
+                "Cdr BillableSeconds differs from answer-to-hangup",
+                extra={"call_id": call.call_id, "cdr": call.cdr_billable, "ours": billable},
+            )
         amount = cost(billable, call.price)
-        details = CallDetails(int(call.started_at), int(ended_at), call.dialed, call.e164, call.destination,
-                              call.kind, billable, estimated)  # fmt: skip
+        details = CallDetails(
+            int(call.started_at),
+            int(ended_at),
+            call.dialed,
+            call.e164,
+            call.destination,
+            call.kind,
+            billable,
+            estimated,
+        )
         result = await self.ledger.settle(call.call_id, amount, details, int(ended_at))
         if result.settled:
             self.stats.settled += 1
@@ -401,10 +445,12 @@ def _short(account: Account, price: Price) -> Reason:
 
 def _refusal_reason(refusal: Refusal | None) -> Reason:
     return {
-        Refusal.INSUFFICIENT_FUNDS: Reason.INSUFFICIENT_FUNDS, Refusal.ACCOUNT_BLOCKED: Reason.ACCOUNT_BLOCKED,
-        Refusal.CAP_REACHED: Reason.CAP_REACHED, Refusal.EXTENSION_NOT_ALLOWED: Reason.EXTENSION_NOT_ALLOWED,
+        Refusal.INSUFFICIENT_FUNDS: Reason.INSUFFICIENT_FUNDS,
+        Refusal.ACCOUNT_BLOCKED: Reason.ACCOUNT_BLOCKED,
+        Refusal.CAP_REACHED: Reason.CAP_REACHED,
+        Refusal.EXTENSION_NOT_ALLOWED: Reason.EXTENSION_NOT_ALLOWED,
         Refusal.UNKNOWN_ACCOUNT: Reason.UNKNOWN_ACCOUNT,
-    }.get(refusal or Refusal.INSUFFICIENT_FUNDS, Reason.ENGINE_ERROR)  # fmt: skip
+    }.get(refusal or Refusal.INSUFFICIENT_FUNDS, Reason.ENGINE_ERROR)
 
 
 def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dict[str, Any]) -> Call:
@@ -412,8 +458,17 @@ def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dic
     price = Price(*(int(x) for x in info.get("price") or [0, 0, 1, 1, 0]))
     answered = info.get("answered_at")
     return Call(
-        call_id, account_id, ext, str(info.get("dialed", "")), str(info.get("e164", "")), str(info.get("kind", "")),
-        str(info.get("destination", "")), price, int(info.get("granted", 0)), reserved,
-        float(info.get("started_at", 0)), str(info.get("channel", "")),
+        call_id,
+        account_id,
+        ext,
+        str(info.get("dialed", "")),
+        str(info.get("e164", "")),
+        str(info.get("kind", "")),
+        str(info.get("destination", "")),
+        price,
+        int(info.get("granted", 0)),
+        reserved,
+        float(info.get("started_at", 0)),
+        str(info.get("channel", "")),
         float(answered) if answered is not None else None,
-    )  # fmt: skip
+    )

@@ -43,10 +43,17 @@ class Metrics:
             lines.append(f'rating_authorizations_total{{outcome="{outcome}"}} {n}')
         lines.append("# TYPE rating_authorize_seconds histogram")
         lines += self.latency.lines("rating_authorize_seconds")
-        for name, kind in (("live_calls", "gauge"), ("settled_total", "counter"), ("released_total", "counter"),
-                           ("extended_total", "counter"), ("estimated_total", "counter"),
-                           ("cdr_mismatches_total", "counter"), ("ami_connected", "gauge"),
-                           ("ami_logins_total", "counter"), ("agi_fallbacks_total", "counter")):  # fmt: skip
+        for name, kind in (
+            ("live_calls", "gauge"),
+            ("settled_total", "counter"),
+            ("released_total", "counter"),
+            ("extended_total", "counter"),
+            ("estimated_total", "counter"),
+            ("cdr_mismatches_total", "counter"),
+            ("ami_connected", "gauge"),
+            ("ami_logins_total", "counter"),
+            ("agi_fallbacks_total", "counter"),
+        ):
             lines += [f"# TYPE rating_{name} {kind}", f"rating_{name} {int(data.get(name, 0))}"]  # type: ignore[call-overload]
         return "\n".join(lines) + "\n"
 
@@ -62,8 +69,10 @@ class Metrics:
                 body, status = self.render().encode(), b"200 OK"
             else:
                 body, status = b"not found\n", b"404 Not Found"
-            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -30,17 +30,27 @@ log = logging.getLogger("rating_engine.service")
 def engine_settings(config: Config) -> EngineSettings:
     e = config.engine
     return EngineSettings(
-        quota_seconds=e.quota_seconds, renew_margin=e.renew_margin, ring_timeout=e.ring_timeout,
-        account_source=e.account, extension_source=e.extension, dialed_source=e.dialed,
-        default_country=e.default_country, node=e.node,
-    )  # fmt: skip
+        quota_seconds=e.quota_seconds,
+        renew_margin=e.renew_margin,
+        ring_timeout=e.ring_timeout,
+        account_source=e.account,
+        extension_source=e.extension,
+        dialed_source=e.dialed,
+        default_country=e.default_country,
+        node=e.node,
+    )
 
 
 class Service:
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, ledger: Ledger | None = None,
-        provider: PaymentProvider | None = None, ami_secret: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        ledger: Ledger | None = None,
+        provider: PaymentProvider | None = None,
+        ami_secret: str | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock or Clock()
         self.ledger = ledger or make_ledger(config.ledger.url or default_url(), provider)
@@ -50,9 +60,11 @@ class Service:
         self.engine = Engine(self.tariffs, self.ledger, self.clock, engine_settings(config))
         self.metrics = Metrics(self._collect)
         self.agi = FastAgiServer(
-            {"authorize": self._authorize}, self._fallback, answer_timeout=config.engine.answer_timeout,
+            {"authorize": self._authorize},
+            self._fallback,
+            answer_timeout=config.engine.answer_timeout,
             on_latency=self.metrics.latency.observe,
-        )  # fmt: skip
+        )
         self.ami: AmiClient | None = None
         self.agi_port = 0
         self.metrics_port = 0
@@ -67,27 +79,48 @@ class Service:
     def _collect(self) -> dict[str, Any]:
         s = self.engine.stats
         return {
-            "outcomes": s.outcomes, "live_calls": len(self.engine.calls), "settled_total": s.settled,
-            "released_total": s.released, "extended_total": s.extended, "estimated_total": s.estimated,
-            "cdr_mismatches_total": s.cdr_mismatches, "ami_connected": bool(self.ami and self.ami.connected),
-            "ami_logins_total": self.ami.logins if self.ami else 0, "agi_fallbacks_total": self.agi.stats.fallbacks,
-        }  # fmt: skip
+            "outcomes": s.outcomes,
+            "live_calls": len(self.engine.calls),
+            "settled_total": s.settled,
+            "released_total": s.released,
+            "extended_total": s.extended,
+            "estimated_total": s.estimated,
+            "cdr_mismatches_total": s.cdr_mismatches,
+            "ami_connected": bool(self.ami and self.ami.connected),
+            "ami_logins_total": self.ami.logins if self.ami else 0,
+            "agi_fallbacks_total": self.agi.stats.fallbacks,
+        }
 
     async def start(self) -> None:
         if self._own_ledger:
             await self.ledger.open()
         a = self.config.ami
         secret = self.ami_secret if self.ami_secret is not None else a.resolved_secret()
-        self.ami = AmiClient(a.host, a.port, a.username, secret, self.engine.handle_event, self._on_login,
-                             action_timeout=a.action_timeout, ping_interval=a.ping_interval)  # fmt: skip
+        self.ami = AmiClient(
+            a.host,
+            a.port,
+            a.username,
+            secret,
+            self.engine.handle_event,
+            self._on_login,
+            action_timeout=a.action_timeout,
+            ping_interval=a.ping_interval,
+        )
         self.engine.pbx = self.ami
         await self.ami.start()
         host, port = self.config.agi_address
         self.agi_port = await self.agi.start(host, port, reuse_port=self.config.agi.reuse_port)
         if self.config.metrics_address is not None:
             self.metrics_port = await self.metrics.serve(*self.config.metrics_address)
-        log.info("engine started", extra={"agi": f"{host}:{self.agi_port}", "ami": f"{a.host}:{a.port}",
-                                          "metrics_port": self.metrics_port, "node": self.config.engine.node})  # fmt: skip
+        log.info(
+            "engine started",
+            extra={
+                "agi": f"{host}:{self.agi_port}",
+                "ami": f"{a.host}:{a.port}",
+                "metrics_port": self.metrics_port,
+                "node": self.config.engine.node,
+            },
+        )
 
     async def _on_login(self) -> None:
         settled, followed = await self.engine.reconcile()
@@ -121,8 +154,10 @@ class Service:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tariffs)
         await self.start()
         await done.wait()
-        log.info("shutting down: no new authorizations; following live calls",
-                 extra={"live_calls": len(self.engine.calls), "grace": self.config.engine.shutdown_grace})  # fmt: skip
+        log.info(
+            "shutting down: no new authorizations; following live calls",
+            extra={"live_calls": len(self.engine.calls), "grace": self.config.engine.shutdown_grace},
+        )
         await self.stop()
 
 

@@ -68,10 +68,19 @@ class AmiClient:
     """Implements the engine's `Pbx` protocol over AMI."""
 
     def __init__(
-        self, host: str, port: int, username: str, secret: str, on_event: EventHandler,
-        on_login: Callable[[], Awaitable[None]] | None = None, *, action_timeout: float = 5.0,
-        ping_interval: float = 10.0, reconnect_min: float = 0.5, reconnect_max: float = 30.0,
-    ) -> None:  # fmt: skip
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        on_event: EventHandler,
+        on_login: Callable[[], Awaitable[None]] | None = None,
+        *,
+        action_timeout: float = 5.0,
+        ping_interval: float = 10.0,
+        reconnect_min: float = 0.5,
+        reconnect_max: float = 30.0,
+    ) -> None:
         self.on_event = on_event
         self.on_login_hook = on_login
         self.action_timeout = action_timeout
@@ -82,10 +91,17 @@ class AmiClient:
         self.logins = 0
         self.events: asyncio.Queue[Mapping[str, str]] = asyncio.Queue()
         self.manager = _Manager(
-            self, host=host, port=port, username=username, secret=secret, events="on",
-            ping_delay=3600, reconnect_timeout=reconnect_min, on_login=self._logged_in,
+            self,
+            host=host,
+            port=port,
+            username=username,
+            secret=secret,
+            events="on",
+            ping_delay=3600,
+            reconnect_timeout=reconnect_min,
+            on_login=self._logged_in,
             loop=asyncio.get_running_loop(),
-        )  # fmt: skip
+        )
         self.manager.register_event("*", self._enqueue)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -152,8 +168,9 @@ class AmiClient:
     async def set_timeout(self, channel: str, seconds: int) -> bool:
         if seconds < 1:  # TIMEOUT(absolute)=0 would remove the deadline
             seconds = 1
-        reply = await self.action({"Action": "Setvar", "Channel": channel, "Variable": "TIMEOUT(absolute)",
-                                   "Value": str(seconds)})  # fmt: skip
+        reply = await self.action(
+            {"Action": "Setvar", "Channel": channel, "Variable": "TIMEOUT(absolute)", "Value": str(seconds)}
+        )
         ok = reply is not None and str(reply.get("Response", "")).lower() == "success"
         if not ok:
             log.error("setting the deadline failed", extra={"channel": channel, "seconds": seconds})
@@ -163,8 +180,7 @@ class AmiClient:
         reply = await self.action({"Action": "CoreShowChannels"}, as_list=True)
         if reply is None:
             raise ConnectionError("CoreShowChannels unanswered")
-        return {str(m.get("Uniqueid")): str(m.get("Channel", "")) for m in reply
-                if m.get("Event") == "CoreShowChannel"}  # fmt: skip
+        return {str(m.get("Uniqueid")): str(m.get("Channel", "")) for m in reply if m.get("Event") == "CoreShowChannel"}
 
     async def close(self) -> None:
         self.manager.closing = True

@@ -83,21 +83,35 @@ class _Channel:
 
     def fields(self, prefix: str = "") -> dict[str, str]:
         return {
-            f"{prefix}Channel": self.name, f"{prefix}ChannelState": str(self.state),
+            f"{prefix}Channel": self.name,
+            f"{prefix}ChannelState": str(self.state),
             f"{prefix}ChannelStateDesc": STATE_DESC.get(self.state, "Unknown"),
-            f"{prefix}CallerIDNum": self.ext, f"{prefix}CallerIDName": self.cid_name,
-            f"{prefix}ConnectedLineNum": "<unknown>", f"{prefix}ConnectedLineName": "<unknown>",
-            f"{prefix}Language": "en", f"{prefix}AccountCode": "", f"{prefix}Context": self.context,
-            f"{prefix}Exten": self.exten, f"{prefix}Priority": "1", f"{prefix}Uniqueid": self.uid,
+            f"{prefix}CallerIDNum": self.ext,
+            f"{prefix}CallerIDName": self.cid_name,
+            f"{prefix}ConnectedLineNum": "<unknown>",
+            f"{prefix}ConnectedLineName": "<unknown>",
+            f"{prefix}Language": "en",
+            f"{prefix}AccountCode": "",
+            f"{prefix}Context": self.context,
+            f"{prefix}Exten": self.exten,
+            f"{prefix}Priority": "1",
+            f"{prefix}Uniqueid": self.uid,
             f"{prefix}Linkedid": self.linked,
-        }  # fmt: skip
+        }
 
 
 class AsteriskSimulator:
     def __init__(
-        self, clock: Clock, agi_port: int, *, agi_host: str = "127.0.0.1", username: str = "rating",
-        secret: str = "simulator", timestamps: bool = True, agi_script: str = "authorize",
-    ) -> None:  # fmt: skip
+        self,
+        clock: Clock,
+        agi_port: int,
+        *,
+        agi_host: str = "127.0.0.1",
+        username: str = "rating",
+        secret: str = "simulator",
+        timestamps: bool = True,
+        agi_script: str = "authorize",
+    ) -> None:
         self.clock = clock
         self.agi_host, self.agi_port, self.agi_script = agi_host, agi_port, agi_script
         self.username, self.secret = username, secret
@@ -159,8 +173,14 @@ class AsteriskSimulator:
             if low.get("username") == self.username and low.get("secret") == self.secret:
                 self._reply(writer, aid, ("Message", "Authentication accepted"))
                 self.logged_in.add(writer)
-                writer.write(format_message(self._event("FullyBooted", {"Privilege": "system,all", "Uptime": "164",
-                                            "LastReload": "164", "Status": "Fully Booted"})))  # fmt: skip
+                writer.write(
+                    format_message(
+                        self._event(
+                            "FullyBooted",
+                            {"Privilege": "system,all", "Uptime": "164", "LastReload": "164", "Status": "Fully Booted"},
+                        )
+                    )
+                )
             else:
                 self._reply(writer, aid, ("Message", "Authentication failed"), ok=False)
             return
@@ -189,11 +209,29 @@ class AsteriskSimulator:
             self._reply(writer, aid, ("EventList", "start"), ("Message", "Channels will follow"))
             live = list(self.channels.values())
             for ch in live:
-                writer.write(format_message(self._headers("CoreShowChannel", {
-                    "ActionID": aid, **ch.fields(), "Application": ch.app, "ApplicationData": "",
-                    "Duration": "00:00:01", "BridgeId": ""})))  # fmt: skip
-            writer.write(format_message(self._headers("CoreShowChannelsComplete", {
-                "ActionID": aid, "EventList": "Complete", "ListItems": str(len(live))})))  # fmt: skip
+                writer.write(
+                    format_message(
+                        self._headers(
+                            "CoreShowChannel",
+                            {
+                                "ActionID": aid,
+                                **ch.fields(),
+                                "Application": ch.app,
+                                "ApplicationData": "",
+                                "Duration": "00:00:01",
+                                "BridgeId": "",
+                            },
+                        )
+                    )
+                )
+            writer.write(
+                format_message(
+                    self._headers(
+                        "CoreShowChannelsComplete",
+                        {"ActionID": aid, "EventList": "Complete", "ListItems": str(len(live))},
+                    )
+                )
+            )
         elif action == "logoff":
             self._reply(writer, aid, ("Message", "Thanks for all the fish."), ok=False)
             writer.close()
@@ -247,36 +285,73 @@ class AsteriskSimulator:
         self.channels.pop(ch.uid, None)
         self.emit("Hangup", {**ch.fields(), "Cause": str(cause), "Cause-txt": CAUSE_TXT.get(cause, "Unknown")})
 
-    def _cdr(self, caller: _Channel, callee: _Channel | None, scenario: Scenario, start: float,
-             answer: float | None, end: float, disposition: str) -> None:  # fmt: skip
+    def _cdr(
+        self,
+        caller: _Channel,
+        callee: _Channel | None,
+        scenario: Scenario,
+        start: float,
+        answer: float | None,
+        end: float,
+        disposition: str,
+    ) -> None:
         def local(t: float | None) -> str:
             return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
         billable = math.floor(end - answer) if answer is not None else 0
-        self.emit("Cdr", {
-            "Privilege": "cdr,all", "AccountCode": scenario.account, "Source": scenario.ext,
-            "Destination": scenario.dialed, "DestinationContext": "from-internal",
-            "CallerID": f'"{scenario.name}" <{scenario.ext}>', "Channel": caller.name,
-            "DestinationChannel": callee.name if callee else "", "LastApplication": "Dial" if callee else "Hangup",
-            "LastData": f"PJSIP/{scenario.dialed}@trunk,{int(scenario.dial_timeout)}" if callee else "21",
-            "StartTime": local(start), "AnswerTime": local(answer), "EndTime": local(end),
-            "Duration": str(math.floor(end - start)), "BillableSeconds": str(billable),
-            "Disposition": disposition, "AMAFlags": "DOCUMENTATION", "UniqueID": caller.uid, "UserField": "",
-        })  # fmt: skip
+        self.emit(
+            "Cdr",
+            {
+                "Privilege": "cdr,all",
+                "AccountCode": scenario.account,
+                "Source": scenario.ext,
+                "Destination": scenario.dialed,
+                "DestinationContext": "from-internal",
+                "CallerID": f'"{scenario.name}" <{scenario.ext}>',
+                "Channel": caller.name,
+                "DestinationChannel": callee.name if callee else "",
+                "LastApplication": "Dial" if callee else "Hangup",
+                "LastData": f"PJSIP/{scenario.dialed}@trunk,{int(scenario.dial_timeout)}" if callee else "21",
+                "StartTime": local(start),
+                "AnswerTime": local(answer),
+                "EndTime": local(end),
+                "Duration": str(math.floor(end - start)),
+                "BillableSeconds": str(billable),
+                "Disposition": disposition,
+                "AMAFlags": "DOCUMENTATION",
+                "UniqueID": caller.uid,
+                "UserField": "",
+            },
+        )
 
     async def _agi(self, caller: _Channel, scenario: Scenario) -> dict[str, str]:
         """The FastAGI request, with the recorded environment's names and order."""
         env = [
-            ("agi_network", "yes"), ("agi_network_script", self.agi_script),
+            ("agi_network", "yes"),
+            ("agi_network_script", self.agi_script),
             ("agi_request", f"agi://{self.agi_host}:{self.agi_port}/{self.agi_script}"),
-            ("agi_channel", caller.name), ("agi_language", "en"), ("agi_type", "PJSIP"),
-            ("agi_uniqueid", caller.uid), ("agi_version", "22.10.1"), ("agi_callerid", scenario.ext),
-            ("agi_calleridname", scenario.name), ("agi_callingpres", "0"), ("agi_callingani2", "0"),
-            ("agi_callington", "0"), ("agi_callingtns", "0"), ("agi_dnid", scenario.dialed),
-            ("agi_rdnis", "unknown"), ("agi_context", "from-internal"), ("agi_extension", scenario.dialed),
-            ("agi_priority", "3"), ("agi_enhanced", "0.0"), ("agi_accountcode", scenario.account),
-            ("agi_threadid", "140246878148288"), ("agi_arg_1", scenario.ext), ("agi_arg_2", scenario.dialed),
-        ]  # fmt: skip
+            ("agi_channel", caller.name),
+            ("agi_language", "en"),
+            ("agi_type", "PJSIP"),
+            ("agi_uniqueid", caller.uid),
+            ("agi_version", "22.10.1"),
+            ("agi_callerid", scenario.ext),
+            ("agi_calleridname", scenario.name),
+            ("agi_callingpres", "0"),
+            ("agi_callingani2", "0"),
+            ("agi_callington", "0"),
+            ("agi_callingtns", "0"),
+            ("agi_dnid", scenario.dialed),
+            ("agi_rdnis", "unknown"),
+            ("agi_context", "from-internal"),
+            ("agi_extension", scenario.dialed),
+            ("agi_priority", "3"),
+            ("agi_enhanced", "0.0"),
+            ("agi_accountcode", scenario.account),
+            ("agi_threadid", "140246878148288"),
+            ("agi_arg_1", scenario.ext),
+            ("agi_arg_2", scenario.dialed),
+        ]
         variables: dict[str, str] = {}
         try:
             reader, writer = await asyncio.open_connection(self.agi_host, self.agi_port)
@@ -301,8 +376,9 @@ class AsteriskSimulator:
     async def place_call(self, scenario: Scenario) -> CallResult:
         """One call from an extension through the shipped dialplan, to its end."""
         start = self.clock.now()
-        caller = self._new_channel(f"PJSIP/{scenario.ext}", scenario.ext, scenario.name, scenario.dialed,
-                                   "from-internal")  # fmt: skip
+        caller = self._new_channel(
+            f"PJSIP/{scenario.ext}", scenario.ext, scenario.name, scenario.dialed, "from-internal"
+        )
         variables = await self._agi(caller, scenario)
         result = CallResult(caller.uid, caller.name, variables)
         caller.result = result
@@ -340,8 +416,14 @@ class AsteriskSimulator:
         self.emit("Newstate", callee.fields())
         self.emit("Newstate", caller.fields())
         self.emit("DialEnd:channel", {**caller.fields(), **callee.fields("Dest"), "DialStatus": "ANSWER"})
-        bridge = {"BridgeUniqueid": f"bridge-{caller.uid}", "BridgeType": "basic", "BridgeTechnology": "simple_bridge",
-                  "BridgeCreator": "<unknown>", "BridgeName": "<unknown>", "BridgeVideoSourceMode": "none"}  # fmt: skip
+        bridge = {
+            "BridgeUniqueid": f"bridge-{caller.uid}",
+            "BridgeType": "basic",
+            "BridgeTechnology": "simple_bridge",
+            "BridgeCreator": "<unknown>",
+            "BridgeName": "<unknown>",
+            "BridgeVideoSourceMode": "none",
+        }
         self.emit("BridgeCreate", {**bridge, "BridgeNumChannels": "0"})
         self.emit("BridgeEnter", {**bridge, "BridgeNumChannels": "1", **callee.fields()})
         self.emit("BridgeEnter", {**bridge, "BridgeNumChannels": "2", **caller.fields()})

@@ -23,8 +23,11 @@ CLASSES = [c.value for c in DestinationClass]
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=None, help="ledger URL: sqlite:///path (default under the data directory) "
-                   "or postgresql://user@host/db")  # fmt: skip
+    p.add_argument(
+        "--db",
+        default=None,
+        help="ledger URL: sqlite:///path (default under the data directory) or postgresql://user@host/db",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -215,12 +218,21 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if exts:
         print()
         table(
-            [[x["ext"], "yes" if x["chargeable"] else "no",
-              x["kinds"] if isinstance(x["kinds"], str) else ",".join(x["kinds"]) or "none",
-              x["daily_cap"] or "-", x["monthly_cap"] or "-", x["reserved"], x["spent_today"], x["spent_month"]]
-             for x in data["extensions"]],
+            [
+                [
+                    x["ext"],
+                    "yes" if x["chargeable"] else "no",
+                    x["kinds"] if isinstance(x["kinds"], str) else ",".join(x["kinds"]) or "none",
+                    x["daily_cap"] or "-",
+                    x["monthly_cap"] or "-",
+                    x["reserved"],
+                    x["spent_today"],
+                    x["spent_month"],
+                ]
+                for x in data["extensions"]
+            ],
             ["ext", "chargeable", "kinds", "daily_cap", "monthly_cap", "reserved", "today", "month"],
-        )  # fmt: skip
+        )
     return 0
 
 

@@ -319,8 +319,17 @@ def reserve(
         "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
         " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
         " AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING",
-        call_id, account_id, ext, amount, now, now, deadline, details, account_id, call_id,
-    )  # fmt: skip
+        call_id,
+        account_id,
+        ext,
+        amount,
+        now,
+        now,
+        deadline,
+        details,
+        account_id,
+        call_id,
+    )
     if not inserted:
         if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
             return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
