@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,6 +134,7 @@ class Engine:
         self.calls: dict[str, Call] = {}
         self.stats = EngineStats()
         self.accepting = True
+        self._background: set[asyncio.Task[None]] = set()
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Told of each step of each call (the demo prints them); must not block."""
 
@@ -255,6 +256,7 @@ class Engine:
             if call is not None and event.get("DialStatus") == "ANSWER" and call.answered_at is None:
                 call.answered_at = self.event_time(event)
                 call.channel = event.get("Channel", "") or call.channel
+                self._spawn(self._push_deadline(call))  # at once, and not cancelled by a quick hangup
                 call.follower = asyncio.get_running_loop().create_task(self._follow(call))
                 self._notify("answered", call=call)
         elif name == "Cdr":
@@ -270,7 +272,6 @@ class Engine:
         """Hold the deadline in Asterisk and move it forward while the account can pay."""
         s = self.settings
         try:
-            await self._push_deadline(call)
             while call.call_id in self.calls:
                 await self.clock.sleep_until(call.deadline - s.renew_margin)
                 if call.call_id not in self.calls:
@@ -289,11 +290,18 @@ class Engine:
                 "following a call failed; its deadline in Asterisk still holds", extra={"call_id": call.call_id}
             )
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _push_deadline(self, call: Call) -> None:
+        """Set the deadline in Asterisk first (it is what stops the call), then note it in the ledger."""
         remaining = max(1, math.floor(call.deadline - self.clock.now()))
-        await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
         if self.pbx is not None and call.channel:
             await self.pbx.set_timeout(call.channel, remaining)
+        if call.call_id in self.calls:
+            await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
 
     async def _renew(self, call: Call) -> bool:
         s = self.settings

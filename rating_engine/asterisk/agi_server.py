@@ -95,6 +95,7 @@ class _AgiConnection(asyncio.Protocol):
         self.reader = ReplyReader()
         self.replies: asyncio.Queue[AgiReply | None] = asyncio.Queue()
         self.closed = False
+        self.hangup_signalled = False
         self.env_timer: asyncio.TimerHandle | None = None
         self.started = time.perf_counter()
 
@@ -149,8 +150,9 @@ class _AgiConnection(asyncio.Protocol):
             reply = self.reader.feed(line)
             if reply is not None:
                 self.replies.put_nowait(reply)
-            elif self.reader.hangup_seen:
-                self.replies.put_nowait(None) if self.replies.empty() else None
+            elif self.reader.hangup_seen and not self.hangup_signalled:
+                self.hangup_signalled = True  # wake the writer: it sends nothing more
+                self.replies.put_nowait(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -1,0 +1,90 @@
+"""Shared pieces for the Asterisk tests: transcripts, a running engine, a FastAGI client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from rating_engine.asterisk.agi_server import FastAgiServer
+from rating_engine.clock import Clock
+from rating_engine.engine import Engine, EngineSettings
+from rating_engine.ledger import AccountSettings, Ledger, make_ledger
+from rating_engine.rating.catalog import TariffStore
+
+from .conftest import OFFICE_FR
+
+TRANSCRIPTS = Path(__file__).parent / "transcripts"
+EUR = 1_000_000
+
+
+def agi_transcript(name: str) -> tuple[list[str], list[str], list[str]]:
+    """(environment lines, commands the hook sent, replies Asterisk gave) of a recorded .agi file."""
+    env: list[str] = []
+    commands: list[str] = []
+    replies: list[str] = []
+    in_env = True
+    for raw in (TRANSCRIPTS / f"{name}.agi").read_text().splitlines():
+        if raw.startswith("<< "):
+            line = raw[3:]
+            if in_env:
+                if line == "":
+                    in_env = False
+                else:
+                    env.append(line)
+            else:
+                replies.append(line)
+        elif raw == "<< ":
+            in_env = False
+        elif raw.startswith(">> "):
+            commands.append(raw[3:])
+    return env, commands, replies
+
+
+async def agi_request(port: int, env_lines: list[str], reply: bytes = b"200 result=1\n") -> list[str]:
+    """Play Asterisk's side of one FastAGI request; the commands the server sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\n".join(env_lines) + "\n\n").encode())
+    commands = []
+    while line := await asyncio.wait_for(reader.readline(), 5):
+        commands.append(line.decode().rstrip("\n"))
+        writer.write(reply)
+    writer.close()
+    return commands
+
+
+@dataclass
+class Rig:
+    ledger: Ledger
+    engine: Engine
+    agi: FastAgiServer
+    port: int
+    clock: Clock
+
+
+@asynccontextmanager
+async def engine_rig(
+    tmp_path: Path, balance: int = 20 * EUR, speed: float = 1.0, url: str | None = None, **settings: object
+) -> AsyncIterator[Rig]:
+    ledger = make_ledger(url or f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    await ledger.open()
+    if await ledger.find_account("acme") is None:
+        await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+        if balance:
+            await ledger.topup("acme", balance, "opening")
+    clock = Clock(speed=speed)
+    opts = {"account_source": "fixed:acme", **settings}
+    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSettings(**opts))  # type: ignore[arg-type]
+    agi = FastAgiServer(
+        {"authorize": lambda r: engine.authorize(r.env, r.args)},
+        lambda r, why: engine.fallback(r.env, r.args, why),
+        answer_timeout=2.0,
+    )
+    port = await agi.start("127.0.0.1", 0)
+    try:
+        yield Rig(ledger, engine, agi, port, clock)
+    finally:
+        await agi.close()
+        await ledger.close()

@@ -1,0 +1,141 @@
+"""FastAGI: framing from tables (no sockets), then the server over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env, quote, set_variable
+from rating_engine.asterisk.agi_server import FastAgiServer
+
+from .asterisk_helpers import agi_request, agi_transcript, engine_rig
+
+ENV = [
+    "agi_network: yes",
+    "agi_network_script: authorize?x=1",
+    "agi_request: agi://127.0.0.1:4573/authorize",
+    "agi_uniqueid: 1.2",
+    "agi_arg_1: 201",
+    "agi_arg_2: 0899123456",
+]
+
+
+def test_environment_parses_into_a_request_with_its_arguments() -> None:
+    req = parse_env("\n".join(ENV).encode())
+    assert (req.script, req.uniqueid, req.args, req.arg(2), req.arg(9)) == (
+        "authorize",
+        "1.2",
+        ("201", "0899123456"),
+        "0899123456",
+        "",
+    )
+
+
+@pytest.mark.parametrize("block", [b"hello world", b"GET / HTTP/1.1\r\nHost: x", b"agi_uniqueid: 1"])
+def test_what_is_not_an_agi_environment_is_refused(block: bytes) -> None:
+    with pytest.raises(AgiProtocolError):
+        parse_env(block)
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"), [("ALLOW", '"ALLOW"'), ('a"b', '"a\\"b"'), ("c:\\x", '"c:\\\\x"'), ("l1\nl2", '"l1 l2"')]
+)
+def test_values_are_quoted_for_set_variable(value: str, quoted: str) -> None:
+    assert quote(value) == quoted
+    assert set_variable("RATING_STATUS", value) == f"SET VARIABLE RATING_STATUS {quoted}\n".encode()
+
+
+def test_variable_names_are_checked() -> None:
+    with pytest.raises(ValueError):
+        set_variable("BAD NAME", "x")
+
+
+def test_reply_reader_handles_hangup_and_multiline_usage() -> None:
+    r = ReplyReader()
+    assert r.feed("200 result=1") is not None
+    assert r.feed("HANGUP") is None and r.hangup_seen
+    reply = r.feed("200 result=1")
+    assert reply is not None and reply.dead
+    r2 = ReplyReader()
+    assert r2.feed("520-Invalid command syntax.  Proper usage follows:") is None
+    assert r2.feed("Usage: SET VARIABLE <variablename> <value>") is None
+    usage = r2.feed("520 End of proper usage.")
+    assert usage is not None and usage.code == 520 and "Usage" in usage.text
+    dead = ReplyReader().feed("511 Command Not Permitted on a dead channel or intercept routine")
+    assert dead is not None and dead.dead
+
+
+@pytest.mark.parametrize("name", ["answered_callee_hangs_up", "denied_by_engine", "phone_like_answered"])
+async def test_recorded_asterisk_requests_get_the_contract_variables(tmp_path: Path, name: str) -> None:
+    env, _, replies = agi_transcript(name)
+    assert replies and all(r == "200 result=1" for r in replies)
+    async with engine_rig(tmp_path) as rig:
+        commands = await agi_request(rig.port, env)
+    names = [c.split(" ")[2] for c in commands]
+    assert names == ["RATING_STATUS", "RATING_REASON", "RATING_E164", "RATING_GUARDSEC", "RATING_CALLID"]
+    assert all(c.startswith("SET VARIABLE ") for c in commands)
+    values = dict((c.split(" ")[2], c.split(" ", 3)[3].strip('"')) for c in commands)
+    assert values["RATING_CALLID"] == dict(line.split(": ", 1) for line in env)["agi_uniqueid"]
+    assert values["RATING_STATUS"] == "ALLOW" and values["RATING_E164"] == "+33899123456"
+
+
+async def test_a_client_that_closes_early_does_not_freeze_the_server(tmp_path: Path) -> None:
+    async with engine_rig(tmp_path) as rig:
+        for partial in (b"", b"agi_network: yes\n", b"garbage without newline"):
+            _, w = await asyncio.open_connection("127.0.0.1", rig.port)
+            w.write(partial)
+            w.close()
+        env, _, _ = agi_transcript("answered_callee_hangs_up")
+        commands = await asyncio.wait_for(agi_request(rig.port, env), 3)
+        assert len(commands) == 5
+
+
+async def test_hangup_from_asterisk_stops_the_conversation(tmp_path: Path) -> None:
+    async with engine_rig(tmp_path) as rig:
+        env, _, _ = agi_transcript("answered_callee_hangs_up")
+        commands = await agi_request(rig.port, env, reply=b"HANGUP\n200 result=1\n")
+        assert len(commands) == 1  # after the inline HANGUP the server sends nothing more
+        commands = await agi_request(rig.port, env[:-2] + ["agi_uniqueid: 9.9"], reply=b"511 Command Not Permitted\n")
+        assert len(commands) == 1
+
+
+async def test_usage_reply_spanning_lines_keeps_replies_in_step(tmp_path: Path) -> None:
+    async with engine_rig(tmp_path) as rig:
+        env, _, _ = agi_transcript("answered_callee_hangs_up")
+        usage = b"520-Invalid command syntax.  Proper usage follows:\nUsage: SET VARIABLE\n520 End of proper usage.\n"
+        commands = await agi_request(rig.port, env, reply=usage)
+        assert len(commands) == 5
+
+
+async def test_a_stalled_engine_still_answers_in_bounded_time_and_lets_emergency_through() -> None:
+    async def stall(_req: object) -> list[tuple[str, str]]:
+        await asyncio.sleep(60)
+        return []
+
+    def fallback(req, why: str) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+        return [("RATING_STATUS", "ALLOW" if req.arg(2) == "112" else "DENY"), ("RATING_REASON", why)]
+
+    server = FastAgiServer({"authorize": stall}, fallback, answer_timeout=0.2)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        env = [*ENV[:-1], "agi_arg_2: 112"]
+        commands = await asyncio.wait_for(agi_request(port, env), 2)
+        assert commands == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "timeout"']
+        unknown = await agi_request(port, ["agi_network_script: nothing", "agi_request: agi://x/nothing"])
+        assert unknown == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "no_route"']
+        assert server.stats.fallbacks == 2
+    finally:
+        await server.close()
+
+
+async def test_engine_errors_deny_chargeable_calls_but_allow_emergency(tmp_path: Path) -> None:
+    async with engine_rig(tmp_path) as rig:
+        await rig.ledger.close()  # the ledger is gone: every authorize fails
+        env, _, _ = agi_transcript("answered_callee_hangs_up")
+        denied = await agi_request(rig.port, env)
+        assert denied[:2] == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "engine_error"']
+        emergency = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 112"])
+        assert emergency[:2] == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "emergency"']
+        await rig.ledger.open()
