@@ -97,7 +97,7 @@ async def test_hangup_from_asterisk_stops_the_conversation(tmp_path: Path) -> No
         env, _, _ = agi_transcript("answered_callee_hangs_up")
         commands = await agi_request(rig.port, env, reply=b"HANGUP\n200 result=1\n")
         assert len(commands) == 1  # after the inline HANGUP the server sends nothing more
-        commands = await agi_request(rig.port, env[:-2] + ["agi_uniqueid: 9.9"], reply=b"511 Command Not Permitted\n")
+        commands = await agi_request(rig.port, [*env[:-2], "agi_uniqueid: 9.9"], reply=b"511 Command Not Permitted\n")
         assert len(commands) == 1
 
 

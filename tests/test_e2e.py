@@ -1,0 +1,266 @@
+"""End to end over real sockets: the engine service against the Asterisk simulator, time sped up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rating_engine.asterisk.simulator import AsteriskSimulator, CallResult, Scenario
+from rating_engine.clock import Clock
+from rating_engine.config import AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
+from rating_engine.ledger import AccountSettings, ExtensionSettings, Ledger, make_ledger
+from rating_engine.rating.catalog import load_tariffs
+from rating_engine.rating.price import cost
+from rating_engine.service import Service
+
+from .conftest import OFFICE_FR
+
+EUR = 1_000_000
+SPEED = 25.0
+PREMIUM_0899 = (
+    load_tariffs([OFFICE_FR]).tables[OFFICE_FR.parent.joinpath("world.csv").resolve()].lookup("33899123456", 0)
+)
+assert PREMIUM_0899 is not None
+
+
+@dataclass
+class World:
+    sim: AsteriskSimulator
+    clock: Clock
+    config: Config
+    ledger_url: str
+    service: Service | None = None
+
+    async def start_engine(self) -> Service:
+        service = Service(self.config, clock=self.clock, ami_secret="simulator")
+        await service.start()
+        self.sim.agi_port = service.agi_port
+        assert service.ami is not None and await service.ami.wait_logged_in(5)
+        await asyncio.sleep(0.05)  # let the login's reconciliation run
+        self.service = service
+        return service
+
+    async def kill_engine(self) -> None:
+        """As SIGKILL would: no drain, nothing flushed beyond what was committed."""
+        s = self.service
+        assert s is not None
+        for call in s.engine.calls.values():
+            if call.follower:
+                call.follower.cancel()
+        s.engine.calls.clear()
+        assert s.ami is not None
+        await s.ami.close()
+        await s.agi.close()
+        await s.metrics.close()
+        await s.ledger.close()
+        self.service = None
+
+    async def ledger(self) -> Ledger:
+        ledger = make_ledger(self.ledger_url)
+        await ledger.open()
+        return ledger
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, balance: int = 10 * EUR, threshold: int = 0, quota: int = 60) -> AsyncIterator[World]:
+    clock = Clock(speed=SPEED)
+    sim = AsteriskSimulator(clock, agi_port=0)
+    port = await sim.start()
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = make_ledger(url)
+    await ledger.open()
+    await ledger.create_account("acme", AccountSettings("office-fr", "EUR", threshold=threshold))
+    if balance:
+        await ledger.topup("acme", balance, "opening")
+    await ledger.set_extension("acme", "204", ExtensionSettings(chargeable=False))
+    await ledger.close()
+    config = Config(
+        engine=EngineSection(account="fixed:acme", quota_seconds=quota, renew_margin=10, ring_timeout=30),
+        ami=AmiSection(port=port, ping_interval=1.0),
+        ledger=LedgerSection(url=url),
+        tariffs=TariffsSection(plans=(str(OFFICE_FR),)),
+        metrics=MetricsSection(bind="127.0.0.1:0"),
+    )
+    w = World(sim, clock, config, url)
+    await w.start_engine()
+    try:
+        yield w
+    finally:
+        if w.service is not None:
+            await w.service.stop(grace=0)
+        await sim.close()
+
+
+async def settled(w: World, call: CallResult) -> tuple[int, int]:
+    """(billable seconds, cost) the ledger recorded for a call, after it settles."""
+    assert w.service is not None
+    for _ in range(100):
+        rows = [r for r in await w.service.ledger.activity("acme") if r.call_id == call.uniqueid]
+        if rows:
+            return rows[0].billable_seconds, rows[0].cost
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"call {call.uniqueid} never settled")
+
+
+async def test_answered_call_is_billed_exactly_its_billable_seconds(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        call = await w.sim.place_call(Scenario("0899123456", talk=95))
+        assert (call.status, call.reason, call.dial_status) == ("ALLOW", "charged", "ANSWER")
+        assert call.variables["RATING_E164"] == "+33899123456" and call.variables["RATING_GUARDSEC"] == "90"
+        billable, charged = await settled(w, call)
+        assert abs(billable - call.billable) <= 1
+        assert charged == cost(billable, PREMIUM_0899.price)
+        assert len(call.timeouts_set) >= 2, "the deadline was set at answer and moved forward"
+        assert await w.service.ledger.reservations() == []  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        Scenario("0899123456", outcome="busy"),
+        Scenario("0899123456", outcome="noanswer"),
+        Scenario("0899123456", outcome="cancel", ring=3),
+    ],
+)
+async def test_unanswered_calls_cost_nothing_and_release_their_reservation(tmp_path: Path, scenario: Scenario) -> None:
+    async with world(tmp_path) as w:
+        call = await w.sim.place_call(scenario)
+        assert call.status == "ALLOW" and call.answered_at is None
+        await asyncio.sleep(0.1)
+        ledger = w.service.ledger  # type: ignore[union-attr]
+        assert await ledger.activity("acme") == [] and await ledger.reservations() == []
+        assert (await ledger.account("acme")).balance == 10 * EUR
+
+
+async def test_caller_hanging_up_first_is_billed_to_its_hangup(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        call = await w.sim.place_call(Scenario("+1 212 555 0100", talk=47, hangup_by="caller"))
+        billable, _ = await settled(w, call)
+        assert abs(billable - 47) <= 1
+
+
+@pytest.mark.parametrize(
+    ("ext", "dialed", "balance", "reason"),
+    [
+        ("201", "0899123456", 0, "insufficient_funds"),
+        ("204", "+1 212 555 0100", 10 * EUR, "extension_not_allowed"),
+        ("201", "0123", 10 * EUR, "invalid_number"),
+    ],
+)
+async def test_denied_calls_never_reach_the_trunk(
+    tmp_path: Path, ext: str, dialed: str, balance: int, reason: str
+) -> None:
+    async with world(tmp_path, balance=balance) as w:
+        call = await w.sim.place_call(Scenario(dialed, ext))
+        assert (call.status, call.reason, call.dial_status) == ("DENY", reason, "")
+        assert await w.service.ledger.reservations() == []  # type: ignore[union-attr]
+
+
+async def test_included_and_emergency_calls_have_no_deadline_and_no_charge(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=0) as w:
+        for dialed, reason in (("0612345678", "included"), ("112", "emergency")):
+            call = await w.sim.place_call(Scenario(dialed, "204", talk=20))
+            assert (call.status, call.reason, call.variables["RATING_GUARDSEC"]) == ("ALLOW", reason, "")
+            assert call.timeouts_set == [] and not call.cut_by_deadline
+
+
+async def test_a_call_the_account_cannot_pay_ends_at_its_paid_deadline(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=EUR) as w:  # 1 EUR buys 66 s of 0899
+        call = await w.sim.place_call(Scenario("0899123456", talk=600))
+        assert call.cut_by_deadline
+        billable, charged = await settled(w, call)
+        assert billable <= 66 and charged <= EUR
+        acc = await w.service.ledger.account("acme")  # type: ignore[union-attr]
+        assert acc.balance >= 0 and acc.balance == EUR - charged
+
+
+async def test_a_hangup_action_mid_call_is_billed_to_that_moment(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=300)))
+        await w.clock.sleep(40)
+        [caller] = [c for c in w.sim.channels.values() if c.name.startswith("PJSIP/201")]
+        assert w.service and w.service.ami
+        reply = await w.service.ami.action({"Action": "Hangup", "Channel": caller.name, "Cause": "16"})
+        assert reply is not None and reply.get("Response") == "Success"
+        call = await task
+        assert call.hung_up_by_action
+        billable, _ = await settled(w, call)
+        assert 30 <= billable <= 45
+
+
+async def test_twenty_concurrent_calls_on_a_small_balance_never_go_below_the_floor(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=5 * EUR, threshold=EUR) as w:
+        calls = await asyncio.gather(*(w.sim.place_call(Scenario("0899123456", f"2{i:02d}", talk=300, ring=1 + i % 3))
+                                       for i in range(20)))  # fmt: skip
+        await asyncio.sleep(0.3)
+        ledger = w.service.ledger  # type: ignore[union-attr]
+        acc = await ledger.account("acme")
+        rows = {r.call_id: r for r in await ledger.activity("acme")}
+        assert acc.balance >= acc.floor == EUR and acc.reserved == 0
+        allowed = [c for c in calls if c.status == "ALLOW"]
+        assert allowed and any(c.reason in ("insufficient_funds", "account_blocked") for c in calls)
+        for c in allowed:
+            row = rows[c.uniqueid]
+            assert row.cost == cost(row.billable_seconds, PREMIUM_0899.price) and not row.overdraft
+            assert c.cut_by_deadline, "every call outlived the money and ended at its deadline"
+        assert sum(r.cost for r in rows.values()) == 5 * EUR - acc.balance
+        assert await ledger.check() == []
+
+
+async def test_engine_restart_mid_call_settles_correctly(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=150)))
+        await w.clock.sleep(30)
+        await w.kill_engine()
+        await w.clock.sleep(10)
+        await w.start_engine()  # reconciles: the channel is up, so the call is followed again
+        call = await task
+        billable, charged = await settled(w, call)
+        assert abs(billable - call.billable) <= 1 and charged == cost(billable, PREMIUM_0899.price)
+        assert not call.cut_by_deadline, "the new engine renewed the quota"
+
+
+async def test_a_call_that_ends_while_the_engine_is_down_is_settled_at_its_deadline(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=40)))
+        await w.clock.sleep(20)
+        await w.kill_engine()
+        call = await task
+        await w.start_engine()
+        ledger = w.service.ledger  # type: ignore[union-attr]
+        [row] = await ledger.activity("acme")
+        assert row.call_id == call.uniqueid and row.estimated
+        assert call.billable <= row.billable_seconds <= 60  # up to the granted deadline, never beyond
+        assert await ledger.reservations() == [] and await ledger.check() == []
+
+
+async def test_an_ami_disconnect_loses_no_call(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=90)))
+        lost = asyncio.create_task(w.sim.place_call(Scenario("0899123456", "202", talk=45)))
+        await w.clock.sleep(35)
+        await w.sim.drop_ami_clients()  # the second call's Hangup falls in the gap
+        call, gone = await asyncio.gather(task, lost)
+        assert w.service and w.service.ami and w.service.ami.logins >= 2
+        billable, _ = await settled(w, call)
+        assert abs(billable - call.billable) <= 1
+        gone_billable, _ = await settled(w, gone)
+        assert gone.billable <= gone_billable <= 60
+        assert await w.service.ledger.reservations() == []
+
+
+async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        await w.sim.place_call(Scenario("0612345678", talk=5))
+        assert w.service is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", w.service.metrics_port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        body = (await reader.read()).decode()
+        assert body.startswith("HTTP/1.1 200 OK")
+        assert 'rating_authorizations_total{outcome="allow_included"} 1' in body
+        assert "rating_ami_connected 1" in body and "rating_authorize_seconds_count 1" in body
