@@ -166,9 +166,12 @@ def _check(cfg: Config, source: str) -> None:
         )
         if not ok:
             raise ConfigError(f"{source}: engine.{key} = {spec!r}: use accountcode, callerid, arg:N or fixed:NAME")
-    cfg.agi_address  # noqa: B018 - validates
-    if cfg.metrics.bind:
-        cfg.metrics_address  # noqa: B018
+    try:
+        cfg.agi_address  # noqa: B018 - validates
+        if cfg.metrics.bind:
+            cfg.metrics_address  # noqa: B018
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{source}: log.level must be debug, info, warning or error")
     if cfg.log.format not in ("json", "text"):

@@ -1,0 +1,62 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rating_engine.cli import main
+from rating_engine.config import Config, TariffsSection, load_config, parse_config
+from rating_engine.errors import ConfigError
+
+from .conftest import ROOT
+
+EXAMPLE = ROOT / "asterisk_conf" / "rating-engine.toml"
+
+
+def test_the_commented_example_is_exactly_the_defaults() -> None:
+    cfg = load_config(EXAMPLE)
+    assert replace(cfg, base=Path(".")) == Config()
+    assert cfg.plan_paths() == [EXAMPLE.parent / "tariffs" / "office-fr.toml"]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [({"engine": {"quota": 60}}, "unknown key engine.quota"),
+     ({"engin": {}}, "unknown section [engin]"),
+     ({"engine": {"quota_seconds": "60"}}, "must be a int"),
+     ({"engine": {"quota_seconds": 60, "renew_margin": 60}}, "renew_margin"),
+     ({"engine": {"account": "header:X"}}, "engine.account"),
+     ({"agi": {"bind": "127.0.0.1:port"}}, "HOST:PORT"),
+     ({"agi": {"reuse_port": "yes"}}, "true or false"),
+     ({"log": {"level": "loud"}}, "log.level"),
+     ({"tariffs": {"plans": "one.toml"}}, "list of strings")],
+)
+def test_bad_settings_are_named(data: dict[str, dict[str, object]], words: str) -> None:
+    with pytest.raises(ConfigError, match=r"cfg\.toml") as info:
+        parse_config(data, "cfg.toml")
+    assert words in str(info.value)
+
+
+def test_the_ami_secret_comes_from_the_environment_or_a_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse_config({"ami": {"secret_env": "TEST_AMI_SECRET"}})
+    monkeypatch.delenv("TEST_AMI_SECRET", raising=False)
+    with pytest.raises(ConfigError, match="TEST_AMI_SECRET"):
+        cfg.ami.resolved_secret()
+    monkeypatch.setenv("TEST_AMI_SECRET", "s3cret")
+    assert cfg.ami.resolved_secret() == "s3cret"
+    (tmp_path / "secret").write_text("from-file\n")
+    assert parse_config({"ami": {"secret_file": str(tmp_path / "secret")}}).ami.resolved_secret() == "from-file"
+    assert "s3cret" not in repr(parse_config({"ami": {"secret": "s3cret"}}))
+
+
+def test_run_without_a_secret_fails_with_one_line(capsys, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("RATING_ENGINE_AMI_SECRET", raising=False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[tariffs]\nplans = ["%s"]\n' % (ROOT / "tariffs/office-fr.toml"))
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rating-engine: no AMI secret") and err.count("\n") == 1
+
+
+def test_plans_are_read_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = replace(Config(), tariffs=TariffsSection(plans=("p.toml", "/abs/q.toml")), base=tmp_path)
+    assert cfg.plan_paths() == [tmp_path / "p.toml", Path("/abs/q.toml")]
