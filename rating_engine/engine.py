@@ -173,7 +173,7 @@ class Engine:
         ext = self._source(env, args, s.extension_source) or env.get("agi_callerid", "")
         account_id = self._source(env, args, s.account_source)
         now = self.clock.now()
-        account = await self.ledger.find_account(account_id) if account_id else None
+        account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
         if account is None:
             c = classify(dialed, s.default_country)
             if c.kind is Kind.EMERGENCY:
@@ -182,7 +182,6 @@ class Engine:
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         table = tariffs.table_for(plan)
-        extension = await self.ledger.extension(account_id, ext)
         d = decide(plan, table, dialed, int(now), _rules(extension))
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
@@ -219,8 +218,8 @@ class Engine:
                 Refusal.CAP_REACHED,
                 Refusal.ACCOUNT_BLOCKED,
             ):
-                account = await self.ledger.account(account_id)  # another call took money meanwhile
-                extension = await self.ledger.extension(account_id, ext)
+                fresh, extension = await self.ledger.caller(account_id, ext)  # another call took money meanwhile
+                account = fresh or account
                 continue
             return self._done(_answer("DENY", _refusal_reason(held.refusal), e164, "", call_id))
         return self._done(_answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
@@ -306,8 +305,10 @@ class Engine:
     async def _renew(self, call: Call) -> bool:
         s = self.settings
         for _ in range(2):
-            account = await self.ledger.account(call.account_id)
-            extension = await self.ledger.extension(call.account_id, call.ext)
+            found, extension = await self.ledger.caller(call.account_id, call.ext)
+            if found is None:
+                return False
+            account = found
             budget = call.reserved + _budget(account, extension, self.clock.now_int())
             more = min(s.quota_seconds, max_seconds(budget, call.price) - call.granted)
             if more <= 0:

@@ -20,15 +20,17 @@ def test_the_commented_example_is_exactly_the_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("data", "words"),
-    [({"engine": {"quota": 60}}, "unknown key engine.quota"),
-     ({"engin": {}}, "unknown section [engin]"),
-     ({"engine": {"quota_seconds": "60"}}, "must be a int"),
-     ({"engine": {"quota_seconds": 60, "renew_margin": 60}}, "renew_margin"),
-     ({"engine": {"account": "header:X"}}, "engine.account"),
-     ({"agi": {"bind": "127.0.0.1:port"}}, "HOST:PORT"),
-     ({"agi": {"reuse_port": "yes"}}, "true or false"),
-     ({"log": {"level": "loud"}}, "log.level"),
-     ({"tariffs": {"plans": "one.toml"}}, "list of strings")],
+    [
+        ({"engine": {"quota": 60}}, "unknown key engine.quota"),
+        ({"engin": {}}, "unknown section [engin]"),
+        ({"engine": {"quota_seconds": "60"}}, "must be a int"),
+        ({"engine": {"quota_seconds": 60, "renew_margin": 60}}, "renew_margin"),
+        ({"engine": {"account": "header:X"}}, "engine.account"),
+        ({"agi": {"bind": "127.0.0.1:port"}}, "HOST:PORT"),
+        ({"agi": {"reuse_port": "yes"}}, "true or false"),
+        ({"log": {"level": "loud"}}, "log.level"),
+        ({"tariffs": {"plans": "one.toml"}}, "list of strings"),
+    ],
 )
 def test_bad_settings_are_named(data: dict[str, dict[str, object]], words: str) -> None:
     with pytest.raises(ConfigError, match=r"cfg\.toml") as info:

@@ -57,7 +57,12 @@ class FastAgiServer:
     async def start(self, host: str = "127.0.0.1", port: int = 4573, *, reuse_port: bool = False) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _AgiConnection(self), host, port, reuse_address=True, reuse_port=reuse_port or None
+            lambda: _AgiConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,  # Asterisk opens a connection per call: a short backlog means 1 s SYN retries
         )
         return int(self._server.sockets[0].getsockname()[1])
 

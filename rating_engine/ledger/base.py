@@ -102,6 +102,10 @@ class Ledger(ABC):
     async def extension(self, account_id: str, ext: str) -> Extension | None:
         return await self._run(P.find_extension, account_id, ext)
 
+    async def caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
+        """The account and the extension a call comes from, read together."""
+        return await self._run(P.caller, account_id, ext)
+
     async def extensions(self, account_id: str) -> list[Extension]:
         return await self._run(P.list_extensions, account_id)
 

@@ -550,3 +550,11 @@ def annotate(call_id: str, deadline: int, details: str) -> Program[bool]:
     """Record a live call's deadline and details (answer time, price) for reconciliation."""
     n = yield count("UPDATE reservations SET deadline = ?, details = ? WHERE call_id = ?", deadline, details, call_id)
     return bool(n)
+
+
+def caller(account_id: str, ext: str) -> Program[tuple[Account | None, Extension | None]]:
+    """An account and one of its extensions, in one trip (the authorization's read)."""
+    acc = yield from find_account(account_id)
+    if acc is None:
+        return None, None
+    return acc, (yield from find_extension(account_id, ext))

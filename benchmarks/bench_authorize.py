@@ -1,0 +1,205 @@
+"""FastAGI authorizations per second and latency, the whole live path: TCP accept, AGI
+framing, classification, plan, extension rules, price, a ledger reservation, five SET
+VARIABLE round trips, close.
+
+Load comes from a separate process playing Asterisk (one connection per request, as Asterisk
+does) with 1, 50 and 500 concurrent channels. Each distinct number is seen once per run
+(cold classification). Baseline in the same run: a bare FastAGI server answering fixed
+variables with the same server code (the transport's ceiling), so a ratio can be read off.
+
+    python benchmarks/bench_authorize.py [--requests N] [--json] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_ledger import postgres_url
+from benchmarks.common import report
+from rating_engine.asterisk.agi import AgiRequest
+from rating_engine.asterisk.agi_server import FastAgiServer
+from rating_engine.engine import Engine, EngineSettings
+from rating_engine.ledger import AccountSettings, make_ledger
+from rating_engine.rating.catalog import TariffStore
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = (1, 50, 500)
+
+
+def _env(i: int) -> bytes:
+    number = f"089912{i % 10000:04d}"
+    lines = [
+        "agi_network: yes",
+        "agi_network_script: authorize",
+        "agi_request: agi://127.0.0.1/authorize",
+        f"agi_channel: PJSIP/201-{i:08x}",
+        "agi_language: en",
+        "agi_type: PJSIP",
+        f"agi_uniqueid: 1795535109.{i}",
+        "agi_version: 22.10.1",
+        "agi_callerid: 201",
+        "agi_calleridname: Alice",
+        "agi_context: from-internal",
+        f"agi_extension: {number}",
+        "agi_priority: 3",
+        "agi_accountcode: acme",
+        "agi_arg_1: 201",
+        f"agi_arg_2: {number}",
+    ]
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+async def _client(port: int, concurrency: int, requests: int, offset: int) -> list[float]:
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def channel() -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(_env(offset + i))
+            while await reader.readline():
+                writer.write(b"200 result=1\n")
+            writer.close()
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(channel() for _ in range(concurrency)))
+    return latencies
+
+
+def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
+    try:
+        import uvloop
+
+        lat = uvloop.run(_client(port, concurrency, requests, offset))
+    except ImportError:
+        lat = asyncio.run(_client(port, concurrency, requests, offset))
+    out.put(lat)
+
+
+async def measure(port: int, concurrency: int, requests: int, offset: int) -> dict[str, float]:
+    queue: Any = mp.get_context("fork").Queue()
+    proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
+    t0 = time.perf_counter()
+    proc.start()
+    while proc.is_alive() and queue.empty():
+        await asyncio.sleep(0.01)
+    lat: list[float] = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+    elapsed = time.perf_counter() - t0
+    proc.join()
+    lat.sort()
+    return {
+        "per_s": round(len(lat) / elapsed),
+        "p50_ms": round(statistics.median(lat) * 1000, 3),
+        "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 3),
+    }
+
+
+async def bare_server() -> FastAgiServer:
+    fixed = [
+        ("RATING_STATUS", "ALLOW"),
+        ("RATING_REASON", "charged"),
+        ("RATING_E164", "+33899123456"),
+        ("RATING_GUARDSEC", "180"),
+        ("RATING_CALLID", "x"),
+    ]
+
+    async def echo(_req: AgiRequest) -> list[tuple[str, str]]:
+        return fixed
+
+    return FastAgiServer({"authorize": echo}, lambda r, w: fixed)
+
+
+async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
+    ledger = make_ledger(url)
+    await ledger.open()
+    if await ledger.find_account("acme") is None:
+        await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+        await ledger.topup("acme", 10**15, "bench")
+    engine = Engine(TariffStore([ROOT / "tariffs/office-fr.toml"]), ledger, settings=EngineSettings())
+    server = FastAgiServer(
+        {"authorize": lambda r: engine.authorize(r.env, r.args)},
+        lambda r, w: engine.fallback(r.env, r.args, w),
+        answer_timeout=30,
+    )
+    return server, ledger
+
+
+async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
+    results = []
+    backends: list[tuple[str, str | None]] = [("baseline: bare FastAGI", None)]
+    with tempfile.TemporaryDirectory() as d:
+        backends.append(("ours: SQLite", f"sqlite:///{d}/bench.sqlite3"))
+        if not args.no_postgres:
+            url = await postgres_url()
+            backends.append(("ours: PostgreSQL", url) if url else ("ours: PostgreSQL", ""))
+        offset = 0
+        for label, url in backends:
+            if url == "":
+                results.append({"loop": loop_name, "path": label, "skipped": "no PostgreSQL server"})
+                continue
+            ledger = None
+            server = await bare_server() if url is None else None
+            if server is None:
+                server, ledger = await engine_server(url)  # type: ignore[arg-type]
+            port = await server.start("127.0.0.1", 0)
+            for c in CONCURRENCY:
+                n = args.requests if c > 1 else max(args.requests // 5, 200)
+                m = await measure(port, c, n, offset)
+                offset += n
+                fallbacks = server.stats.fallbacks
+                results.append(
+                    {"loop": loop_name, "path": label, "concurrency": c, "requests": n, **m, "fallbacks": fallbacks}
+                )
+            await server.close()
+            if ledger is not None:
+                await ledger.close()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-postgres", action="store_true")
+    args = ap.parse_args()
+    results = asyncio.run(run(args, "asyncio"))
+    try:
+        import uvloop
+
+        results += uvloop.run(run(args, "uvloop"))
+    except ImportError:
+        pass
+    base = {
+        (r["loop"], r["concurrency"]): r["per_s"] for r in results if r["path"].startswith("baseline") and "per_s" in r
+    }
+    rows = []
+    for r in results:
+        if "skipped" in r:
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", ""])
+            continue
+        ratio = r["per_s"] / base[(r["loop"], r["concurrency"])]
+        rows.append(
+            [r["loop"], r["path"], r["concurrency"], f"{r['per_s']:,}", r["p50_ms"], r["p99_ms"], f"{ratio:.2f}x"]
+        )
+    report(
+        "bench_authorize (FastAGI authorizations)",
+        ["loop", "path", "channels", "auth/s", "p50 ms", "p99 ms", "vs bare"],
+        rows,
+        {"results": results},
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
