@@ -16,9 +16,8 @@ import asyncpg
 
 from . import programs as P
 from .base import Ledger
-from .models import SchemaTooNew
 from .payments import PaymentProvider
-from .schema import LATEST, migrations, statements
+from .schema import migrations, refuse_newer, statements
 
 T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\?")
@@ -71,11 +70,7 @@ class PostgresLedger(Ledger):
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-                if current > LATEST:
-                    raise SchemaTooNew(
-                        f"this ledger was written by a newer rating-engine (schema version {current}; "
-                        f"this one knows up to {LATEST}): upgrade rating-engine, nothing was changed"
-                    )
+                refuse_newer(current)
                 for version, script in migrations("postgres"):
                     if version > current:
                         for sql in statements(script):

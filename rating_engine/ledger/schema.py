@@ -99,5 +99,16 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 LATEST = 1
 
 
+def refuse_newer(current: int) -> None:
+    """A database written by a newer rating-engine is left untouched."""
+    from .models import SchemaTooNew
+
+    if current > LATEST:
+        raise SchemaTooNew(
+            f"this ledger was written by a newer rating-engine (schema version {current}; "
+            f"this one knows up to {LATEST}): upgrade rating-engine, nothing was changed"
+        )
+
+
 def statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]

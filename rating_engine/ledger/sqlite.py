@@ -22,9 +22,8 @@ import aiosqlite
 
 from . import programs as P
 from .base import Ledger
-from .models import SchemaTooNew
 from .payments import PaymentProvider
-from .schema import LATEST, migrations, statements
+from .schema import migrations, refuse_newer, statements
 
 T = TypeVar("T")
 BATCH_MAX = 512
@@ -83,11 +82,7 @@ def _migrate(conn: sqlite3.Connection) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
     current = row["v"] or 0
-    if current > LATEST:
-        raise SchemaTooNew(
-            f"this ledger was written by a newer rating-engine (schema version {current}; "
-            f"this one knows up to {LATEST}): upgrade rating-engine, nothing was changed"
-        )
+    refuse_newer(current)
     for version, script in migrations("sqlite"):
         if version > current:
             conn.execute("BEGIN IMMEDIATE")
