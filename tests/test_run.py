@@ -1,0 +1,64 @@
+"""`rating-engine run` as a real process: starts, serves a call, stops cleanly on SIGTERM,
+logs structured JSON, and never prints the AMI secret."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
+from rating_engine.clock import Clock
+
+from .conftest import OFFICE_FR, ROOT
+
+SECRET = "s3cret-not-for-logs"
+
+
+async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
+    clock = Clock()
+    sim = AsteriskSimulator(clock, agi_port=0, secret=SECRET)
+    ami_port = await sim.start()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        agi_port = s.getsockname()[1]
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        f'[engine]\naccount = "fixed:acme"\n[agi]\nbind = "127.0.0.1:{agi_port}"\n'
+        f'[ami]\nport = {ami_port}\n[ledger]\nurl = "sqlite:///{tmp_path}/l.sqlite3"\n'
+        f'[tariffs]\nplans = ["{OFFICE_FR}"]\n[metrics]\nbind = ""\n'
+    )
+    env = {**os.environ, "RATING_ENGINE_AMI_SECRET": SECRET}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rating_engine.cli", "run", "--config", str(config), cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        logs: list[dict[str, object]] = []
+        while not any(e.get("msg") == "reconciled with Asterisk" for e in logs):
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the engine exited early"
+            logs.append(json.loads(line))
+        sim.agi_port = agi_port
+        call = await sim.place_call(Scenario("0612345678", talk=1))  # no such account in this ledger
+        assert (call.status, call.reason) == ("DENY", "unknown_account")
+        emergency = await sim.place_call(Scenario("112", talk=1))
+        assert (emergency.status, emergency.reason) == ("ALLOW", "emergency")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr_tail = await asyncio.wait_for(proc.communicate(), 20)
+        tail = [json.loads(line) for line in stderr_tail.splitlines()]
+        assert proc.returncode == 0
+        everything = [*logs, *tail]
+        assert any(e.get("msg") == "engine stopped" for e in everything)
+        assert all(SECRET not in json.dumps(e) for e in everything)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await sim.close()
