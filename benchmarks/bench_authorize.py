@@ -28,7 +28,8 @@ from benchmarks.bench_ledger import postgres_url
 from benchmarks.common import report
 from rating_engine.asterisk.agi import AgiRequest
 from rating_engine.asterisk.agi_server import FastAgiServer
-from rating_engine.engine import Engine, EngineSettings
+from rating_engine.config import EngineSection
+from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, make_ledger
 from rating_engine.rating.catalog import TariffStore
 
@@ -126,7 +127,7 @@ async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
     if await ledger.find_account("acme") is None:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
         await ledger.topup("acme", 10**15, "bench")
-    engine = Engine(TariffStore([ROOT / "tariffs/office-fr.toml"]), ledger, settings=EngineSettings())
+    engine = Engine(TariffStore([ROOT / "tariffs/office-fr.toml"]), ledger, settings=EngineSection())
     server = FastAgiServer(
         {"authorize": lambda r: engine.authorize(r.env, r.args)},
         lambda r, w: engine.fallback(r.env, r.args, w),

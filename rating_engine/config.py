@@ -27,15 +27,20 @@ def _hostport(text: str, default_port: int) -> tuple[str, int]:
 @dataclass(frozen=True)
 class EngineSection:
     node: str = "pbx1"
+    """This PBX's name; after a restart the engine reconciles only the reservations it made."""
     quota_seconds: int = 120
     renew_margin: int = 20
     ring_timeout: int = 60
     account: str = "accountcode"
+    """Where the account comes from: "accountcode", "arg:N", or "fixed:NAME"."""
     extension: str = "arg:1"
     dialed: str = "arg:2"
     default_country: str = "FR"
+    """Country used to recognise emergency numbers when the account cannot be read."""
     answer_timeout: float = 2.0
     shutdown_grace: float = 30.0
+    cdr_tolerance: int = 1
+    """Seconds the Cdr's BillableSeconds may differ from answer-to-hangup before it is logged."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .clock import Clock
+from .config import EngineSection
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
@@ -33,22 +34,6 @@ class Pbx(Protocol):
     async def set_timeout(self, channel: str, seconds: int) -> bool: ...
 
     async def live_channels(self) -> dict[str, str]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    quota_seconds: int = 120
-    renew_margin: int = 20
-    ring_timeout: int = 60
-    account_source: str = "accountcode"
-    """Where the account comes from: "accountcode", "arg:N", or "fixed:NAME"."""
-    extension_source: str = "arg:1"
-    dialed_source: str = "arg:2"
-    default_country: str = "FR"
-    """Country used to recognise emergency numbers when the account cannot be read."""
-    node: str = "pbx1"
-    """This PBX's name; reconciliation only touches the reservations it made."""
-    cdr_tolerance: int = 1
 
 
 @dataclass(slots=True)
@@ -123,13 +108,13 @@ class Engine:
         tariffs: TariffStore,
         ledger: Ledger,
         clock: Clock | None = None,
-        settings: EngineSettings | None = None,
+        settings: EngineSection | None = None,
         pbx: Pbx | None = None,
     ) -> None:
         self.tariffs = tariffs
         self.ledger = ledger
         self.clock = clock or Clock()
-        self.settings = settings or EngineSettings()
+        self.settings = settings or EngineSection()
         self.pbx = pbx
         self.calls: dict[str, Call] = {}
         self.stats = EngineStats()
@@ -159,7 +144,7 @@ class Engine:
 
     def fallback(self, env: Mapping[str, str], args: tuple[str, ...], why: str) -> Variables:
         """Answer without the ledger: emergency numbers still go through, the rest is refused."""
-        dialed = self._source(env, args, self.settings.dialed_source) or env.get("agi_extension", "")
+        dialed = self._source(env, args, self.settings.dialed) or env.get("agi_extension", "")
         c = classify(dialed, self.settings.default_country)
         self.stats.count(f"fallback_{why}")
         if c.kind is Kind.EMERGENCY:
@@ -169,9 +154,9 @@ class Engine:
     async def authorize(self, env: Mapping[str, str], args: tuple[str, ...]) -> Variables:
         s = self.settings
         call_id = env.get("agi_uniqueid", "")
-        dialed = self._source(env, args, s.dialed_source) or env.get("agi_extension", "")
-        ext = self._source(env, args, s.extension_source) or env.get("agi_callerid", "")
-        account_id = self._source(env, args, s.account_source)
+        dialed = self._source(env, args, s.dialed) or env.get("agi_extension", "")
+        ext = self._source(env, args, s.extension) or env.get("agi_callerid", "")
+        account_id = self._source(env, args, s.account)
         now = self.clock.now()
         account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
         if account is None:

@@ -18,27 +18,13 @@ from .asterisk.agi_server import FastAgiServer, Variables
 from .asterisk.ami_client import AmiClient
 from .clock import Clock
 from .config import Config
-from .engine import Engine, EngineSettings
+from .engine import Engine
 from .errors import TariffErrors
 from .ledger import Ledger, PaymentProvider, default_url, make_ledger
 from .metrics import Metrics
 from .rating.catalog import TariffStore
 
 log = logging.getLogger("rating_engine.service")
-
-
-def engine_settings(config: Config) -> EngineSettings:
-    e = config.engine
-    return EngineSettings(
-        quota_seconds=e.quota_seconds,
-        renew_margin=e.renew_margin,
-        ring_timeout=e.ring_timeout,
-        account_source=e.account,
-        extension_source=e.extension,
-        dialed_source=e.dialed,
-        default_country=e.default_country,
-        node=e.node,
-    )
 
 
 class Service:
@@ -57,7 +43,7 @@ class Service:
         self._own_ledger = ledger is None
         self.ami_secret = ami_secret
         self.tariffs = TariffStore(config.plan_paths())
-        self.engine = Engine(self.tariffs, self.ledger, self.clock, engine_settings(config))
+        self.engine = Engine(self.tariffs, self.ledger, self.clock, config.engine)
         self.metrics = Metrics(self._collect)
         self.agi = FastAgiServer(
             {"authorize": self._authorize},

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.clock import Clock
-from rating_engine.engine import Engine, EngineSettings
+from rating_engine.config import EngineSection
+from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, Ledger, make_ledger
 from rating_engine.rating.catalog import TariffStore
 
@@ -75,8 +76,8 @@ async def engine_rig(
         if balance:
             await ledger.topup("acme", balance, "opening")
     clock = Clock(speed=speed)
-    opts = {"account_source": "fixed:acme", **settings}
-    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSettings(**opts))  # type: ignore[arg-type]
+    opts = {"account": "fixed:acme", **settings}
+    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(**opts))  # type: ignore[arg-type]
     agi = FastAgiServer(
         {"authorize": lambda r: engine.authorize(r.env, r.args)},
         lambda r, why: engine.fallback(r.env, r.args, why),
