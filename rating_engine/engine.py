@@ -136,11 +136,7 @@ class Engine:
             return args[n - 1].strip() if 0 < n <= len(args) else ""
         if kind == "fixed":
             return value
-        if kind == "callerid":
-            return req.get("agi_callerid", "").strip()
-        if kind == "accountcode":
-            return req.get("agi_accountcode", "").strip()
-        return req.get(f"agi_{kind}", "").strip()
+        return req.get(f"agi_{kind}", "").strip()  # accountcode, callerid, extension
 
     def fallback(self, env: Mapping[str, str], args: tuple[str, ...], why: str) -> Variables:
         """Answer without the ledger: emergency numbers still go through, the rest is refused."""

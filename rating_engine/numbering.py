@@ -287,7 +287,3 @@ def _parse_reason(exc: phonenumbers.NumberParseException) -> str:
         phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
         phonenumbers.NumberParseException.TOO_LONG: "too long",
     }.get(exc.error_type, "not a number")
-
-
-def cache_info() -> str:
-    return str(_classify.cache_info())

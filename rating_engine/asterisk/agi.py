@@ -27,13 +27,6 @@ class AgiRequest:
     def uniqueid(self) -> str:
         return self.env.get("agi_uniqueid", "")
 
-    @property
-    def channel(self) -> str:
-        return self.env.get("agi_channel", "")
-
-    def get(self, name: str, default: str = "") -> str:
-        return self.env.get(name, default)
-
     def arg(self, n: int) -> str:
         """AGI argument n (1-based), '' when absent."""
         return self.args[n - 1] if 0 < n <= len(self.args) else ""

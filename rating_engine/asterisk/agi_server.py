@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 from .agi import MAX_ENV_BYTES, AgiProtocolError, AgiReply, AgiRequest, ReplyReader, parse_env, set_variable
@@ -30,7 +30,6 @@ class AgiStats:
     fallbacks: int = 0
     bad_requests: int = 0
     hangups: int = 0
-    latencies: list[float] = field(default_factory=list)
 
 
 class FastAgiServer:

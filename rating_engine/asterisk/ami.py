@@ -46,11 +46,3 @@ class AmiParser:
 def format_message(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
     items = headers.items() if isinstance(headers, Mapping) else headers
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in items) + b"\r\n"
-
-
-def get(msg: Mapping[str, str], key: str) -> str:
-    """Case-insensitive header lookup (AMI header names are case-insensitive)."""
-    if key in msg:
-        return msg[key]
-    low = key.lower()
-    return next((v for k, v in msg.items() if k.lower() == low), "")

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import itertools
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -466,9 +465,6 @@ class AsteriskSimulator:
             other.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_either(ch.changed, other.changed), self.clock.real(nearest - now))
-
-    def live(self) -> Iterable[str]:
-        return list(self.channels)
 
 
 async def _either(a: asyncio.Event, b: asyncio.Event) -> None:

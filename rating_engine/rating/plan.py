@@ -25,9 +25,6 @@ class IncludedRule:
     regions: frozenset[str]
     kinds: frozenset[str]
 
-    def matches(self, region: str, kind: str) -> bool:
-        return self.matches_region(region) and kind in self.kinds
-
     def matches_region(self, region: str) -> bool:
         return "*" in self.regions or region in self.regions
 
