@@ -19,7 +19,7 @@ from .asterisk.simulator import AsteriskSimulator, Scenario
 from .clock import Clock
 from .config import AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
 from .engine import Call
-from .ledger import AccountSettings, ExtensionSettings
+from .ledger import AccountSettings, ExtensionSettings, extension_totals
 from .money import format_amount, parse_amount
 from .service import Service
 
@@ -132,9 +132,8 @@ async def _summary(ledger: Any) -> None:
             f"{format_amount(r.cost, 'EUR'):>9} EUR  balance after {format_amount(r.balance_after, 'EUR')}"
         )
     print("\ntotals per extension")
-    totals: dict[str, list[int]] = {}
-    for r in rows:
-        t = totals.setdefault(r.ext, [0, 0, 0])
-        t[0], t[1], t[2] = t[0] + 1, t[1] + r.billable_seconds, t[2] + r.cost
-    for ext, (n, secs, cost) in sorted(totals.items()):
-        print(f"  {ext} {PEOPLE.get(ext, ''):6} {n} call(s)  {secs:5d} s  {format_amount(cost, 'EUR'):>9} EUR")
+    for t in extension_totals(rows):
+        print(
+            f"  {t.ext} {PEOPLE.get(t.ext, ''):6} {t.calls} call(s)  {t.seconds:5d} s  "
+            f"{format_amount(t.cost, 'EUR'):>9} EUR"
+        )

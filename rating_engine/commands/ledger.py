@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import ConfigError
-from ..ledger import AccountSettings, ExtensionSettings, Ledger, OnLow, default_url, make_ledger
+from ..ledger import AccountSettings, ExtensionSettings, Ledger, OnLow, default_url, extension_totals, make_ledger
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
 from ..rating.decision import DestinationClass
@@ -345,15 +345,9 @@ async def cmd_activity(args: argparse.Namespace) -> int:
         ],
         ["ended", "ext", "dialed", "destination", "kind", "seconds", "cost", "balance", ""],
     )
-    totals: dict[str, list[int]] = {}
-    for r in rows:
-        t = totals.setdefault(r.ext, [0, 0, 0])
-        t[0] += 1
-        t[1] += r.billable_seconds
-        t[2] += r.cost
     print("\ntotals per extension")
     table(
-        [[ext, str(n), str(s), format_amount(c, cur)] for ext, (n, s, c) in sorted(totals.items())],
+        [[t.ext, str(t.calls), str(t.seconds), format_amount(t.cost, cur)] for t in extension_totals(rows)],
         ["ext", "calls", "seconds", f"cost {cur}"],
     )
     if topups:

@@ -19,6 +19,7 @@ from .models import (
     CheckProblem,
     Extension,
     ExtensionSettings,
+    ExtensionTotals,
     LedgerError,
     OnLow,
     Refusal,
@@ -28,6 +29,7 @@ from .models import (
     SettleResult,
     Topup,
     TopupStatus,
+    extension_totals,
 )
 from .payments import ManualProvider, PaymentOutcome, PaymentProvider, ScriptedProvider
 
@@ -39,6 +41,7 @@ __all__ = [
     "CheckProblem",
     "Extension",
     "ExtensionSettings",
+    "ExtensionTotals",
     "Ledger",
     "LedgerError",
     "ManualProvider",
@@ -55,6 +58,7 @@ __all__ = [
     "TopupStatus",
     "data_dir",
     "default_url",
+    "extension_totals",
     "open_ledger",
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from ..errors import RatingEngineError
@@ -191,4 +191,14 @@ class ExtensionTotals:
     calls: int = 0
     seconds: int = 0
     cost: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
+
+
+def extension_totals(rows: list[ActivityRow]) -> list[ExtensionTotals]:
+    """Calls, billable seconds and cost per extension, in extension order."""
+    totals: dict[str, ExtensionTotals] = {}
+    for r in rows:
+        t = totals.setdefault(r.ext, ExtensionTotals(r.ext))
+        t.calls += 1
+        t.seconds += r.billable_seconds
+        t.cost += r.cost
+    return [totals[ext] for ext in sorted(totals)]
