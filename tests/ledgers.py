@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -67,6 +68,19 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
     else:
         with pg_database() as url:
             yield url
+
+
+async def raw_sql(url: str, sql: str) -> None:
+    """Write behind the ledger's back (to prove its checks), on either backend."""
+    if url.startswith("sqlite:///"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql)
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @asynccontextmanager

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from rating_engine.ledger import (
@@ -25,7 +23,7 @@ from rating_engine.ledger import (
     TopupStatus,
 )
 
-from .ledgers import BACKENDS, database_url, opened
+from .ledgers import BACKENDS, database_url, opened, raw_sql
 
 EUR = 1_000_000
 DAY = 86_400
@@ -294,13 +292,7 @@ async def test_concurrent_calls_never_take_available_money_below_the_floor(ledge
 async def test_check_finds_a_balance_that_does_not_match_its_journal(url: str) -> None:
     async with opened(url) as ledger:
         await funded(ledger)
-    if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            conn.execute("UPDATE accounts SET balance = balance + 1")
-    else:
-        conn = await asyncpg.connect(url)
-        await conn.execute("UPDATE accounts SET balance = balance + 1")
-        await conn.close()
+    await raw_sql(url, "UPDATE accounts SET balance = balance + 1")
     async with opened(url) as ledger:
         [problem] = await ledger.check()
         assert problem.account_id == "acme" and "journal" in problem.message
@@ -309,13 +301,7 @@ async def test_check_finds_a_balance_that_does_not_match_its_journal(url: str) -
 async def test_a_database_from_a_newer_version_is_refused_untouched(url: str) -> None:
     async with opened(url) as ledger:
         await funded(ledger)
-    if url.startswith("sqlite"):
-        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            conn.execute("INSERT INTO schema_version (version) VALUES (99)")
-    else:
-        conn = await asyncpg.connect(url)
-        await conn.execute("INSERT INTO schema_version (version) VALUES (99)")
-        await conn.close()
+    await raw_sql(url, "INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(SchemaTooNew, match="newer rating-engine"):
         async with opened(url):
             pass
