@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from .clock import Clock
 from .config import EngineSection
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
+from .ledger.programs import periods
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
 from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, Reason, decide
@@ -176,7 +177,11 @@ class Engine:
         for attempt in range(2):
             seconds = min(s.quota_seconds, max_seconds(_budget(account, extension, int(now)), price))
             if seconds <= 0:
-                reason = Reason.CAP_REACHED if _cap_binding(account, extension, int(now)) else _short(account, price)
+                reason = (
+                    Reason.CAP_REACHED
+                    if _cap_binding(account, extension, int(now))
+                    else _refusal_reason(account.shortfall(cost(1, price)))
+                )
                 return self._done(_answer("DENY", reason, e164, "", call_id))
             call.granted, call.reserved = seconds, cost(seconds, price)
             held = await self.ledger.reserve(
@@ -405,8 +410,6 @@ def _rules(extension: Extension | None) -> ExtensionRules:
 def _cap_left(extension: Extension | None, now: int) -> int | None:
     if extension is None:
         return None
-    from .ledger.programs import periods
-
     day, month = periods(now)
     s, left = extension.settings, None
     if s.daily_cap is not None:
@@ -425,12 +428,6 @@ def _budget(account: Account, extension: Extension | None, now: int) -> int:
 def _cap_binding(account: Account, extension: Extension | None, now: int) -> bool:
     cap = _cap_left(extension, now)
     return cap is not None and cap < account.available
-
-
-def _short(account: Account, price: Price) -> Reason:
-    if account.floor > 0 and account.balance - account.reserved >= cost(1, price):
-        return Reason.ACCOUNT_BLOCKED
-    return Reason.INSUFFICIENT_FUNDS
 
 
 def _refusal_reason(refusal: Refusal | None) -> Reason:

@@ -60,6 +60,12 @@ class Account:
         """What new reservations may take: balance − live reservations − floor."""
         return self.balance - self.reserved - self.floor
 
+    def shortfall(self, amount: int) -> Refusal:
+        """Why `amount` cannot be held: the money is there but below the threshold, or it is not there."""
+        if self.floor > 0 and self.balance - self.reserved >= amount:
+            return Refusal.ACCOUNT_BLOCKED
+        return Refusal.INSUFFICIENT_FUNDS
+
 
 @dataclass(frozen=True, slots=True)
 class ExtensionSettings:

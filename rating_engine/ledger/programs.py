@@ -303,11 +303,8 @@ def _take(account_id: str, ext: str, amount: int, now: int) -> Program[None]:
                 ReserveResult(False, Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED)
             )
     if (yield count(_ACCOUNT_TAKE, amount, account_id, amount)) == 0:
-        a = yield one("SELECT balance, reserved, floor FROM accounts WHERE id = ?", account_id)
-        if a is None:
-            raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT))
-        blocked = a["floor"] > 0 and a["balance"] - a["reserved"] >= amount
-        raise Rollback(ReserveResult(False, Refusal.ACCOUNT_BLOCKED if blocked else Refusal.INSUFFICIENT_FUNDS))
+        acc = yield from find_account(account_id)
+        raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT if acc is None else acc.shortfall(amount)))
 
 
 def reserve(
