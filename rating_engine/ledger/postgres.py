@@ -3,7 +3,7 @@
 Each program runs in its own transaction on a pooled connection. Correctness across engines
 comes from the conditional UPDATEs in the programs (`… WHERE balance − reserved − floor ≥ amount`),
 not from which engine took the call. A settle racing another engine's settle of the same call
-loses on the activity primary key and is run again, when it finds the call already settled.
+waits on the reservation row it deletes, then finds it gone and the call already settled.
 """
 
 from __future__ import annotations

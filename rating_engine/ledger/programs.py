@@ -11,9 +11,9 @@ SQL uses `?` placeholders and named columns only.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from .models import (
     Account,
@@ -38,8 +38,9 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Stmt:
+class Stmt(NamedTuple):
+    """One statement and what the program wants back (a tuple: built twice per call, it must be cheap)."""
+
     sql: str
     params: tuple[Any, ...]
     want: Literal["one", "all", "count"]
@@ -70,7 +71,13 @@ def count(sql: str, *params: Any) -> Stmt:
 
 def periods(now: int) -> tuple[str, str]:
     """The cap periods a moment falls in: UTC day and month."""
-    d = datetime.fromtimestamp(now, UTC)
+    return _periods_of_day(now // 86400)
+
+
+@lru_cache(maxsize=64)
+def _periods_of_day(day: int) -> tuple[str, str]:
+    # Unix time has no leap seconds: every UTC day is 86,400 s, so the day number is the key.
+    d = datetime.fromtimestamp(day * 86400, UTC)
     return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
 
 
@@ -390,24 +397,21 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     """Debit the cost, release the rest, write the activity row; once per call."""
     if cost < 0:
         raise LedgerError("a cost cannot be negative")
-    r = yield one(
-        "SELECT r.account_id, r.ext, r.amount, a.cost AS done_cost, a.balance_after AS done_balance"
-        " FROM (SELECT CAST(? AS TEXT) AS id) AS k"
-        " LEFT JOIN reservations AS r ON r.call_id = k.id LEFT JOIN activity AS a ON a.call_id = k.id",
-        call_id,
-    )
-    if r["done_cost"] is not None:
-        return SettleResult(False, already=True, cost=r["done_cost"], balance_after=r["done_balance"])
-    if r["account_id"] is None:
+    # Taking the reservation away is what makes a settle happen once: a second settle finds none.
+    r = yield one("DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount", call_id)
+    if r is None:
+        done = yield one("SELECT cost, balance_after FROM activity WHERE call_id = ?", call_id)
+        if done is not None:
+            return SettleResult(False, already=True, cost=done["cost"], balance_after=done["balance_after"])
         return SettleResult(False, unknown=True)
     account_id = r["account_id"]
     yield from _give_back(r, cost, now)
-    yield count(
-        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?", cost, r["amount"], account_id
-    )
-    # Read back in the same transaction (the row is ours until commit): cheaper than RETURNING.
     acc = yield one(
-        "SELECT balance, threshold, on_low, topup_pending, topup_amount FROM accounts WHERE id = ?", account_id
+        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?"
+        " RETURNING balance, threshold, on_low, topup_pending, topup_amount",
+        cost,
+        r["amount"],
+        account_id,
     )
     balance = int(acc["balance"])
     if cost > 0:
@@ -440,7 +444,6 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
         int(d.estimated),
         int(cost > r["amount"]),
     )
-    yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
     request = None
     if acc["on_low"] == OnLow.TOPUP.value and balance < acc["threshold"] and acc["topup_pending"] is None:
         reference = f"auto:{account_id}:{call_id}"
