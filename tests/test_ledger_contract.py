@@ -22,6 +22,9 @@ from rating_engine.ledger import (
     ScriptedProvider,
     TopupStatus,
 )
+from rating_engine.ledger import programs as P
+from rating_engine.ledger.programs import Program
+from rating_engine.ledger.sqlite import SqliteLedger
 
 from .ledgers import BACKENDS, database_url, opened, raw_sql
 
@@ -173,6 +176,58 @@ async def test_an_extension_denied_chargeable_calls_cannot_reserve(ledger: Ledge
     assert not ext.settings.chargeable and ext.settings.classes == frozenset()
     assert (await ledger.reserve("c1", "acme", "203", 1, now=NOW)).refusal is Refusal.EXTENSION_NOT_ALLOWED
     assert [e.ext for e in await ledger.extensions("acme")] == ["203"]
+
+
+async def test_a_refused_reservation_leaves_nothing_behind(ledger: Ledger) -> None:
+    await funded(ledger, 5 * EUR, threshold=1 * EUR)
+    await ledger.set_extension("acme", "201", ExtensionSettings(daily_cap=2 * EUR))
+    assert (await ledger.reserve("held", "acme", "201", 1 * EUR, now=NOW)).ok
+    before = await ledger.account("acme")
+    refusals = await asyncio.gather(
+        ledger.reserve("c1", "acme", "299", 4 * EUR, now=NOW),  # a first call, over the floor
+        ledger.reserve("c2", "acme", "201", 2 * EUR, now=NOW),  # over 201's daily cap
+        ledger.reserve("c3", "acme", "202", 10 * EUR, now=NOW),  # a first call, more than the balance
+        ledger.extend("held", 4 * EUR, now=NOW),  # over the cap and the floor
+    )
+    assert [r.refusal for r in refusals] == [
+        Refusal.ACCOUNT_BLOCKED,
+        Refusal.CAP_REACHED,
+        Refusal.INSUFFICIENT_FUNDS,
+        Refusal.CAP_REACHED,
+    ]
+    after = await ledger.account("acme")
+    assert (after.balance, after.reserved) == (before.balance, before.reserved) == (5 * EUR, 1 * EUR)
+    assert [(e.ext, e.reserved) for e in await ledger.extensions("acme")] == [("201", 1 * EUR)]
+    assert [(r.call_id, r.amount) for r in await ledger.reservations()] == [("held", 1 * EUR)]
+    assert await ledger.check() == []
+
+
+def _writes_then_fails() -> Program[None]:
+    yield P.count(
+        "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)"
+        " VALUES ('acme', 0, 'topup', 1, 'stray', 0)"
+    )
+    raise LedgerError("failed after writing")
+
+
+async def test_a_program_failing_after_it_wrote_is_undone_alone(ledger: Ledger) -> None:
+    """Its neighbours (on SQLite: the same transaction) are answered and kept, once each."""
+    await funded(ledger, 10 * EUR)
+    commits = getattr(ledger, "commits", 0)
+    results = await asyncio.gather(
+        ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW),
+        ledger._run(_writes_then_fails),
+        ledger.reserve("c2", "acme", "202", 3 * EUR, now=NOW),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], LedgerError)
+    assert [r.reserved for r in (results[0], results[2])] == [2 * EUR, 3 * EUR]  # type: ignore[union-attr]
+    if isinstance(ledger, SqliteLedger):
+        assert ledger.commits == commits + 1  # all three were one batch
+    acc = await ledger.account("acme")
+    assert (acc.balance, acc.reserved) == (10 * EUR, 5 * EUR)
+    assert sorted(r.call_id for r in await ledger.reservations()) == ["c1", "c2"]
+    assert await ledger.check() == []
 
 
 async def test_activity_filters_by_extension_and_period(ledger: Ledger) -> None:

@@ -86,12 +86,8 @@ class PostgresLedger(Ledger):
             raise RuntimeError("ledger is not open")
         for attempt in range(RETRIES):
             try:
-                async with self._pool.acquire() as conn:
-                    try:
-                        async with conn.transaction():
-                            return await run_program(conn, program(*args))
-                    except P.Rollback as rb:
-                        return rb.result  # type: ignore[no-any-return]
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await run_program(conn, program(*args))
             except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == RETRIES - 1:
                     raise

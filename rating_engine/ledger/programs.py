@@ -1,10 +1,12 @@
 """Every ledger operation, written once as a generator that yields SQL and receives results.
 
 A program never touches a connection: a driver runs it (sqlite3 inside aiosqlite's thread,
-many programs per transaction; or asyncpg, one transaction each). A program that must undo
-its own writes raises `Rollback(result)`; the driver rolls back to before the program and
-returns the result. Locks are taken in one order everywhere — the extension row, then the
-account row — so concurrent engines sharing PostgreSQL cannot deadlock each other.
+many programs per transaction; or asyncpg, one transaction each). A program refused after
+it wrote gives back what it took itself, in SQL; a program that raises is undone by its
+driver, and nothing else of it remains. Programs are deterministic: the same program on
+the same database state yields the same statements, so a driver may run one again.
+Locks are taken in one order everywhere — the extension row, then the account row — so
+concurrent engines sharing PostgreSQL cannot deadlock each other.
 SQL uses `?` placeholders and named columns only.
 """
 
@@ -47,14 +49,6 @@ class Stmt(NamedTuple):
 
 
 Program = Generator[Stmt, Any, T]
-
-
-class Rollback(Exception):
-    """Undo this program's writes and answer `result`."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__()
-        self.result = result
 
 
 def one(sql: str, *params: Any) -> Stmt:
@@ -248,11 +242,13 @@ def list_topups(account_id: str) -> Program[list[Topup]]:
 
 # ---------------------------------------------------------------- extensions
 
+_EXT_DEFAULT = "INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
 
 def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Extension]:
     yield from get_account(account_id)
     classes = None if s.classes is None else ",".join(sorted(s.classes))
-    yield count("INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING", account_id, ext)
+    yield count(_EXT_DEFAULT, account_id, ext)
     yield count(
         "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?"
         " WHERE account_id = ? AND ext = ?",
@@ -290,28 +286,41 @@ _EXT_TAKE = (
 _ACCOUNT_TAKE = "UPDATE accounts SET reserved = reserved + ? WHERE id = ? AND balance - reserved - floor >= ?"
 
 
-def _take(account_id: str, ext: str, amount: int, now: int) -> Program[None]:
-    """Hold `amount` against both budgets, the extension's caps and the account, or refuse."""
+def _take(account_id: str, ext: str, amount: int, now: int) -> Program[Refusal | None]:
+    """Hold `amount` against both budgets, the extension's caps and the account, or refuse.
+
+    A refusal leaves nothing held: what was taken is given back here, by the program itself,
+    so a driver never has to roll one program back alone.
+    """
     day, month = periods(now)
     args = (amount, day, day, month, month, account_id, ext, day, amount, month, amount)
+    created = False
     n = yield count(_EXT_TAKE, *args)
     if n == 0:
         e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
         if e is None:  # first call of this extension (or no such account): default rules, then take again
             if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
-                raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT))
-            yield count(
-                "INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING", account_id, ext
-            )
+                return Refusal.UNKNOWN_ACCOUNT
+            created = bool((yield count(_EXT_DEFAULT, account_id, ext)))
             n = yield count(_EXT_TAKE, *args)
             e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
         if n == 0:
-            raise Rollback(
-                ReserveResult(False, Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED)
-            )
+            yield from _forget_extension(account_id, ext, created)
+            return Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED
     if (yield count(_ACCOUNT_TAKE, amount, account_id, amount)) == 0:
+        yield count(
+            "UPDATE extensions SET reserved = reserved - ? WHERE account_id = ? AND ext = ?", amount, account_id, ext
+        )
+        yield from _forget_extension(account_id, ext, created)
         acc = yield from find_account(account_id)
-        raise Rollback(ReserveResult(False, Refusal.UNKNOWN_ACCOUNT if acc is None else acc.shortfall(amount)))
+        return Refusal.UNKNOWN_ACCOUNT if acc is None else acc.shortfall(amount)
+    return None
+
+
+def _forget_extension(account_id: str, ext: str, created: bool) -> Program[None]:
+    """A refused first call leaves no trace of its extension either."""
+    if created:
+        yield count("DELETE FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
 
 
 def reserve(
@@ -338,7 +347,10 @@ def reserve(
         if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
             return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
         return ReserveResult(False, Refusal.DUPLICATE_CALL)
-    yield from _take(account_id, ext, amount, now)
+    refusal = yield from _take(account_id, ext, amount, now)
+    if refusal is not None:
+        yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
+        return ReserveResult(False, refusal)
     return ReserveResult(True, None, amount)
 
 
@@ -349,7 +361,9 @@ def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[Re
     r = yield one("SELECT account_id, ext, amount FROM reservations WHERE call_id = ?", call_id)
     if r is None:
         return ReserveResult(False, Refusal.UNKNOWN_CALL)
-    yield from _take(r["account_id"], r["ext"], amount, now)
+    refusal = yield from _take(r["account_id"], r["ext"], amount, now)
+    if refusal is not None:
+        return ReserveResult(False, refusal)
     yield count(
         "UPDATE reservations SET amount = amount + ?, updated_at = ?,"
         " deadline = CASE WHEN ? > deadline THEN ? ELSE deadline END WHERE call_id = ?",

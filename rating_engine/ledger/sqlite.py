@@ -1,9 +1,9 @@
 """SQLite ledger through aiosqlite, with group commit.
 
 One writer task takes every program queued since its last commit and runs them in a single
-transaction in one trip to aiosqlite's database thread: each program inside a SAVEPOINT (so
-a refused or failed one undoes only itself), then one COMMIT with synchronous=FULL, then
-every waiter is answered. Nothing is acknowledged before its commit.
+transaction in one trip to aiosqlite's database thread, then one COMMIT with
+synchronous=FULL, then every waiter is answered. Nothing is acknowledged before its commit.
+A program that fails is undone alone (see `_apply_batch`); the others still commit.
 
 aiosqlite has no public call for "run this function in the database thread"; we use its
 `Connection._execute(fn)` in `_in_db_thread` only, and fail loudly at open if it is gone.
@@ -54,22 +54,46 @@ class _Outcome:
         self.value, self.error = value, error
 
 
-def _apply_batch(conn: sqlite3.Connection, batch: list[P.Program[Any]]) -> list[_Outcome]:
+Job = tuple[Callable[..., P.Program[Any]], tuple[Any, ...]]
+
+
+class _Replay(Exception):
+    """A program raised after it wrote: the batch must run again, each program in a savepoint."""
+
+
+def _apply_batch(conn: sqlite3.Connection, batch: list[Job]) -> list[_Outcome]:
+    """Run a batch in one transaction and commit it.
+
+    Fast way first: no savepoints, since a refusal gives back what it took in SQL and most
+    errors are raised before a program writes. If a program raises after writing, everything
+    is rolled back and the batch runs again with a savepoint per program, so that program
+    alone is undone. Programs are deterministic, so the others get the same answers.
+    """
+    try:
+        return _run_batch(conn, batch, savepoints=False)
+    except _Replay:
+        return _run_batch(conn, batch, savepoints=True)
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     cur = conn.cursor()
     cur.execute("BEGIN IMMEDIATE")
     try:
-        for program in batch:
-            cur.execute("SAVEPOINT op")
+        for fn, args in batch:
+            if savepoints:
+                cur.execute("SAVEPOINT op")
+            wrote_before = conn.total_changes
             try:
-                outcomes.append(_Outcome(run_program_sync(cur, program)))
-            except P.Rollback as rb:
-                cur.execute("ROLLBACK TO op")
-                outcomes.append(_Outcome(rb.result))
+                outcomes.append(_Outcome(run_program_sync(cur, fn(*args))))
             except Exception as exc:
-                cur.execute("ROLLBACK TO op")
+                if savepoints:
+                    cur.execute("ROLLBACK TO op")
+                elif conn.total_changes != wrote_before:
+                    raise _Replay from exc
                 outcomes.append(_Outcome(error=exc))
-            cur.execute("RELEASE op")
+            if savepoints:
+                cur.execute("RELEASE op")
         cur.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -114,7 +138,7 @@ class SqliteLedger(Ledger):
         self.synchronous = synchronous
         self.batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[P.Program[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0
 
@@ -151,7 +175,7 @@ class SqliteLedger(Ledger):
             while len(batch) < self.batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                outcomes = await self._in_db_thread(_apply_batch, [p for p, _ in batch])
+                outcomes = await self._in_db_thread(_apply_batch, [job for job, _ in batch])
             except Exception as exc:  # the commit itself failed: nobody's change happened
                 for _, fut in batch:
                     if not fut.done():
@@ -170,7 +194,7 @@ class SqliteLedger(Ledger):
         if self._writer is None or self._writer.done():
             raise RuntimeError("ledger is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((program(*args), fut))
+        self._queue.put_nowait(((program, args), fut))
         return await fut
 
     async def _close(self) -> None:
