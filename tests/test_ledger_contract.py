@@ -230,6 +230,28 @@ async def test_a_program_failing_after_it_wrote_is_undone_alone(ledger: Ledger) 
     assert await ledger.check() == []
 
 
+async def test_close_answers_what_is_already_queued_and_then_refuses(url: str) -> None:
+    async with opened(url) as ledger:
+        await funded(ledger)
+        calls = [asyncio.ensure_future(ledger.reserve(f"c{i}", "acme", "201", EUR // 10, now=NOW)) for i in range(50)]
+        await asyncio.sleep(0)  # queued, not yet answered
+        await ledger.close()
+        assert [c.result().refusal for c in calls] == [None] * 50
+        with pytest.raises(RuntimeError, match="not open"):
+            await ledger.reserve("late", "acme", "201", 1, now=NOW)
+    async with opened(url) as ledger:
+        assert len(await ledger.reservations()) == 50 and await ledger.check() == []
+
+
+async def test_concurrent_first_calls_of_new_extensions_are_all_held(ledger: Ledger) -> None:
+    """The extension's row is created by one of them while the others wait for it (a race on PostgreSQL)."""
+    await funded(ledger, 100 * EUR)
+    held = await asyncio.gather(*(ledger.reserve(f"c{i}", "acme", f"3{i % 8}", EUR // 10, now=NOW) for i in range(320)))
+    assert [r.refusal for r in held if not r.ok] == []
+    assert [(e.ext, e.reserved) for e in await ledger.extensions("acme")] == [(f"3{k}", 4 * EUR) for k in range(8)]
+    assert await ledger.check() == []
+
+
 async def test_activity_filters_by_extension_and_period(ledger: Ledger) -> None:
     await funded(ledger)
     for i, (ext, t) in enumerate([("201", NOW), ("202", NOW + 10), ("201", NOW + DAY)]):

@@ -8,6 +8,7 @@ waits on the reservation row it deletes, then finds it gone and the call already
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -62,6 +63,8 @@ class PostgresLedger(Ledger):
         self.dsn = dsn
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
+        self._running = 0  # operations under way; close() lets them finish
+        self._idle: asyncio.Event | None = None
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
@@ -82,11 +85,20 @@ class PostgresLedger(Ledger):
             raise
 
     async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
-        if self._pool is None:
+        if self._pool is None or self._idle is not None:
             raise RuntimeError("ledger is not open")
+        self._running += 1
+        try:
+            return await self._run_in_pool(self._pool, program, *args)
+        finally:
+            self._running -= 1
+            if self._running == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _run_in_pool(self, pool: asyncpg.Pool, program: Callable[..., P.Program[T]], *args: Any) -> T:
         for attempt in range(RETRIES):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with pool.acquire() as conn, conn.transaction():
                     return await run_program(conn, program(*args))
             except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 if attempt == RETRIES - 1:
@@ -94,6 +106,11 @@ class PostgresLedger(Ledger):
         raise AssertionError("unreachable")
 
     async def _close(self) -> None:
+        """Let the operations under way finish, then close."""
         if self._pool is not None:
+            self._idle = asyncio.Event()
+            if self._running:
+                await self._idle.wait()
             await self._pool.close()
             self._pool = None
+            self._idle = None

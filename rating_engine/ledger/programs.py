@@ -242,13 +242,16 @@ def list_topups(account_id: str) -> Program[list[Topup]]:
 
 # ---------------------------------------------------------------- extensions
 
-_EXT_DEFAULT = "INSERT INTO extensions (account_id, ext) VALUES (?, ?) ON CONFLICT DO NOTHING"
+_EXT_DEFAULT = (  # an extension's row, with the default rules, if its account exists
+    "INSERT INTO extensions (account_id, ext) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
+    " ON CONFLICT DO NOTHING"
+)
 
 
 def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Extension]:
     yield from get_account(account_id)
     classes = None if s.classes is None else ",".join(sorted(s.classes))
-    yield count(_EXT_DEFAULT, account_id, ext)
+    yield count(_EXT_DEFAULT, account_id, ext, account_id)
     yield count(
         "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?"
         " WHERE account_id = ? AND ext = ?",
@@ -294,17 +297,16 @@ def _take(account_id: str, ext: str, amount: int, now: int) -> Program[Refusal |
     """
     day, month = periods(now)
     args = (amount, day, day, month, month, account_id, ext, day, amount, month, amount)
-    created = False
     n = yield count(_EXT_TAKE, *args)
-    if n == 0:
-        e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
-        if e is None:  # first call of this extension (or no such account): default rules, then take again
-            if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
-                return Refusal.UNKNOWN_ACCOUNT
-            created = bool((yield count(_EXT_DEFAULT, account_id, ext)))
-            n = yield count(_EXT_TAKE, *args)
-            e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
+    created = False
+    if n == 0:  # refused, or the first call of this extension: give it the default rules and take again
+        created = bool((yield count(_EXT_DEFAULT, account_id, ext, account_id)))
+        # Again even if not created here: another call may have created the row meanwhile.
+        n = yield count(_EXT_TAKE, *args)
         if n == 0:
+            e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
+            if e is None:
+                return Refusal.UNKNOWN_ACCOUNT
             yield from _forget_extension(account_id, ext, created)
             return Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED
     if (yield count(_ACCOUNT_TAKE, amount, account_id, amount)) == 0:

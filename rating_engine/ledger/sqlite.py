@@ -138,7 +138,11 @@ class SqliteLedger(Ledger):
         self.synchronous = synchronous
         self.batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]] = asyncio.Queue()
+        # Waiting programs, and their callers' futures, in two lists: one is the batch as is.
+        self._jobs: list[Job] = []
+        self._futures: list[asyncio.Future[Any]] = []
+        self._wake: asyncio.Future[None] | None = None  # set while the writer waits for work
+        self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0
 
@@ -170,19 +174,28 @@ class SqliteLedger(Ledger):
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self.batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            if not self._jobs:
+                if self._closing:
+                    return
+                self._wake = loop.create_future()
+                await self._wake
+                continue
+            if len(self._jobs) <= self.batch_max:
+                jobs, futures, self._jobs, self._futures = self._jobs, self._futures, [], []
+            else:
+                jobs, futures = self._jobs[: self.batch_max], self._futures[: self.batch_max]
+                del self._jobs[: self.batch_max], self._futures[: self.batch_max]
             try:
-                outcomes = await self._in_db_thread(_apply_batch, [job for job, _ in batch])
+                outcomes = await self._in_db_thread(_apply_batch, jobs)
             except Exception as exc:  # the commit itself failed: nobody's change happened
-                for _, fut in batch:
+                for fut in futures:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             self.commits += 1
-            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            for fut, outcome in zip(futures, outcomes, strict=True):
                 if fut.done():
                     continue
                 if outcome.error is not None:
@@ -191,20 +204,27 @@ class SqliteLedger(Ledger):
                     fut.set_result(outcome.value)
 
     async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
-        if self._writer is None or self._writer.done():
+        if self._writer is None or self._closing or self._writer.done():
             raise RuntimeError("ledger is not open")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(((program, args), fut))
+        self._jobs.append((program, args))
+        self._futures.append(fut)
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.done():
+            wake.set_result(None)
         return await fut
 
     async def _close(self) -> None:
+        """Answer everything already queued, then close."""
         if self._writer is not None:
-            while not self._queue.empty():
-                await asyncio.sleep(0.001)
-            self._writer.cancel()
+            self._closing = True
+            wake, self._wake = self._wake, None
+            if wake is not None and not wake.done():
+                wake.set_result(None)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+            self._closing = False
         if self._db is not None:
             await self._db.close()
             self._db = None
