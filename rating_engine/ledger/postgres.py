@@ -37,18 +37,18 @@ def to_pg(sql: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 - deliber
 
 async def run_program(conn: Any, program: P.Program[T]) -> T:
     try:
-        stmt = next(program)
+        sql, params, want = next(program)
         while True:
-            sql = to_pg(stmt.sql)
+            sql = to_pg(sql)
             result: Any
-            if stmt.want == "one":
-                result = await conn.fetchrow(sql, *stmt.params)
-            elif stmt.want == "all":
-                result = await conn.fetch(sql, *stmt.params)
+            if want == "one":
+                result = await conn.fetchrow(sql, *params)
+            elif want == "all":
+                result = await conn.fetch(sql, *params)
             else:
-                status = await conn.execute(sql, *stmt.params)
+                status = await conn.execute(sql, *params)
                 result = int(status.rsplit(" ", 1)[-1]) if status and status[-1].isdigit() else 0
-            stmt = program.send(result)
+            sql, params, want = program.send(result)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 

@@ -32,17 +32,17 @@ BATCH_MAX = 512
 def run_program_sync(cur: sqlite3.Cursor, program: P.Program[T]) -> T:
     """Drive one program on a sqlite3 cursor (in the database thread; one cursor per batch)."""
     try:
-        stmt = next(program)
+        sql, params, want = next(program)
         while True:
-            cur.execute(stmt.sql, stmt.params)
+            cur.execute(sql, params)
             result: Any
-            if stmt.want == "one":
-                result = cur.fetchone()
-            elif stmt.want == "all":
-                result = cur.fetchall()
-            else:
+            if want == "count":
                 result = cur.rowcount
-            stmt = program.send(result)
+            elif want == "one":
+                result = cur.fetchone()
+            else:
+                result = cur.fetchall()
+            sql, params, want = program.send(result)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
