@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from .clock import Clock
 from .config import EngineSection
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
-from .ledger.programs import periods
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
 from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, Reason, decide
@@ -407,26 +406,13 @@ def _rules(extension: Extension | None) -> ExtensionRules:
     return ExtensionRules(chargeable=s.chargeable, classes=classes)
 
 
-def _cap_left(extension: Extension | None, now: int) -> int | None:
-    if extension is None:
-        return None
-    day, month = periods(now)
-    s, left = extension.settings, None
-    if s.daily_cap is not None:
-        left = s.daily_cap - (extension.day_spent if extension.day == day else 0) - extension.reserved
-    if s.monthly_cap is not None:
-        m = s.monthly_cap - (extension.month_spent if extension.month == month else 0) - extension.reserved
-        left = m if left is None else min(left, m)
-    return left
-
-
 def _budget(account: Account, extension: Extension | None, now: int) -> int:
-    cap = _cap_left(extension, now)
+    cap = None if extension is None else extension.cap_left(now)
     return max(0, account.available if cap is None else min(account.available, cap))
 
 
 def _cap_binding(account: Account, extension: Extension | None, now: int) -> bool:
-    cap = _cap_left(extension, now)
+    cap = None if extension is None else extension.cap_left(now)
     return cap is not None and cap < account.available
 
 

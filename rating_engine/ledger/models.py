@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from ..errors import RatingEngineError
 
@@ -76,6 +78,18 @@ class ExtensionSettings:
     monthly_cap: int | None = None
 
 
+def periods(now: int) -> tuple[str, str]:
+    """The cap periods a moment falls in: UTC day and month."""
+    return _periods_of_day(now // 86400)
+
+
+@lru_cache(maxsize=64)
+def _periods_of_day(day: int) -> tuple[str, str]:
+    # Unix time has no leap seconds: every UTC day is 86,400 s, so the day number is the key.
+    d = datetime.fromtimestamp(day * 86400, UTC)
+    return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
+
+
 @dataclass(frozen=True, slots=True)
 class Extension:
     account_id: str
@@ -86,6 +100,21 @@ class Extension:
     day_spent: int
     month: str
     month_spent: int
+
+    def cap_left(self, now: int) -> int | None:
+        """What the caps still allow at `now` (None: no cap); the engine sizes calls with it.
+
+        The ledger enforces the same rule in SQL (`programs._EXT_TAKE`); a property test
+        holds the two to the same answers.
+        """
+        day, month = periods(now)
+        s, left = self.settings, None
+        if s.daily_cap is not None:
+            left = s.daily_cap - (self.day_spent if self.day == day else 0) - self.reserved
+        if s.monthly_cap is not None:
+            m = s.monthly_cap - (self.month_spent if self.month == month else 0) - self.reserved
+            left = m if left is None else min(left, m)
+        return left
 
 
 @dataclass(frozen=True, slots=True)

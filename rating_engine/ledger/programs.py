@@ -13,8 +13,6 @@ SQL uses `?` placeholders and named columns only.
 from __future__ import annotations
 
 from collections.abc import Generator
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from .models import (
@@ -34,6 +32,7 @@ from .models import (
     Topup,
     TopupRequest,
     TopupStatus,
+    periods,
 )
 
 T = TypeVar("T")
@@ -61,18 +60,6 @@ def rows(sql: str, *params: Any) -> Stmt:
 
 def count(sql: str, *params: Any) -> Stmt:
     return Stmt(sql, params, "count")
-
-
-def periods(now: int) -> tuple[str, str]:
-    """The cap periods a moment falls in: UTC day and month."""
-    return _periods_of_day(now // 86400)
-
-
-@lru_cache(maxsize=64)
-def _periods_of_day(day: int) -> tuple[str, str]:
-    # Unix time has no leap seconds: every UTC day is 86,400 s, so the day number is the key.
-    d = datetime.fromtimestamp(day * 86400, UTC)
-    return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
 
 
 ACCOUNT_COLUMNS = (

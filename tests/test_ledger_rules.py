@@ -1,0 +1,96 @@
+"""The rules the ledger keeps in two places: in Python for sizing a call, in SQL as the guard.
+
+`Extension.cap_left` tells the engine how much the caps still allow; `programs._take` enforces
+the caps in SQL. They must agree on every extension state, or the engine would offer calls
+the ledger then refuses (or refuse calls it could take).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rating_engine.ledger import programs as P
+from rating_engine.ledger.models import Extension, ExtensionSettings, Refusal, periods
+from rating_engine.ledger.schema import migrations, statements
+from rating_engine.ledger.sqlite import run_program_sync
+
+NOW = 1_795_535_109  # 2026-11-24
+DAY = 86_400
+
+
+def _database() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for _, script in migrations("sqlite"):
+        for sql in statements(script):
+            conn.execute(sql)
+    conn.execute(
+        "INSERT INTO accounts (id, plan, currency, balance, created_at) VALUES ('acme', 'p', 'EUR', ?, 0)", (10**15,)
+    )
+    return conn
+
+
+_DB = _database()
+
+caps = st.none() | st.integers(0, 10**7)
+spent = st.integers(0, 10**7)
+
+
+@settings(max_examples=400)
+@given(
+    daily=caps,
+    monthly=caps,
+    reserved=spent,
+    day_spent=spent,
+    month_spent=spent,
+    stale_day=st.booleans(),
+    stale_month=st.booleans(),
+    amount=st.integers(1, 2 * 10**7),
+    later=st.integers(0, 40 * DAY),
+)
+def test_cap_left_agrees_with_the_sql_guard(
+    daily: int | None,
+    monthly: int | None,
+    reserved: int,
+    day_spent: int,
+    month_spent: int,
+    stale_day: bool,
+    stale_month: bool,
+    amount: int,
+    later: int,
+) -> None:
+    day, month = periods(NOW)
+    stored = Extension(
+        "acme",
+        "201",
+        ExtensionSettings(daily_cap=daily, monthly_cap=monthly),
+        reserved,
+        "2026-01-01" if stale_day else day,
+        day_spent,
+        "2026-01" if stale_month else month,
+        month_spent,
+    )
+    cur = _DB.cursor()
+    cur.execute("BEGIN")
+    try:
+        cur.execute(
+            "INSERT INTO extensions (account_id, ext, daily_cap, monthly_cap, reserved, day, day_spent, month,"
+            " month_spent) VALUES ('acme', '201', ?, ?, ?, ?, ?, ?, ?)",
+            (daily, monthly, reserved, stored.day, day_spent, stored.month, month_spent),
+        )
+        refusal = run_program_sync(cur, P._take("acme", "201", amount, NOW + later))
+    finally:
+        cur.execute("ROLLBACK")
+    left = stored.cap_left(NOW + later)
+    assert (refusal is None) == (left is None or amount <= left)
+    assert refusal in (None, Refusal.CAP_REACHED)
+
+
+@given(st.integers(0, 4 * 10**9))
+def test_periods_are_the_utc_day_and_month(now: int) -> None:
+    d = datetime.fromtimestamp(now, UTC)
+    assert periods(now) == (d.strftime("%Y-%m-%d"), d.strftime("%Y-%m"))
