@@ -41,7 +41,9 @@ async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
     try:
         assert proc.stderr is not None
         logs: list[dict[str, object]] = []
-        while not any(e.get("msg") == "reconciled with Asterisk" for e in logs):
+        # Ready when both are logged: the AGI listener is up ("engine started", after it is bound),
+        # and the AMI login's reconciliation is done (it may come first).
+        while not {"engine started", "reconciled with Asterisk"} <= {e.get("msg") for e in logs}:
             line = await asyncio.wait_for(proc.stderr.readline(), 20)
             assert line, "the engine exited early"
             logs.append(json.loads(line))
