@@ -64,7 +64,7 @@ class PostgresLedger(Ledger):
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
-        self._idle: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)

@@ -209,18 +209,19 @@ class SqliteLedger(Ledger):
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.append((program, args))
         self._futures.append(fut)
+        self._wake_writer()
+        return await fut
+
+    def _wake_writer(self) -> None:
         wake, self._wake = self._wake, None
         if wake is not None and not wake.done():
             wake.set_result(None)
-        return await fut
 
     async def _close(self) -> None:
         """Answer everything already queued, then close."""
         if self._writer is not None:
             self._closing = True
-            wake, self._wake = self._wake, None
-            if wake is not None and not wake.done():
-                wake.set_result(None)
+            self._wake_writer()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
