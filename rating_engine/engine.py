@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 from .clock import Clock
 from .config import EngineSection
+from .contract import Reason, Variables, answer
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
-from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, Reason, decide
+from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, decide
 from .rating.price import Price, cost, max_seconds
 
 log = logging.getLogger("rating_engine.engine")
@@ -89,19 +90,6 @@ class EngineStats:
         self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
 
 
-Variables = list[tuple[str, str]]
-
-
-def _answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "") -> Variables:
-    return [
-        ("RATING_STATUS", status),
-        ("RATING_REASON", reason),
-        ("RATING_E164", e164),
-        ("RATING_GUARDSEC", guard),
-        ("RATING_CALLID", call_id),
-    ]
-
-
 class Engine:
     def __init__(
         self,
@@ -144,8 +132,8 @@ class Engine:
         c = classify(dialed, self.settings.default_country)
         self.stats.count(f"fallback_{why}")
         if c.kind is Kind.EMERGENCY:
-            return _answer("ALLOW", Reason.EMERGENCY, c.e164, "", env.get("agi_uniqueid", ""))
-        return _answer("DENY", Reason.ENGINE_ERROR, c.e164, "", env.get("agi_uniqueid", ""))
+            return answer("ALLOW", Reason.EMERGENCY, c.e164, "", env.get("agi_uniqueid", ""))
+        return answer("DENY", Reason.ENGINE_ERROR, c.e164, "", env.get("agi_uniqueid", ""))
 
     async def authorize(self, env: Mapping[str, str], args: tuple[str, ...]) -> Variables:
         s = self.settings
@@ -158,19 +146,19 @@ class Engine:
         if account is None:
             c = classify(dialed, s.default_country)
             if c.kind is Kind.EMERGENCY:
-                return self._done(_answer("ALLOW", Reason.EMERGENCY, c.e164, "", call_id))
-            return self._done(_answer("DENY", Reason.UNKNOWN_ACCOUNT, c.e164, "", call_id))
+                return self._done(answer("ALLOW", Reason.EMERGENCY, c.e164, "", call_id))
+            return self._done(answer("DENY", Reason.UNKNOWN_ACCOUNT, c.e164, "", call_id))
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         table = tariffs.table_for(plan)
         d = decide(plan, table, dialed, int(now), _rules(extension))
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
-            return self._done(_answer("ALLOW", d.reason, e164, "", call_id))
+            return self._done(answer("ALLOW", d.reason, e164, "", call_id))
         if not d.allowed or d.row is None:
-            return self._done(_answer("DENY", d.reason, e164, "", call_id))
+            return self._done(answer("DENY", d.reason, e164, "", call_id))
         if not self.accepting:
-            return self._done(_answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
+            return self._done(answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
         price = d.row.price
         call = Call(call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now)
         for attempt in range(2):
@@ -181,7 +169,7 @@ class Engine:
                     if _cap_binding(account, extension, int(now))
                     else _refusal_reason(account.shortfall(cost(1, price)))
                 )
-                return self._done(_answer("DENY", reason, e164, "", call_id))
+                return self._done(answer("DENY", reason, e164, "", call_id))
             call.granted, call.reserved = seconds, cost(seconds, price)
             held = await self.ledger.reserve(
                 call_id,
@@ -194,10 +182,10 @@ class Engine:
             )
             if held.ok:
                 self.calls[call_id] = call
-                return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + seconds), call_id))
+                return self._done(answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + seconds), call_id))
             if held.refusal is Refusal.DUPLICATE_CALL and call_id in self.calls:
                 known = self.calls[call_id]  # Asterisk asked twice for one channel: same answer
-                return self._done(_answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
+                return self._done(answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
             if attempt == 0 and held.refusal in (
                 Refusal.INSUFFICIENT_FUNDS,
                 Refusal.CAP_REACHED,
@@ -206,8 +194,8 @@ class Engine:
                 fresh, extension = await self.ledger.caller(account_id, ext)  # another call took money meanwhile
                 account = fresh or account
                 continue
-            return self._done(_answer("DENY", _refusal_reason(held.refusal), e164, "", call_id))
-        return self._done(_answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
+            return self._done(answer("DENY", _refusal_reason(held.refusal), e164, "", call_id))
+        return self._done(answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
 
     def _done(self, variables: Variables) -> Variables:
         v = dict(variables)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..contract import Reason
 from ..numbering import Classification, classify
-from .decision import ExtensionRules, Reason, decide_without_rate, rating_digits
+from .decision import ExtensionRules, decide_without_rate, rating_digits
 from .plan import Plan
 from .price import IntArray, charged_seconds_array, cost_array
 from .table import NO_ROW, RateTable

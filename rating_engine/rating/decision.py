@@ -11,28 +11,12 @@ from enum import StrEnum
 
 import phonenumbers
 
+from ..contract import Reason
 from ..numbering import Classification, Kind, classify
 from .deck import RateRow
 from .plan import Plan
 from .price import UNLIMITED_SECONDS, cost, max_seconds
 from .table import RateTable
-
-
-class Reason(StrEnum):
-    """Stable codes: part of the dialplan contract (RATING_REASON)."""
-
-    EMERGENCY = "emergency"
-    INCLUDED = "included"
-    CHARGED = "charged"
-    INVALID_NUMBER = "invalid_number"
-    BLOCKED_DESTINATION = "blocked_destination"
-    NO_RATE = "no_rate"
-    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
-    INSUFFICIENT_FUNDS = "insufficient_funds"
-    CAP_REACHED = "cap_reached"
-    ACCOUNT_BLOCKED = "account_blocked"
-    UNKNOWN_ACCOUNT = "unknown_account"
-    ENGINE_ERROR = "engine_error"
 
 
 class DestinationClass(StrEnum):

@@ -1,0 +1,55 @@
+"""The contract with the dialplan: the channel variables the engine sets and the reasons it gives.
+
+These names and codes are a public interface: the shipped `asterisk_conf/extensions.conf`
+clears every variable before `AGI()` and branches on the reasons (a test reads the file
+and holds it to this module).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+STATUS = "RATING_STATUS"
+REASON = "RATING_REASON"
+E164 = "RATING_E164"
+GUARDSEC = "RATING_GUARDSEC"
+CALLID = "RATING_CALLID"
+VARIABLES: tuple[str, ...] = (STATUS, REASON, E164, GUARDSEC, CALLID)
+"""Every variable the engine sets, in the order it sets them."""
+
+ALLOW, DENY = "ALLOW", "DENY"
+
+
+class Reason(StrEnum):
+    """Stable codes: part of the dialplan contract (RATING_REASON)."""
+
+    EMERGENCY = "emergency"
+    INCLUDED = "included"
+    CHARGED = "charged"
+    INVALID_NUMBER = "invalid_number"
+    BLOCKED_DESTINATION = "blocked_destination"
+    NO_RATE = "no_rate"
+    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    CAP_REACHED = "cap_reached"
+    ACCOUNT_BLOCKED = "account_blocked"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    TOO_MANY_CALLS = "too_many_calls"
+    RATE_LIMITED = "rate_limited"
+    VELOCITY_LIMIT = "velocity_limit"
+    OUTSIDE_HOURS = "outside_hours"
+    ENGINE_ERROR = "engine_error"
+
+
+NO_FUNDS_REASONS = frozenset({Reason.INSUFFICIENT_FUNDS, Reason.ACCOUNT_BLOCKED})
+"""Refusals the dialplan answers with its "credit exhausted" prompt."""
+LIMIT_REASONS = frozenset({Reason.TOO_MANY_CALLS, Reason.RATE_LIMITED, Reason.VELOCITY_LIMIT, Reason.OUTSIDE_HOURS})
+"""Refusals by the account's fraud limits: the dialplan says "not now" rather than "no service"."""
+
+# Asterisk's AGI `SET VARIABLE` and the dialplan both work on (name, value) pairs.
+Variables = list[tuple[str, str]]
+
+
+def answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "") -> Variables:
+    """The variables for one answer, every name always set (an empty value clears it)."""
+    return [(STATUS, status), (REASON, reason), (E164, e164), (GUARDSEC, guard), (CALLID, call_id)]
