@@ -41,6 +41,12 @@ class EngineSection:
     shutdown_grace: float = 30.0
     cdr_tolerance: int = 1
     """Seconds the Cdr's BillableSeconds may differ from answer-to-hangup before it is logged."""
+    warning_seconds: int = 30
+    """When the next quota cannot be paid, the caller hears a warning this long before the end (0: none)."""
+    final_warning_seconds: int = 10
+    """… and again this long before the end (0: only one warning)."""
+    warning_digit: str = "D"
+    """The DTMF digit features.conf maps to the warning (`rating-warning => D,self,Playback,…`)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,12 @@ def _check(cfg: Config, source: str) -> None:
     e = cfg.engine
     if e.quota_seconds < 10 or e.renew_margin < 1 or e.renew_margin >= e.quota_seconds:
         raise ConfigError(f"{source}: engine.quota_seconds must be ≥ 10 and renew_margin between 1 and the quota")
+    if not 0 <= e.warning_seconds < e.quota_seconds or not 0 <= e.final_warning_seconds < e.quota_seconds:
+        raise ConfigError(f"{source}: engine.warning_seconds and final_warning_seconds must be between 0 and the quota")
+    if e.warning_seconds and e.final_warning_seconds >= e.warning_seconds:
+        raise ConfigError(f"{source}: engine.final_warning_seconds must be less than warning_seconds")
+    if len(e.warning_digit) != 1 or e.warning_digit not in "0123456789*#ABCD":
+        raise ConfigError(f"{source}: engine.warning_digit must be one DTMF digit: 0-9, *, #, A-D")
     if e.ring_timeout < 1:
         raise ConfigError(f"{source}: engine.ring_timeout must be positive")
     for key in ("account", "extension", "dialed"):

@@ -66,6 +66,8 @@ def _show(t0: float, clock: Clock, currency: str) -> Any:
                 f"{t} {call.e164:>15}  ended after {f['billable']} s: {format_amount(f['cost'], currency)} "
                 f"{currency} debited from {who}; balance {format_amount(f['balance'], currency)}{cut}"
             )
+        elif what == "warned":
+            print(f"{t} {call.e164:>15}  no money for more: {who} hears the warning, {f['seconds_left']} s left")
         elif what == "released":
             print(f"{t} {call.e164:>15}  not answered: reservation released, nothing charged")
 

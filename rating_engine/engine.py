@@ -34,6 +34,10 @@ class Pbx(Protocol):
 
     async def set_timeout(self, channel: str, seconds: int) -> bool: ...
 
+    async def play_warning(self, channel: str, digit: str) -> bool:
+        """Make the caller hear the warning (the DTMF feature mapped to `digit`)."""
+        ...
+
     async def live_channels(self) -> dict[str, str]: ...
 
 
@@ -85,6 +89,7 @@ class EngineStats:
     extended: int = 0
     estimated: int = 0
     cdr_mismatches: int = 0
+    warnings: int = 0
 
     def count(self, reason: str) -> None:
         self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
@@ -241,26 +246,58 @@ class Engine:
                 await self._finish(call, self.event_time(event))
 
     async def _follow(self, call: Call) -> None:
-        """Hold the deadline in Asterisk and move it forward while the account can pay."""
+        """Hold the deadline in Asterisk and move it forward while the account can pay.
+
+        The next quota is reserved `renew_margin` seconds before the deadline, or earlier
+        when the caller must be warned earlier than that: a warning is only for a call whose
+        next quota cannot be paid.
+        """
         s = self.settings
+        lead = max(s.renew_margin, s.warning_seconds)
         try:
             while call.call_id in self.calls:
-                await self.clock.sleep_until(call.deadline - s.renew_margin)
+                await self.clock.sleep_until(call.deadline - lead)
                 if call.call_id not in self.calls:
                     return
-                if not await self._renew(call):
-                    log.info(
-                        "quota not renewed: the call ends at its deadline",
-                        extra={"call_id": call.call_id, "granted": call.granted},
-                    )
+                if await self._renew(call):
+                    await self._push_deadline(call)
+                    continue
+                log.info(
+                    "quota not renewed: the call ends at its deadline",
+                    extra={"call_id": call.call_id, "granted": call.granted},
+                )
+                if not await self._warn_until_deadline(call):
                     return
-                await self._push_deadline(call)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception(
                 "following a call failed; its deadline in Asterisk still holds", extra={"call_id": call.call_id}
             )
+
+    async def _warn_until_deadline(self, call: Call) -> bool:
+        """Warn the caller `warning_seconds`, then `final_warning_seconds`, before a deadline that
+        cannot be moved; before each warning try once more to renew (a top-up may have landed).
+        True when a renewal moved the deadline after all: no further warning, follow on."""
+        s = self.settings
+        sent = False
+        for before in sorted({w for w in (s.warning_seconds, s.final_warning_seconds) if w > 0}, reverse=True):
+            at = call.deadline - before
+            if at > self.clock.now():
+                await self.clock.sleep_until(at)
+                if call.call_id not in self.calls:
+                    return False
+                if await self._renew(call):
+                    await self._push_deadline(call)
+                    return True
+            elif sent:
+                continue  # both moments are past (a short grant): one warning is enough
+            sent = True
+            if self.pbx is not None and call.channel:
+                self.stats.warnings += 1
+                self._notify("warned", call=call, seconds_left=max(0, round(call.deadline - self.clock.now())))
+                await self.pbx.play_warning(call.channel, s.warning_digit)
+        return False
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

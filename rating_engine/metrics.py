@@ -50,6 +50,7 @@ class Metrics:
             ("extended_total", "counter"),
             ("estimated_total", "counter"),
             ("cdr_mismatches_total", "counter"),
+            ("warnings_total", "counter"),
             ("ami_connected", "gauge"),
             ("ami_logins_total", "counter"),
             ("agi_fallbacks_total", "counter"),

@@ -205,3 +205,35 @@ def test_the_emergency_command_prints_the_shipped_line(capsys: pytest.CaptureFix
     assert main(["dialplan", "emergency", "--country", COUNTRY]) == 0
     line = capsys.readouterr().out.strip()
     assert line in TEXT
+
+
+def test_the_warning_sound_is_8khz_mono_signed_linear_and_matches_its_generator() -> None:
+    import importlib.util
+    import wave
+
+    path = ROOT / "asterisk_conf" / "sounds" / "rating-warning.wav"
+    with wave.open(str(path), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getcomptype()) == (1, 2, 8000, "NONE")
+        frames = w.readframes(w.getnframes())
+        assert 0.5 <= w.getnframes() / 8000 <= 3.0
+    spec = importlib.util.spec_from_file_location("make_warning", path.with_name("make_warning.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = [int.from_bytes(frames[i : i + 2], "little", signed=True) for i in range(0, len(frames), 2)]
+    expected = module.samples()
+    assert len(shipped) == len(expected) and max(abs(a - b) for a, b in zip(shipped, expected, strict=True)) <= 1
+    assert max(map(abs, shipped)) > 5000  # audible
+
+
+def test_the_warning_feature_matches_the_engine_and_the_dialplan() -> None:
+    from rating_engine.config import EngineSection
+
+    features = (ROOT / "asterisk_conf" / "features.conf").read_text()
+    line = next(x for x in features.splitlines() if x.startswith("rating-warning =>"))
+    digit, activate_on, app, sound = (p.strip() for p in line.split("=>", 1)[1].split(","))
+    assert (digit, activate_on, app) == (EngineSection().warning_digit, "self", "Playback")
+    assert (ROOT / "asterisk_conf" / "sounds" / f"{sound.rsplit('/', 1)[-1]}.wav").is_file()
+    assert "rating-warning))" in TEXT  # the dialplan enables it by that name
+    modules = (ROOT / "asterisk_conf" / "modules.conf").read_text()
+    assert "app_senddtmf.so" in modules and "format_wav.so" in modules

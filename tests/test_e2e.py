@@ -264,3 +264,44 @@ async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> N
         assert body.startswith("HTTP/1.1 200 OK")
         assert 'rating_authorizations_total{outcome="allow_included"} 1' in body
         assert "rating_ami_connected 1" in body and "rating_authorize_seconds_count 1" in body
+
+
+async def test_a_caller_who_cannot_pay_more_hears_two_warnings_before_the_cut(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=EUR) as w:  # 66 s of 0899: one quota of 60, then 6 more
+        call = await w.sim.place_call(Scenario("0899123456", talk=600))
+        assert call.cut_by_deadline and call.ended_at is not None and len(call.warnings) == 2
+        first, final = (call.ended_at - t for t in call.warnings)
+        assert abs(first - 30) <= 2 and abs(final - 10) <= 2  # engine.warning_seconds, final_warning_seconds
+        assert w.service is not None and w.service.engine.stats.warnings == 2
+        billable, charged = await settled(w, call)
+        assert billable <= 66 and charged <= EUR
+
+
+async def test_a_top_up_during_the_warning_moves_the_deadline_and_stops_the_warnings(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=EUR) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=150)))
+        for _ in range(400):
+            heard = [ch.result for ch in w.sim.channels.values() if ch.result is not None and ch.result.warnings]
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        assert heard, "the first warning never came"
+        assert w.service is not None
+        await w.service.ledger.topup("acme", 10 * EUR, "bank-1")
+        call = await task
+        assert len(call.warnings) == 1 and not call.cut_by_deadline
+        billable, _ = await settled(w, call)
+        assert abs(billable - 150) <= 1
+
+
+async def test_the_warning_also_comes_before_an_extension_cap_cuts_the_call(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=10 * EUR) as w:
+        await w.service.ledger.set_extension("acme", "201", ExtensionSettings(daily_cap=EUR))  # type: ignore[union-attr]
+        call = await w.sim.place_call(Scenario("0899123456", talk=600))
+        assert call.cut_by_deadline and len(call.warnings) == 2
+
+
+async def test_free_calls_are_never_warned(tmp_path: Path) -> None:
+    async with world(tmp_path, balance=0) as w:
+        call = await w.sim.place_call(Scenario("0612345678", talk=100))
+        assert call.warnings == [] and not call.cut_by_deadline

@@ -197,3 +197,61 @@ async def test_the_simulator_speaks_the_recorded_protocol() -> None:
     assert hangup["Cause"] == "21"  # AGISTATUS without variables: the dialplan refuses (fail closed)
     writer.close()
     await sim.close()
+
+
+async def test_the_simulator_answers_playdtmf_as_asterisk_does(tmp_path: Path) -> None:
+    """PlayDTMF: an error for an unknown channel or no digit; a warning heard only on a bridged charged call."""
+    clock = Clock(speed=20)
+    async with engine_rig(tmp_path, speed=20) as rig:
+        sim = AsteriskSimulator(clock, rig.port)
+        port = await sim.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        parser = AmiParser(expect_banner=True)
+
+        async def send(**headers: str) -> dict[str, str]:
+            writer.write(format_message(headers))
+            while True:
+                for msg in parser.feed(await reader.read(65536)):
+                    if msg.get("ActionID") == headers.get("ActionID") and "Response" in msg:
+                        return msg
+
+        assert (await send(Action="Login", ActionID="1", Username="rating", Secret="simulator"))["Response"] == "Success"
+        missing = await send(Action="PlayDTMF", ActionID="2", Channel="PJSIP/none-1", Digit="D", Receive="yes")
+        assert (missing["Response"], missing["Message"]) == ("Error", "Channel not found")
+        task = asyncio.create_task(sim.place_call(Scenario("0899123456", talk=30, ring=10)))
+        while not sim.channels:
+            await asyncio.sleep(0.01)
+        caller = next(iter(sim.channels.values()))
+        ringing = await send(Action="PlayDTMF", ActionID="3", Channel=caller.name, Digit="D", Receive="yes")
+        assert ringing["Message"] == "DTMF successfully queued"
+        assert (await send(Action="PlayDTMF", ActionID="4", Channel=caller.name, Digit=""))["Response"] == "Error"
+        while not caller.bridged:
+            await asyncio.sleep(0.01)
+        await send(Action="PlayDTMF", ActionID="5", Channel=caller.name, Digit="1", Receive="yes")  # not the feature
+        await send(Action="PlayDTMF", ActionID="6", Channel=caller.name, Digit="D")  # sent out, not received
+        await send(Action="PlayDTMF", ActionID="7", Channel=caller.name, Digit="D", Receive="yes")
+        call = await task
+        assert len(call.warnings) == 1 and call.answered_at is not None and call.warnings[0] >= call.answered_at
+        writer.close()
+        await sim.close()
+
+
+async def test_a_deadline_in_the_simulator_runs_the_t_extension(tmp_path: Path) -> None:
+    """TIMEOUT(absolute) fired: the caller channel hangs up from `T` (priority 2, Hangup(16))."""
+    clock = Clock(speed=25)
+    async with engine_rig(tmp_path, speed=25) as rig:
+        sim = AsteriskSimulator(clock, rig.port)
+        port = await sim.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(format_message({"Action": "Login", "ActionID": "1", "Username": "rating", "Secret": "simulator"}))
+        parser = AmiParser(expect_banner=True)
+        call = await sim.place_call(Scenario("0899123456", talk=600, ring=1))  # no engine following: guard deadline
+        assert call.cut_by_deadline
+        hangups: list[dict[str, str]] = []
+        while not hangups:
+            events = parser.feed(await asyncio.wait_for(reader.read(1 << 16), 5))
+            hangups += [e for e in events if e.get("Event") == "Hangup" and e.get("Uniqueid") == call.uniqueid]
+        [hangup] = hangups
+        assert (hangup["Exten"], hangup["Priority"], hangup["Cause"]) == ("T", "2", "16")
+        writer.close()
+        await sim.close()

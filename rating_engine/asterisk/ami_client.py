@@ -176,6 +176,15 @@ class AmiClient:
             log.error("setting the deadline failed", extra={"channel": channel, "seconds": seconds})
         return ok
 
+    async def play_warning(self, channel: str, digit: str) -> bool:
+        """DTMF `digit` received on the caller's channel as if pressed: the features.conf entry plays
+        the warning to the caller. Needs only write class `call` (app_senddtmf's PlayDTMF)."""
+        reply = await self.action({"Action": "PlayDTMF", "Channel": channel, "Digit": digit, "Receive": "yes"})
+        ok = reply is not None and str(reply.get("Response", "")).lower() == "success"
+        if not ok:
+            log.error("playing the warning failed", extra={"channel": channel})
+        return ok
+
     async def live_channels(self) -> dict[str, str]:
         reply = await self.action({"Action": "CoreShowChannels"}, as_list=True)
         if reply is None:

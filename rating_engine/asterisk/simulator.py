@@ -4,8 +4,10 @@ It plays what a real Asterisk 22 does with the shipped dialplan and a SIP phone 
 (the caller channel is answered when the callee answers): the FastAGI request with the
 recorded environment, then the AMI events of the call with the transcripts' headers in their
 order (see templates.py), honouring `Setvar TIMEOUT(absolute)` — a deadline counted from when
-it is set; a later Setvar moves it; 0 removes it — and the `Hangup` and `CoreShowChannels`
-actions. It sends the event classes a least-privilege billing user gets (system, call, cdr),
+it is set; a later Setvar moves it; 0 removes it; when it fires the caller channel runs the
+dialplan's `T` extension (`Hangup(16)`) — `PlayDTMF` with `Receive: yes` (on a bridged charged
+call the `rating-warning` feature plays the warning to the caller), and the `Hangup` and
+`CoreShowChannels` actions. It sends the event classes a least-privilege billing user gets (system, call, cdr),
 so no dialplan `Newexten`/`VarSet` noise. Time comes from a shared `Clock`, so it can run fast.
 """
 
@@ -24,6 +26,7 @@ from .ami import BANNER, AmiParser, format_message
 from .templates import EVENT_HEADERS
 
 Outcome = Literal["answer", "busy", "noanswer", "cancel"]
+WARNING_DIGIT = "D"  # features.conf: rating-warning => D,self,Playback,custom/rating-warning
 STATE_DESC = {0: "Down", 4: "Ring", 5: "Ringing", 6: "Up"}
 CAUSE_TXT = {16: "Normal Clearing", 17: "User busy", 19: "No user responding", 21: "Call Rejected"}
 
@@ -54,6 +57,8 @@ class CallResult:
     dial_status: str = ""
     billable: int = 0
     timeouts_set: list[int] = field(default_factory=list)
+    warnings: list[float] = field(default_factory=list)
+    """Clock times at which the caller heard the warning."""
 
     @property
     def status(self) -> str:
@@ -74,7 +79,11 @@ class _Channel:
     exten: str
     context: str
     state: int = 0
+    priority: int = 1
     deadline: float | None = None
+    features: str = ""
+    """DTMF digits of the dynamic features the dialplan enabled (DYNAMIC_FEATURES)."""
+    bridged: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     hangup_action: bool = False
     result: CallResult | None = None
@@ -93,7 +102,7 @@ class _Channel:
             f"{prefix}AccountCode": "",
             f"{prefix}Context": self.context,
             f"{prefix}Exten": self.exten,
-            f"{prefix}Priority": "1",
+            f"{prefix}Priority": str(self.priority),
             f"{prefix}Uniqueid": self.uid,
             f"{prefix}Linkedid": self.linked,
         }
@@ -196,6 +205,20 @@ class AsteriskSimulator:
             if low.get("variable", "").upper() == "TIMEOUT(ABSOLUTE)":
                 self._set_deadline(ch, low.get("value", ""))
             self._reply(writer, aid, ("Message", "Variable Set"))
+        elif action == "playdtmf":
+            ch = self._by_name(low.get("channel", ""))
+            digit = low.get("digit", "")
+            if ch is None:
+                self._reply(writer, aid, ("Message", "Channel not found"), ok=False)
+                return
+            if not digit:
+                self._reply(writer, aid, ("Message", "No digit specified"), ok=False)
+                return
+            # Received as if pressed: a feature of the bridge runs only while the channel is bridged.
+            receive = low.get("receive", "").lower() in ("yes", "true", "y", "t", "1", "on")
+            if receive and ch.bridged and digit[0] in ch.features and ch.result is not None:
+                ch.result.warnings.append(self.clock.now())
+            self._reply(writer, aid, ("Message", "DTMF successfully queued"))
         elif action == "hangup":
             ch = self._by_name(low.get("channel", ""))
             if ch is None:
@@ -391,6 +414,7 @@ class AsteriskSimulator:
         if guard:
             self._set_deadline(caller, guard)
             result.timeouts_set.clear()
+            caller.features = WARNING_DIGIT  # the dialplan's Set(__DYNAMIC_FEATURES=…rating-warning)
         callee = self._new_channel("PJSIP/trunk", scenario.dialed, scenario.name, "", "from-trunk", caller.uid)
         caller.app = "Dial"
         dial_values = {**caller.fields(), **callee.fields("Dest"), "DialString": f"{scenario.dialed}@trunk"}
@@ -402,6 +426,8 @@ class AsteriskSimulator:
         status = {"answer": "ANSWER", "busy": "BUSY", "noanswer": "NOANSWER", "cancel": "CANCEL"}[scenario.outcome]
         if why != "done":  # the deadline or a Hangup action ended the call while it rang
             status = "CANCEL"
+        if why == "deadline":
+            self._run_t_extension(caller)
         if status != "ANSWER":
             end = self.clock.now()
             self.emit("DialEnd:channel", {**caller.fields(), **callee.fields("Dest"), "DialStatus": status})
@@ -427,9 +453,13 @@ class AsteriskSimulator:
         self.emit("BridgeEnter", {**bridge, "BridgeNumChannels": "1", **callee.fields()})
         self.emit("BridgeEnter", {**bridge, "BridgeNumChannels": "2", **caller.fields()})
         result.answered_at, result.dial_status = answered, "ANSWER"
+        caller.bridged = callee.bridged = True
         why = await self._wait(caller, scenario.talk, callee)
         end = self.clock.now()
+        caller.bridged = callee.bridged = False
         result.cut_by_deadline = why == "deadline"
+        if why == "deadline":
+            self._run_t_extension(caller)
         result.hung_up_by_action = why == "action"
         if why == "done" and scenario.hangup_by == "callee":
             self._hangup(callee, 16)
@@ -447,6 +477,11 @@ class AsteriskSimulator:
         result.ended_at = end
         result.billable = math.floor(end - answered)
         return result
+
+    @staticmethod
+    def _run_t_extension(caller: _Channel) -> None:
+        """TIMEOUT(absolute) fired: Dial returns and the channel runs `T` (NoOp, then Hangup(16))."""
+        caller.exten, caller.priority, caller.app = "T", 2, "Hangup"
 
     async def _wait(self, ch: _Channel, seconds: float, other: _Channel) -> str:
         """Wait `seconds` of clock time, or less if the channel's deadline or a Hangup action comes first."""
