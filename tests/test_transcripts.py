@@ -215,7 +215,8 @@ async def test_the_simulator_answers_playdtmf_as_asterisk_does(tmp_path: Path) -
                     if msg.get("ActionID") == headers.get("ActionID") and "Response" in msg:
                         return msg
 
-        assert (await send(Action="Login", ActionID="1", Username="rating", Secret="simulator"))["Response"] == "Success"
+        login = await send(Action="Login", ActionID="1", Username="rating", Secret="simulator")
+        assert login["Response"] == "Success"
         missing = await send(Action="PlayDTMF", ActionID="2", Channel="PJSIP/none-1", Digit="D", Receive="yes")
         assert (missing["Response"], missing["Message"]) == ("Error", "Channel not found")
         task = asyncio.create_task(sim.place_call(Scenario("0899123456", talk=30, ring=10)))
