@@ -21,9 +21,10 @@ from .clock import Clock
 from .config import EngineSection
 from .contract import Reason, Variables, answer
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
+from .ledger.models import zone
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
-from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, decide
+from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, decide, destination_classes
 from .rating.price import Price, cost, max_seconds
 
 log = logging.getLogger("rating_engine.engine")
@@ -90,6 +91,7 @@ class EngineStats:
     estimated: int = 0
     cdr_mismatches: int = 0
     warnings: int = 0
+    velocity_alerts: int = 0
 
     def count(self, reason: str) -> None:
         self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
@@ -156,7 +158,7 @@ class Engine:
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         table = tariffs.table_for(plan)
-        d = decide(plan, table, dialed, int(now), _rules(extension))
+        d = decide(plan, table, dialed, int(now), _rules(extension, account))
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
             return self._done(answer("ALLOW", d.reason, e164, "", call_id))
@@ -164,6 +166,8 @@ class Engine:
             return self._done(answer("DENY", d.reason, e164, "", call_id))
         if not self.accepting:
             return self._done(answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
+        if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
+            return self._done(answer("DENY", Reason.OUTSIDE_HOURS, e164, "", call_id))
         price = d.row.price
         call = Call(call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now)
         for attempt in range(2):
@@ -191,6 +195,12 @@ class Engine:
             if held.refusal is Refusal.DUPLICATE_CALL and call_id in self.calls:
                 known = self.calls[call_id]  # Asterisk asked twice for one channel: same answer
                 return self._done(answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
+            if held.alert:
+                self.stats.velocity_alerts += 1
+                log.warning(
+                    "velocity limit reached: chargeable calls refused until spending falls",
+                    extra={"account": account_id, "limit": account.settings.velocity_limit},
+                )
             if attempt == 0 and held.refusal in (
                 Refusal.INSUFFICIENT_FUNDS,
                 Refusal.CAP_REACHED,
@@ -330,6 +340,9 @@ class Engine:
             held = await self.ledger.extend(
                 call.call_id, amount, self.clock.now_int(), math.floor(call.deadline + more)
             )
+            if held.alert:
+                self.stats.velocity_alerts += 1
+                log.warning("velocity limit reached: a live call is not renewed", extra={"account": call.account_id})
             if held.ok:
                 call.granted += more
                 call.reserved += amount
@@ -423,32 +436,52 @@ class Engine:
                 call.follower.cancel()
 
 
-def _rules(extension: Extension | None) -> ExtensionRules:
+def _rules(extension: Extension | None, account: Account) -> ExtensionRules:
+    blocked = account.settings.blocked_prefixes
     if extension is None:
-        return ExtensionRules()
+        return ExtensionRules(blocked_prefixes=blocked)
     s = extension.settings
     classes = ALL_CLASSES if s.classes is None else frozenset(DestinationClass(c) for c in s.classes)
-    return ExtensionRules(chargeable=s.chargeable, classes=classes)
+    return ExtensionRules(chargeable=s.chargeable, classes=classes, blocked_prefixes=blocked)
+
+
+OFF_HOURS_CLASSES = frozenset(
+    {DestinationClass.INTERNATIONAL, DestinationClass.MOBILE_ABROAD, DestinationClass.PREMIUM}
+)
+"""What an account's office hours restrict: the destinations toll fraud goes for."""
+
+
+def _outside_hours(account: Account, classes: frozenset[DestinationClass], now: int) -> bool:
+    hours = account.settings.hours
+    return (
+        hours is not None
+        and bool(classes & OFF_HOURS_CLASSES)
+        and not hours.contains(now, zone(account.settings.timezone))
+    )
+
+
+def _cap_left(account: Account, extension: Extension | None, now: int) -> int | None:
+    return None if extension is None else extension.cap_left(now, account.settings.timezone)
 
 
 def _budget(account: Account, extension: Extension | None, now: int) -> int:
-    cap = None if extension is None else extension.cap_left(now)
+    cap = _cap_left(account, extension, now)
     return max(0, account.available if cap is None else min(account.available, cap))
 
 
 def _cap_binding(account: Account, extension: Extension | None, now: int) -> bool:
-    cap = None if extension is None else extension.cap_left(now)
+    cap = _cap_left(account, extension, now)
     return cap is not None and cap < account.available
 
 
 def _refusal_reason(refusal: Refusal | None) -> Reason:
-    return {
-        Refusal.INSUFFICIENT_FUNDS: Reason.INSUFFICIENT_FUNDS,
-        Refusal.ACCOUNT_BLOCKED: Reason.ACCOUNT_BLOCKED,
-        Refusal.CAP_REACHED: Reason.CAP_REACHED,
-        Refusal.EXTENSION_NOT_ALLOWED: Reason.EXTENSION_NOT_ALLOWED,
-        Refusal.UNKNOWN_ACCOUNT: Reason.UNKNOWN_ACCOUNT,
-    }.get(refusal or Refusal.INSUFFICIENT_FUNDS, Reason.ENGINE_ERROR)
+    """The ledger's refusals share the contract's codes; one that has none is an engine error."""
+    if refusal is None:
+        return Reason.ENGINE_ERROR
+    try:
+        return Reason(refusal.value)
+    except ValueError:
+        return Reason.ENGINE_ERROR
 
 
 def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dict[str, Any]) -> Call:

@@ -51,6 +51,7 @@ class Metrics:
             ("estimated_total", "counter"),
             ("cdr_mismatches_total", "counter"),
             ("warnings_total", "counter"),
+            ("velocity_alerts_total", "counter"),
             ("ami_connected", "gauge"),
             ("ami_logins_total", "counter"),
             ("agi_fallbacks_total", "counter"),

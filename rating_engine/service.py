@@ -73,6 +73,7 @@ class Service:
             "estimated_total": s.estimated,
             "cdr_mismatches_total": s.cdr_mismatches,
             "warnings_total": s.warnings,
+            "velocity_alerts_total": s.velocity_alerts,
             "ami_connected": bool(self.ami and self.ami.connected),
             "ami_logins_total": self.ami.logins if self.ami else 0,
             "agi_fallbacks_total": self.agi.stats.fallbacks,

@@ -30,9 +30,10 @@ def worker(url: str, prefix: str, calls: int, seed: int, *extra: str) -> subproc
     )
 
 
-async def setup_account(url: str, balance: int, threshold: int = 0) -> None:
+async def setup_account(url: str, balance: int, threshold: int = 0, **limits: object) -> None:
     async with opened(url) as ledger:
-        await ledger.create_account("acme", AccountSettings("office-fr", "EUR", threshold=threshold))
+        settings = AccountSettings("office-fr", "EUR", threshold=threshold, **limits)  # type: ignore[arg-type]
+        await ledger.create_account("acme", settings)
         await ledger.topup("acme", balance, "opening")
 
 
@@ -59,6 +60,24 @@ def test_two_processes_sharing_postgresql_never_overdraw_or_lose_a_debit() -> No
                 assert acc.balance >= acc.floor and acc.reserved == 0
                 assert not any(r.overdraft for r in rows)
                 assert await ledger.check() == []
+
+        asyncio.run(verify())
+
+
+def test_two_processes_sharing_postgresql_never_pass_the_concurrent_call_limit_together() -> None:
+    with pg_database() as url:
+        asyncio.run(setup_account(url, 1_000 * EUR, max_calls=7))
+        # 2 x 150 attempts within well under the 3 s each held call lasts: exactly 7 can be held.
+        procs = [worker(url, "a", 150, 1, "--hold", "3"), worker(url, "b", 150, 2, "--hold", "3")]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+        held = sum(o.count("held ") for o, _ in outs)
+        refusals = {line.split()[2] for o, _ in outs for line in o.splitlines() if line.startswith("refused")}
+        assert held == 7 and refusals == {"too_many_calls"}
+
+        async def verify() -> None:
+            async with opened(url) as ledger:
+                assert (await ledger.account("acme")).live_calls == 0 and await ledger.check() == []
 
         asyncio.run(verify())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from rating_engine.ledger.sqlite import run_program_sync
 
 NOW = 1_795_535_109  # 2026-11-24
 DAY = 86_400
+# UTC, whole-hour offsets with summer time, and the odd ones: -3:30, +5:45, +12:45 (+13:45 in summer)
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "America/St_Johns", "Asia/Kathmandu", "Pacific/Chatham"]
 
 
 def _database() -> sqlite3.Connection:
@@ -51,6 +54,8 @@ spent = st.integers(0, 10**7)
     stale_month=st.booleans(),
     amount=st.integers(1, 2 * 10**7),
     later=st.integers(0, 40 * DAY),
+    timezone=st.sampled_from(ZONES),
+    new_call=st.booleans(),
 )
 def test_cap_left_agrees_with_the_sql_guard(
     daily: int | None,
@@ -62,8 +67,10 @@ def test_cap_left_agrees_with_the_sql_guard(
     stale_month: bool,
     amount: int,
     later: int,
+    timezone: str,
+    new_call: bool,
 ) -> None:
-    day, month = periods(NOW)
+    day, month = periods(NOW, timezone)
     stored = Extension(
         "acme",
         "201",
@@ -82,10 +89,10 @@ def test_cap_left_agrees_with_the_sql_guard(
             " month_spent) VALUES ('acme', '201', ?, ?, ?, ?, ?, ?, ?)",
             (daily, monthly, reserved, stored.day, day_spent, stored.month, month_spent),
         )
-        refusal = run_program_sync(cur, P._take("acme", "201", amount, NOW + later))
+        refusal, _ = run_program_sync(cur, P._take("acme", "201", amount, NOW + later, timezone, new_call))
     finally:
         cur.execute("ROLLBACK")
-    left = stored.cap_left(NOW + later)
+    left = stored.cap_left(NOW + later, timezone)
     assert (refusal is None) == (left is None or amount <= left)
     assert refusal in (None, Refusal.CAP_REACHED)
 
@@ -94,3 +101,16 @@ def test_cap_left_agrees_with_the_sql_guard(
 def test_periods_are_the_utc_day_and_month(now: int) -> None:
     d = datetime.fromtimestamp(now, UTC)
     assert periods(now) == (d.strftime("%Y-%m-%d"), d.strftime("%Y-%m"))
+
+
+@settings(max_examples=2000)
+@given(st.integers(1_000_000_000, 4 * 10**9), st.sampled_from(ZONES))
+def test_periods_are_the_local_day_and_month_of_the_accounts_time_zone(now: int, timezone: str) -> None:
+    d = datetime.fromtimestamp(now, ZoneInfo(timezone))
+    assert periods(now, timezone) == (d.strftime("%Y-%m-%d"), d.strftime("%Y-%m"))
+
+
+def test_a_french_office_starts_its_day_at_local_midnight() -> None:
+    winter_2330_utc = 1_795_563_000  # 2026-11-24 23:30 UTC = 2026-11-25 00:30 in Paris
+    assert periods(winter_2330_utc) == ("2026-11-24", "2026-11")
+    assert periods(winter_2330_utc, "Europe/Paris") == ("2026-11-25", "2026-11")

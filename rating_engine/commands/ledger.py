@@ -13,7 +13,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import ConfigError
-from ..ledger import AccountSettings, ExtensionSettings, Ledger, OnLow, default_url, extension_totals, make_ledger
+from ..ledger import (
+    AccountSettings,
+    ExtensionSettings,
+    Ledger,
+    LedgerError,
+    OnLow,
+    default_url,
+    extension_totals,
+    make_ledger,
+)
+from ..ledger.programs import settings_changes
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
 from ..rating.decision import DestinationClass
@@ -49,8 +59,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="with --on-low topup: keep allowing calls when a top-up fails",
     )
+    _limits(c)
     _db(c)
     c.set_defaults(handler=_sync(cmd_create))
+    st = asub.add_parser("set", help="change an account's settings and limits (options not given are kept)")
+    st.add_argument("account")
+    st.add_argument("--plan", help="move the account to another calling plan (.toml, same currency)")
+    st.add_argument("--threshold", help="low-balance threshold (decimal, plan currency)")
+    st.add_argument("--on-low", choices=[m.value for m in OnLow], help="below the threshold: block or topup")
+    st.add_argument("--topup-amount", help="amount of each automatic top-up")
+    st.add_argument("--block-on-failure", choices=["yes", "no"], help="refuse chargeable calls after a failed top-up")
+    _limits(st)
+    _db(st)
+    st.set_defaults(handler=_sync(cmd_set))
+    au = asub.add_parser("audit", help="the account's audit list: settings changes and alerts, newest first")
+    au.add_argument("account")
+    au.add_argument("--limit", type=int, default=50)
+    _db(au)
+    au.set_defaults(handler=_sync(cmd_audit))
     t = asub.add_parser("topup", help="add funds (idempotent on --reference)")
     t.add_argument("account")
     t.add_argument("amount")
@@ -80,8 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="KIND",
         help=f"destination kinds allowed for chargeable calls: {', '.join(CLASSES)}, or all",
     )
-    es.add_argument("--daily-cap", help="spending cap per UTC day (decimal, or none)")
-    es.add_argument("--monthly-cap", help="spending cap per UTC month (decimal, or none)")
+    es.add_argument("--daily-cap", help="spending cap per day of the account's time zone (decimal, or none)")
+    es.add_argument("--monthly-cap", help="spending cap per month of the account's time zone (decimal, or none)")
+    es.add_argument("--max-calls", help="at most this many chargeable calls at once (or none)")
+    es.add_argument("--max-attempts", help="at most this many chargeable call attempts per minute (or none)")
     _db(es)
     es.set_defaults(handler=_sync(cmd_extension_set))
 
@@ -99,6 +127,55 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ck = lsub.add_parser("check", help="prove every balance equals its journal; exit 1 if not")
     _db(ck)
     ck.set_defaults(handler=_sync(cmd_check))
+
+
+def _limits(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fraud limits (each: a value, or none)")
+    g.add_argument("--timezone", help="IANA time zone of the office (caps' days and months, office hours); default UTC")
+    g.add_argument("--max-calls", help="at most this many chargeable calls at once; beyond: too_many_calls")
+    g.add_argument("--max-attempts", help="at most this many chargeable call attempts per minute: rate_limited")
+    g.add_argument("--velocity", help="at most this much spending per rolling hour (decimal): velocity_limit")
+    g.add_argument("--block-prefixes", nargs="+", metavar="PREFIX", help="E.164 prefixes refused (or none)")
+    g.add_argument(
+        "--office-hours",
+        help='outside e.g. "mon-fri 08:00-19:00; sat 09:00-12:00", international and premium calls: outside_hours',
+    )
+
+
+def _count(text: str | None, what: str) -> int | None:
+    if text is None or text.lower() == "none":
+        return None
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1_000_000:
+        raise ConfigError(f"{what}: a whole number from 1 to 1000000, or none")
+    return int(text)
+
+
+def _with_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The limit settings the command line gives, the others kept from `base`."""
+    out: dict[str, Any] = {}
+    if args.timezone is not None:
+        out["timezone"] = args.timezone
+    if args.max_calls is not None:
+        out["max_calls"] = _count(args.max_calls, "--max-calls")
+    if args.max_attempts is not None:
+        out["max_attempts"] = _count(args.max_attempts, "--max-attempts")
+    if args.velocity is not None:
+        out["velocity_limit"] = _amount(args.velocity, "--velocity", allow_none=True)
+        if out["velocity_limit"] == 0:
+            raise ConfigError("--velocity: a positive amount, or none")
+    if args.block_prefixes is not None:
+        prefixes = [] if args.block_prefixes == ["none"] else [p.lstrip("+") for p in args.block_prefixes]
+        out["blocked_prefixes"] = tuple(sorted(set(prefixes)))
+    if args.office_hours is not None:
+        out["office_hours"] = "" if args.office_hours.lower() == "none" else args.office_hours.strip()
+    return out
+
+
+def _settings(**values: Any) -> AccountSettings:
+    try:
+        return AccountSettings(**values)
+    except LedgerError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _sync(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[[argparse.Namespace], int]:
@@ -126,13 +203,14 @@ def _amount(text: str | None, what: str, allow_none: bool = False) -> int | None
 async def cmd_create(args: argparse.Namespace) -> int:
     tariffs = load_tariffs([args.plan])
     plan = next(iter(tariffs.plans.values()))
-    settings = AccountSettings(
+    settings = _settings(
         plan=plan.name,
         currency=plan.currency,
         threshold=_amount(args.threshold, "--threshold") or 0,
         on_low=OnLow(args.on_low),
         topup_amount=_amount(args.topup_amount, "--topup-amount") or 0,
         block_on_topup_failure=not args.no_block_on_failure,
+        **_with_limits(args),
     )
     ledger = await _open(args)
     try:
@@ -143,6 +221,50 @@ async def cmd_create(args: argparse.Namespace) -> int:
         f"created account {acc.id} on plan {plan.name} ({plan.currency}); threshold "
         f"{format_amount(settings.threshold, plan.currency)}, on low: {settings.on_low.value}"
     )
+    return 0
+
+
+async def cmd_set(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {}
+    if args.plan is not None:
+        tariffs = load_tariffs([args.plan])
+        plan = next(iter(tariffs.plans.values()))
+        changes["plan"] = plan.name
+        changes["plan_currency"] = plan.currency
+    if args.threshold is not None:
+        changes["threshold"] = _amount(args.threshold, "--threshold")
+    if args.on_low is not None:
+        changes["on_low"] = OnLow(args.on_low)
+    if args.topup_amount is not None:
+        changes["topup_amount"] = _amount(args.topup_amount, "--topup-amount")
+    if args.block_on_failure is not None:
+        changes["block_on_topup_failure"] = args.block_on_failure == "yes"
+    ledger = await _open(args)
+    try:
+        current = (await ledger.account(args.account)).settings
+        currency = changes.pop("plan_currency", current.currency)
+        if currency != current.currency:
+            raise ConfigError(f"--plan: its currency {currency} is not the account's ({current.currency})")
+        values = {f: getattr(current, f) for f in current.__dataclass_fields__}
+        settings = _settings(**{**values, **changes, **_with_limits(args)})
+        if settings == current:
+            print(f"account {args.account}: nothing to change")
+            return 0
+        await ledger.update_settings(args.account, settings, actor="cli")
+    finally:
+        await ledger.close()
+    for name, detail in settings_changes(current, settings):
+        print(f"account {args.account}: {name} {detail}")
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace) -> int:
+    ledger = await _open(args)
+    try:
+        entries = await ledger.audit(args.account, limit=max(1, args.limit))
+    finally:
+        await ledger.close()
+    table([[iso(e.at), e.actor, e.action, e.detail] for e in entries], ["at", "by", "what", "detail"])
     return 0
 
 
@@ -195,6 +317,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
         "topup_failed": acc.topup_failed,
         "topup_pending": acc.topup_pending,
         "live_calls": len(live),
+        "timezone": acc.settings.timezone,
+        "max_calls": acc.settings.max_calls,
+        "max_attempts": acc.settings.max_attempts,
+        "velocity": m(acc.settings.velocity_limit) if acc.settings.velocity_limit is not None else None,
+        "blocked_prefixes": list(acc.settings.blocked_prefixes),
+        "office_hours": acc.settings.office_hours or None,
         "extensions": [
             {
                 "ext": e.ext,
@@ -205,6 +333,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
                 "reserved": m(e.reserved),
                 "spent_today": m(e.day_spent),
                 "spent_month": m(e.month_spent),
+                "max_calls": e.settings.max_calls,
+                "max_attempts": e.settings.max_attempts,
+                "live_calls": e.live_calls,
             }
             for e in exts
         ],
@@ -213,8 +344,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
         print_json(data)
         return 0
     money_keys = ("balance", "reserved", "available", "floor", "threshold", "topup_amount")
-    for key in ("account", "plan", *money_keys, "on_low", "topup_failed", "topup_pending", "live_calls"):
-        print(f"{key:<14}{data[key]}{' ' + cur if key in money_keys else ''}")
+    limits = ("timezone", "max_calls", "max_attempts", "velocity", "blocked_prefixes", "office_hours")
+    for key in ("account", "plan", *money_keys, "on_low", "topup_failed", "topup_pending", "live_calls", *limits):
+        value = data[key]
+        shown = ",".join(value) or "-" if isinstance(value, list) else "-" if value is None else value
+        unit = f" {cur}" if key in (*money_keys, "velocity") and value is not None else ""
+        print(f"{key:<17}{shown}{unit}")
     if exts:
         print()
         table(
@@ -255,6 +390,8 @@ async def cmd_extension_set(args: argparse.Namespace) -> int:
         classes = None if "all" in args.kinds else frozenset(args.kinds)
     daily = _amount(args.daily_cap, "--daily-cap", allow_none=True)
     monthly = _amount(args.monthly_cap, "--monthly-cap", allow_none=True)
+    max_calls = _count(args.max_calls, "--max-calls")
+    max_attempts = _count(args.max_attempts, "--max-attempts")
     ledger = await _open(args)
     try:
         cur = (await ledger.account(args.account)).settings.currency
@@ -265,6 +402,8 @@ async def cmd_extension_set(args: argparse.Namespace) -> int:
             classes=base.classes if classes is False else classes,  # type: ignore[arg-type]
             daily_cap=base.daily_cap if args.daily_cap is None else daily,
             monthly_cap=base.monthly_cap if args.monthly_cap is None else monthly,
+            max_calls=base.max_calls if args.max_calls is None else max_calls,
+            max_attempts=base.max_attempts if args.max_attempts is None else max_attempts,
         )
         e = await ledger.set_extension(args.account, args.ext, settings)
     finally:
@@ -276,7 +415,8 @@ async def cmd_extension_set(args: argparse.Namespace) -> int:
 
     print(
         f"extension {e.ext} of {e.account_id}: chargeable {'yes' if e.settings.chargeable else 'no'}, "
-        f"kinds {kinds}, daily cap {cap(e.settings.daily_cap)}, monthly cap {cap(e.settings.monthly_cap)}"
+        f"kinds {kinds}, daily cap {cap(e.settings.daily_cap)}, monthly cap {cap(e.settings.monthly_cap)}, "
+        f"max calls {e.settings.max_calls or '-'}, max attempts/min {e.settings.max_attempts or '-'}"
     )
     return 0
 

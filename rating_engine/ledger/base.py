@@ -18,6 +18,7 @@ from .models import (
     Account,
     AccountSettings,
     ActivityRow,
+    AuditEntry,
     CallDetails,
     CheckProblem,
     Extension,
@@ -72,8 +73,15 @@ class Ledger(ABC):
     async def create_account(self, account_id: str, settings: AccountSettings, now: int | None = None) -> Account:
         return await self._run(P.create_account, account_id, settings, self._now(now))
 
-    async def update_settings(self, account_id: str, settings: AccountSettings) -> Account:
-        return await self._run(P.update_settings, account_id, settings)
+    async def update_settings(
+        self, account_id: str, settings: AccountSettings, actor: str = "", now: int | None = None
+    ) -> Account:
+        """Change the settings; each changed field is recorded in the audit list with `actor`."""
+        return await self._run(P.update_settings, account_id, settings, actor, self._now(now))
+
+    async def audit(self, account_id: str, limit: int = 100) -> list[AuditEntry]:
+        """The account's audit list, newest first."""
+        return await self._run(P.audit_list, account_id, limit)
 
     async def account(self, account_id: str) -> Account:
         return await self._run(P.get_account, account_id)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import RatingEngineError
+from ..hours import OfficeHours
 
 
 class LedgerError(RatingEngineError):
@@ -39,12 +41,56 @@ class AccountSettings:
     on_low: OnLow = OnLow.BLOCK
     topup_amount: int = 0
     block_on_topup_failure: bool = True
+    timezone: str = "UTC"
+    """The account's own time zone: its caps' days and months and its office hours follow it."""
+    max_calls: int | None = None
+    """At most this many chargeable calls at once (toll fraud: a stolen password dials in parallel)."""
+    max_attempts: int | None = None
+    """At most this many chargeable call attempts per minute (a dialer's burst)."""
+    velocity_limit: int | None = None
+    """At most this much spending (settled + held) per rolling hour."""
+    blocked_prefixes: tuple[str, ...] = ()
+    """E.164 digit prefixes refused on top of the plan's."""
+    office_hours: str = ""
+    """Outside these hours (e.g. "mon-fri 08:00-19:00"), international and premium calls are refused."""
 
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.topup_amount < 0:
             raise LedgerError("threshold and top-up amount cannot be negative")
         if self.on_low is OnLow.TOPUP and self.topup_amount <= 0:
             raise LedgerError("auto top-up needs a positive --topup-amount")
+        zone(self.timezone)
+        for name in ("max_calls", "max_attempts", "velocity_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LedgerError(f"{name.replace('_', ' ')} must be at least 1 (or none)")
+        for prefix in self.blocked_prefixes:
+            if not (prefix.isascii() and prefix.isdigit()) or len(prefix) > 15:
+                raise LedgerError(f"blocked prefix {prefix!r}: E.164 digits, at most 15")
+        if self.office_hours:
+            try:
+                OfficeHours.parse(self.office_hours)
+            except ValueError as exc:
+                raise LedgerError(f"office hours {self.office_hours!r}: {exc}") from None
+
+    @property
+    def hours(self) -> OfficeHours | None:
+        return OfficeHours.parse(self.office_hours) if self.office_hours else None
+
+
+def zone(name: str) -> ZoneInfo:
+    """An IANA time zone, or a LedgerError that says so."""
+    try:
+        return _zone(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise LedgerError(f"unknown time zone {name!r}: use an IANA name like Europe/Paris or UTC") from None
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    if not name or name != name.strip():
+        raise ValueError(name)
+    return ZoneInfo(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +102,7 @@ class Account:
     floor: int
     topup_failed: bool
     topup_pending: str | None
+    live_calls: int = 0
 
     @property
     def available(self) -> int:
@@ -76,17 +123,31 @@ class ExtensionSettings:
     """Destination classes allowed for chargeable calls; None: all."""
     daily_cap: int | None = None
     monthly_cap: int | None = None
+    max_calls: int | None = None
+    """At most this many chargeable calls of this extension at once."""
+    max_attempts: int | None = None
+    """At most this many chargeable call attempts of this extension per minute."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_calls", "max_attempts"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LedgerError(f"{name.replace('_', ' ')} must be at least 1 (or none)")
 
 
-def periods(now: int) -> tuple[str, str]:
-    """The cap periods a moment falls in: UTC day and month."""
-    return _periods_of_day(now // 86400)
+QUARTER = 900
 
 
-@lru_cache(maxsize=64)
-def _periods_of_day(day: int) -> tuple[str, str]:
-    # Unix time has no leap seconds: every UTC day is 86,400 s, so the day number is the key.
-    d = datetime.fromtimestamp(day * 86400, UTC)
+def periods(now: int, timezone: str = "UTC") -> tuple[str, str]:
+    """The cap periods a moment falls in: the day and month in the account's time zone."""
+    return _periods_of_quarter(now // QUARTER, timezone)
+
+
+@lru_cache(maxsize=1024)
+def _periods_of_quarter(quarter: int, timezone: str) -> tuple[str, str]:
+    # Every UTC offset and every transition of today's time zones falls on a quarter hour, so
+    # the local date is the same throughout a quarter of an hour: cache by it.
+    d = datetime.fromtimestamp(quarter * QUARTER, zone(timezone))
     return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
 
 
@@ -100,14 +161,15 @@ class Extension:
     day_spent: int
     month: str
     month_spent: int
+    live_calls: int = 0
 
-    def cap_left(self, now: int) -> int | None:
+    def cap_left(self, now: int, timezone: str = "UTC") -> int | None:
         """What the caps still allow at `now` (None: no cap); the engine sizes calls with it.
 
         The ledger enforces the same rule in SQL (`programs._EXT_TAKE`); a property test
         holds the two to the same answers.
         """
-        day, month = periods(now)
+        day, month = periods(now, timezone)
         s, left = self.settings, None
         if s.daily_cap is not None:
             left = s.daily_cap - (self.day_spent if self.day == day else 0) - self.reserved
@@ -151,6 +213,9 @@ class Refusal(StrEnum):
     CAP_REACHED = "cap_reached"
     EXTENSION_NOT_ALLOWED = "extension_not_allowed"
     UNKNOWN_ACCOUNT = "unknown_account"
+    TOO_MANY_CALLS = "too_many_calls"
+    RATE_LIMITED = "rate_limited"
+    VELOCITY_LIMIT = "velocity_limit"
     UNKNOWN_CALL = "unknown_call"
     DUPLICATE_CALL = "duplicate_call"
 
@@ -161,6 +226,8 @@ class ReserveResult:
     refusal: Refusal | None = None
     reserved: int = 0
     """The call's whole reservation after this operation."""
+    alert: bool = False
+    """This refusal raised the account's velocity alert (once an hour): tell someone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +279,17 @@ class Topup:
     source: str
     status: TopupStatus
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of an account's audit list: a settings change, an alert, a top-up event."""
+
+    account_id: str
+    at: int
+    actor: str
+    action: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from ..money import format_amount
 from .models import (
     Account,
     AccountSettings,
     ActivityRow,
+    AuditEntry,
     CallDetails,
     CheckProblem,
     Extension,
@@ -64,8 +66,12 @@ def count(sql: str, *params: Any) -> Stmt:
 
 ACCOUNT_COLUMNS = (
     "id, plan, currency, balance, reserved, threshold, on_low, topup_amount, "
-    "block_on_topup_failure, topup_failed, topup_pending, floor"
+    "block_on_topup_failure, topup_failed, topup_pending, floor, timezone, max_calls, max_attempts, "
+    "velocity_limit, blocked_prefixes, office_hours, live_calls"
 )
+TZ = "(SELECT timezone FROM accounts a WHERE a.id = reservations.account_id) AS timezone"
+"""The account's time zone, read with a reservation row (its caps' periods follow it)."""
+HOUR = 3600
 # The floor: the threshold in block mode, or in top-up mode after a failed top-up (if asked).
 FLOOR_SQL = "CASE WHEN on_low = 'block' OR (topup_failed = 1 AND block_on_topup_failure = 1) THEN threshold ELSE 0 END"
 
@@ -78,17 +84,40 @@ def _account(r: Row) -> Account:
         on_low=OnLow(r["on_low"]),
         topup_amount=r["topup_amount"],
         block_on_topup_failure=bool(r["block_on_topup_failure"]),
+        timezone=r["timezone"],
+        max_calls=r["max_calls"],
+        max_attempts=r["max_attempts"],
+        velocity_limit=r["velocity_limit"],
+        blocked_prefixes=tuple(p for p in r["blocked_prefixes"].split(",") if p),
+        office_hours=r["office_hours"],
     )
     return Account(
-        r["id"], settings, r["balance"], r["reserved"], r["floor"], bool(r["topup_failed"]), r["topup_pending"]
+        r["id"],
+        settings,
+        r["balance"],
+        r["reserved"],
+        r["floor"],
+        bool(r["topup_failed"]),
+        r["topup_pending"],
+        r["live_calls"],
     )
 
 
 def _extension(r: Row) -> Extension:
     classes = frozenset(c for c in r["classes"].split(",") if c) if r["classes"] is not None else None
-    settings = ExtensionSettings(bool(r["chargeable"]), classes, r["daily_cap"], r["monthly_cap"])
+    settings = ExtensionSettings(
+        bool(r["chargeable"]), classes, r["daily_cap"], r["monthly_cap"], r["max_calls"], r["max_attempts"]
+    )
     return Extension(
-        r["account_id"], r["ext"], settings, r["reserved"], r["day"], r["day_spent"], r["month"], r["month_spent"]
+        r["account_id"],
+        r["ext"],
+        settings,
+        r["reserved"],
+        r["day"],
+        r["day_spent"],
+        r["month"],
+        r["month_spent"],
+        r["live_calls"],
     )
 
 
@@ -106,7 +135,8 @@ def create_account(account_id: str, s: AccountSettings, now: int) -> Program[Acc
         raise LedgerError(f"account {account_id!r} already exists")
     yield count(
         "INSERT INTO accounts (id, plan, currency, threshold, on_low, topup_amount, block_on_topup_failure,"
-        " floor, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " floor, created_at, timezone, max_calls, max_attempts, velocity_limit, blocked_prefixes, office_hours)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         account_id,
         s.plan,
         s.currency,
@@ -116,24 +146,102 @@ def create_account(account_id: str, s: AccountSettings, now: int) -> Program[Acc
         int(s.block_on_topup_failure),
         s.threshold if s.on_low is OnLow.BLOCK else 0,
         now,
+        *_limit_columns(s),
     )
     return (yield from get_account(account_id))
 
 
-def update_settings(account_id: str, s: AccountSettings) -> Program[Account]:
-    yield from get_account(account_id)
+def _limit_columns(s: AccountSettings) -> tuple[Any, ...]:
+    return (
+        s.timezone,
+        s.max_calls,
+        s.max_attempts,
+        s.velocity_limit,
+        ",".join(s.blocked_prefixes),
+        s.office_hours,
+    )
+
+
+AUDITED = (
+    "plan",
+    "threshold",
+    "on_low",
+    "topup_amount",
+    "block_on_topup_failure",
+    "timezone",
+    "max_calls",
+    "max_attempts",
+    "velocity_limit",
+    "blocked_prefixes",
+    "office_hours",
+)
+
+
+def update_settings(account_id: str, s: AccountSettings, actor: str = "", now: int = 0) -> Program[Account]:
+    """Change an account's settings; every field that changes is one audit line (old → new)."""
+    old = (yield from get_account(account_id)).settings
+    if s.currency != old.currency:
+        raise LedgerError(f"an account's currency cannot change ({old.currency} → {s.currency})")
     yield count(
-        "UPDATE accounts SET plan = ?, threshold = ?, on_low = ?, topup_amount = ?, block_on_topup_failure = ?"
+        "UPDATE accounts SET plan = ?, threshold = ?, on_low = ?, topup_amount = ?, block_on_topup_failure = ?,"
+        " timezone = ?, max_calls = ?, max_attempts = ?, velocity_limit = ?, blocked_prefixes = ?, office_hours = ?"
         " WHERE id = ?",
         s.plan,
         s.threshold,
         s.on_low.value,
         s.topup_amount,
         int(s.block_on_topup_failure),
+        *_limit_columns(s),
         account_id,
     )
     yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", account_id)
+    for name, detail in settings_changes(old, s):
+        yield from _audit(account_id, now, actor, f"set {name}", detail)
     return (yield from get_account(account_id))
+
+
+def settings_changes(old: AccountSettings, new: AccountSettings) -> list[tuple[str, str]]:
+    """(field, "old → new") for every audited setting that differs."""
+    return [
+        (name, f"{_shown(getattr(old, name), name, old.currency)} → {_shown(getattr(new, name), name, new.currency)}")
+        for name in AUDITED
+        if getattr(old, name) != getattr(new, name)
+    ]
+
+
+MONEY_SETTINGS = frozenset({"threshold", "topup_amount", "velocity_limit"})
+
+
+def _shown(value: Any, name: str, currency: str) -> str:
+    if value is None:
+        return "none"
+    if name in MONEY_SETTINGS:
+        return f"{format_amount(value, currency)} {currency}"
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    return str(value.value if hasattr(value, "value") else value)
+
+
+def _audit(account_id: str, now: int, actor: str, action: str, detail: str) -> Program[None]:
+    yield count(
+        "INSERT INTO audit (account_id, at, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+        account_id,
+        now,
+        actor,
+        action,
+        detail,
+    )
+
+
+def audit_list(account_id: str, limit: int) -> Program[list[AuditEntry]]:
+    yield from get_account(account_id)
+    found = yield rows(
+        "SELECT account_id, at, actor, action, detail FROM audit WHERE account_id = ? ORDER BY at DESC, id DESC"
+        " LIMIT ?",
+        account_id,
+        limit,
+    )
+    return [AuditEntry(**dict(r)) for r in found]
 
 
 def find_account(account_id: str) -> Program[Account | None]:
@@ -240,12 +348,14 @@ def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Ex
     classes = None if s.classes is None else ",".join(sorted(s.classes))
     yield count(_EXT_DEFAULT, account_id, ext, account_id)
     yield count(
-        "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?"
-        " WHERE account_id = ? AND ext = ?",
+        "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?, max_calls = ?,"
+        " max_attempts = ? WHERE account_id = ? AND ext = ?",
         int(s.chargeable),
         classes,
         s.daily_cap,
         s.monthly_cap,
+        s.max_calls,
+        s.max_attempts,
         account_id,
         ext,
     )
@@ -265,44 +375,140 @@ def list_extensions(account_id: str) -> Program[list[Extension]]:
 
 # ---------------------------------------------------------------- reservations
 
-_EXT_TAKE = (
-    "UPDATE extensions SET reserved = reserved + ?,"
+# Holding money for a call takes from two budgets, the extension's (caps, concurrent calls,
+# attempts per minute) and then the account's (balance above the floor, concurrent calls,
+# attempts per minute, velocity), each with one conditional UPDATE: whatever the number of
+# engines, no limit can be passed. A new call also counts one live call and one attempt.
+_CAPS = (
     " day_spent = CASE WHEN day = ? THEN day_spent ELSE 0 END, day = ?,"
     " month_spent = CASE WHEN month = ? THEN month_spent ELSE 0 END, month = ?"
     " WHERE account_id = ? AND ext = ? AND chargeable = 1"
     " AND (daily_cap IS NULL OR (CASE WHEN day = ? THEN day_spent ELSE 0 END) + reserved + ? <= daily_cap)"
     " AND (monthly_cap IS NULL OR (CASE WHEN month = ? THEN month_spent ELSE 0 END) + reserved + ? <= monthly_cap)"
 )
-_ACCOUNT_TAKE = "UPDATE accounts SET reserved = reserved + ? WHERE id = ? AND balance - reserved - floor >= ?"
+_NEW_CALL = (
+    " live_calls = live_calls + 1,"
+    " attempts = CASE WHEN attempt_minute = ? THEN attempts + 1 ELSE 1 END, attempt_minute = ?,"
+)
+_NEW_CALL_LIMITS = (
+    " AND (max_calls IS NULL OR live_calls < max_calls)"
+    " AND (max_attempts IS NULL OR attempt_minute <> ? OR attempts < max_attempts)"
+)
+_EXT_TAKE = "UPDATE extensions SET reserved = reserved + ?," + _CAPS
+_EXT_TAKE_NEW = "UPDATE extensions SET reserved = reserved + ?," + _NEW_CALL + _CAPS + _NEW_CALL_LIMITS
+_ACCOUNT_RETURNING = " RETURNING reserved, velocity_limit, velocity_alert_at"
+_ACCOUNT_TAKE = (
+    "UPDATE accounts SET reserved = reserved + ? WHERE id = ? AND balance - reserved - floor >= ?" + _ACCOUNT_RETURNING
+)
+_ACCOUNT_TAKE_NEW = (
+    "UPDATE accounts SET reserved = reserved + ?," + _NEW_CALL.rstrip(",") + " WHERE id = ?"
+    " AND balance - reserved - floor >= ?" + _NEW_CALL_LIMITS + _ACCOUNT_RETURNING
+)
 
 
-def _take(account_id: str, ext: str, amount: int, now: int) -> Program[Refusal | None]:
-    """Hold `amount` against both budgets, the extension's caps and the account, or refuse.
+def _take(
+    account_id: str, ext: str, amount: int, now: int, timezone: str, new_call: bool
+) -> Program[tuple[Refusal | None, bool]]:
+    """Hold `amount` against both budgets, or refuse and say why (and whether that raised an alert).
 
     A refusal leaves nothing held: what was taken is given back here, by the program itself,
-    so a driver never has to roll one program back alone.
+    so a driver never has to roll one program back alone. A refused attempt is not counted.
     """
-    day, month = periods(now)
-    args = (amount, day, day, month, month, account_id, ext, day, amount, month, amount)
-    n = yield count(_EXT_TAKE, *args)
+    day, month = periods(now, timezone)
+    minute = now // 60
+    caps = (day, day, month, month, account_id, ext, day, amount, month, amount)
+    ext_args: tuple[Any, ...]
+    if new_call:
+        ext_sql, ext_args = _EXT_TAKE_NEW, (amount, minute, minute, *caps, minute)
+    else:
+        ext_sql, ext_args = _EXT_TAKE, (amount, *caps)
+    n = yield count(ext_sql, *ext_args)
     created = False
     if n == 0:  # refused, or the first call of this extension: give it the default rules and take again
         created = bool((yield count(_EXT_DEFAULT, account_id, ext, account_id)))
         # Again even if not created here: another call may have created the row meanwhile.
-        n = yield count(_EXT_TAKE, *args)
+        n = yield count(ext_sql, *ext_args)
         if n == 0:
-            e = yield one("SELECT chargeable FROM extensions WHERE account_id = ? AND ext = ?", account_id, ext)
-            if e is None:
-                return Refusal.UNKNOWN_ACCOUNT
+            refusal = yield from _extension_refusal(account_id, ext, minute, new_call)
             yield from _forget_extension(account_id, ext, created)
-            return Refusal.CAP_REACHED if e["chargeable"] else Refusal.EXTENSION_NOT_ALLOWED
-    if (yield count(_ACCOUNT_TAKE, amount, account_id, amount)) == 0:
-        yield count(
-            "UPDATE extensions SET reserved = reserved - ? WHERE account_id = ? AND ext = ?", amount, account_id, ext
+            return refusal, False
+    calls = int(new_call)
+    if new_call:
+        acc = yield one(_ACCOUNT_TAKE_NEW, amount, minute, minute, account_id, amount, minute)
+    else:
+        acc = yield one(_ACCOUNT_TAKE, amount, account_id, amount)
+    if acc is None:
+        yield from _untake_extension(account_id, ext, amount, calls, created)
+        return (yield from _account_refusal(account_id, amount, minute, new_call)), False
+    if acc["velocity_limit"] is not None:
+        spent = yield one(
+            "SELECT COALESCE(SUM(cost), 0) AS spent FROM activity WHERE account_id = ? AND ended_at > ?",
+            account_id,
+            now - HOUR,
         )
-        yield from _forget_extension(account_id, ext, created)
-        acc = yield from find_account(account_id)
-        return Refusal.UNKNOWN_ACCOUNT if acc is None else acc.shortfall(amount)
+        if int(spent["spent"]) + int(acc["reserved"]) > int(acc["velocity_limit"]):
+            yield count(
+                "UPDATE accounts SET reserved = reserved - ?, live_calls = live_calls - ? WHERE id = ?",
+                amount,
+                calls,
+                account_id,
+            )
+            yield from _untake_extension(account_id, ext, amount, calls, created)
+            alert = acc["velocity_alert_at"] <= now - HOUR
+            if alert:  # once an hour, not once per refused call
+                yield count("UPDATE accounts SET velocity_alert_at = ? WHERE id = ?", now, account_id)
+                limit, held = int(acc["velocity_limit"]), int(spent["spent"]) + int(acc["reserved"]) - amount
+                yield from _audit(
+                    account_id,
+                    now,
+                    "engine",
+                    "velocity limit reached",
+                    f"spent and held in the last hour {held}, call needing {amount}, limit {limit} (micro-units)",
+                )
+            return Refusal.VELOCITY_LIMIT, alert
+    return None, False
+
+
+def _untake_extension(account_id: str, ext: str, amount: int, calls: int, created: bool) -> Program[None]:
+    yield count(
+        "UPDATE extensions SET reserved = reserved - ?, live_calls = live_calls - ? WHERE account_id = ? AND ext = ?",
+        amount,
+        calls,
+        account_id,
+        ext,
+    )
+    yield from _forget_extension(account_id, ext, created)
+
+
+def _extension_refusal(account_id: str, ext: str, minute: int, new_call: bool) -> Program[Refusal]:
+    e = yield one(
+        "SELECT chargeable, max_calls, live_calls, max_attempts, attempts, attempt_minute FROM extensions"
+        " WHERE account_id = ? AND ext = ?",
+        account_id,
+        ext,
+    )
+    if e is None:
+        return Refusal.UNKNOWN_ACCOUNT
+    if not e["chargeable"]:
+        return Refusal.EXTENSION_NOT_ALLOWED
+    return _limit_refusal(e, minute, new_call) or Refusal.CAP_REACHED
+
+
+def _account_refusal(account_id: str, amount: int, minute: int, new_call: bool) -> Program[Refusal]:
+    r = yield one(f"SELECT {ACCOUNT_COLUMNS}, attempts, attempt_minute FROM accounts WHERE id = ?", account_id)
+    if r is None:
+        return Refusal.UNKNOWN_ACCOUNT
+    return _limit_refusal(r, minute, new_call) or _account(r).shortfall(amount)
+
+
+def _limit_refusal(r: Row, minute: int, new_call: bool) -> Refusal | None:
+    """Which per-call limit refused a new call, if one did (the same tests as the UPDATEs')."""
+    if not new_call:
+        return None
+    if r["max_calls"] is not None and r["live_calls"] >= r["max_calls"]:
+        return Refusal.TOO_MANY_CALLS
+    if r["max_attempts"] is not None and r["attempt_minute"] == minute and r["attempts"] >= r["max_attempts"]:
+        return Refusal.RATE_LIMITED
     return None
 
 
@@ -317,10 +523,10 @@ def reserve(
 ) -> Program[ReserveResult]:
     if amount <= 0:
         raise LedgerError("a reservation must be a positive amount")
-    inserted = yield count(
+    inserted = yield one(
         "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
         " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
-        " AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING",
+        f" AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING RETURNING {TZ}",
         call_id,
         account_id,
         ext,
@@ -332,27 +538,27 @@ def reserve(
         account_id,
         call_id,
     )
-    if not inserted:
+    if inserted is None:
         if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
             return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
         return ReserveResult(False, Refusal.DUPLICATE_CALL)
-    refusal = yield from _take(account_id, ext, amount, now)
+    refusal, alert = yield from _take(account_id, ext, amount, now, inserted["timezone"], new_call=True)
     if refusal is not None:
         yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
-        return ReserveResult(False, refusal)
+        return ReserveResult(False, refusal, alert=alert)
     return ReserveResult(True, None, amount)
 
 
 def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[ReserveResult]:
-    """Add to a live reservation under the same rule as `reserve`."""
+    """Add to a live reservation under the same rule as `reserve` (not a new call: no call or attempt counted)."""
     if amount <= 0:
         raise LedgerError("an extension must be a positive amount")
-    r = yield one("SELECT account_id, ext, amount FROM reservations WHERE call_id = ?", call_id)
+    r = yield one(f"SELECT account_id, ext, amount, {TZ} FROM reservations WHERE call_id = ?", call_id)
     if r is None:
         return ReserveResult(False, Refusal.UNKNOWN_CALL)
-    refusal = yield from _take(r["account_id"], r["ext"], amount, now)
+    refusal, alert = yield from _take(r["account_id"], r["ext"], amount, now, r["timezone"], new_call=False)
     if refusal is not None:
-        return ReserveResult(False, refusal)
+        return ReserveResult(False, refusal, alert=alert)
     yield count(
         "UPDATE reservations SET amount = amount + ?, updated_at = ?,"
         " deadline = CASE WHEN ? > deadline THEN ? ELSE deadline END WHERE call_id = ?",
@@ -366,10 +572,10 @@ def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[Re
 
 
 def _give_back(r: Row, spent: int, now: int) -> Program[None]:
-    """Return a reservation to both budgets; `spent` counts against the extension's caps."""
-    day, month = periods(now)
+    """Return a reservation to the extension's budget (the call ends); `spent` counts against its caps."""
+    day, month = periods(now, r["timezone"])
     yield count(
-        "UPDATE extensions SET reserved = reserved - ?,"
+        "UPDATE extensions SET reserved = reserved - ?, live_calls = live_calls - 1,"
         " day_spent = CASE WHEN day = ? THEN day_spent ELSE 0 END + ?, day = ?,"
         " month_spent = CASE WHEN month = ? THEN month_spent ELSE 0 END + ?, month = ?"
         " WHERE account_id = ? AND ext = ?",
@@ -387,11 +593,15 @@ def _give_back(r: Row, spent: int, now: int) -> Program[None]:
 
 def release(call_id: str, now: int) -> Program[bool]:
     """Give back the reservation of a call that never connected; False if there was none."""
-    r = yield one("SELECT account_id, ext, amount FROM reservations WHERE call_id = ?", call_id)
+    r = yield one(f"SELECT account_id, ext, amount, {TZ} FROM reservations WHERE call_id = ?", call_id)
     if r is None:
         return False
     yield from _give_back(r, 0, now)
-    yield count("UPDATE accounts SET reserved = reserved - ? WHERE id = ?", r["amount"], r["account_id"])
+    yield count(
+        "UPDATE accounts SET reserved = reserved - ?, live_calls = live_calls - 1 WHERE id = ?",
+        r["amount"],
+        r["account_id"],
+    )
     yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
     return True
 
@@ -401,7 +611,7 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     if cost < 0:
         raise LedgerError("a cost cannot be negative")
     # Taking the reservation away is what makes a settle happen once: a second settle finds none.
-    r = yield one("DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount", call_id)
+    r = yield one(f"DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount, {TZ}", call_id)
     if r is None:
         done = yield one("SELECT cost, balance_after FROM activity WHERE call_id = ?", call_id)
         if done is not None:
@@ -410,7 +620,7 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     account_id = r["account_id"]
     yield from _give_back(r, cost, now)
     acc = yield one(
-        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ? WHERE id = ?"
+        "UPDATE accounts SET balance = balance - ?, reserved = reserved - ?, live_calls = live_calls - 1 WHERE id = ?"
         " RETURNING balance, threshold, on_low, topup_pending, topup_amount",
         cost,
         r["amount"],
@@ -535,9 +745,10 @@ def check() -> Program[list[CheckProblem]]:
                 CheckProblem(aid, f"activity costs {debits.get(aid, 0)} != journal debits {journal_debits.get(aid, 0)}")
             )
     ext_held = yield rows(
-        "SELECT e.account_id, e.ext, e.reserved, COALESCE(SUM(r.amount), 0) AS live FROM extensions e"
+        "SELECT e.account_id, e.ext, e.reserved, e.live_calls, COALESCE(SUM(r.amount), 0) AS live,"
+        " COUNT(r.call_id) AS calls FROM extensions e"
         " LEFT JOIN reservations r ON r.account_id = e.account_id AND r.ext = e.ext"
-        " GROUP BY e.account_id, e.ext, e.reserved"
+        " GROUP BY e.account_id, e.ext, e.reserved, e.live_calls"
     )
     for e in ext_held:
         if e["reserved"] != e["live"]:
@@ -546,6 +757,19 @@ def check() -> Program[list[CheckProblem]]:
                     e["account_id"], f"extension {e['ext']} holds {e['reserved']} != live reservations {e['live']}"
                 )
             )
+        if e["live_calls"] != e["calls"]:
+            problems.append(
+                CheckProblem(
+                    e["account_id"], f"extension {e['ext']} counts {e['live_calls']} live calls != {e['calls']}"
+                )
+            )
+    live = yield rows(
+        "SELECT a.id, a.live_calls, COUNT(r.call_id) AS calls FROM accounts a"
+        " LEFT JOIN reservations r ON r.account_id = a.id GROUP BY a.id, a.live_calls"
+    )
+    for a in live:
+        if a["live_calls"] != a["calls"]:
+            problems.append(CheckProblem(a["id"], f"counts {a['live_calls']} live calls != {a['calls']} reservations"))
     return problems
 
 

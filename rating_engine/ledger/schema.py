@@ -91,12 +91,54 @@ _JOURNAL_REST = """
 """
 
 
+# Version 2: fraud limits (concurrent calls, attempts per minute, velocity, prefixes, office hours),
+# the account's time zone, and an audit list. Live-call counters start from the live reservations.
+_LIMITS = """
+ALTER TABLE accounts ADD COLUMN timezone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE accounts ADD COLUMN max_calls INTEGER;
+ALTER TABLE accounts ADD COLUMN max_attempts INTEGER;
+ALTER TABLE accounts ADD COLUMN velocity_limit BIGINT;
+ALTER TABLE accounts ADD COLUMN blocked_prefixes TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN office_hours TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN live_calls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN attempt_minute BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN velocity_alert_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE extensions ADD COLUMN max_calls INTEGER;
+ALTER TABLE extensions ADD COLUMN max_attempts INTEGER;
+ALTER TABLE extensions ADD COLUMN live_calls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE extensions ADD COLUMN attempt_minute BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE extensions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+UPDATE accounts SET live_calls = (SELECT COUNT(*) FROM reservations r WHERE r.account_id = accounts.id);
+UPDATE extensions SET live_calls =
+    (SELECT COUNT(*) FROM reservations r WHERE r.account_id = extensions.account_id AND r.ext = extensions.ext);
+"""
+
+_AUDIT = {
+    "sqlite": "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT,",
+    "postgres": "CREATE TABLE audit (id BIGSERIAL PRIMARY KEY,",
+}
+
+_AUDIT_REST = """
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX audit_account_time ON audit (account_id, at);
+"""
+
+
 def migrations(dialect: str) -> list[tuple[int, str]]:
     """(version, script) pairs; a script is statements separated by ';'."""
-    return [(1, _TABLES + _JOURNAL[dialect] + _JOURNAL_REST)]
+    return [
+        (1, _TABLES + _JOURNAL[dialect] + _JOURNAL_REST),
+        (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
+    ]
 
 
-LATEST = 1
+LATEST = 2
 
 
 def refuse_newer(current: int) -> None:

@@ -33,10 +33,13 @@ ALL_CLASSES: frozenset[DestinationClass] = frozenset(DestinationClass)
 
 @dataclass(frozen=True, slots=True)
 class ExtensionRules:
-    """Per-extension restrictions; the default lets an extension spend like the reference product."""
+    """Per-caller restrictions (the extension's, and the account's block list); the default lets an
+    extension spend like the reference product."""
 
     chargeable: bool = True
     classes: frozenset[DestinationClass] = ALL_CLASSES
+    blocked_prefixes: tuple[str, ...] = ()
+    """The account's own blocked prefixes, on top of the plan's (they apply to every non-emergency call)."""
 
 
 def destination_classes(c: Classification, country: str) -> frozenset[DestinationClass]:
@@ -130,6 +133,7 @@ def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | N
     if (
         c.kind.value in plan.blocked_kinds
         or (plan.blocked_prefixes and plan.is_blocked_prefix(rating_digits(c, plan)))
+        or (rules is not None and rules.blocked_prefixes and rating_digits(c, plan).startswith(rules.blocked_prefixes))
         or (c.kind is Kind.PREMIUM and plan.premium == "block")
         or (c.kind is Kind.SHORT_CODE and plan.short_codes == "block")
     ):
