@@ -13,6 +13,10 @@ from .errors import InvalidAmount
 MICRO = 1_000_000
 """Micro-units in one currency unit."""
 
+MAX_AMOUNT = 10**15
+"""The largest amount accepted anywhere (one billion currency units): every sum the ledger keeps
+stays far inside a signed 64-bit integer, in SQLite and in PostgreSQL's BIGINT."""
+
 DECIMALS = 6
 
 # ISO 4217 minor units for the currencies an operator is likely to bill in; others default to 2.
@@ -43,17 +47,20 @@ MINOR_UNITS: dict[str, int] = {
     "OMR": 3,
 }
 
-_AMOUNT = re.compile(r"(?P<sign>[+-]?)(?P<int>\d*)(?:\.(?P<frac>\d*))?")
+_AMOUNT = re.compile(r"(?P<sign>[+-]?)(?P<int>[0-9]*)(?:\.(?P<frac>[0-9]*))?")  # ASCII digits only
 
 
 def parse_amount(text: str, *, allow_negative: bool = False) -> int:
-    """Parse "12", "0.0125", "-3.5" into micro-units; exponents, commas and floats are refused."""
+    """Parse "12", "0.0125", "-3.5" into micro-units; exponents, commas, floats, digits other than
+    ASCII and amounts beyond `MAX_AMOUNT` are refused."""
     if not isinstance(text, str):
         raise InvalidAmount(f"amount must be a decimal string, not {type(text).__name__}")
     s = text.strip()
     m = _AMOUNT.fullmatch(s)
     if not s or m is None or (not m["int"] and not m["frac"]):
         raise InvalidAmount(f"not a decimal amount: {text!r}")
+    if len(m["int"].lstrip("0")) > 10:
+        raise InvalidAmount(f"amount too large (at most {MAX_AMOUNT // MICRO:,} units): {text!r}")
     frac = m["frac"] or ""
     if len(frac) > DECIMALS:
         if frac[DECIMALS:].strip("0"):
@@ -64,6 +71,8 @@ def parse_amount(text: str, *, allow_negative: bool = False) -> int:
         value = -value
     if value < 0 and not allow_negative:
         raise InvalidAmount(f"negative amount: {text!r}")
+    if abs(value) > MAX_AMOUNT:
+        raise InvalidAmount(f"amount too large (at most {MAX_AMOUNT // MICRO:,} units): {text!r}")
     return value
 
 

@@ -274,7 +274,9 @@ async def cmd_topup(args: argparse.Namespace) -> int:
         raise ConfigError("amount: a top-up must be positive")
     import uuid
 
-    reference = args.reference or f"cli:{uuid.uuid4().hex}"
+    if args.reference is not None and not args.reference.strip():
+        raise ConfigError("--reference: empty; give the bank transfer's id, or leave the option out to generate one")
+    reference = args.reference.strip() if args.reference is not None else f"cli:{uuid.uuid4().hex}"
     ledger = await _open(args)
     try:
         _, created = await ledger.topup(args.account, amount, reference, source="cli")

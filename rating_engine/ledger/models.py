@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import RatingEngineError
 from ..hours import OfficeHours
+from ..money import MAX_AMOUNT
 
 
 class LedgerError(RatingEngineError):
@@ -18,6 +20,27 @@ class LedgerError(RatingEngineError):
 
 class SchemaTooNew(LedgerError):
     """The database was written by a newer rating-engine; refusing to touch it."""
+
+
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}", re.ASCII)
+EXTENSION = re.compile(r"[A-Za-z0-9+*#][A-Za-z0-9+*#._-]{0,31}", re.ASCII)
+
+
+def check_account_id(account_id: str) -> str:
+    """Account names: 1-64 ASCII letters, digits and . _ @ -, starting with a letter or digit."""
+    if not isinstance(account_id, str) or ACCOUNT_ID.fullmatch(account_id) is None:
+        raise LedgerError(
+            f"account name {account_id[:40]!r}: 1 to 64 ASCII letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return account_id
+
+
+def check_extension(ext: str) -> str:
+    """Extensions as the dialplan passes them (CALLERID(num)): 1-32 of letters, digits, + * # . _ -."""
+    if not isinstance(ext, str) or EXTENSION.fullmatch(ext) is None:
+        raise LedgerError(f"extension {ext[:40]!r}: 1 to 32 ASCII letters, digits, '+', '*', '#', '.', '_' or '-'")
+    return ext
 
 
 class OnLow(StrEnum):
@@ -57,6 +80,10 @@ class AccountSettings:
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.topup_amount < 0:
             raise LedgerError("threshold and top-up amount cannot be negative")
+        for name in ("threshold", "topup_amount", "velocity_limit"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value > MAX_AMOUNT):
+                raise LedgerError(f"{name.replace('_', ' ')}: at most {MAX_AMOUNT} micro-units")
         if self.on_low is OnLow.TOPUP and self.topup_amount <= 0:
             raise LedgerError("auto top-up needs a positive --topup-amount")
         zone(self.timezone)
@@ -133,6 +160,10 @@ class ExtensionSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise LedgerError(f"{name.replace('_', ' ')} must be at least 1 (or none)")
+        for name in ("daily_cap", "monthly_cap"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_AMOUNT):
+                raise LedgerError(f"{name.replace('_', ' ')}: from 0 to {MAX_AMOUNT} micro-units, or none")
 
 
 QUARTER = 900

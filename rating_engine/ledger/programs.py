@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from ..money import format_amount
+from ..money import MAX_AMOUNT, MICRO, format_amount
 from .models import (
     Account,
     AccountSettings,
@@ -34,6 +34,8 @@ from .models import (
     Topup,
     TopupRequest,
     TopupStatus,
+    check_account_id,
+    check_extension,
     periods,
 )
 
@@ -72,6 +74,8 @@ ACCOUNT_COLUMNS = (
 TZ = "(SELECT timezone FROM accounts a WHERE a.id = reservations.account_id) AS timezone"
 """The account's time zone, read with a reservation row (its caps' periods follow it)."""
 HOUR = 3600
+MAX_BALANCE = 100 * MAX_AMOUNT
+"""No balance grows beyond this (10^17 micro-units): sums of balances stay inside a BIGINT."""
 # The floor: the threshold in block mode, or in top-up mode after a failed top-up (if asked).
 FLOOR_SQL = "CASE WHEN on_low = 'block' OR (topup_failed = 1 AND block_on_topup_failure = 1) THEN threshold ELSE 0 END"
 
@@ -131,6 +135,7 @@ def _topup(r: Row) -> Topup:
 
 
 def create_account(account_id: str, s: AccountSettings, now: int) -> Program[Account]:
+    check_account_id(account_id)
     if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is not None:
         raise LedgerError(f"account {account_id!r} already exists")
     yield count(
@@ -263,15 +268,26 @@ def list_accounts() -> Program[list[Account]]:
 # ---------------------------------------------------------------- top-ups
 
 
+def check_amount(amount: int, what: str, *, zero: bool = False) -> None:
+    """Every amount a program writes is a bounded integer: nothing overflows a BIGINT, or turns
+    SQLite's integer arithmetic into REAL, however it is added up."""
+    if type(amount) is not int or amount < (0 if zero else 1) or amount > MAX_AMOUNT:
+        sign = "non-negative" if zero else "positive"
+        raise LedgerError(f"{what} must be a {sign} whole number of micro-units, at most {MAX_AMOUNT}: {amount!r}")
+
+
 def _credit(account_id: str, amount: int, reference: str, now: int) -> Program[int]:
     acc = yield one(
         "UPDATE accounts SET balance = balance + ?, topup_failed = 0,"
         " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END"
-        " WHERE id = ? RETURNING balance",
+        " WHERE id = ? AND balance <= ? RETURNING balance",
         amount,
         reference,
         account_id,
+        MAX_BALANCE - amount,
     )
+    if acc is None:
+        raise LedgerError(f"the balance of {account_id!r} would exceed {MAX_BALANCE // MICRO:,} units; nothing added")
     yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", account_id)
     yield count(
         "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after) VALUES (?, ?, 'topup', ?, ?, ?)",
@@ -286,9 +302,12 @@ def _credit(account_id: str, amount: int, reference: str, now: int) -> Program[i
 
 def topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
     """Credit the account once per reference; a repeated reference changes nothing."""
-    if amount <= 0:
-        raise LedgerError("a top-up must be a positive amount")
-    yield from get_account(account_id)
+    check_amount(amount, "a top-up")
+    if not reference or len(reference) > 200 or not reference.isprintable():
+        raise LedgerError("a top-up reference must be 1 to 200 printable characters")
+    acc = yield from get_account(account_id)
+    if acc.balance > MAX_BALANCE - amount:
+        raise LedgerError(f"the balance of {account_id!r} would exceed {MAX_BALANCE // MICRO:,} units; nothing added")
     prior = yield one("SELECT * FROM topups WHERE reference = ?", reference)
     if prior is not None:
         if prior["account_id"] != account_id or prior["amount"] != amount:
@@ -344,6 +363,7 @@ _EXT_DEFAULT = (  # an extension's row, with the default rules, if its account e
 
 
 def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Extension]:
+    check_extension(ext)
     yield from get_account(account_id)
     classes = None if s.classes is None else ",".join(sorted(s.classes))
     yield count(_EXT_DEFAULT, account_id, ext, account_id)
@@ -521,8 +541,7 @@ def _forget_extension(account_id: str, ext: str, created: bool) -> Program[None]
 def reserve(
     call_id: str, account_id: str, ext: str, amount: int, now: int, deadline: int = 0, details: str = ""
 ) -> Program[ReserveResult]:
-    if amount <= 0:
-        raise LedgerError("a reservation must be a positive amount")
+    check_amount(amount, "a reservation")
     inserted = yield one(
         "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
         " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
@@ -551,8 +570,7 @@ def reserve(
 
 def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[ReserveResult]:
     """Add to a live reservation under the same rule as `reserve` (not a new call: no call or attempt counted)."""
-    if amount <= 0:
-        raise LedgerError("an extension must be a positive amount")
+    check_amount(amount, "an extension of a reservation")
     r = yield one(f"SELECT account_id, ext, amount, {TZ} FROM reservations WHERE call_id = ?", call_id)
     if r is None:
         return ReserveResult(False, Refusal.UNKNOWN_CALL)
@@ -608,8 +626,7 @@ def release(call_id: str, now: int) -> Program[bool]:
 
 def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleResult]:
     """Debit the cost, release the rest, write the activity row; once per call."""
-    if cost < 0:
-        raise LedgerError("a cost cannot be negative")
+    check_amount(cost, "a cost", zero=True)
     # Taking the reservation away is what makes a settle happen once: a second settle finds none.
     r = yield one(f"DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount, {TZ}", call_id)
     if r is None:

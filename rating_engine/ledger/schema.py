@@ -130,15 +130,41 @@ CREATE INDEX audit_account_time ON audit (account_id, at);
 """
 
 
+# Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
+# REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
+_INTEGER_MONEY = {
+    "accounts": ("balance", "reserved", "threshold", "topup_amount", "floor"),
+    "extensions": ("reserved", "day_spent", "month_spent"),
+    "reservations": ("amount",),
+    "journal": ("amount", "balance_after"),
+    "activity": ("cost", "reserved", "balance_after", "billable_seconds"),
+    "topups": ("amount",),
+}
+
+
+def _integer_triggers() -> str:
+    out = []
+    for table, columns in _INTEGER_MONEY.items():
+        test = " OR ".join(f"typeof(NEW.{c}) <> 'integer'" for c in columns)
+        for event in ("INSERT", "UPDATE"):
+            out.append(
+                f"CREATE TRIGGER {table}_integer_money_{event.lower()} BEFORE {event} ON {table}"
+                f" WHEN {test} BEGIN SELECT RAISE(ABORT, 'money columns of {table} must be integers'); END"
+            )
+    return ";\n".join(out) + ";"
+
+
 def migrations(dialect: str) -> list[tuple[int, str]]:
-    """(version, script) pairs; a script is statements separated by ';'."""
+    """(version, script) pairs; a script is statements separated by ';' (none inside a statement but
+    a trigger's body, which `statements` keeps whole)."""
     return [
         (1, _TABLES + _JOURNAL[dialect] + _JOURNAL_REST),
         (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
+        (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
     ]
 
 
-LATEST = 2
+LATEST = 3
 
 
 def refuse_newer(current: int) -> None:
@@ -153,4 +179,10 @@ def refuse_newer(current: int) -> None:
 
 
 def statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    out: list[str] = []
+    for part in script.split(";"):
+        if out and out[-1].startswith("CREATE TRIGGER") and not out[-1].endswith("END"):
+            out[-1] += ";" + part.rstrip()  # the RAISE(…) inside a trigger's BEGIN … END
+        elif part.strip():
+            out.append(part.strip())
+    return out
