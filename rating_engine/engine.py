@@ -33,6 +33,11 @@ log = logging.getLogger("rating_engine.engine")
 class Pbx(Protocol):
     """What the engine asks of Asterisk (the AMI client implements it)."""
 
+    @property
+    def connected(self) -> bool:
+        """Logged in and following events: without it no deadline can be set or answer seen."""
+        ...
+
     async def set_timeout(self, channel: str, seconds: int) -> bool: ...
 
     async def play_warning(self, channel: str, digit: str) -> bool:
@@ -164,7 +169,9 @@ class Engine:
             return self._done(answer("ALLOW", d.reason, e164, "", call_id))
         if not d.allowed or d.row is None:
             return self._done(answer("DENY", d.reason, e164, "", call_id))
-        if not self.accepting:
+        if not self.accepting or (self.pbx is not None and not self.pbx.connected):
+            # Shutting down, or the AMI link is down: a charged call could be neither timed nor
+            # followed. Included and emergency calls went through above.
             return self._done(answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
         if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
             return self._done(answer("DENY", Reason.OUTSIDE_HOURS, e164, "", call_id))

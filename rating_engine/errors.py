@@ -40,3 +40,7 @@ class TariffErrors(RatingEngineError, ValueError):
 
 class ConfigError(RatingEngineError, ValueError):
     """A bad setting in a configuration file or on the command line."""
+
+
+class StartupError(RatingEngineError):
+    """The service could not start (a port taken, the ledger unreachable): exit at once, say why."""

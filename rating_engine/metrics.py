@@ -54,6 +54,8 @@ class Metrics:
             ("velocity_alerts_total", "counter"),
             ("ami_connected", "gauge"),
             ("ami_logins_total", "counter"),
+            ("ami_login_failures_total", "counter"),
+            ("accept_errors_total", "counter"),
             ("agi_fallbacks_total", "counter"),
         ):
             lines += [f"# TYPE rating_{name} {kind}", f"rating_{name} {int(data.get(name, 0))}"]  # type: ignore[call-overload]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from typing import Any
@@ -19,7 +20,7 @@ from .asterisk.ami_client import AmiClient
 from .clock import Clock
 from .config import Config
 from .engine import Engine
-from .errors import TariffErrors
+from .errors import StartupError, TariffErrors
 from .ledger import Ledger, PaymentProvider, default_url, make_ledger
 from .metrics import Metrics
 from .rating.catalog import TariffStore
@@ -55,6 +56,9 @@ class Service:
         self.agi_port = 0
         self.metrics_port = 0
         self.stopped = asyncio.Event()
+        self._ledger_open = False
+        self.loop_errors = 0
+        self.accept_errors = 0
 
     async def _authorize(self, request: AgiRequest) -> Variables:
         return await self.engine.authorize(request.env, request.args)
@@ -76,14 +80,42 @@ class Service:
             "velocity_alerts_total": s.velocity_alerts,
             "ami_connected": bool(self.ami and self.ami.connected),
             "ami_logins_total": self.ami.logins if self.ami else 0,
+            "ami_login_failures_total": self.ami.login_failures if self.ami else 0,
+            "accept_errors_total": self.accept_errors,
             "agi_fallbacks_total": self.agi.stats.fallbacks,
         }
 
     async def start(self) -> None:
-        if self._own_ledger:
-            await self.ledger.open()
+        """Open the ledger, listen, then connect to AMI; on any failure close what was started
+        and raise `StartupError` (one line: the service must exit at once, not hang)."""
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self._close_started()
+            if isinstance(exc, OSError):
+                raise StartupError(f"cannot start: {exc.strerror or exc}") from None
+            raise
+
+    async def _start(self) -> None:
         a = self.config.ami
         secret = self.ami_secret if self.ami_secret is not None else a.resolved_secret()
+        if self._own_ledger:
+            try:
+                await self.ledger.open()
+            except (OSError, ConnectionError) as exc:
+                raise StartupError(f"cannot open the ledger: {exc}") from None
+            self._ledger_open = True
+        host, port = self.config.agi_address
+        try:
+            self.agi_port = await self.agi.start(host, port, reuse_port=self.config.agi.reuse_port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for FastAGI on {host}:{port}: {exc.strerror or exc}") from None
+        if self.config.metrics_address is not None:
+            mhost, mport = self.config.metrics_address
+            try:
+                self.metrics_port = await self.metrics.serve(mhost, mport)
+            except OSError as exc:
+                raise StartupError(f"cannot listen for metrics on {mhost}:{mport}: {exc.strerror or exc}") from None
         self.ami = AmiClient(
             a.host,
             a.port,
@@ -96,10 +128,6 @@ class Service:
         )
         self.engine.pbx = self.ami
         await self.ami.start()
-        host, port = self.config.agi_address
-        self.agi_port = await self.agi.start(host, port, reuse_port=self.config.agi.reuse_port)
-        if self.config.metrics_address is not None:
-            self.metrics_port = await self.metrics.serve(*self.config.metrics_address)
         log.info(
             "engine started",
             extra={
@@ -109,6 +137,28 @@ class Service:
                 "node": self.config.engine.node,
             },
         )
+
+    async def _close_started(self) -> None:
+        for closing in (self.agi.close, self.metrics.close):
+            with contextlib.suppress(Exception):
+                await closing()
+        if self.ami is not None:
+            with contextlib.suppress(Exception):
+                await self.ami.close()
+        if self._own_ledger and self._ledger_open:
+            with contextlib.suppress(Exception):
+                await self.ledger.close()
+            self._ledger_open = False
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Count what the loop reports instead of printing a raw traceback (e.g. accept() out of
+        file descriptors: new FastAGI connections are refused until some close)."""
+        message = str(context.get("message", ""))
+        exc = context.get("exception")
+        self.loop_errors += 1
+        if "accept" in message or (isinstance(exc, OSError) and getattr(exc, "errno", None) == errno.EMFILE):
+            self.accept_errors += 1
+        log.error("event loop error", extra={"error": message, "exception": repr(exc) if exc else ""})
 
     async def _on_login(self) -> None:
         settled, followed = await self.engine.reconcile()
@@ -120,6 +170,8 @@ class Service:
             log.info("tariffs reloaded", extra={"plans": len(self.tariffs.current.plans)})
         except TariffErrors as exc:
             log.error("tariff reload refused; the old tariffs stay", extra={"problems": str(exc)})
+        except Exception as exc:  # whatever the files hold, a reload never takes the engine down
+            log.error("tariff reload refused; the old tariffs stay", extra={"problems": f"{type(exc).__name__}: {exc}"})
 
     async def stop(self, grace: float | None = None) -> None:
         await self.agi.stop_accepting()
@@ -128,13 +180,15 @@ class Service:
         if self.ami is not None:
             await self.ami.close()
         await self.metrics.close()
-        if self._own_ledger:
+        if self._own_ledger and self._ledger_open:
             await self.ledger.close()
+            self._ledger_open = False
         self.stopped.set()
         log.info("engine stopped", extra={"live_calls_left": len(self.engine.calls)})
 
     async def run_until_signalled(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_exception)
         done = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
@@ -149,8 +203,25 @@ class Service:
         await self.stop()
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one: each FastAGI request is a connection,
+    and a common default of 1,024 is soon reached under a burst. Returns the limit in force."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        return int(soft)
+    except (ImportError, ValueError, OSError):
+        return -1
+
+
 def run(config: Config) -> None:
     """Run on uvloop where it is installed, plain asyncio otherwise."""
+    log.info("open files limit", extra={"nofile": raise_fd_limit()})
     try:
         import uvloop
 

@@ -7,6 +7,7 @@ never a traceback); network ports over real sockets on 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,3 +160,186 @@ def test_an_empty_reference_is_refused_so_a_repeat_cannot_credit_twice(
         code, _, err = run(capsys, "account", "topup", "acme", "5", "--reference", ref, "--db", db)
         assert code == 2 and "--reference" in err
     assert _state(db) == before
+
+
+# ---------------------------------------------------------------- `rating-engine run` under faults
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _config(tmp_path: Path, agi: int, ami: int, metrics: str = "", ledger: str = "") -> Path:
+    path = tmp_path / "engine.toml"
+    path.write_text(
+        f'[engine]\naccount = "fixed:acme"\n[agi]\nbind = "127.0.0.1:{agi}"\n'
+        f'[ami]\nport = {ami}\n[ledger]\nurl = "{ledger or f"sqlite:///{tmp_path}/l.sqlite3"}"\n'
+        f'[tariffs]\nplans = ["{OFFICE_FR}"]\n[metrics]\nbind = "{metrics}"\n'
+    )
+    return path
+
+
+async def _run(config: Path, secret: str = "simulator") -> asyncio.subprocess.Process:
+    import os
+    import sys
+
+    from .conftest import ROOT
+
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rating_engine.cli", "run", "--config", str(config), cwd=ROOT,
+        env={**os.environ, "RATING_ENGINE_AMI_SECRET": secret},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("taken", ["agi", "metrics"])
+async def test_a_port_already_taken_makes_run_exit_at_once_with_one_line(tmp_path: Path, taken: str) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    agi = busy if taken == "agi" else _free_port()
+    metrics = f"127.0.0.1:{busy}" if taken == "metrics" else ""
+    proc = await _run(_config(tmp_path, agi, _free_port(), metrics))
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        holder.close()
+        if proc.returncode is None:
+            proc.kill()
+    lines = [x for x in err.decode().splitlines() if not x.startswith("{")]
+    assert proc.returncode == 2 and len(lines) == 1 and "address already in use" in lines[0]
+    assert ("FastAGI" if taken == "agi" else "metrics") in lines[0] and "Traceback" not in err.decode()
+
+
+async def test_an_unreachable_postgresql_makes_run_exit_at_once_with_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
+    proc = await _run(_config(tmp_path, _free_port(), _free_port(), ledger=url))
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    lines = [x for x in err.decode().splitlines() if not x.startswith("{")]
+    assert proc.returncode == 2 and len(lines) == 1 and "ledger" in lines[0] and "Traceback" not in err.decode()
+
+
+async def test_a_wrong_ami_secret_is_logged_and_chargeable_calls_are_refused(tmp_path: Path) -> None:
+    import json
+
+    from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
+    from rating_engine.clock import Clock
+
+    sim = AsteriskSimulator(Clock(), agi_port=0, secret="the-right-one")
+    agi = _free_port()
+    config = _config(tmp_path, agi, await sim.start())
+    async with opened(f"sqlite:///{tmp_path}/l.sqlite3") as ledger:
+        await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+        await ledger.topup("acme", 10 * EUR, "opening")
+    proc = await _run(config, secret="a-wrong-one")
+    try:
+        assert proc.stderr is not None
+        logs: list[dict[str, object]] = []
+        while not {"engine started", "AMI login refused"} <= {str(e.get("msg", ""))[:17] for e in logs}:
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the engine exited"
+            logs.append(json.loads(line))
+        sim.agi_port = agi
+        charged = await sim.place_call(Scenario("0899123456", talk=1))
+        assert (charged.status, charged.reason) == ("DENY", "engine_error")
+        for dialed, reason in (("0612345678", "included"), ("112", "emergency")):
+            call = await sim.place_call(Scenario(dialed, talk=1))
+            assert (call.status, call.reason) == ("ALLOW", reason)
+        refused = next(e for e in logs if str(e.get("msg", "")).startswith("AMI login refused"))
+        assert refused["level"] == "error" and "a-wrong-one" not in json.dumps(logs)
+    finally:
+        proc.kill()
+        await proc.wait()
+        await sim.close()
+
+
+# ---------------------------------------------------------------- the ledger file
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ledger", "check"],
+        ["account", "show", "acme"],
+        ["activity", "acme"],
+        ["account", "topup", "acme", "5"],
+        ["extension", "set", "acme", "201", "--chargeable", "no"],
+    ],
+)
+def test_only_account_create_makes_a_ledger(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "x.db"
+    code, out, err = run(capsys, *argv, "--db", f"sqlite:///{path}")
+    assert (code, out) == (2, "") and "no ledger at" in err and not path.exists() and not path.parent.exists()
+    code, _, err = run(capsys, *argv, "--db", "sqlite:///")
+    assert code == 2 and "needs a file path" in err
+
+
+def test_a_new_ledger_is_readable_by_its_owner_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import os
+    import stat
+
+    path = tmp_path / "data" / "rating" / "ledger.sqlite3"
+    assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700 and mode(path.parent.parent) == 0o700
+
+    async def in_use() -> None:
+        async with opened(f"sqlite:///{path}") as ledger:
+            await ledger.topup("acme", EUR, "t")
+            for side in ("-wal", "-shm"):
+                assert mode(path.with_name(path.name + side)) == 0o600
+
+    asyncio.run(in_use())
+
+
+# ---------------------------------------------------------------- reloading tariffs
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda plan: plan.write_bytes(b'name = "x"\ncountry = "FR\xff"\n'),  # not UTF-8
+        lambda plan: plan.write_text("[[included]\n"),  # not TOML
+        lambda plan: plan.unlink(),  # gone
+        lambda plan: plan.write_text(plan.read_text().replace('deck = "world.csv"', 'deck = "nowhere.csv"')),
+    ],
+)
+def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object
+) -> None:
+    import json
+    import logging
+    import shutil
+
+    from rating_engine import logs
+    from rating_engine.config import Config, TariffsSection
+    from rating_engine.ledger import make_ledger
+    from rating_engine.service import Service
+
+    plan = tmp_path / "office-fr.toml"
+    shutil.copy(OFFICE_FR, plan)
+    shutil.copy(OFFICE_FR.parent / "world.csv", tmp_path / "world.csv")
+    config = Config(tariffs=TariffsSection(plans=(str(plan),)))
+    service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+    before = service.tariffs.current
+    damage(plan)  # type: ignore[operator]
+    logs.setup("info", "json")
+    try:
+        service.reload_tariffs()
+    finally:
+        logging.getLogger().handlers.clear()
+    assert service.tariffs.current is before
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]

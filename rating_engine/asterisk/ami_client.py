@@ -32,6 +32,7 @@ class _Manager(Manager):  # type: ignore[misc]
         super().__init__(**config)
         self.client = client
         self.closing = False
+        self.refused = False
         self.backoff = client.reconnect_min
 
     def connection_made(self, f: asyncio.Future[Any]) -> None:
@@ -57,11 +58,32 @@ class _Manager(Manager):  # type: ignore[misc]
         if self.closing:
             return
         delay, self.backoff = self.backoff, min(self.backoff * 2, self.client.reconnect_max)
-        log.error("AMI connection lost; reconnecting", extra={"in_seconds": delay})
+        if not self.refused:  # a refused login was logged as such
+            log.error("AMI connection lost; reconnecting", extra={"in_seconds": delay})
+        self.refused = False
         self.loop.call_later(delay, self.connect)
 
     def ping(self) -> None:  # our watchdog pings and checks replies
         self.pinger = None
+
+    def login(self, future: asyncio.Future[Any]) -> bool:
+        ok = bool(super().login(future))
+        if not ok:
+            # Never log the secret; say plainly what to check. Then retry with backoff: a fixed
+            # manager.conf (and `manager reload`) is picked up without restarting the engine.
+            self.client.login_failures += 1
+            self.refused = True
+            message = ""
+            with contextlib.suppress(Exception):
+                message = str(future.result().get("Message", ""))
+            log.error(
+                "AMI login refused: check ami.username and the secret against manager.conf; "
+                "chargeable calls are refused until the engine is logged in",
+                extra={"username": self.config.get("username", ""), "asterisk_says": message, "retry_in": self.backoff},
+            )
+            if self.protocol is not None:
+                self.protocol.transport.close()
+        return ok
 
 
 class AmiClient:
@@ -89,6 +111,7 @@ class AmiClient:
         self.connected = False
         self.logged_in = asyncio.Event()
         self.logins = 0
+        self.login_failures = 0
         self.events: asyncio.Queue[Mapping[str, str]] = asyncio.Queue()
         self.manager = _Manager(
             self,

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
+
 from ..errors import ConfigError
 from ..ledger import (
     AccountSettings,
@@ -185,10 +187,25 @@ def _sync(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Calla
     return run
 
 
-async def _open(args: argparse.Namespace) -> Ledger:
-    ledger = make_ledger(args.db or default_url())
-    await ledger.open()
+async def _open(args: argparse.Namespace, create: bool = False) -> Ledger:
+    """Open the ledger the command names; only `account create` may create one."""
+    url = args.db or default_url()
+    if url in ("sqlite:///", "sqlite:///:memory:"):
+        raise ConfigError("--db sqlite:/// needs a file path: sqlite:///path/to/ledger.sqlite3")
+    ledger = make_ledger(url)
+    ledger.create = create
+    try:
+        await ledger.open()
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConfigError(f"cannot open the ledger {_safe(url)}: {exc}") from None
     return ledger
+
+
+def _safe(url: str) -> str:
+    """A ledger URL without its password."""
+    import re
+
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def _amount(text: str | None, what: str, allow_none: bool = False) -> int | None:
@@ -212,7 +229,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
         block_on_topup_failure=not args.no_block_on_failure,
         **_with_limits(args),
     )
-    ledger = await _open(args)
+    ledger = await _open(args, create=True)
     try:
         acc = await ledger.create_account(args.account, settings)
     finally:

@@ -42,6 +42,8 @@ class Ledger(ABC):
         self.provider = provider
         self.payment_timeout = payment_timeout
         self._payments: set[asyncio.Task[Any]] = set()
+        self.create = True
+        """False: `open()` refuses a ledger that does not exist yet instead of creating it."""
 
     # -- backend
     @abstractmethod

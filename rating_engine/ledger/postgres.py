@@ -17,12 +17,14 @@ import asyncpg
 
 from . import programs as P
 from .base import Ledger
+from .models import LedgerError
 from .payments import PaymentProvider
 from .schema import migrations, refuse_newer, statements
 
 T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\?")
 RETRIES = 3
+CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
 
@@ -67,10 +69,16 @@ class PostgresLedger(Ledger):
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size)
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size, timeout=CONNECT_TIMEOUT
+        )
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                if not self.create and await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                    raise LedgerError(
+                        "no ledger in this database: create an account first (rating-engine account create …)"
+                    )
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
                 refuse_newer(current)

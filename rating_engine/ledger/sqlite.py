@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ import aiosqlite
 
 from . import programs as P
 from .base import Ledger
+from .models import LedgerError
 from .payments import PaymentProvider
 from .schema import migrations, refuse_newer, statements
 
@@ -122,6 +124,19 @@ def _migrate(conn: sqlite3.Connection) -> int:
     return int(current)
 
 
+def _create_private(path: Path, create: bool) -> None:
+    """Balances and dialed numbers are nobody else's business: a new ledger file is 0600 in a
+    0700 directory (SQLite gives its -wal and -shm files the database file's mode)."""
+    if path.exists():
+        return
+    if not create:
+        raise LedgerError(f"no ledger at {path}: create an account first (rating-engine account create …)")
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 class SqliteLedger(Ledger):
     dialect = "sqlite"
 
@@ -153,7 +168,7 @@ class SqliteLedger(Ledger):
 
     async def open(self) -> None:
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(self.path), self.create)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         if not hasattr(self._db, "_execute"):  # pragma: no cover - guards an aiosqlite upgrade
             raise RuntimeError("this aiosqlite has no Connection._execute; pin aiosqlite<0.23")

@@ -65,6 +65,8 @@ def load_plan(path: str | Path) -> Plan:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except OSError as exc:
         raise TariffErrors([TariffError(f"cannot read plan: {exc.strerror}", str(p))]) from None
+    except UnicodeDecodeError as exc:
+        raise TariffErrors([TariffError(f"not UTF-8 (byte {exc.start}): save the plan as UTF-8", str(p))]) from None
     except tomllib.TOMLDecodeError as exc:
         line, col = _toml_position(str(exc))
         raise TariffErrors([TariffError(f"invalid TOML: {exc}", str(p), line, col)]) from None
