@@ -343,3 +343,180 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     assert service.tariffs.current is before
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]
+
+
+# ---------------------------------------------------------------- the FastAGI port
+
+
+def _legit_env(uid: str, dialed: str = "0612345678") -> list[str]:
+    from .asterisk_helpers import agi_transcript
+
+    env, _, _ = agi_transcript("answered_callee_hangs_up")
+    base = [line for line in env if not line.startswith(("agi_uniqueid", "agi_arg_"))]
+    return [*base, f"agi_uniqueid: {uid}", "agi_arg_1: 201", f"agi_arg_2: {dialed}"]
+
+
+async def test_clients_streaming_replies_without_newlines_are_cut_off_and_others_still_answered(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from .asterisk_helpers import agi_request, engine_rig
+
+    async with engine_rig(tmp_path) as rig:
+
+        async def flood() -> bool:
+            reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
+            writer.write(("\n".join(_legit_env("9.9")) + "\n\n").encode())
+            await reader.readline()  # the first SET VARIABLE: now in the reply phase
+            try:
+                for _ in range(256):  # 2 MB with no newline, unless the server hangs up first
+                    writer.write(b"x" * 8192)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            try:
+                closed = await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionResetError:
+                closed = True  # closed while our bytes were in flight: the peer sees a reset
+            writer.close()
+            return closed
+
+        floods = [asyncio.create_task(flood()) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        started = time.perf_counter()
+        commands = await agi_request(rig.port, _legit_env("1.1"))
+        assert time.perf_counter() - started < 1.0 and any("included" in c for c in commands)
+        assert all(await asyncio.gather(*floods))
+        assert rig.agi.stats.bad_requests >= 4
+
+
+async def test_the_fastagi_port_survives_a_fuzzer(tmp_path: Path) -> None:
+    """Hundreds of malformed conversations at once: truncated, oversized, binary, out of order."""
+    import random
+
+    from .asterisk_helpers import agi_request, engine_rig
+
+    rng = random.Random(20261125)
+    legit = ("\n".join(_legit_env("5.5", "0899123456")) + "\n\n").encode()
+    shapes = [
+        lambda: legit[: rng.randrange(len(legit))],  # cut anywhere
+        lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000))),  # noise
+        lambda: legit.replace(b"\n", b"\r\n", rng.randrange(1, 20)),  # mixed line ends
+        lambda: b"agi_" + b"a" * 20_000 + b": x\n\n",  # oversized environment
+        lambda: legit + b"HANGUP\n" * rng.randrange(1, 4) + b"200 result=1\n",
+        lambda: legit + b"520-Invalid command syntax.\n" * rng.randrange(1, 50),  # usage, never ended
+        lambda: legit + bytes(rng.randrange(256) for _ in range(500)) + b"\n",
+        lambda: b"\n\n",
+        lambda: legit.replace(b"agi_network_script: authorize", b"agi_network_script: \xff\xfe"),
+        lambda: legit.replace(b"agi_uniqueid: 5.5", b"agi_uniqueid: " + b"9" * 5000),
+    ]
+
+    async def attack(payload: bytes) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
+            writer.write(payload)
+            await writer.drain()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                while await asyncio.wait_for(reader.read(65536), 8):
+                    pass  # the server always ends the conversation itself
+            writer.close()
+        except ConnectionError:
+            pass
+
+    import contextlib
+
+    async with engine_rig(tmp_path) as rig:
+        rig.agi.env_timeout = rig.agi.reply_timeout = 1.0
+        await asyncio.gather(*(attack(rng.choice(shapes)()) for _ in range(300)))
+        commands = await agi_request(rig.port, _legit_env("7.7"))
+        assert any("included" in c for c in commands)
+        assert await rig.ledger.check() == []
+
+
+@given(st.binary(max_size=2000))
+def test_the_agi_environment_parser_refuses_garbage_with_its_own_error(data: bytes) -> None:
+    from rating_engine.asterisk.agi import AgiProtocolError, parse_env
+
+    try:
+        request = parse_env(data)
+    except AgiProtocolError:
+        return
+    assert all(k.startswith("agi_") for k in request.env)
+
+
+@given(st.lists(st.text(max_size=80), max_size=30))
+def test_the_agi_reply_reader_never_raises(lines: list[str]) -> None:
+    from rating_engine.asterisk.agi import ReplyReader
+
+    reader = ReplyReader()
+    for line in lines:
+        reply = reader.feed(line)
+        assert reply is None or 0 <= reply.code <= 999
+
+
+@given(st.binary(max_size=3000))
+def test_the_ami_parser_never_raises(data: bytes) -> None:
+    from rating_engine.asterisk.ami import AmiParser
+
+    parser = AmiParser(expect_banner=True)
+    for i in range(0, len(data), 97):
+        for message in parser.feed(data[i : i + 97]):
+            assert isinstance(message, dict)
+
+
+async def test_the_ami_client_survives_a_server_speaking_garbage(tmp_path: Path) -> None:
+    """A fake AMI peer that logs in, then sends random and malformed messages and drops the link."""
+    import random
+
+    from rating_engine.asterisk.ami import BANNER, AmiParser, format_message
+    from rating_engine.asterisk.ami_client import AmiClient
+
+    rng = random.Random(7)
+    events: list[dict[str, str]] = []
+    sessions = 0
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sessions
+        sessions += 1
+        writer.write(BANNER)
+        parser = AmiParser()
+        login = None
+        while login is None:
+            for msg in parser.feed(await reader.read(4096)):
+                login = msg
+        writer.write(format_message({"Response": "Success", "ActionID": login.get("ActionID", ""), "Message": "ok"}))
+        for _ in range(200):
+            kind = rng.randrange(5)
+            if kind == 0:
+                writer.write(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
+            elif kind == 1:
+                writer.write(format_message({"Event": "Hangup", "Uniqueid": "x" * rng.randrange(1, 5000)}))
+            elif kind == 2:
+                writer.write(
+                    format_message({"Event": "DialEnd", "DialStatus": "ANSWER", "Uniqueid": str(rng.random())})
+                )
+            elif kind == 3:
+                writer.write(b"Response: Success\r\nActionID: nobody-asked\r\n\r\n")
+            else:
+                writer.write(b"Event: Cdr\r\nBillableSeconds: -\xff\xfe\r\nUniqueID: 1\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def on_event(event: object) -> None:
+        events.append(dict(event))  # type: ignore[call-overload]
+
+    client = AmiClient("127.0.0.1", port, "rating", "s", on_event, reconnect_min=0.05, reconnect_max=0.1)
+    await client.start()
+    for _ in range(200):
+        if sessions >= 3:
+            break
+        await asyncio.sleep(0.05)
+    await client.close()
+    server.close()
+    await server.wait_closed()
+    assert sessions >= 3, "the client reconnected after every dropped link"
+    assert any(e.get("Event") == "DialEnd" for e in events)

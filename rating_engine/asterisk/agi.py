@@ -108,8 +108,8 @@ class ReplyReader:
                 return AgiReply(520, "", text, self.hangup_seen)
             return None
         code_text, _, rest = line.partition(" ")
-        if not code_text.isdigit():
-            return None  # noise: ignore rather than get out of step
+        if not (code_text.isascii() and code_text.isdigit()) or len(code_text) > 3:
+            return None  # noise ("²" is a digit to str.isdigit): ignore rather than get out of step
         result = ""
         if rest.startswith("result="):
             result = rest[len("result=") :].split(" ", 1)[0]

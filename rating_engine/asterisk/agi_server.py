@@ -18,6 +18,8 @@ from typing import cast
 from .agi import MAX_ENV_BYTES, AgiProtocolError, AgiReply, AgiRequest, ReplyReader, parse_env, set_variable
 
 Variables = Sequence[tuple[str, str]]
+MAX_REPLY_BYTES = 8192
+"""Longer than any reply line Asterisk writes (a 520 usage line is under 200 bytes)."""
 Handler = Callable[[AgiRequest], Awaitable[Variables]]
 Fallback = Callable[[AgiRequest, str], Variables]
 log = logging.getLogger("rating_engine.agi")
@@ -144,13 +146,19 @@ class _AgiConnection(asyncio.Protocol):
             self._feed_replies(rest)
 
     def _feed_replies(self, data: bytes) -> None:
+        start = len(self.buffer)  # only the new bytes can hold a newline
         self.buffer += data
         while True:
-            nl = self.buffer.find(b"\n")
+            nl = self.buffer.find(b"\n", start)
             if nl < 0:
+                if len(self.buffer) > MAX_REPLY_BYTES:  # a reply line no Asterisk sends: a flood
+                    self.server.stats.bad_requests += 1
+                    self.buffer.clear()
+                    self._abort()
                 return
             line = self.buffer[:nl].decode("utf-8", "replace")
             del self.buffer[: nl + 1]
+            start = 0
             reply = self.reader.feed(line)
             if reply is not None:
                 self.replies.put_nowait(reply)
