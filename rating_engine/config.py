@@ -18,9 +18,11 @@ from .errors import ConfigError
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host:
+        if not text:
+            raise ConfigError("an empty address: give HOST:PORT")
         return text, default_port
-    if not port.isdigit():
-        raise ConfigError(f"not HOST:PORT: {text!r}")
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"not HOST:PORT with a port from 0 to 65535: {text!r}")
     return host.strip("[]"), int(port)
 
 
@@ -162,6 +164,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
 
 
 def _check(cfg: Config, source: str) -> None:
+    if not 1 <= cfg.ami.port <= 65535:
+        raise ConfigError(f"{source}: ami.port must be from 1 to 65535")
     e = cfg.engine
     if e.quota_seconds < 10 or e.renew_margin < 1 or e.renew_margin >= e.quota_seconds:
         raise ConfigError(f"{source}: engine.quota_seconds must be ≥ 10 and renew_margin between 1 and the quota")

@@ -7,6 +7,7 @@ import asyncio
 import bisect
 from collections.abc import Callable
 
+MAX_REQUEST_BYTES = 8192
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -62,26 +63,53 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
     async def serve(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_BYTES)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """GET or HEAD /metrics (any query string), CRLF or LF line ends; anything else an HTTP error."""
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                body, status = self.render().encode(), b"200 OK"
-            else:
-                body, status = b"not found\n", b"404 Not Found"
-            writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
-            )
-            await writer.drain()
+            status, body = await asyncio.wait_for(self._request(reader), 5)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        head_only = status.startswith("HEAD ")
+        status = status.removeprefix("HEAD ")
+        allow = "Allow: GET, HEAD\r\n" if status.startswith("405") else ""
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n{allow}"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + (b"" if head_only else body)
+        )
+        try:
+            await writer.drain()
+        except ConnectionError:
             pass
         finally:
             writer.close()
+
+    async def _request(self, reader: asyncio.StreamReader) -> tuple[str, bytes]:
+        try:
+            line = await reader.readline()
+            total = len(line)
+            while True:  # the headers: nothing in them matters here, but they are bounded
+                header = await reader.readline()
+                total += len(header)
+                if header in (b"\r\n", b"\n", b"") or total > MAX_REQUEST_BYTES:
+                    break
+        except (ValueError, asyncio.LimitOverrunError):
+            return "431 Request Header Fields Too Large", b"request too large\n"
+        if total > MAX_REQUEST_BYTES:
+            return "431 Request Header Fields Too Large", b"request too large\n"
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return "400 Bad Request", b"bad request\n"
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if target != "/metrics":
+            return "404 Not Found", b"not found\n"
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", b"use GET\n"
+        return ("HEAD 200 OK" if method == "HEAD" else "200 OK"), self.render().encode()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -8,6 +8,7 @@ never a traceback); network ports over real sockets on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -424,8 +425,6 @@ async def test_the_fastagi_port_survives_a_fuzzer(tmp_path: Path) -> None:
         except ConnectionError:
             pass
 
-    import contextlib
-
     async with engine_rig(tmp_path) as rig:
         rig.agi.env_timeout = rig.agi.reply_timeout = 1.0
         await asyncio.gather(*(attack(rng.choice(shapes)()) for _ in range(300)))
@@ -520,3 +519,220 @@ async def test_the_ami_client_survives_a_server_speaking_garbage(tmp_path: Path)
     await server.wait_closed()
     assert sessions >= 3, "the client reconnected after every dropped link"
     assert any(e.get("Event") == "DialEnd" for e in events)
+
+
+# ---------------------------------------------------------------- prices at their bounds
+
+
+@settings(max_examples=300)
+@given(
+    per_minute=st.integers(0, 10**11),
+    connect=st.integers(0, 10**11),
+    minimum=st.integers(0, 10**11),
+    initial=st.integers(1, 3600),
+    increment=st.integers(1, 3600),
+    seconds=st.lists(st.integers(0, 10**7), min_size=1, max_size=20),
+)
+def test_vectorized_and_scalar_prices_agree_up_to_the_bounds(
+    per_minute: int, connect: int, minimum: int, initial: int, increment: int, seconds: list[int]
+) -> None:
+    import numpy as np
+
+    from rating_engine.rating.price import Price, PriceColumns, cost, cost_array
+
+    p = Price(per_minute, connect, initial, increment, minimum)
+    cols = PriceColumns.from_prices([p] * len(seconds))
+    assert cost_array(np.array(seconds, dtype=np.int64), cols).tolist() == [cost(s, p) for s in seconds]
+    assert max(cost(s, p) for s in seconds) < 2**63
+
+
+def test_a_deck_price_beyond_the_bound_is_reported_where_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deck = tmp_path / "d.csv"
+    deck.write_text(
+        "prefix,destination,rate_per_minute,connect_fee,initial_increment,increment,minimum_charge,valid_from,valid_until\n"
+        "33,France,99999999999999999999,0,60,60,,,\n"
+        "34,Spain,0.1,0,²,60,,,\n"
+    )
+    code, _, err = run(capsys, "tariffs", "validate", str(deck))
+    assert code == 1 and f"{deck}:2:3" in err and f"{deck}:3:5" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- rate-file never loses its input
+
+
+def _calls(path: Path) -> str:
+    text = "call_id,extension,dialed,start,billsec\nc1,201,0899123456,2026-11-24T10:00:00,65\n"
+    path.write_text(text)
+    return text
+
+
+@pytest.mark.parametrize("same", ["output", "rejects"])
+def test_rate_file_never_writes_over_its_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], same: str) -> None:
+    src = tmp_path / "calls.csv"
+    text = _calls(src)
+    argv = ["rate-file", "--plan", str(OFFICE_FR), str(src), "-o", str(src if same == "output" else tmp_path / "o.csv")]
+    if same == "rejects":
+        argv += ["--rejects", str(src)]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "is the input file" in err and src.read_text() == text
+
+
+def test_rate_file_with_a_bad_header_leaves_no_output_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "calls.csv"
+    src.write_text("who,what\n1,2\n")
+    out = tmp_path / "out.csv"
+    code, _, err = run(capsys, "rate-file", "--plan", str(OFFICE_FR), str(src), "-o", str(out))
+    assert code == 2 and "header" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.csv"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"call_id,extension,dialed,start,billsec\nc1,201,0899\xff,2026-11-24T10:00:00,5\n", "not UTF-8"),
+        (None, "does not exist"),
+    ],
+)
+def test_rate_file_bad_input_or_output_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    src = tmp_path / "calls.csv"
+    if content is None:
+        _calls(src)
+        out = tmp_path / "missing" / "out.csv"
+    else:
+        src.write_bytes(content)
+        out = tmp_path / "out.csv"
+    code, _, err = run(capsys, "rate-file", "--plan", str(OFFICE_FR), str(src), "-o", str(out))
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_rate_file_rejects_a_billsec_beyond_the_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "calls.csv"
+    src.write_text(
+        "call_id,extension,dialed,start,billsec\n"
+        "c1,201,0899123456,2026-11-24T10:00:00,100000000000000\nc2,201,0899123456,2026-11-24T10:00:00,²\n"
+    )
+    out = tmp_path / "out.csv"
+    code, _, _ = run(capsys, "rate-file", "--plan", str(OFFICE_FR), str(src), "-o", str(out))
+    assert code == 0 and out.read_text().count("\n") == 1
+    assert Path(f"{out}.rejects.csv").read_text().count("billsec") == 3  # header + both rows
+
+
+@pytest.mark.parametrize("since", ["99999999999999999999", "²", "-5", "10000-01-01", "1e9"])
+def test_activity_times_out_of_range_are_one_line(capsys: pytest.CaptureFixture[str], db: str, since: str) -> None:
+    code, out, err = run(capsys, "activity", "acme", "--since", since, "--db", db)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+
+
+def test_rate_seconds_beyond_the_bound_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "rate", "--plan", str(OFFICE_FR), "0899123456", "--seconds", str(10**14))
+    assert code == 2 and "--seconds" in err
+
+
+# ---------------------------------------------------------------- plans say what is wrong
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('prefixes = ["870", "881", "882"]', 'prefixes = "870"'), "`prefixes` must be a list"),
+        (('country = "FR"', 'country = "ZZ"'), "`country` 'ZZ'"),
+        (('regions = ["FR"]', 'regions = ["XX"]'), "unknown region(s) XX"),
+        (('premium = "charge"', "premium = 5"), "`premium` must be one of"),
+        (("[[included]]", None), "`included` must be a list"),
+        (("[blocked]", '[blocked]\ncolour = "red"'), "blocked: unknown key `colour`"),
+    ],
+)
+def test_plan_mistakes_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str | None], message: str
+) -> None:
+    import shutil
+
+    shutil.copy(OFFICE_FR.parent / "world.csv", tmp_path / "world.csv")
+    plan = tmp_path / "plan.toml"
+    text = OFFICE_FR.read_text()
+    assert change[0] in text
+    old, new = change
+    plan.write_text(text.split(old)[0] + "included = 5\n" if new is None else text.replace(old, new, 1))
+    code, _, err = run(capsys, "tariffs", "validate", str(plan))
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_a_plan_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.toml"
+    plan.write_bytes(b'name = "caf\xe9"\n')
+    code, _, err = run(capsys, "tariffs", "validate", str(plan))
+    assert code == 1 and "not UTF-8" in err
+
+
+# ---------------------------------------------------------------- configuration and the metrics port
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[agi]\nbind = "127.0.0.1:99999"', "from 0 to 65535"),
+        ('[metrics]\nbind = "127.0.0.1:-1"', "from 0 to 65535"),
+        ('[agi]\nbind = "127.0.0.1:４５７３"', "from 0 to 65535"),
+        ("[ami]\nport = 70000", "ami.port"),
+    ],
+)
+def test_ports_are_validated(tmp_path: Path, toml: str, message: str) -> None:
+    from rating_engine.config import load_config
+    from rating_engine.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(toml, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
+        (b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", b"200"),
+        (b"GET /metrics HTTP/1.0\n\n", b"200"),  # LF only
+        (b"HEAD /metrics HTTP/1.1\r\n\r\n", b"200"),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"405"),
+        (b"GET /other HTTP/1.1\r\n\r\n", b"404"),
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 3000 + b"\r\n", b"431"),
+    ],
+)
+async def test_the_metrics_port_answers_http_properly(request_bytes: bytes, status: bytes) -> None:
+    from rating_engine.metrics import Metrics
+
+    metrics = Metrics(lambda: {"outcomes": {"allow_included": 1}})
+    port = await metrics.serve("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request_bytes)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 " + status)
+        if status == b"200" and not request_bytes.startswith(b"HEAD"):
+            assert b'rating_authorizations_total{outcome="allow_included"} 1' in answer
+    finally:
+        await metrics.close()
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    # `true` exits before the engine has started: every write of the command meets a closed pipe.
+    shell = f"{sys.executable} -m rating_engine.cli tariffs show {OFFICE_FR} | true; echo ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "141" and done.stderr == ""

@@ -10,19 +10,26 @@ from typing import Any, TextIO
 
 from ..errors import ConfigError
 
+LAST_SECOND = 253_402_300_799  # 9999-12-31T23:59:59Z: every time accepted can be printed back
+
 
 def parse_time(text: str) -> int:
-    """ISO 8601 (a time without zone is read as UTC) or unix seconds → unix seconds."""
+    """ISO 8601 (a time without zone is read as UTC) or unix seconds → unix seconds, 1970 to 9999."""
     s = text.strip()
-    if s.lstrip("-").isdigit():
-        return int(s)
-    try:
-        when = datetime.fromisoformat(s)
-    except ValueError:
-        raise ConfigError(f"not an ISO 8601 time or unix seconds: {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp())
+    digits = s.removeprefix("-")
+    if digits.isascii() and digits.isdigit():
+        value = int(s) if len(digits) <= 12 else -1
+    else:
+        try:
+            when = datetime.fromisoformat(s)
+        except ValueError:
+            raise ConfigError(f"not an ISO 8601 time or unix seconds: {text!r}") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        value = int(when.timestamp())
+    if not 0 <= value <= LAST_SECOND:
+        raise ConfigError(f"time out of range (1970 to 9999): {text!r}")
+    return value
 
 
 def iso(t: int) -> str:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -18,7 +22,7 @@ from ..rating.catalog import Tariffs, load_tariffs
 from ..rating.decision import decide
 from ..rating.deck import FOREVER, SINCE_EVER, load_deck
 from ..rating.plan import Plan
-from ..rating.price import charged_seconds, cost
+from ..rating.price import MAX_BILLSEC, charged_seconds, cost
 from .common import Progress, iso, parse_time, print_json, table
 
 IN_COLUMNS = ("call_id", "extension", "dialed", "start", "billsec")
@@ -125,8 +129,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_rate(args: argparse.Namespace) -> int:
     tariffs, plan = _single_plan(args.plan)
     at = parse_time(args.at) if args.at else int(time.time())
-    if args.seconds is not None and args.seconds < 0:
-        raise ConfigError("--seconds cannot be negative")
+    if args.seconds is not None and not 0 <= args.seconds <= MAX_BILLSEC:
+        raise ConfigError(f"--seconds: from 0 to {MAX_BILLSEC}")
     budget = parse_amount(args.budget) if args.budget is not None else None
     d = decide(plan, tariffs.table_for(plan), args.number, at, budget=budget)
     c, cur = d.number, plan.currency
@@ -197,50 +201,93 @@ def _explain(o: dict[str, Any], currency: str) -> None:
 
 
 def cmd_rate_file(args: argparse.Namespace) -> int:
+    """Rate a CSV into OUT and OUT.rejects.csv; both appear only complete (written to temporary
+    files beside them, renamed at the end), and neither may be the input."""
     tariffs, plan = _single_plan(args.plan)
     table_ = tariffs.table_for(plan)
     src = Path(args.input)
+    out_path = Path(args.output)
     rejects_path = Path(args.rejects or f"{args.output}.rejects.csv")
+    _check_paths(src, out_path, rejects_path)
     try:
-        fin = src.open(newline="", encoding="utf-8")
+        with src.open("rb") as counting:
+            total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: counting.read(1 << 20), b"")) - 1, 0)
     except OSError as exc:
         raise ConfigError(f"{src}: {exc.strerror}") from None
-    total = max(sum(1 for _ in src.open(encoding="utf-8")) - 1, 0)
     progress = Progress(total, "rating")
-    good = bad = 0
-    with (
-        fin,
-        open(args.output, "w", newline="", encoding="utf-8") as fout,
-        open(rejects_path, "w", newline="", encoding="utf-8") as frej,
-    ):
-        reader = csv.reader(fin)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[: len(IN_COLUMNS)]] != list(IN_COLUMNS):
-            raise ConfigError(f"{src}:1: header must start with {','.join(IN_COLUMNS)}")
-        out = csv.writer(fout)
-        out.writerow(OUT_COLUMNS)
-        rej = csv.writer(frej)
-        rej.writerow(("line", "error", *IN_COLUMNS))
-        chunk: list[tuple[list[str], int, int]] = []
-        for cells in reader:
-            line = reader.line_num
-            row, problem = _check_row(cells)
-            if problem:
-                bad += 1
-                print(f"{src}:{line}: {problem}", file=sys.stderr)
-                rej.writerow((line, problem, *cells))
-                continue
-            assert row is not None
-            chunk.append(row)
-            if len(chunk) >= CHUNK:
-                good += _rate_chunk(plan, table_, chunk, out)
-                chunk = []
-                progress.update(good + bad)
-        good += _rate_chunk(plan, table_, chunk, out)
-        progress.update(good + bad)
+    temps: list[Path] = []
+    try:
+        with (
+            src.open(newline="", encoding="utf-8") as fin,
+            _temporary(out_path, temps) as fout,
+            _temporary(rejects_path, temps) as frej,
+        ):
+            good, bad = _rate_stream(plan, table_, src, fin, fout, frej, progress)
+        os.replace(temps[0], out_path)
+        os.replace(temps[1], rejects_path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{src}: not UTF-8 (byte {exc.start} of a chunk): save the file as UTF-8") from None
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
     progress.close()
     print(f"rated {good} call(s) into {args.output}; {bad} rejected into {rejects_path}", file=sys.stderr)
     return 0
+
+
+def _check_paths(src: Path, out_path: Path, rejects_path: Path) -> None:
+    if not src.is_file():
+        raise ConfigError(f"{src}: no such file")
+    for p in (out_path, rejects_path):
+        if not p.parent.is_dir():
+            raise ConfigError(f"{p}: the directory {p.parent} does not exist")
+        if p.exists() and p.resolve() == src.resolve():
+            raise ConfigError(f"{p}: is the input file; write the output elsewhere")
+    if out_path.resolve() == rejects_path.resolve():
+        raise ConfigError(f"{out_path}: the output and the rejects file must differ")
+
+
+@contextmanager
+def _temporary(final: Path, temps: list[Path]) -> Iterator[TextIO]:
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise ConfigError(f"{final}: cannot write in {final.parent}: {exc.strerror}") from None
+    temps.append(Path(name))
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        yield f
+
+
+def _rate_stream(
+    plan: Plan, table_: Any, src: Path, fin: TextIO, fout: TextIO, frej: TextIO, progress: Progress
+) -> tuple[int, int]:
+    good = bad = 0
+    reader = csv.reader(fin)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[: len(IN_COLUMNS)]] != list(IN_COLUMNS):
+        raise ConfigError(f"{src}:1: header must start with {','.join(IN_COLUMNS)}")
+    out = csv.writer(fout)
+    out.writerow(OUT_COLUMNS)
+    rej = csv.writer(frej)
+    rej.writerow(("line", "error", *IN_COLUMNS))
+    chunk: list[tuple[list[str], int, int]] = []
+    for cells in reader:
+        line = reader.line_num
+        row, problem = _check_row(cells)
+        if problem:
+            bad += 1
+            print(f"{src}:{line}: {problem}", file=sys.stderr)
+            rej.writerow((line, problem, *cells))
+            continue
+        assert row is not None
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            good += _rate_chunk(plan, table_, chunk, out)
+            chunk = []
+            progress.update(good + bad)
+    good += _rate_chunk(plan, table_, chunk, out)
+    progress.update(good + bad)
+    return good, bad
 
 
 def _check_row(cells: list[str]) -> tuple[tuple[list[str], int, int] | None, str]:
@@ -251,8 +298,8 @@ def _check_row(cells: list[str]) -> tuple[tuple[list[str], int, int] | None, str
         start = parse_time(cells[3])
     except ConfigError as exc:
         return None, f"start: {exc}"
-    if not cells[4].isdigit():
-        return None, f"billsec must be a whole number of seconds: {cells[4]!r}"
+    if not (cells[4].isascii() and cells[4].isdigit()) or int(cells[4]) > MAX_BILLSEC:
+        return None, f"billsec must be a whole number of seconds from 0 to {MAX_BILLSEC}: {cells[4][:20]!r}"
     if not cells[2]:
         return None, "dialed is empty"
     return (cells, start, int(cells[4])), ""

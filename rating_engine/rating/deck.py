@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InvalidAmount, TariffError, TariffErrors
 from ..money import parse_amount
-from .price import Price
+from .price import MAX_INCREMENT, MAX_PRICE, Price
 
 COLUMNS = (
     "prefix",
@@ -115,18 +115,22 @@ def _parse_row(cells: list[str], src: str, line: int, errors: list[TariffError])
             fail(col, f"{COLUMNS[col]} is required")
             return 0
         try:
-            return parse_amount(text)
+            value = parse_amount(text)
         except InvalidAmount as exc:
             fail(col, f"{COLUMNS[col]}: {exc}")
             return 0
+        if value > MAX_PRICE:
+            fail(col, f"{COLUMNS[col]}: at most {MAX_PRICE // 1_000_000:,} (currency units)")
+            return 0
+        return value
 
     def seconds(col: int, default: str | None = None) -> int:
         text = c[col] or default
-        if not text or not text.isdigit():
+        if not text or not (text.isascii() and text.isdigit()):
             fail(col, f"{COLUMNS[col]} must be a whole number of seconds: {c[col]!r}")
             return 1
-        if int(text) < 1:
-            fail(col, f"{COLUMNS[col]} must be at least 1 second")
+        if not 1 <= int(text) <= MAX_INCREMENT:
+            fail(col, f"{COLUMNS[col]} must be from 1 to {MAX_INCREMENT} seconds")
             return 1
         return int(text)
 

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
+
 from ..errors import TariffError, TariffErrors
 from ..money import MINOR_UNITS
 from ..numbering import Kind
 
 KINDS = frozenset(k.value for k in Kind) - {Kind.INVALID.value}
+REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
 POLICIES = ("charge", "block")
 
 
@@ -116,6 +119,8 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
         fail(f"unknown key `{key}`")
     name = text("name", Path(source).stem)
     country = text("country").upper()
+    if country and country not in REGIONS:
+        fail(f"`country` {country!r} is not an ISO 3166 region phonenumbers knows (e.g. FR, GB, US)")
     currency = text("currency").upper()
     if currency and currency not in MINOR_UNITS:
         fail(f"unknown currency `{currency}`")
@@ -124,26 +129,42 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
     if deck_name and base is not None and not deck.is_file():
         fail(f"deck file not found: {deck}")
     included = []
-    for i, rule in enumerate(data.get("included", []), start=1):
+    rules = data.get("included", [])
+    if not isinstance(rules, list):
+        fail("`included` must be a list of tables ([[included]] with regions and kinds)")
+        rules = []
+    for i, rule in enumerate(rules, start=1):
         where = f"included rule {i}"
         if not isinstance(rule, dict):
             fail(f"{where} must be a table")
             continue
+        for key in sorted(set(rule) - {"regions", "kinds"}):
+            fail(f"{where}: unknown key `{key}`")
         regions = rule.get("regions", [])
         if not isinstance(regions, list) or not regions or not all(isinstance(r, str) for r in regions):
             fail(f"{where}: `regions` must be a non-empty list of country codes")
             regions = []
+        unknown_regions = sorted({r.upper() for r in regions} - REGIONS - {"*"})
+        if unknown_regions:
+            fail(f'{where}: unknown region(s) {", ".join(unknown_regions)} (ISO 3166 codes, or "*")')
         included.append(IncludedRule(frozenset(r.upper() for r in regions), kinds(rule.get("kinds"), where)))
     blocked = data.get("blocked", {})
-    blocked_kinds = kinds(blocked.get("kinds", []), "blocked") if isinstance(blocked, dict) else frozenset()
-    prefixes = blocked.get("prefixes", []) if isinstance(blocked, dict) else []
-    if not all(isinstance(x, str) and x.isdigit() for x in prefixes):
-        fail("blocked: `prefixes` must be a list of digit strings")
+    if not isinstance(blocked, dict):
+        fail("`blocked` must be a table with `kinds` and `prefixes`")
+        blocked = {}
+    for key in sorted(set(blocked) - {"kinds", "prefixes"}):
+        fail(f"blocked: unknown key `{key}`")
+    blocked_kinds = kinds(blocked.get("kinds", []), "blocked")
+    prefixes = blocked.get("prefixes", [])
+    if not isinstance(prefixes, list) or not all(
+        isinstance(x, str) and x.isascii() and x.isdigit() and len(x) <= 15 for x in prefixes
+    ):
+        fail('blocked: `prefixes` must be a list of digit strings, e.g. ["870", "881"]')
         prefixes = []
     policies = {}
     for key in ("premium", "short_codes"):
         value = data.get(key, "charge")
-        if value not in POLICIES:
+        if not isinstance(value, str) or value not in POLICIES:
             fail(f"`{key}` must be one of {', '.join(POLICIES)}")
         policies[key] = value
     if errors:

@@ -20,6 +20,13 @@ IntArray = npt.NDArray[np.int64]
 UNLIMITED_SECONDS = 7 * 24 * 3600
 """Cap of `max_seconds` where a rate costs nothing per minute: a week is 'unlimited' for a call."""
 
+MAX_PRICE = 10**11
+"""Per minute, connect fee and minimum: at most 100,000 currency units."""
+MAX_INCREMENT = 3600
+MAX_BILLSEC = 10**7
+"""Longer than any call (115 days). With these bounds charged seconds × price per minute stays
+below 2^63, so the int64 (vectorized) and Python (scalar) prices agree on every input accepted."""
+
 
 @dataclass(frozen=True, slots=True)
 class Price:
@@ -32,10 +39,12 @@ class Price:
     minimum: int = 0
 
     def __post_init__(self) -> None:
-        if self.initial < 1 or self.increment < 1:
-            raise ValueError("increments must be at least one second")
+        if not (1 <= self.initial <= MAX_INCREMENT and 1 <= self.increment <= MAX_INCREMENT):
+            raise ValueError(f"increments must be from 1 to {MAX_INCREMENT} seconds")
         if min(self.per_minute, self.connect_fee, self.minimum) < 0:
             raise ValueError("prices cannot be negative")
+        if max(self.per_minute, self.connect_fee, self.minimum) > MAX_PRICE:
+            raise ValueError(f"prices are at most {MAX_PRICE} micro-units")
 
 
 def charged_seconds(seconds: int, p: Price) -> int:
