@@ -29,6 +29,7 @@ from benchmarks.common import report
 from rating_engine.asterisk.agi import AgiRequest
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.config import EngineSection
+from rating_engine.contract import answer
 from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, make_ledger
 from rating_engine.rating.catalog import TariffStore
@@ -107,13 +108,7 @@ async def measure(port: int, concurrency: int, requests: int, offset: int) -> di
 
 
 async def bare_server() -> FastAgiServer:
-    fixed = [
-        ("RATING_STATUS", "ALLOW"),
-        ("RATING_REASON", "charged"),
-        ("RATING_E164", "+33899123456"),
-        ("RATING_GUARDSEC", "180"),
-        ("RATING_CALLID", "x"),
-    ]
+    fixed = answer("ALLOW", "charged", "+33899123456", "180", "pbx1:1795535109.1:1795535109000", "120")
 
     async def echo(_req: AgiRequest) -> list[tuple[str, str]]:
         return fixed

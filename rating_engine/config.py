@@ -47,6 +47,9 @@ class EngineSection:
     """When the next quota cannot be paid, the caller hears a warning this long before the end (0: none)."""
     final_warning_seconds: int = 10
     """… and again this long before the end (0: only one warning)."""
+    cdr_file: str = ""
+    """Asterisk's CDR file of the cdr_custom mapping (asterisk_conf/cdr_custom.conf): calls that ended
+    while the engine was away are billed from it; "" = none, they are then billed up to their deadline."""
     warning_digit: str = "D"
     """The DTMF digit features.conf maps to the warning (`rating-warning => D,self,Playback,…`)."""
 

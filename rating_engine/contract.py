@@ -13,8 +13,9 @@ STATUS = "RATING_STATUS"
 REASON = "RATING_REASON"
 E164 = "RATING_E164"
 GUARDSEC = "RATING_GUARDSEC"
+QUOTASEC = "RATING_QUOTASEC"
 CALLID = "RATING_CALLID"
-VARIABLES: tuple[str, ...] = (STATUS, REASON, E164, GUARDSEC, CALLID)
+VARIABLES: tuple[str, ...] = (STATUS, REASON, E164, GUARDSEC, QUOTASEC, CALLID)
 """Every variable the engine sets, in the order it sets them."""
 
 ALLOW, DENY = "ALLOW", "DENY"
@@ -50,6 +51,6 @@ LIMIT_REASONS = frozenset({Reason.TOO_MANY_CALLS, Reason.RATE_LIMITED, Reason.VE
 Variables = list[tuple[str, str]]
 
 
-def answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "") -> Variables:
+def answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "", quota: str = "") -> Variables:
     """The variables for one answer, every name always set (an empty value clears it)."""
-    return [(STATUS, status), (REASON, reason), (E164, e164), (GUARDSEC, guard), (CALLID, call_id)]
+    return [(STATUS, status), (REASON, reason), (E164, e164), (GUARDSEC, guard), (QUOTASEC, quota), (CALLID, call_id)]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .asterisk.cdr import CdrRecords
 from .clock import Clock
 from .config import EngineSection
 from .contract import Reason, Variables, answer
@@ -28,6 +29,8 @@ from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, deci
 from .rating.price import Price, cost, max_seconds
 
 log = logging.getLogger("rating_engine.engine")
+MAX_UID = 150
+"""Longer than any Asterisk Uniqueid ("1795535109.42", or a ChannelId an application chose)."""
 
 
 class Pbx(Protocol):
@@ -60,7 +63,13 @@ class Call:
     granted: int
     reserved: int
     started_at: float
+    uid: str = ""
+    """The caller channel's Uniqueid: AMI events name the call by it."""
     channel: str = ""
+    dest_channel: str = ""
+    """The called channel (DialEnd's DestChannel): its TIMEOUT(absolute), set by Dial's U() at the
+    answer, is the deadline that holds even if the engine is gone."""
+    dest_uid: str = ""
     answered_at: float | None = None
     cdr_billable: int | None = None
     follower: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -74,7 +83,10 @@ class Call:
         return json.dumps(
             {
                 "node": node,
+                "uid": self.uid,
                 "channel": self.channel,
+                "dest_channel": self.dest_channel,
+                "dest_uid": self.dest_uid,
                 "dialed": self.dialed,
                 "e164": self.e164,
                 "kind": self.kind,
@@ -117,6 +129,11 @@ class Engine:
         self.settings = settings or EngineSection()
         self.pbx = pbx
         self.calls: dict[str, Call] = {}
+        """Live charged calls by call id (the reservation's key)."""
+        self._by_uid: dict[str, str] = {}
+        """Channel Uniqueid (caller's or called's) → call id: AMI events name channels."""
+        self.cdr_records: CdrRecords | None = None
+        """Asterisk's own durable record of each call, read when reconciling (see cdr.py)."""
         self.stats = EngineStats()
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
@@ -143,17 +160,20 @@ class Engine:
         dialed = self._source(env, args, self.settings.dialed) or env.get("agi_extension", "")
         c = classify(dialed, self.settings.default_country)
         self.stats.count(f"fallback_{why}")
-        if c.kind is Kind.EMERGENCY:
-            return answer("ALLOW", Reason.EMERGENCY, c.e164, "", env.get("agi_uniqueid", ""))
-        return answer("DENY", Reason.ENGINE_ERROR, c.e164, "", env.get("agi_uniqueid", ""))
+        if c.kind is Kind.EMERGENCY:  # no reservation was made: no call id
+            return answer("ALLOW", Reason.EMERGENCY, c.e164)
+        return answer("DENY", Reason.ENGINE_ERROR, c.e164)
 
     async def authorize(self, env: Mapping[str, str], args: tuple[str, ...]) -> Variables:
         s = self.settings
-        call_id = env.get("agi_uniqueid", "")
+        uid = env.get("agi_uniqueid", "").strip()
         dialed = self._source(env, args, s.dialed) or env.get("agi_extension", "")
         ext = self._source(env, args, s.extension) or env.get("agi_callerid", "")
         account_id = self._source(env, args, s.account)
         now = self.clock.now()
+        # Each authorization is its own call, even on a channel that dials again: the id names
+        # the engine, the channel and the moment, so two PBXes or two Dials cannot collide.
+        call_id = f"{s.node}:{uid}:{int(now * 1000)}" if uid else ""
         account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
         if account is None:
             c = classify(dialed, s.default_country)
@@ -169,14 +189,20 @@ class Engine:
             return self._done(answer("ALLOW", d.reason, e164, "", call_id))
         if not d.allowed or d.row is None:
             return self._done(answer("DENY", d.reason, e164, "", call_id))
-        if not self.accepting or (self.pbx is not None and not self.pbx.connected):
-            # Shutting down, or the AMI link is down: a charged call could be neither timed nor
-            # followed. Included and emergency calls went through above.
+        if not self.accepting or not uid or len(uid) > MAX_UID or (self.pbx is not None and not self.pbx.connected):
+            # Shutting down, a channel AMI could not name, or the AMI link is down: a charged call
+            # could be neither timed nor followed. Included and emergency calls went through above.
             return self._done(answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
         if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
             return self._done(answer("DENY", Reason.OUTSIDE_HOURS, e164, "", call_id))
+        previous = self._by_uid.get(uid)
+        if previous is not None and previous in self.calls:
+            # The channel is back in the dialplan: its previous Dial is over.
+            await self._finish(self._forget(self.calls[previous]), now)
         price = d.row.price
-        call = Call(call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now)
+        call = Call(
+            call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now, uid
+        )
         for attempt in range(2):
             seconds = min(s.quota_seconds, max_seconds(_budget(account, extension, int(now)), price))
             if seconds <= 0:
@@ -198,10 +224,9 @@ class Engine:
             )
             if held.ok:
                 self.calls[call_id] = call
-                return self._done(answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + seconds), call_id))
-            if held.refusal is Refusal.DUPLICATE_CALL and call_id in self.calls:
-                known = self.calls[call_id]  # Asterisk asked twice for one channel: same answer
-                return self._done(answer("ALLOW", Reason.CHARGED, e164, str(s.ring_timeout + known.granted), call_id))
+                self._by_uid[uid] = call_id
+                guard = str(s.ring_timeout + seconds)
+                return self._done(answer("ALLOW", Reason.CHARGED, e164, guard, call_id, str(seconds)))
             if held.alert:
                 self.stats.velocity_alerts += 1
                 log.warning(
@@ -241,26 +266,44 @@ class Engine:
         except ValueError:
             return self.clock.now()
 
+    def _call_of(self, uid: str) -> Call | None:
+        key = self._by_uid.get(uid)
+        return None if key is None else self.calls.get(key)
+
+    def _forget(self, call: Call) -> Call:
+        """Stop following a call (it ended): no event reaches it any more."""
+        self.calls.pop(call.call_id, None)
+        for uid in (call.uid, call.dest_uid):
+            if uid and self._by_uid.get(uid) == call.call_id:
+                del self._by_uid[uid]
+        return call
+
     async def handle_event(self, event: Mapping[str, str]) -> None:
         """One AMI event, in the order Asterisk sent them."""
         name = event.get("Event", "")
         uid = event.get("Uniqueid", "")
         if name == "DialEnd":
-            call = self.calls.get(uid)
+            call = self._call_of(uid)
             if call is not None and event.get("DialStatus") == "ANSWER" and call.answered_at is None:
                 call.answered_at = self.event_time(event)
                 call.channel = event.get("Channel", "") or call.channel
+                call.dest_channel = event.get("DestChannel", "")
+                call.dest_uid = event.get("DestUniqueid", "")
+                if call.dest_uid:
+                    self._by_uid[call.dest_uid] = call.call_id
                 self._spawn(self._push_deadline(call))  # at once, and not cancelled by a quick hangup
                 call.follower = asyncio.get_running_loop().create_task(self._follow(call))
                 self._notify("answered", call=call)
         elif name == "Cdr":
-            call = self.calls.get(event.get("UniqueID", ""))
+            call = self._call_of(event.get("UniqueID", ""))
             if call is not None and event.get("DestinationChannel") and event.get("BillableSeconds", "").isdigit():
                 call.cdr_billable = int(event["BillableSeconds"])
         elif name == "Hangup":
-            call = self.calls.pop(uid, None)
+            # Whichever leg hangs up first ends the bridge: the caller's, or the called channel's
+            # (its paid deadline, set by U(), ends it there).
+            call = self._call_of(uid)
             if call is not None:
-                await self._finish(call, self.event_time(event))
+                await self._finish(self._forget(call), self.event_time(event))
 
     async def _follow(self, call: Call) -> None:
         """Hold the deadline in Asterisk and move it forward while the account can pay.
@@ -322,10 +365,16 @@ class Engine:
         task.add_done_callback(self._background.discard)
 
     async def _push_deadline(self, call: Call) -> None:
-        """Set the deadline in Asterisk first (it is what stops the call), then note it in the ledger."""
+        """Set the deadline in Asterisk first (it is what stops the call), then note it in the ledger.
+
+        On both legs: the caller's guard (set before Dial, ringing included) and the called
+        channel's paid time (set by Dial's U() at the answer) must both move, or the earlier cuts.
+        """
         remaining = max(1, math.floor(call.deadline - self.clock.now()))
-        if self.pbx is not None and call.channel:
-            await self.pbx.set_timeout(call.channel, remaining)
+        if self.pbx is not None:
+            for channel in (call.channel, call.dest_channel):
+                if channel:
+                    await self.pbx.set_timeout(channel, remaining)
         if call.call_id in self.calls:
             await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
 
@@ -406,28 +455,56 @@ class Engine:
 
     # ------------------------------------------------------------ restart and reconnect
     async def reconcile(self) -> tuple[int, int]:
-        """Settle reservations whose channel is gone; follow again those still up. (settled, followed)"""
+        """Settle reservations whose channel is gone; follow again those still up. (settled, followed)
+
+        A call that ended while the engine was away is billed from Asterisk's own CDR record when
+        one is configured and found (not estimated); otherwise from what the engine had seen, and
+        when it never saw the answer, up to the paid time Asterisk would have allowed (estimated).
+        """
         if self.pbx is None:
             return 0, 0
         live = await self.pbx.live_channels()
         settled = followed = 0
+        gone: list[Call] = []
         for r in await self.ledger.reservations():
             try:
                 info = json.loads(r.details) if r.details else {}
             except ValueError:
                 info = {}
-            if info.get("node") != self.settings.node or (r.call_id in self.calls and r.call_id in live):
+            uid = str(info.get("uid") or r.call_id)  # reservations of 0.1 were keyed by the Uniqueid
+            if info.get("node") != self.settings.node or (r.call_id in self.calls and uid in live):
                 continue
-            call = self.calls.pop(r.call_id, None) or _call_from(r.call_id, r.account_id, r.ext, r.amount, info)
-            if r.call_id in live:
-                call.channel = live[r.call_id] or call.channel
+            call = self.calls.get(r.call_id) or _call_from(r.call_id, r.account_id, r.ext, r.amount, info)
+            call.uid = uid
+            if uid in live:
+                call.channel = live[uid] or call.channel
                 self.calls[r.call_id] = call
-                if call.answered_at is not None:
+                self._by_uid[uid] = r.call_id
+                if call.dest_uid:
+                    self._by_uid[call.dest_uid] = r.call_id
+                if call.answered_at is not None and (call.follower is None or call.follower.done()):
                     call.follower = asyncio.get_running_loop().create_task(self._follow(call))
                 followed += 1
-                continue
-            end = min(self.clock.now(), call.deadline) if call.answered_at is not None else self.clock.now()
-            await self._finish(call, end, estimated=call.answered_at is not None)
+            else:
+                gone.append(self._forget(call))
+        records = await asyncio.to_thread(self.cdr_records.find, [c.uid for c in gone]) if self.cdr_records else {}
+        now = self.clock.now()
+        for call in gone:
+            record = records.get(call.uid)
+            if record is not None and record.dstchannel:
+                if record.answer is None:
+                    call.answered_at = None  # busy, unanswered: nothing to pay
+                    await self._finish(call, record.end or now)
+                else:
+                    call.answered_at = record.answer
+                    await self._finish(call, record.answer + record.billsec)
+            elif call.answered_at is not None:
+                await self._finish(call, min(now, call.deadline), estimated=True)
+            else:
+                # Never saw the answer and no record of the call: Asterisk may have let it talk for
+                # the paid quota (U() starts it at the answer), so that is what is billed, estimated.
+                call.answered_at = min(now, call.started_at + self.settings.ring_timeout)
+                await self._finish(call, call.deadline, estimated=True)
             settled += 1
         return settled, followed
 
@@ -495,7 +572,7 @@ def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dic
     """Rebuild a call from its reservation after a restart (the price it started with)."""
     price = Price(*(int(x) for x in info.get("price") or [0, 0, 1, 1, 0]))
     answered = info.get("answered_at")
-    return Call(
+    call = Call(
         call_id,
         account_id,
         ext,
@@ -507,6 +584,10 @@ def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dic
         int(info.get("granted", 0)),
         reserved,
         float(info.get("started_at", 0)),
+        str(info.get("uid", "")),
         str(info.get("channel", "")),
-        float(answered) if answered is not None else None,
+        answered_at=float(answered) if answered is not None else None,
     )
+    call.dest_channel = str(info.get("dest_channel", ""))
+    call.dest_uid = str(info.get("dest_uid", ""))
+    return call

@@ -17,6 +17,7 @@ from typing import Any
 from .asterisk.agi import AgiRequest
 from .asterisk.agi_server import FastAgiServer, Variables
 from .asterisk.ami_client import AmiClient
+from .asterisk.cdr import CdrRecords
 from .clock import Clock
 from .config import Config
 from .engine import Engine
@@ -45,6 +46,8 @@ class Service:
         self.ami_secret = ami_secret
         self.tariffs = TariffStore(config.plan_paths())
         self.engine = Engine(self.tariffs, self.ledger, self.clock, config.engine)
+        if config.engine.cdr_file:
+            self.engine.cdr_records = CdrRecords(config.engine.cdr_file)
         self.metrics = Metrics(self._collect)
         self.agi = FastAgiServer(
             {"authorize": self._authorize},

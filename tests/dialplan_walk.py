@@ -18,7 +18,7 @@ Agi = Callable[[dict[str, str]], dict[str, str] | None]
 
 @dataclass
 class Walk:
-    outcome: str  # "dial", "hangup", "invalid", "end"
+    outcome: str  # "dial", "hangup", "invalid", "return", "end"
     detail: str
     variables: dict[str, str]
     played: list[str] = field(default_factory=list)
@@ -186,6 +186,9 @@ def _apply(app: str, data: str, v: dict[str, str], agi: Agi, result: Walk, *, su
         return None
     if app == "Hangup":
         result.outcome, result.detail = "hangup", text
+        return None
+    if app == "Return":
+        result.outcome, result.detail = "return", ""
         return None
     if app == "Goto":
         return text

@@ -736,3 +736,41 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     shell = f"{sys.executable} -m rating_engine.cli tariffs show {OFFICE_FR} | true; echo ${{PIPESTATUS[0]}}"
     done = subprocess.run(["bash", "-c", shell], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "141" and done.stderr == ""
+
+
+# ---------------------------------------------------------------- call identity
+
+
+def _callid(commands: list[str]) -> str:
+    return next(c for c in commands if "RATING_CALLID" in c).split(" ", 3)[3].strip('"')
+
+
+def _reason(commands: list[str]) -> str:
+    return next(c for c in commands if "RATING_REASON" in c).split(" ", 3)[3].strip('"')
+
+
+async def test_a_channel_that_dials_twice_gets_two_reservations(tmp_path: Path) -> None:
+    from .asterisk_helpers import agi_request, engine_rig
+
+    async with engine_rig(tmp_path) as rig:
+        first = await agi_request(rig.port, _legit_env("1795535109.77", "0899123456"))
+        await asyncio.sleep(0.01)
+        second = await agi_request(rig.port, _legit_env("1795535109.77", "+1 212 555 0100"))
+        assert _reason(first) == _reason(second) == "charged"
+        assert _callid(first) != _callid(second)
+        # the channel is back in the dialplan: its first Dial is over (never answered: released)
+        [live] = await rig.ledger.reservations()
+        assert live.call_id == _callid(second) and '"e164": "+12125550100"' in live.details
+        assert _callid(first) not in rig.engine.calls and await rig.ledger.check() == []
+
+
+@pytest.mark.parametrize("uid_line", ["", "agi_uniqueid: ", "agi_uniqueid: " + "9" * 500])
+async def test_a_charged_call_without_a_usable_uniqueid_is_refused(tmp_path: Path, uid_line: str) -> None:
+    from .asterisk_helpers import agi_request, engine_rig
+
+    async with engine_rig(tmp_path) as rig:
+        for dialed, reason in (("0899123456", "engine_error"), ("0612345678", "included"), ("112", "emergency")):
+            env = [x for x in _legit_env("x", dialed) if not x.startswith("agi_uniqueid")]
+            commands = await agi_request(rig.port, [*env, uid_line] if uid_line else env)
+            assert _reason(commands) == reason
+        assert await rig.ledger.reservations() == []

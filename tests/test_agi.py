@@ -9,6 +9,7 @@ import pytest
 
 from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env, quote, set_variable
 from rating_engine.asterisk.agi_server import FastAgiServer
+from rating_engine.contract import VARIABLES
 
 from .asterisk_helpers import agi_request, agi_transcript, engine_rig
 
@@ -74,10 +75,19 @@ async def test_recorded_asterisk_requests_get_the_contract_variables(tmp_path: P
     async with engine_rig(tmp_path) as rig:
         commands = await agi_request(rig.port, env)
     names = [c.split(" ")[2] for c in commands]
-    assert names == ["RATING_STATUS", "RATING_REASON", "RATING_E164", "RATING_GUARDSEC", "RATING_CALLID"]
+    assert names == [
+        "RATING_STATUS",
+        "RATING_REASON",
+        "RATING_E164",
+        "RATING_GUARDSEC",
+        "RATING_QUOTASEC",
+        "RATING_CALLID",
+    ]
     assert all(c.startswith("SET VARIABLE ") for c in commands)
     values = dict((c.split(" ")[2], c.split(" ", 3)[3].strip('"')) for c in commands)
-    assert values["RATING_CALLID"] == dict(line.split(": ", 1) for line in env)["agi_uniqueid"]
+    # one id per authorization, naming the engine, the caller channel and the moment
+    node, uid, millis = values["RATING_CALLID"].split(":")
+    assert (node, uid) == ("pbx1", dict(line.split(": ", 1) for line in env)["agi_uniqueid"]) and millis.isdigit()
     assert values["RATING_STATUS"] == "ALLOW" and values["RATING_E164"] == "+33899123456"
 
 
@@ -89,7 +99,7 @@ async def test_a_client_that_closes_early_does_not_freeze_the_server(tmp_path: P
             w.close()
         env, _, _ = agi_transcript("answered_callee_hangs_up")
         commands = await asyncio.wait_for(agi_request(rig.port, env), 3)
-        assert len(commands) == 5
+        assert len(commands) == len(VARIABLES)
 
 
 async def test_hangup_from_asterisk_stops_the_conversation(tmp_path: Path) -> None:
@@ -106,7 +116,7 @@ async def test_usage_reply_spanning_lines_keeps_replies_in_step(tmp_path: Path) 
         env, _, _ = agi_transcript("answered_callee_hangs_up")
         usage = b"520-Invalid command syntax.  Proper usage follows:\nUsage: SET VARIABLE\n520 End of proper usage.\n"
         commands = await agi_request(rig.port, env, reply=usage)
-        assert len(commands) == 5
+        assert len(commands) == len(VARIABLES)
 
 
 async def test_a_stalled_engine_still_answers_in_bounded_time_and_lets_emergency_through() -> None:

@@ -161,9 +161,9 @@ def test_an_answer_without_a_reason_fails_closed() -> None:
 
 
 def test_a_charged_call_gets_its_guard_deadline_and_the_warning_feature() -> None:
-    answer = dict(contract.answer("ALLOW", Reason.CHARGED, "+33899123456", "180", "1.1"))
+    answer = dict(contract.answer("ALLOW", Reason.CHARGED, "+33899123456", "180", "1.1", "120"))
     w = _walk("0899123456", answer, DYNAMIC_FEATURES="apprecord")
-    assert (w.outcome, w.detail) == ("dial", "PJSIP/+33899123456@trunk,60")
+    assert (w.outcome, w.detail) == ("dial", "PJSIP/+33899123456@trunk,60,U(rating-paid-time^120)")
     assert w.variables["TIMEOUT(absolute)"] == "180"
     assert w.variables["DYNAMIC_FEATURES"] == "apprecord#rating-warning"
     alone = _walk("0899123456", answer)
@@ -237,3 +237,35 @@ def test_the_warning_feature_matches_the_engine_and_the_dialplan() -> None:
     assert "rating-warning))" in TEXT  # the dialplan enables it by that name
     modules = (ROOT / "asterisk_conf" / "modules.conf").read_text()
     assert "app_senddtmf.so" in modules and "format_wav.so" in modules
+
+
+@pytest.mark.parametrize(("quota", "timeout", "result"), [("120", "120", None), ("", None, "ABORT")])
+def test_the_paid_time_starts_at_the_answer_on_the_called_channel_and_never_without_a_limit(
+    quota: str, timeout: str | None, result: str | None
+) -> None:
+    w = walk(shipped(), "rating-paid-time", "s", {"ARG1": quota}, lambda _v: None)
+    assert w.outcome == "return"
+    assert w.variables.get("TIMEOUT(absolute)") == timeout and w.variables.get("GOSUB_RESULT") == result
+
+
+def test_a_u_routine_that_does_not_exist_is_reported() -> None:
+    broken = TEXT.replace("U(rating-paid-time^", "U(rating-paid-tme^")
+    (problem,) = dialplan.check(shipped(broken), COUNTRY)
+    assert "U(rating-paid-tme" in problem.message and "no context" in problem.message
+
+
+def test_the_cdr_mapping_writes_the_columns_the_engine_reads() -> None:
+    import csv
+    import re
+
+    from rating_engine.asterisk.cdr import COLUMNS, CdrRecords, parse_row
+
+    text = (ROOT / "asterisk_conf" / "cdr_custom.conf").read_text()
+    mapping = next(x for x in text.splitlines() if x.startswith("rating-engine.csv =>"))
+    fields = re.findall(r"CSV_QUOTE\(\$\{CDR\((\w+)", mapping)
+    assert tuple(fields) == COLUMNS
+    assert "CDR(answer,u)" in mapping and "CDR(end,u)" in mapping  # Unix times, not local text
+    line = '"1795535109.42","1795535112.250000","1795535140.750000","28","ANSWERED","PJSIP/trunk-00000007"'
+    record = parse_row(next(csv.reader([line])))
+    assert record is not None and (record.answer, record.billsec) == (1795535112.25, 28)
+    assert CdrRecords(ROOT / "no-such.csv").find(["x"]) == {}

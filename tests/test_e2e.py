@@ -67,9 +67,12 @@ class World:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, balance: int = 10 * EUR, threshold: int = 0, quota: int = 60) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, balance: int = 10 * EUR, threshold: int = 0, quota: int = 60, cdr: bool = False
+) -> AsyncIterator[World]:
     clock = Clock(speed=SPEED)
-    sim = AsteriskSimulator(clock, agi_port=0)
+    cdr_file = tmp_path / "rating-engine.csv" if cdr else None
+    sim = AsteriskSimulator(clock, agi_port=0, cdr_file=cdr_file)
     port = await sim.start()
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     ledger = make_ledger(url)
@@ -80,7 +83,13 @@ async def world(tmp_path: Path, balance: int = 10 * EUR, threshold: int = 0, quo
     await ledger.set_extension("acme", "204", ExtensionSettings(chargeable=False))
     await ledger.close()
     config = Config(
-        engine=EngineSection(account="fixed:acme", quota_seconds=quota, renew_margin=10, ring_timeout=30),
+        engine=EngineSection(
+            account="fixed:acme",
+            quota_seconds=quota,
+            renew_margin=10,
+            ring_timeout=30,
+            cdr_file=str(cdr_file) if cdr_file else "",
+        ),
         ami=AmiSection(port=port, ping_interval=1.0),
         ledger=LedgerSection(url=url),
         tariffs=TariffsSection(plans=(str(OFFICE_FR),)),
@@ -100,11 +109,11 @@ async def settled(w: World, call: CallResult) -> tuple[int, int]:
     """(billable seconds, cost) the ledger recorded for a call, after it settles."""
     assert w.service is not None
     for _ in range(100):
-        rows = [r for r in await w.service.ledger.activity("acme") if r.call_id == call.uniqueid]
+        rows = [r for r in await w.service.ledger.activity("acme") if r.call_id == call.variables["RATING_CALLID"]]
         if rows:
             return rows[0].billable_seconds, rows[0].cost
         await asyncio.sleep(0.02)
-    raise AssertionError(f"call {call.uniqueid} never settled")
+    raise AssertionError(f"call {call.variables.get('RATING_CALLID')} never settled")
 
 
 async def test_answered_call_is_billed_exactly_its_billable_seconds(tmp_path: Path) -> None:
@@ -205,7 +214,7 @@ async def test_twenty_concurrent_calls_on_a_small_balance_never_go_below_the_flo
         allowed = [c for c in calls if c.status == "ALLOW"]
         assert allowed and any(c.reason in ("insufficient_funds", "account_blocked") for c in calls)
         for c in allowed:
-            row = rows[c.uniqueid]
+            row = rows[c.variables["RATING_CALLID"]]
             assert row.cost == cost(row.billable_seconds, PREMIUM_0899.price) and not row.overdraft
             assert c.cut_by_deadline, "every call outlived the money and ended at its deadline"
         assert sum(r.cost for r in rows.values()) == 5 * EUR - acc.balance
@@ -234,7 +243,7 @@ async def test_a_call_that_ends_while_the_engine_is_down_is_settled_at_its_deadl
         await w.start_engine()
         ledger = w.service.ledger  # type: ignore[union-attr]
         [row] = await ledger.activity("acme")
-        assert row.call_id == call.uniqueid and row.estimated
+        assert row.call_id == call.variables["RATING_CALLID"] and row.estimated
         assert call.billable <= row.billable_seconds <= 60  # up to the granted deadline, never beyond
         assert await ledger.reservations() == [] and await ledger.check() == []
 
@@ -305,3 +314,38 @@ async def test_free_calls_are_never_warned(tmp_path: Path) -> None:
     async with world(tmp_path, balance=0) as w:
         call = await w.sim.place_call(Scenario("0612345678", talk=100))
         assert call.warnings == [] and not call.cut_by_deadline
+
+
+@pytest.mark.parametrize("cdr", [True, False])
+async def test_an_engine_killed_while_the_call_rings_gives_no_free_talk(tmp_path: Path, cdr: bool) -> None:
+    """Checked on a real Asterisk: before U(), a call answered after the engine died talked until the
+    caller's guard (ring + quota) and was then released as unanswered. Now the called channel's paid
+    time starts at the answer, and the restarted engine bills the call from Asterisk's CDR record."""
+    async with world(tmp_path, cdr=cdr) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=300, ring=8)))
+        await w.clock.sleep(3)
+        await w.kill_engine()  # while it rings
+        call = await task
+        assert call.answered_at is not None and call.ended_at is not None and call.cut_by_deadline
+        talked = call.ended_at - call.answered_at
+        assert abs(talked - 60) <= 1, "the quota reserved for it, from the answer: not ring + quota"
+        await w.start_engine()
+        ledger = w.service.ledger  # type: ignore[union-attr]
+        [row] = await ledger.activity("acme")
+        assert row.call_id == call.variables["RATING_CALLID"]
+        assert row.estimated is not cdr
+        assert row.billable_seconds == (call.billable if cdr else 60)
+        assert row.cost == cost(row.billable_seconds, PREMIUM_0899.price) and not row.overdraft
+        assert await ledger.reservations() == [] and await ledger.check() == []
+
+
+async def test_a_busy_call_that_ends_while_the_engine_is_away_costs_nothing_with_a_cdr_record(tmp_path: Path) -> None:
+    async with world(tmp_path, cdr=True) as w:
+        task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", outcome="busy", ring=6)))
+        await w.clock.sleep(2)
+        await w.kill_engine()
+        await task
+        await w.start_engine()
+        ledger = w.service.ledger  # type: ignore[union-attr]
+        assert await ledger.activity("acme") == [] and await ledger.reservations() == []
+        assert (await ledger.account("acme")).balance == 10 * EUR

@@ -105,8 +105,6 @@ TAILS = {"no_answer": ["denied_by_engine"]}
 async def test_recorded_calls_are_followed_settled_once_or_released(tmp_path: Path, name: str) -> None:
     answered, channel = SCENARIOS[name]
     env, _, _ = agi_transcript(name)
-    env_map = dict(line.split(": ", 1) for line in env if ": " in line)
-    call_id = env_map["agi_uniqueid"]
     async with engine_rig(tmp_path) as rig:
         ami = ReplayAmi()
         port = await ami.start()
@@ -117,6 +115,7 @@ async def test_recorded_calls_are_followed_settled_once_or_released(tmp_path: Pa
             assert await client.wait_logged_in(3)
             commands = await agi_request(rig.port, env)
             assert commands[0] == 'SET VARIABLE RATING_STATUS "ALLOW"'
+            call_id = next(c for c in commands if "RATING_CALLID" in c).split(" ", 3)[3].strip('"')
             assert [r.call_id for r in await rig.ledger.reservations()] == [call_id]
             ami.replay(name)
             for _ in range(100):
@@ -237,8 +236,10 @@ async def test_the_simulator_answers_playdtmf_as_asterisk_does(tmp_path: Path) -
         await sim.close()
 
 
-async def test_a_deadline_in_the_simulator_runs_the_t_extension(tmp_path: Path) -> None:
-    """TIMEOUT(absolute) fired: the caller channel hangs up from `T` (priority 2, Hangup(16))."""
+async def test_deadlines_in_the_simulator_end_calls_as_asterisk_does(tmp_path: Path) -> None:
+    """Nobody following the calls: the called channel's deadline (set by U() at the answer) ends the
+    first call; on the second, a shorter TIMEOUT(absolute) set on the caller fires first and the
+    caller's channel hangs up from `T` (priority 2, Hangup(16))."""
     clock = Clock(speed=25)
     async with engine_rig(tmp_path, speed=25) as rig:
         sim = AsteriskSimulator(clock, rig.port)
@@ -246,13 +247,29 @@ async def test_a_deadline_in_the_simulator_runs_the_t_extension(tmp_path: Path) 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(format_message({"Action": "Login", "ActionID": "1", "Username": "rating", "Secret": "simulator"}))
         parser = AmiParser(expect_banner=True)
-        call = await sim.place_call(Scenario("0899123456", talk=600, ring=1))  # no engine following: guard deadline
+        events: list[dict[str, str]] = []
+
+        async def hangup_of(uid: str) -> dict[str, str]:
+            while True:
+                found = [e for e in events if e.get("Event") == "Hangup" and e.get("Uniqueid") == uid]
+                if found:
+                    return found[0]
+                events.extend(parser.feed(await asyncio.wait_for(reader.read(1 << 16), 5)))
+
+        paid = await sim.place_call(Scenario("0899123456", talk=600, ring=1))
+        assert paid.cut_by_deadline and paid.answered_at is not None and paid.ended_at is not None
+        assert abs(paid.ended_at - paid.answered_at - int(paid.variables["RATING_QUOTASEC"])) < 2
+        assert (await hangup_of(paid.uniqueid))["Exten"] != "T"  # the called channel ended it
+
+        task = asyncio.create_task(sim.place_call(Scenario("0899123456", talk=600, ring=1)))
+        while not any(c.bridged for c in sim.channels.values()):
+            await asyncio.sleep(0.01)
+        caller = next(c for c in sim.channels.values() if c.name.startswith("PJSIP/201"))
+        writer.write(format_message({"Action": "Setvar", "ActionID": "2", "Channel": caller.name,
+                                     "Variable": "TIMEOUT(absolute)", "Value": "5"}))  # fmt: skip
+        call = await task
         assert call.cut_by_deadline
-        hangups: list[dict[str, str]] = []
-        while not hangups:
-            events = parser.feed(await asyncio.wait_for(reader.read(1 << 16), 5))
-            hangups += [e for e in events if e.get("Event") == "Hangup" and e.get("Uniqueid") == call.uniqueid]
-        [hangup] = hangups
+        hangup = await hangup_of(call.uniqueid)
         assert (hangup["Exten"], hangup["Priority"], hangup["Cause"]) == ("T", "2", "16")
         writer.close()
         await sim.close()

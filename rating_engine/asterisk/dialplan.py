@@ -325,6 +325,9 @@ def check(plan: Dialplan, country: str | None = None) -> list[Problem]:
             for opt in re.findall(r"\b([LS])\(([^)]*)\)", step.data):
                 if "${" in opt[1] or not opt[1].strip():
                     fail(step, f"Dial option {opt[0]}({opt[1]}): an empty value means no limit")
+            for routine in re.findall(r"\bU\(([^)^]*)", step.data):
+                if "${" not in routine and plan.find_extension(routine, "s") is None:
+                    fail(step, f"Dial option U({routine}…): no context [{routine}] with extension s")
         if "TIMEOUT(absolute)=${" in step.data:
             var = step.data.split("TIMEOUT(absolute)=${", 1)[1].split("}", 1)[0]
             guarded = step.app == "ExecIf" and f'"${{{var}}}" != ""' in step.data.split("?", 1)[0]

@@ -19,6 +19,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from ..clock import Clock
@@ -119,11 +120,13 @@ class AsteriskSimulator:
         secret: str = "simulator",
         timestamps: bool = True,
         agi_script: str = "authorize",
+        cdr_file: Path | None = None,
     ) -> None:
         self.clock = clock
         self.agi_host, self.agi_port, self.agi_script = agi_host, agi_port, agi_script
         self.username, self.secret = username, secret
         self.timestamps = timestamps
+        self.cdr_file = cdr_file
         self.channels: dict[str, _Channel] = {}
         self.clients: set[asyncio.StreamWriter] = set()
         self.logged_in: set[asyncio.StreamWriter] = set()
@@ -321,6 +324,10 @@ class AsteriskSimulator:
             return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
         billable = math.floor(end - answer) if answer is not None else 0
+        if self.cdr_file is not None:  # cdr_custom's mapping (asterisk_conf/cdr_custom.conf), written at the end
+            row = [caller.uid, f"{answer:.6f}" if answer else "", f"{end:.6f}", str(billable), disposition]
+            with self.cdr_file.open("a", encoding="utf-8") as f:
+                f.write(",".join(f'"{c}"' for c in [*row, callee.name if callee else ""]) + "\n")
         self.emit(
             "Cdr",
             {
@@ -454,14 +461,20 @@ class AsteriskSimulator:
         self.emit("BridgeEnter", {**bridge, "BridgeNumChannels": "2", **caller.fields()})
         result.answered_at, result.dial_status = answered, "ANSWER"
         caller.bridged = callee.bridged = True
+        if guard:  # Dial's U(rating-paid-time^QUOTA) ran on the called channel at the answer
+            quota = variables.get("RATING_QUOTASEC", "")
+            if quota.isdigit() and int(quota) > 0:
+                self._set_deadline(callee, quota)
+            else:
+                callee.hangup_action = True  # GOSUB_RESULT=ABORT: no paid time, not connected
         why = await self._wait(caller, scenario.talk, callee)
         end = self.clock.now()
         caller.bridged = callee.bridged = False
-        result.cut_by_deadline = why == "deadline"
+        result.cut_by_deadline = why in ("deadline", "callee_deadline")
         if why == "deadline":
             self._run_t_extension(caller)
         result.hung_up_by_action = why == "action"
-        if why == "done" and scenario.hangup_by == "callee":
+        if why == "callee_deadline" or (why == "done" and scenario.hangup_by == "callee"):
             self._hangup(callee, 16)
             self.emit("BridgeLeave", {**bridge, "BridgeNumChannels": "1", **caller.fields()})
             self.emit("BridgeDestroy", {**bridge, "BridgeNumChannels": "0"})
@@ -484,18 +497,20 @@ class AsteriskSimulator:
         caller.exten, caller.priority, caller.app = "T", 2, "Hangup"
 
     async def _wait(self, ch: _Channel, seconds: float, other: _Channel) -> str:
-        """Wait `seconds` of clock time, or less if the channel's deadline or a Hangup action comes first."""
+        """Wait `seconds` of clock time, or less if a deadline (the caller's: "deadline", the called
+        channel's: "callee_deadline") or a Hangup action comes first."""
         until = self.clock.now() + seconds
         while True:
             if ch.hangup_action or other.hangup_action:
                 return "action"
-            deadline = ch.deadline
             now = self.clock.now()
-            if deadline is not None and deadline <= now and deadline <= until:
-                return "deadline"
+            for channel, why in ((ch, "deadline"), (other, "callee_deadline")):
+                if channel.deadline is not None and channel.deadline <= now and channel.deadline <= until:
+                    return why
             if now >= until:
                 return "done"
-            nearest = min(until, deadline) if deadline is not None else until
+            deadlines = [d for d in (ch.deadline, other.deadline) if d is not None]
+            nearest = min([until, *deadlines])
             ch.changed.clear()
             other.changed.clear()
             with contextlib.suppress(TimeoutError):
