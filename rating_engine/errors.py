@@ -21,6 +21,9 @@ class TariffError(RatingEngineError, ValueError):
         self.line = line
         self.column = column
 
+    def __reduce__(self) -> tuple[object, ...]:  # a reload's errors come back from another process
+        return TariffError, (self.message, self.file, self.line, self.column)
+
     def __str__(self) -> str:
         where = self.file
         if self.line:
@@ -36,6 +39,9 @@ class TariffErrors(RatingEngineError, ValueError):
     def __init__(self, errors: list[TariffError]) -> None:
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return TariffErrors, (self.errors,)
 
 
 class ConfigError(RatingEngineError, ValueError):

@@ -58,6 +58,8 @@ class Metrics:
             ("ami_login_failures_total", "counter"),
             ("accept_errors_total", "counter"),
             ("agi_fallbacks_total", "counter"),
+            ("tariff_reloads_total", "counter"),
+            ("tariff_reload_failures_total", "counter"),
         ):
             lines += [f"# TYPE rating_{name} {kind}", f"rating_{name} {int(data.get(name, 0))}"]  # type: ignore[call-overload]
         return "\n".join(lines) + "\n"

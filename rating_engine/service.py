@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import signal
+import time
 from typing import Any
 
 from .asterisk.agi import AgiRequest
@@ -24,7 +25,7 @@ from .engine import Engine
 from .errors import StartupError, TariffErrors
 from .ledger import Ledger, PaymentProvider, default_url, make_ledger
 from .metrics import Metrics
-from .rating.catalog import TariffStore
+from .rating.catalog import TariffStore, load_in_child
 
 log = logging.getLogger("rating_engine.service")
 
@@ -61,6 +62,9 @@ class Service:
         self.stopped = asyncio.Event()
         self._ledger_open = False
         self.loop_errors = 0
+        self.reloads = self.reload_failures = 0
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         self.accept_errors = 0
 
     async def _authorize(self, request: AgiRequest) -> Variables:
@@ -86,6 +90,8 @@ class Service:
             "ami_login_failures_total": self.ami.login_failures if self.ami else 0,
             "accept_errors_total": self.accept_errors,
             "agi_fallbacks_total": self.agi.stats.fallbacks,
+            "tariff_reloads_total": self.reloads,
+            "tariff_reload_failures_total": self.reload_failures,
         }
 
     async def start(self) -> None:
@@ -167,14 +173,32 @@ class Service:
         settled, followed = await self.engine.reconcile()
         log.info("reconciled with Asterisk", extra={"settled": settled, "followed": followed})
 
-    def reload_tariffs(self) -> None:
-        try:
-            self.tariffs.reload()
-            log.info("tariffs reloaded", extra={"plans": len(self.tariffs.current.plans)})
-        except TariffErrors as exc:
-            log.error("tariff reload refused; the old tariffs stay", extra={"problems": str(exc)})
-        except Exception as exc:  # whatever the files hold, a reload never takes the engine down
-            log.error("tariff reload refused; the old tariffs stay", extra={"problems": f"{type(exc).__name__}: {exc}"})
+    def reload_tariffs(self) -> asyncio.Task[None]:
+        """SIGHUP: load the tariffs again off the event loop; one reload at a time, and a signal
+        that comes during one starts another after it (the files may have changed again)."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+        else:
+            self._reloading = asyncio.get_running_loop().create_task(self._reload())
+        return self._reloading
+
+    async def _reload(self) -> None:
+        while True:
+            self._reload_again = False
+            started = time.monotonic()
+            try:
+                fresh = await asyncio.wrap_future(load_in_child(self.tariffs.paths))
+            except Exception as exc:  # whatever the files hold, a reload never takes the engine down
+                self.reload_failures += 1
+                problem = str(exc) if isinstance(exc, TariffErrors) else f"{type(exc).__name__}: {exc}"
+                log.error("tariff reload refused; the old tariffs stay", extra={"problems": problem})
+            else:
+                self.tariffs.swap(fresh)
+                self.reloads += 1
+                seconds = round(time.monotonic() - started, 3)
+                log.info("tariffs reloaded", extra={"plans": len(fresh.plans), "seconds": seconds})
+            if not self._reload_again:
+                return
 
     async def stop(self, grace: float | None = None) -> None:
         await self.agi.stop_accepting()

@@ -338,12 +338,85 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     damage(plan)  # type: ignore[operator]
     logs.setup("info", "json")
     try:
-        service.reload_tariffs()
+        asyncio.run(_reloaded(service))
     finally:
         logging.getLogger().handlers.clear()
-    assert service.tariffs.current is before
+    assert service.tariffs.current is before and service.reload_failures == 1
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]
+
+
+async def _reloaded(service: object) -> None:
+    from rating_engine.service import Service
+
+    assert isinstance(service, Service)
+    await service.reload_tariffs()
+
+
+def _big_deck_plan(tmp_path: Path, rows: int) -> Path:
+    """The sample plan on the sample deck plus `rows` more prefixes (+99 is spare: no country)."""
+    import shutil
+
+    plan = tmp_path / "office-fr.toml"
+    shutil.copy(OFFICE_FR, plan)
+    world = (OFFICE_FR.parent / "world.csv").read_text()
+    filler = "".join(f"99{i:07d},Filler {i % 300},0.{i % 9000 + 1000},0,60,6,,,\n" for i in range(rows))
+    (tmp_path / "world.csv").write_text(world + filler)
+    return plan
+
+
+async def test_a_reload_of_a_big_deck_never_stalls_the_fastagi_answers(tmp_path: Path) -> None:
+    """Issue #9: SIGHUP with a 1M-row deck left FastAGI requests unanswered for 10 s. The deck is now
+    loaded and compiled in a child process; the loop only swaps the reference."""
+    import time
+
+    from rating_engine.config import AgiSection, AmiSection, Config, EngineSection, TariffsSection
+    from rating_engine.ledger import make_ledger
+    from rating_engine.service import Service
+
+    from .asterisk_helpers import agi_request
+
+    plan = _big_deck_plan(tmp_path, 0)
+    config = Config(
+        engine=EngineSection(account="fixed:acme"),
+        agi=AgiSection(bind="127.0.0.1:0"),
+        ami=AmiSection(port=_closed_port()),
+        tariffs=TariffsSection(plans=(str(plan),)),
+    )
+    service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+    await service.ledger.open()
+    await service.ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+    await service.start()
+    try:
+        before = len(next(iter(service.tariffs.current.tables.values())))
+        _big_deck_plan(tmp_path, 300_000)
+        reload = service.reload_tariffs()
+        during, slowest = 0, 0.0
+        while not reload.done():
+            sent = time.monotonic()
+            commands = await asyncio.wait_for(agi_request(service.agi_port, _legit_env("1.1")), 2)
+            assert 'SET VARIABLE RATING_REASON "included"' in commands
+            if not reload.done():
+                during, slowest = during + 1, max(slowest, time.monotonic() - sent)
+                if during == 3:
+                    assert service.reload_tariffs() is reload  # a SIGHUP during a reload joins it
+            await asyncio.sleep(0.005)
+        await reload
+        assert len(next(iter(service.tariffs.current.tables.values()))) == before + 300_000
+        assert service.reloads == 2  # the signal that came during the first load ran it again
+        assert during >= 5, "requests were answered while the deck was being loaded"
+        assert slowest < config.engine.answer_timeout
+    finally:
+        await service.stop(grace=0)
+        await service.ledger.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------- the FastAGI port

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rating_engine.errors import TariffErrors
 from rating_engine.rating.deck import load_deck, parse_deck
@@ -92,3 +94,83 @@ def test_quoted_destination_with_a_comma() -> None:
 def test_sample_world_deck_loads() -> None:
     d = load_deck("tariffs/world.csv")
     assert len(d.rows) > 300
+
+
+# The fast path (columns, each distinct cell parsed once) and the checking path (`_parse_row`, one
+# row at a time, saying what is wrong) must accept exactly the same rows with the same values.
+VALID = {
+    "prefix": ["33", "+44", "0", "007", " 49 "],
+    "destination": ["France", " Spain ", '"Jamaica, mobile"', "Zürich"],
+    "rate": ["0.02", "0", " 1.5 ", "100000"],
+    "seconds": ["60", "1", " 6 ", "3600"],
+    "instant": ["", "", "2026-01-01T00:00+00:00", "2027-01-01T00:00:00+01:00"],
+}
+INVALID = {
+    "prefix": ["3a", "", "１２", "1234567890123456", "+"],
+    "destination": [""],
+    "rate": ["-1", "1e3", "", "100000.000001", "０.１", "0.0000001"],
+    "seconds": ["3601", "0", "", "6.5", "٣"],
+    "instant": ["2026-01-01", "yesterday"],
+}
+
+
+def cell(kind: str) -> st.SearchStrategy[str]:
+    """Mostly valid cells, so that rows with exactly one bad cell come up often."""
+    return st.sampled_from(VALID[kind] * 8 + INVALID[kind])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            cell("prefix"),
+            cell("destination"),
+            cell("rate"),
+            cell("rate"),
+            cell("seconds"),
+            st.sampled_from(["", *VALID["seconds"], *INVALID["seconds"]]),
+            st.sampled_from(["", *VALID["rate"], *INVALID["rate"]]),
+            cell("instant"),
+            cell("instant"),
+            st.sampled_from([0] * 8 + [1, 2]),  # 0: as is; 1: a column missing; 2: a comment line instead
+        ),
+        max_size=8,
+    )
+)
+def test_the_fast_path_accepts_exactly_what_the_checking_path_accepts(rows: list[tuple[object, ...]]) -> None:
+    import csv
+
+    from rating_engine.errors import TariffError
+    from rating_engine.rating.deck import _parse_row
+
+    lines, expected_rows, expected_errors = [], [], []
+    for n, (*cells, shape) in enumerate(rows):
+        cells = [str(c) for c in cells]
+        if cells[0].strip().removeprefix("+").isdigit():
+            cells[0] = cells[0].replace(cells[0].strip(), cells[0].strip() + str(n).zfill(2))  # one row a prefix
+        if shape == 2:
+            lines.append(f"# {','.join(cells)}")
+            continue
+        line = ",".join(cells if shape == 0 else cells[:-1])
+        lines.append(line)
+        errors: list[TariffError] = []
+        row = _parse_row(next(csv.reader([line])), "t.csv", len(lines) + 1, errors)
+        expected_errors += [(e.line, e.column, e.message) for e in errors]
+        if row is not None and len(row.prefix) <= 15:
+            expected_rows.append(row)
+    text = "\n".join([HEADER, *lines]) + "\n"
+    if expected_errors:
+        with pytest.raises(TariffErrors) as info:
+            parse_deck(text, "t.csv")
+        assert [(e.line, e.column, e.message) for e in info.value.errors] == expected_errors
+    else:
+        assert list(parse_deck(text, "t.csv").rows) == expected_rows
+
+
+def test_a_deck_read_from_a_file_and_from_text_agree(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = deck_text("33,France,0.02,0,60,,,,", ' +44 ,"UK, all", 0.0250 ,0.10,30,6,0.05,,', "# end")
+    (tmp_path / "d.csv").write_text(text.replace("\n", "\r\n"))
+    assert list(load_deck(tmp_path / "d.csv").rows) == list(parse_deck(text).rows)
+    (tmp_path / "bad.csv").write_bytes(text.encode() + b"34,Spain\xff,0.02,0,60,60,,,\n")
+    with pytest.raises(TariffErrors, match="not UTF-8"):
+        load_deck(tmp_path / "bad.csv")

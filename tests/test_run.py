@@ -52,6 +52,13 @@ async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert (call.status, call.reason) == ("DENY", "unknown_account")
         emergency = await sim.place_call(Scenario("112", talk=1))
         assert (emergency.status, emergency.reason) == ("ALLOW", "emergency")
+        proc.send_signal(signal.SIGHUP)  # reloaded in a child process, the engine serving meanwhile
+        while not any(e.get("msg") == "tariffs reloaded" for e in logs):
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the engine exited on SIGHUP"
+            logs.append(json.loads(line))
+        again = await sim.place_call(Scenario("112", talk=1))
+        assert (again.status, again.reason) == ("ALLOW", "emergency")
         proc.send_signal(signal.SIGTERM)
         _, stderr_tail = await asyncio.wait_for(proc.communicate(), 20)
         tail = [json.loads(line) for line in stderr_tail.splitlines()]

@@ -113,3 +113,17 @@ def test_reload_swaps_every_table_at_once_and_a_bad_file_changes_nothing(tmp_pat
     th.join()
     assert all(a == b for a, b in seen)
     assert store.current.table_for(store.current.plan("p")).lookup("1", 0).destination == "v3"  # type: ignore[union-attr]
+
+
+@settings(max_examples=50)
+@given(decks(), st.lists(number_st, min_size=1, max_size=20))
+def test_a_table_sent_to_another_process_looks_up_the_same_rows(d: Deck, numbers: list[str]) -> None:
+    """A reload compiles in a child process and pickles the table back."""
+    import pickle
+
+    t = RateTable(d)
+    back = pickle.loads(pickle.dumps(t))
+    for at in (0, 100):
+        assert [back.lookup(n, at) for n in numbers] == [t.lookup(n, at) for n in numbers]
+        keys, lens = t.keys_of(numbers)
+        assert back.lookup_batch(keys, lens, at).tolist() == t.lookup_batch(keys, lens, at).tolist()
