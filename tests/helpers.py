@@ -20,7 +20,7 @@ def deck(*rows: str) -> Deck:
 
 
 def reference_cost(seconds: int, p: Price) -> int:
-    """DESIGN.md's formula with Decimal arithmetic, written independently of price.py."""
+    """The formula of docs/money-and-reservations.md in Decimal arithmetic, written apart from price.py."""
     if seconds <= 0:
         return 0
     charged = max(p.initial, p.initial + math.ceil(Decimal(seconds - p.initial) / p.increment) * p.increment)

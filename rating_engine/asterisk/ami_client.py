@@ -1,4 +1,4 @@
-"""The AMI client: panoramisk, with the gaps ASTERISK_NOTES.md lists closed in a thin layer.
+"""The AMI client: panoramisk, with the gaps docs/asterisk.md lists closed in a thin layer.
 
 - Events reach the engine through one plain callback feeding one queue, so they are handled
   in the order Asterisk sent them (panoramisk starts coroutine callbacks fire-and-forget).

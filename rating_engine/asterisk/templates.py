@@ -1,7 +1,7 @@
-"""Header order of each AMI event, as a real Asterisk 22 sends it (from shared/asterisk-transcripts).
+"""Header order of each AMI event, as a real Asterisk 22 sends it (from tests/transcripts/).
 
 Generated once from the recorded transcripts; the simulator fills these headers in this order, and
-tests/test_simulator_contract.py checks the simulator against the transcripts themselves.
+tests/test_transcripts.py checks the simulator against the transcripts themselves.
 """
 
 EVENT_HEADERS: dict[str, tuple[str, ...]] = {
