@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
 from benchmarks.common import report
+from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.config import EngineSection
@@ -123,11 +124,7 @@ async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
         await ledger.topup("acme", 10**15, "bench")
     engine = Engine(TariffStore([ROOT / "tariffs/office-fr.toml"]), ledger, settings=EngineSection())
-    server = FastAgiServer(
-        {"authorize": lambda r: engine.authorize(r.env, r.args)},
-        lambda r, w: engine.fallback(r.env, r.args, w),
-        answer_timeout=30,
-    )
+    server = Agent(engine).fastagi_server(answer_timeout=30)
     return server, ledger
 
 

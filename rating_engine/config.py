@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .asterisk.agent import Sources
 from .errors import ConfigError
 
 
@@ -33,10 +34,6 @@ class EngineSection:
     quota_seconds: int = 120
     renew_margin: int = 20
     ring_timeout: int = 60
-    account: str = "accountcode"
-    """Where the account comes from: "accountcode", "arg:N", or "fixed:NAME"."""
-    extension: str = "arg:1"
-    dialed: str = "arg:2"
     default_country: str = "FR"
     """Country used to recognise emergency numbers when the account cannot be read."""
     answer_timeout: float = 2.0
@@ -58,6 +55,16 @@ class EngineSection:
 class AgiSection:
     bind: str = "127.0.0.1:4573"
     reuse_port: bool = False
+    account: str = "accountcode"
+    """Where the account comes from: "accountcode", "arg:N", or "fixed:NAME"."""
+    extension: str = "arg:1"
+    """Where the calling extension comes from: "callerid", "arg:N" or "fixed:NAME"."""
+    dialed: str = "arg:2"
+    """Where the dialed number comes from: "extension", "arg:N" or "fixed:NUMBER"."""
+
+    @property
+    def sources(self) -> Sources:
+        return Sources(self.account, self.extension, self.dialed)
 
 
 @dataclass(frozen=True)
@@ -135,8 +142,21 @@ class Config:
 SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "base"}
 
 
+MOVED = {("engine", "account"): "agi", ("engine", "extension"): "agi", ("engine", "dialed"): "agi"}
+"""Keys that lived in another section before; still read there, so an older file keeps working."""
+
+
 def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
     cfg = Config(base=base or Path("."))
+    data = {name: dict(body) if isinstance(body, dict) else body for name, body in data.items()}
+    for (old, key), new in MOVED.items():
+        body = data.get(old)
+        if isinstance(body, dict) and key in body:
+            target = data.setdefault(new, {})
+            if isinstance(target, dict):
+                if key in target:
+                    raise ConfigError(f"{source}: {key} is given in [{old}] and in [{new}]: keep [{new}] only")
+                target[key] = body.pop(key)
     for name, body in data.items():
         if name not in SECTIONS:
             raise ConfigError(f"{source}: unknown section [{name}]; known: {', '.join(SECTIONS)}")
@@ -181,7 +201,7 @@ def _check(cfg: Config, source: str) -> None:
     if e.ring_timeout < 1:
         raise ConfigError(f"{source}: engine.ring_timeout must be positive")
     for key in ("account", "extension", "dialed"):
-        spec = getattr(e, key)
+        spec = getattr(cfg.agi, key)
         kind, _, value = spec.partition(":")
         ok = (
             (kind == "arg" and value.isdigit() and int(value) > 0)
@@ -189,7 +209,7 @@ def _check(cfg: Config, source: str) -> None:
             or (kind in ("accountcode", "callerid", "extension") and not value)
         )
         if not ok:
-            raise ConfigError(f"{source}: engine.{key} = {spec!r}: use accountcode, callerid, arg:N or fixed:NAME")
+            raise ConfigError(f"{source}: agi.{key} = {spec!r}: use accountcode, callerid, arg:N or fixed:NAME")
     try:
         cfg.agi_address  # noqa: B018 - validates
         if cfg.metrics.bind:

@@ -7,6 +7,7 @@ and holds it to this module).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 STATUS = "RATING_STATUS"
@@ -18,7 +19,12 @@ CALLID = "RATING_CALLID"
 VARIABLES: tuple[str, ...] = (STATUS, REASON, E164, GUARDSEC, QUOTASEC, CALLID)
 """Every variable the engine sets, in the order it sets them."""
 
-ALLOW, DENY = "ALLOW", "DENY"
+
+class Status(StrEnum):
+    """RATING_STATUS."""
+
+    ALLOW = "ALLOW"
+    DENY = "DENY"
 
 
 class Reason(StrEnum):
@@ -48,9 +54,11 @@ LIMIT_REASONS = frozenset({Reason.TOO_MANY_CALLS, Reason.RATE_LIMITED, Reason.VE
 """Refusals by the account's fraud limits: the dialplan says "not now" rather than "no service"."""
 
 # Asterisk's AGI `SET VARIABLE` and the dialplan both work on (name, value) pairs.
-Variables = list[tuple[str, str]]
+Variables = Sequence[tuple[str, str]]
 
 
-def answer(status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "", quota: str = "") -> Variables:
+def answer(
+    status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "", quota: str = ""
+) -> list[tuple[str, str]]:
     """The variables for one answer, every name always set (an empty value clears it)."""
     return [(STATUS, status), (REASON, reason), (E164, e164), (GUARDSEC, guard), (QUOTASEC, quota), (CALLID, call_id)]

@@ -17,7 +17,7 @@ from typing import Any
 
 from .asterisk.simulator import AsteriskSimulator, Scenario
 from .clock import Clock
-from .config import AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
+from .config import AgiSection, AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
 from .engine import Call
 from .ledger import AccountSettings, ExtensionSettings, extension_totals
 from .money import format_amount, parse_amount
@@ -80,7 +80,8 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     sim = AsteriskSimulator(clock, agi_port=0)
     ami_port = await sim.start()
     config = Config(
-        engine=EngineSection(account="fixed:acme-office", quota_seconds=60, renew_margin=10, ring_timeout=30),
+        engine=EngineSection(quota_seconds=60, renew_margin=10, ring_timeout=30),
+        agi=AgiSection(account="fixed:acme-office"),
         ami=AmiSection(port=ami_port, username="rating"),
         ledger=LedgerSection(url=f"sqlite:///{work / 'ledger.sqlite3'}"),
         tariffs=TariffsSection(plans=(str(ROOT / "tariffs" / "office-fr.toml"),)),

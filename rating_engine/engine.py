@@ -13,14 +13,15 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .asterisk.cdr import CdrRecords
+from .calls import Answered, Authorization, AuthorizeRequest, CallEvent, CdrBilled, HungUp
 from .clock import Clock
 from .config import EngineSection
-from .contract import Reason, Variables, answer
+from .contract import Reason, Status
 from .ledger import Account, CallDetails, Extension, Ledger, Refusal
 from .ledger.models import zone
 from .numbering import Kind, classify
@@ -145,56 +146,47 @@ class Engine:
             self.observer(what, fields)
 
     # ------------------------------------------------------------ authorize
-    @staticmethod
-    def _source(req: Mapping[str, str], args: tuple[str, ...], spec: str) -> str:
-        kind, _, value = spec.partition(":")
-        if kind == "arg":
-            n = int(value)
-            return args[n - 1].strip() if 0 < n <= len(args) else ""
-        if kind == "fixed":
-            return value
-        return req.get(f"agi_{kind}", "").strip()  # accountcode, callerid, extension
-
-    def fallback(self, env: Mapping[str, str], args: tuple[str, ...], why: str) -> Variables:
+    def fallback(self, request: AuthorizeRequest, why: str) -> Authorization:
         """Answer without the ledger: emergency numbers still go through, the rest is refused."""
-        dialed = self._source(env, args, self.settings.dialed) or env.get("agi_extension", "")
-        c = classify(dialed, self.settings.default_country)
+        c = classify(request.dialed, self.settings.default_country)
         self.stats.count(f"fallback_{why}")
         if c.kind is Kind.EMERGENCY:  # no reservation was made: no call id
-            return answer("ALLOW", Reason.EMERGENCY, c.e164)
-        return answer("DENY", Reason.ENGINE_ERROR, c.e164)
+            return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
+        return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
 
-    async def authorize(self, env: Mapping[str, str], args: tuple[str, ...]) -> Variables:
+    async def authorize(self, request: AuthorizeRequest) -> Authorization:
         s = self.settings
-        uid = env.get("agi_uniqueid", "").strip()
-        dialed = self._source(env, args, s.dialed) or env.get("agi_extension", "")
-        ext = self._source(env, args, s.extension) or env.get("agi_callerid", "")
-        account_id = self._source(env, args, s.account)
+        uid, dialed, ext, account_id = request.uniqueid, request.dialed, request.extension, request.account
         now = self.clock.now()
         # Each authorization is its own call, even on a channel that dials again: the id names
         # the engine, the channel and the moment, so two PBXes or two Dials cannot collide.
         call_id = f"{s.node}:{uid}:{int(now * 1000)}" if uid else ""
+
+        def allow(reason: Reason, e164: str) -> Authorization:
+            return self._done(Authorization(Status.ALLOW, reason, e164, call_id=call_id))
+
+        def deny(reason: Reason, e164: str) -> Authorization:
+            return self._done(Authorization(Status.DENY, reason, e164, call_id=call_id))
+
         account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
         if account is None:
             c = classify(dialed, s.default_country)
-            if c.kind is Kind.EMERGENCY:
-                return self._done(answer("ALLOW", Reason.EMERGENCY, c.e164, "", call_id))
-            return self._done(answer("DENY", Reason.UNKNOWN_ACCOUNT, c.e164, "", call_id))
+            return allow(Reason.EMERGENCY, c.e164) if c.kind is Kind.EMERGENCY else deny(Reason.UNKNOWN_ACCOUNT, c.e164)
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         table = tariffs.table_for(plan)
         d = decide(plan, table, dialed, int(now), _rules(extension, account))
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
-            return self._done(answer("ALLOW", d.reason, e164, "", call_id))
+            return allow(d.reason, e164)
         if not d.allowed or d.row is None:
-            return self._done(answer("DENY", d.reason, e164, "", call_id))
+            return deny(d.reason, e164)
         if not self.accepting or not uid or len(uid) > MAX_UID or (self.pbx is not None and not self.pbx.connected):
             # Shutting down, a channel AMI could not name, or the AMI link is down: a charged call
             # could be neither timed nor followed. Included and emergency calls went through above.
-            return self._done(answer("DENY", Reason.ENGINE_ERROR, e164, "", call_id))
+            return deny(Reason.ENGINE_ERROR, e164)
         if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
-            return self._done(answer("DENY", Reason.OUTSIDE_HOURS, e164, "", call_id))
+            return deny(Reason.OUTSIDE_HOURS, e164)
         previous = self._by_uid.get(uid)
         if previous is not None and previous in self.calls:
             # The channel is back in the dialplan: its previous Dial is over.
@@ -211,7 +203,7 @@ class Engine:
                     if _cap_binding(account, extension, int(now))
                     else _refusal_reason(account.shortfall(cost(1, price)))
                 )
-                return self._done(answer("DENY", reason, e164, "", call_id))
+                return deny(reason, e164)
             call.granted, call.reserved = seconds, cost(seconds, price)
             held = await self.ledger.reserve(
                 call_id,
@@ -225,8 +217,9 @@ class Engine:
             if held.ok:
                 self.calls[call_id] = call
                 self._by_uid[uid] = call_id
-                guard = str(s.ring_timeout + seconds)
-                return self._done(answer("ALLOW", Reason.CHARGED, e164, guard, call_id, str(seconds)))
+                return self._done(
+                    Authorization(Status.ALLOW, Reason.CHARGED, e164, s.ring_timeout + seconds, seconds, call_id)
+                )
             if held.alert:
                 self.stats.velocity_alerts += 1
                 log.warning(
@@ -241,30 +234,25 @@ class Engine:
                 fresh, extension = await self.ledger.caller(account_id, ext)  # another call took money meanwhile
                 account = fresh or account
                 continue
-            return self._done(answer("DENY", _refusal_reason(held.refusal), e164, "", call_id))
-        return self._done(answer("DENY", Reason.INSUFFICIENT_FUNDS, e164, "", call_id))
+            return deny(_refusal_reason(held.refusal), e164)
+        return deny(Reason.INSUFFICIENT_FUNDS, e164)
 
-    def _done(self, variables: Variables) -> Variables:
-        v = dict(variables)
-        self.stats.count(f"{v['RATING_STATUS'].lower()}_{v['RATING_REASON']}")
+    def _done(self, a: Authorization) -> Authorization:
+        self.stats.count(f"{a.status.lower()}_{a.reason}")
         self._notify(
             "authorized",
-            call_id=v["RATING_CALLID"],
-            status=v["RATING_STATUS"],
-            reason=v["RATING_REASON"],
-            e164=v["RATING_E164"],
-            guard=v["RATING_GUARDSEC"],
-            call=self.calls.get(v["RATING_CALLID"]),
+            call_id=a.call_id,
+            status=a.status,
+            reason=a.reason,
+            e164=a.e164,
+            guard=a.guard_seconds,
+            call=self.calls.get(a.call_id),
         )
-        return variables
+        return a
 
     # ------------------------------------------------------------ following calls
-    def event_time(self, event: Mapping[str, str]) -> float:
-        stamp = event.get("Timestamp", "")
-        try:
-            return float(stamp) if stamp else self.clock.now()
-        except ValueError:
-            return self.clock.now()
+    def _when(self, at: float | None) -> float:
+        return self.clock.now() if at is None else at
 
     def _call_of(self, uid: str) -> Call | None:
         key = self._by_uid.get(uid)
@@ -278,32 +266,27 @@ class Engine:
                 del self._by_uid[uid]
         return call
 
-    async def handle_event(self, event: Mapping[str, str]) -> None:
-        """One AMI event, in the order Asterisk sent them."""
-        name = event.get("Event", "")
-        uid = event.get("Uniqueid", "")
-        if name == "DialEnd":
-            call = self._call_of(uid)
-            if call is not None and event.get("DialStatus") == "ANSWER" and call.answered_at is None:
-                call.answered_at = self.event_time(event)
-                call.channel = event.get("Channel", "") or call.channel
-                call.dest_channel = event.get("DestChannel", "")
-                call.dest_uid = event.get("DestUniqueid", "")
+    async def handle(self, event: CallEvent) -> None:
+        """One event of a call, in the order Asterisk sent them."""
+        call = self._call_of(event.uniqueid)
+        if call is None:
+            return
+        if isinstance(event, Answered):
+            if call.answered_at is None:
+                call.answered_at = self._when(event.at)
+                call.channel = event.channel or call.channel
+                call.dest_channel, call.dest_uid = event.called_channel, event.called_uniqueid
                 if call.dest_uid:
                     self._by_uid[call.dest_uid] = call.call_id
                 self._spawn(self._push_deadline(call))  # at once, and not cancelled by a quick hangup
                 call.follower = asyncio.get_running_loop().create_task(self._follow(call))
                 self._notify("answered", call=call)
-        elif name == "Cdr":
-            call = self._call_of(event.get("UniqueID", ""))
-            if call is not None and event.get("DestinationChannel") and event.get("BillableSeconds", "").isdigit():
-                call.cdr_billable = int(event["BillableSeconds"])
-        elif name == "Hangup":
+        elif isinstance(event, CdrBilled):
+            call.cdr_billable = event.billable_seconds
+        elif isinstance(event, HungUp):
             # Whichever leg hangs up first ends the bridge: the caller's, or the called channel's
             # (its paid deadline, set by U(), ends it there).
-            call = self._call_of(uid)
-            if call is not None:
-                await self._finish(self._forget(call), self.event_time(event))
+            await self._finish(self._forget(call), self._when(event.at))
 
     async def _follow(self, call: Call) -> None:
         """Hold the deadline in Asterisk and move it forward while the account can pay.

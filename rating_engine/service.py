@@ -15,8 +15,7 @@ import signal
 import time
 from typing import Any
 
-from .asterisk.agi import AgiRequest
-from .asterisk.agi_server import FastAgiServer, Variables
+from .asterisk.agent import Agent
 from .asterisk.ami_client import AmiClient
 from .asterisk.cdr import CdrRecords
 from .clock import Clock
@@ -50,11 +49,9 @@ class Service:
         if config.engine.cdr_file:
             self.engine.cdr_records = CdrRecords(config.engine.cdr_file)
         self.metrics = Metrics(self._collect)
-        self.agi = FastAgiServer(
-            {"authorize": self._authorize},
-            self._fallback,
-            answer_timeout=config.engine.answer_timeout,
-            on_latency=self.metrics.latency.observe,
+        self.agent = Agent(self.engine, config.agi.sources)
+        self.agi = self.agent.fastagi_server(
+            answer_timeout=config.engine.answer_timeout, on_latency=self.metrics.latency.observe
         )
         self.ami: AmiClient | None = None
         self.agi_port = 0
@@ -66,12 +63,6 @@ class Service:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         self.accept_errors = 0
-
-    async def _authorize(self, request: AgiRequest) -> Variables:
-        return await self.engine.authorize(request.env, request.args)
-
-    def _fallback(self, request: AgiRequest, why: str) -> Variables:
-        return self.engine.fallback(request.env, request.args, why)
 
     def _collect(self) -> dict[str, Any]:
         s = self.engine.stats
@@ -130,7 +121,7 @@ class Service:
             a.port,
             a.username,
             secret,
-            self.engine.handle_event,
+            self.agent.on_ami_event,
             self._on_login,
             action_timeout=a.action_timeout,
             ping_interval=a.ping_interval,

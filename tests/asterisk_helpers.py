@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rating_engine.asterisk.agent import Agent, Sources
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
@@ -63,6 +64,7 @@ class Rig:
     agi: FastAgiServer
     port: int
     clock: Clock
+    agent: Agent
 
 
 @asynccontextmanager
@@ -76,16 +78,12 @@ async def engine_rig(
         if balance:
             await ledger.topup("acme", balance, "opening")
     clock = Clock(speed=speed)
-    opts = {"account": "fixed:acme", **settings}
-    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(**opts))  # type: ignore[arg-type]
-    agi = FastAgiServer(
-        {"authorize": lambda r: engine.authorize(r.env, r.args)},
-        lambda r, why: engine.fallback(r.env, r.args, why),
-        answer_timeout=2.0,
-    )
+    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(**settings))  # type: ignore[arg-type]
+    agent = Agent(engine, Sources(account="fixed:acme"))
+    agi = agent.fastagi_server(answer_timeout=2.0)
     port = await agi.start("127.0.0.1", 0)
     try:
-        yield Rig(ledger, engine, agi, port, clock)
+        yield Rig(ledger, engine, agi, port, clock, agent)
     finally:
         await agi.close()
         await ledger.close()

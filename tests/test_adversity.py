@@ -177,7 +177,7 @@ def _free_port() -> int:
 def _config(tmp_path: Path, agi: int, ami: int, metrics: str = "", ledger: str = "") -> Path:
     path = tmp_path / "engine.toml"
     path.write_text(
-        f'[engine]\naccount = "fixed:acme"\n[agi]\nbind = "127.0.0.1:{agi}"\n'
+        f'[agi]\naccount = "fixed:acme"\nbind = "127.0.0.1:{agi}"\n'
         f'[ami]\nport = {ami}\n[ledger]\nurl = "{ledger or f"sqlite:///{tmp_path}/l.sqlite3"}"\n'
         f'[tariffs]\nplans = ["{OFFICE_FR}"]\n[metrics]\nbind = "{metrics}"\n'
     )
@@ -370,7 +370,7 @@ async def test_a_reload_of_a_big_deck_never_stalls_the_fastagi_answers(tmp_path:
     loaded and compiled in a child process; the loop only swaps the reference."""
     import time
 
-    from rating_engine.config import AgiSection, AmiSection, Config, EngineSection, TariffsSection
+    from rating_engine.config import AgiSection, AmiSection, Config, TariffsSection
     from rating_engine.ledger import make_ledger
     from rating_engine.service import Service
 
@@ -378,8 +378,7 @@ async def test_a_reload_of_a_big_deck_never_stalls_the_fastagi_answers(tmp_path:
 
     plan = _big_deck_plan(tmp_path, 0)
     config = Config(
-        engine=EngineSection(account="fixed:acme"),
-        agi=AgiSection(bind="127.0.0.1:0"),
+        agi=AgiSection(bind="127.0.0.1:0", account="fixed:acme"),
         ami=AmiSection(port=_closed_port()),
         tariffs=TariffsSection(plans=(str(plan),)),
     )

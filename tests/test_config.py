@@ -25,7 +25,9 @@ def test_the_commented_example_is_exactly_the_defaults() -> None:
         ({"engin": {}}, "unknown section [engin]"),
         ({"engine": {"quota_seconds": "60"}}, "must be a int"),
         ({"engine": {"quota_seconds": 60, "renew_margin": 60}}, "renew_margin"),
-        ({"engine": {"account": "header:X"}}, "engine.account"),
+        ({"agi": {"account": "header:X"}}, "agi.account"),
+        ({"engine": {"dialed": "header:X"}}, "agi.dialed"),  # the key's place in 0.1, still read
+        ({"engine": {"account": "arg:3"}, "agi": {"account": "arg:3"}}, "keep [agi] only"),
         ({"agi": {"bind": "127.0.0.1:port"}}, "HOST:PORT"),
         ({"agi": {"reuse_port": "yes"}}, "true or false"),
         ({"log": {"level": "loud"}}, "log.level"),
@@ -62,3 +64,8 @@ def test_run_without_a_secret_fails_with_one_line(capsys, tmp_path: Path, monkey
 def test_plans_are_read_relative_to_the_config_file(tmp_path: Path) -> None:
     cfg = replace(Config(), tariffs=TariffsSection(plans=("p.toml", "/abs/q.toml")), base=tmp_path)
     assert cfg.plan_paths() == [tmp_path / "p.toml", Path("/abs/q.toml")]
+
+
+def test_a_config_of_0_1_with_the_sources_under_engine_still_reads_them() -> None:
+    cfg = parse_config({"engine": {"account": "fixed:acme", "quota_seconds": 60}, "agi": {"bind": "127.0.0.1:0"}})
+    assert (cfg.agi.account, cfg.agi.bind, cfg.engine.quota_seconds) == ("fixed:acme", "127.0.0.1:0", 60)

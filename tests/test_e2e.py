@@ -12,7 +12,15 @@ import pytest
 
 from rating_engine.asterisk.simulator import AsteriskSimulator, CallResult, Scenario
 from rating_engine.clock import Clock
-from rating_engine.config import AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
+from rating_engine.config import (
+    AgiSection,
+    AmiSection,
+    Config,
+    EngineSection,
+    LedgerSection,
+    MetricsSection,
+    TariffsSection,
+)
 from rating_engine.ledger import AccountSettings, ExtensionSettings, Ledger, make_ledger
 from rating_engine.rating.catalog import load_tariffs
 from rating_engine.rating.price import cost
@@ -84,12 +92,12 @@ async def world(
     await ledger.close()
     config = Config(
         engine=EngineSection(
-            account="fixed:acme",
             quota_seconds=quota,
             renew_margin=10,
             ring_timeout=30,
             cdr_file=str(cdr_file) if cdr_file else "",
         ),
+        agi=AgiSection(account="fixed:acme"),
         ami=AmiSection(port=port, ping_interval=1.0),
         ledger=LedgerSection(url=url),
         tariffs=TariffsSection(plans=(str(OFFICE_FR),)),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rating_engine.calls import AuthorizeRequest
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
 from rating_engine.contract import Reason
@@ -248,12 +249,12 @@ def test_office_hours(text: str, local: str, inside: bool) -> None:
 
 
 def _engine(ledger: Ledger, at: float) -> Engine:
-    return Engine(TariffStore([OFFICE_FR]), ledger, Clock(start=at), EngineSection(account="fixed:acme"))
+    return Engine(TariffStore([OFFICE_FR]), ledger, Clock(start=at), EngineSection())
 
 
 async def _authorize(engine: Engine, dialed: str, uid: str, ext: str = "201") -> tuple[str, str]:
-    v = dict(await engine.authorize({"agi_uniqueid": uid}, (ext, dialed)))
-    return v["RATING_STATUS"], v["RATING_REASON"]
+    a = await engine.authorize(AuthorizeRequest(uid, dialed, ext, "acme"))
+    return a.status, a.reason
 
 
 async def test_outside_office_hours_only_international_and_premium_calls_are_refused(tmp_path: Path) -> None:

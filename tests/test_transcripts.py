@@ -108,7 +108,7 @@ async def test_recorded_calls_are_followed_settled_once_or_released(tmp_path: Pa
     async with engine_rig(tmp_path) as rig:
         ami = ReplayAmi()
         port = await ami.start()
-        client = AmiClient("127.0.0.1", port, "rating", "secret", rig.engine.handle_event, rig.engine.reconcile)
+        client = AmiClient("127.0.0.1", port, "rating", "secret", rig.agent.on_ami_event, rig.engine.reconcile)
         rig.engine.pbx = client
         await client.start()
         try:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
+from ..contract import Variables
 from .agi import MAX_ENV_BYTES, AgiProtocolError, AgiReply, AgiRequest, ReplyReader, parse_env, set_variable
 
-Variables = Sequence[tuple[str, str]]
 MAX_REPLY_BYTES = 8192
 """Longer than any reply line Asterisk writes (a 520 usage line is under 200 bytes)."""
 Handler = Callable[[AgiRequest], Awaitable[Variables]]

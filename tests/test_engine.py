@@ -1,0 +1,223 @@
+"""The engine on its own: typed requests and events in, a fake PBX and an in-memory ledger around it,
+and a clock the test moves. No socket and no sleep: each step awaits what the engine does next."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from rating_engine.calls import Answered, AuthorizeRequest, CdrBilled, HungUp
+from rating_engine.clock import Clock
+from rating_engine.config import EngineSection
+from rating_engine.contract import Reason, Status
+from rating_engine.engine import Engine
+from rating_engine.ledger import AccountSettings, Ledger, make_ledger
+from rating_engine.rating.catalog import TariffStore
+from rating_engine.rating.price import cost
+
+from .conftest import OFFICE_FR
+
+EUR = 1_000_000
+T0 = 1_795_535_109.0
+PREMIUM = "0899123456"
+SHORT = 930_000
+"""0899 costs 0.12 EUR to connect and 0.80 a minute, by the second: this pays 60 s and not 61."""
+
+
+class ManualClock(Clock):
+    """Time moves only when the test says so; sleepers wake in order of their deadlines."""
+
+    def __init__(self, start: float = T0) -> None:
+        super().__init__(start=start)
+        self._now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def now(self) -> float:
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        await self.sleep_until(self._now + max(seconds, 0.0))
+
+    async def sleep_until(self, when: float) -> None:
+        if when <= self._now:
+            await asyncio.sleep(0)
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (when, next(self._order), waiter))
+        await waiter
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            _, _, waiter = heapq.heappop(self._sleepers)
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+@dataclass
+class FakePbx:
+    """Records what the engine asks of Asterisk, in order; the test awaits each action."""
+
+    connected: bool = True
+    actions: asyncio.Queue[tuple[str, str, object]] = field(default_factory=asyncio.Queue)
+    live: dict[str, str] = field(default_factory=dict)
+
+    async def set_timeout(self, channel: str, seconds: int) -> bool:
+        await self.actions.put(("timeout", channel, seconds))
+        return True
+
+    async def play_warning(self, channel: str, digit: str) -> bool:
+        await self.actions.put(("warning", channel, digit))
+        return True
+
+    async def live_channels(self) -> dict[str, str]:
+        return dict(self.live)
+
+    async def next(self) -> tuple[str, str, object]:
+        return await asyncio.wait_for(self.actions.get(), 5)
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    ledger: Ledger
+    clock: ManualClock
+    pbx: FakePbx
+
+
+@asynccontextmanager
+async def rig(balance: int = 10 * EUR, **settings: object) -> AsyncIterator[Rig]:
+    ledger = make_ledger("sqlite:///")  # in memory
+    await ledger.open()
+    await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+    if balance:
+        await ledger.topup("acme", balance, "opening")
+    clock, pbx = ManualClock(), FakePbx()
+    opts = {"quota_seconds": 60, "renew_margin": 10, "warning_seconds": 30, "final_warning_seconds": 10, **settings}
+    engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(**opts), pbx)  # type: ignore[arg-type]
+    try:
+        yield Rig(engine, ledger, clock, pbx)
+    finally:
+        await ledger.close()
+
+
+def request(dialed: str = PREMIUM, uid: str = "1795535109.7", ext: str = "201") -> AuthorizeRequest:
+    return AuthorizeRequest(uid, dialed, ext, "acme")
+
+
+def answered(uid: str, at: float) -> Answered:
+    return Answered(uid, at, f"PJSIP/201-{uid}", f"PJSIP/trunk-{uid}", f"{uid}-callee")
+
+
+async def settled(r: Rig, call_id: str) -> tuple[int, int, bool]:
+    """(billable seconds, cost, estimated) of the call's activity row."""
+    [row] = [x for x in await r.ledger.activity("acme") if x.call_id == call_id]
+    return row.billable_seconds, row.cost, row.estimated
+
+
+async def test_a_charged_call_is_answered_renewed_and_settled_on_the_clock() -> None:
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        assert (a.status, a.reason, a.quota_seconds, a.guard_seconds) == (Status.ALLOW, Reason.CHARGED, 60, 120)
+        price = r.engine.calls[a.call_id].price
+        r.clock.advance(4)  # ringing
+        await r.engine.handle(answered("1795535109.7", T0 + 4))
+        # at the answer the deadline is set on both legs: the caller's and the called channel
+        assert {await r.pbx.next(), await r.pbx.next()} == {
+            ("timeout", "PJSIP/201-1795535109.7", 60),
+            ("timeout", "PJSIP/trunk-1795535109.7", 60),
+        }
+        r.clock.advance(30)  # 30 s before the deadline: the next quota is reserved, the deadline moved
+        assert (await r.pbx.next())[0::2] == ("timeout", 90)
+        assert (await r.pbx.next())[0::2] == ("timeout", 90)
+        r.clock.advance(20)
+        await r.engine.handle(CdrBilled("1795535109.7", 50))
+        await r.engine.handle(HungUp("1795535109.7", T0 + 54))
+        assert await settled(r, a.call_id) == (50, cost(50, price), False)
+        acc = await r.ledger.account("acme")
+        assert acc.balance == 10 * EUR - cost(50, price) and acc.reserved == 0
+        assert await r.ledger.check() == [] and r.engine.calls == {}
+
+
+async def test_a_call_the_account_cannot_extend_is_warned_twice_then_left_to_its_deadline() -> None:
+    async with rig(balance=SHORT) as r:
+        a = await r.engine.authorize(request())
+        assert a.quota_seconds is not None and a.quota_seconds <= 60
+        await r.engine.handle(answered("1795535109.7", T0))
+        await r.pbx.next(), await r.pbx.next()
+        quota = a.quota_seconds
+        r.clock.advance(quota - 30)
+        assert await r.pbx.next() == ("warning", "PJSIP/201-1795535109.7", "D")
+        r.clock.advance(20)
+        assert await r.pbx.next() == ("warning", "PJSIP/201-1795535109.7", "D")
+        r.clock.advance(10)
+        await r.engine.handle(HungUp("1795535109.7", T0 + quota))  # Asterisk cut it at its deadline
+        billable, charged, _ = await settled(r, a.call_id)
+        assert billable == quota and (await r.ledger.account("acme")).balance == SHORT - charged
+        assert r.pbx.actions.empty()
+
+
+async def test_a_top_up_during_the_warning_moves_the_deadline_and_stops_the_warnings() -> None:
+    async with rig(balance=SHORT) as r:
+        a = await r.engine.authorize(request())
+        await r.engine.handle(answered("1795535109.7", T0))
+        await r.pbx.next(), await r.pbx.next()
+        assert a.quota_seconds is not None
+        r.clock.advance(a.quota_seconds - 30)
+        assert (await r.pbx.next())[0] == "warning"
+        await r.ledger.topup("acme", 20 * EUR, "card")
+        r.clock.advance(20)  # the second warning's moment: renewed instead
+        kind, _, seconds = await r.pbx.next()
+        assert kind == "timeout" and seconds == 10 + 60
+        assert (await r.pbx.next())[0] == "timeout"  # the other leg
+        await r.engine.handle(HungUp("1795535109.7", r.clock.now()))
+        assert r.pbx.actions.empty()
+
+
+async def test_an_unanswered_call_costs_nothing_and_releases_its_reservation() -> None:
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        assert (await r.ledger.account("acme")).reserved > 0
+        r.clock.advance(20)
+        await r.engine.handle(HungUp("1795535109.7", r.clock.now()))
+        acc = await r.ledger.account("acme")
+        assert (acc.balance, acc.reserved) == (10 * EUR, 0) and await r.ledger.activity("acme") == []
+        assert a.call_id not in r.engine.calls and r.pbx.actions.empty()
+
+
+async def test_events_of_other_channels_change_nothing() -> None:
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        await r.engine.handle(answered("9.9", T0))
+        await r.engine.handle(HungUp("9.9", T0))
+        assert r.engine.calls[a.call_id].answered_at is None and r.pbx.actions.empty()
+
+
+async def test_with_the_pbx_link_down_only_free_calls_go_through() -> None:
+    async with rig() as r:
+        r.pbx.connected = False
+        assert (await r.engine.authorize(request())).reason is Reason.ENGINE_ERROR
+        assert (await r.engine.authorize(request("0612345678"))).reason is Reason.INCLUDED
+        assert (await r.engine.authorize(request("112"))).reason is Reason.EMERGENCY
+        assert await r.ledger.reservations() == []
+
+
+async def test_after_a_restart_a_call_that_ended_meanwhile_is_settled_up_to_its_deadline() -> None:
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        await r.engine.handle(answered("1795535109.7", T0))
+        await r.pbx.next(), await r.pbx.next()
+        ledger, clock = r.ledger, r.clock
+        for call in r.engine.calls.values():  # the engine dies: its followers with it
+            assert call.follower is not None
+            call.follower.cancel()
+        clock.advance(300)
+        fresh = Engine(TariffStore([OFFICE_FR]), ledger, clock, r.engine.settings, FakePbx())
+        assert await fresh.reconcile() == (1, 0)
+        billable, _, estimated = await settled(r, a.call_id)
+        assert (billable, estimated) == (60, True) and await ledger.reservations() == []
