@@ -110,6 +110,14 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class PaymentsSection:
+    provider: str = "manual"
+    """Who pays automatic top-ups: "manual" (pending until an operator confirms the transfer)."""
+    timeout: float = 30.0
+    """Seconds a charge may take before it counts as failed (retrying with the same key is safe)."""
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "json"
@@ -123,6 +131,7 @@ class Config:
     ledger: LedgerSection = LedgerSection()
     tariffs: TariffsSection = TariffsSection()
     metrics: MetricsSection = MetricsSection()
+    payments: PaymentsSection = PaymentsSection()
     log: LogSection = LogSection()
     base: Path = Path(".")
     """Directory that relative paths in the file are read against."""
@@ -216,6 +225,10 @@ def _check(cfg: Config, source: str) -> None:
             cfg.metrics_address  # noqa: B018
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.payments.provider not in ("manual",):
+        raise ConfigError(f"{source}: payments.provider must be manual")
+    if cfg.payments.timeout <= 0:
+        raise ConfigError(f"{source}: payments.timeout must be positive")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{source}: log.level must be debug, info, warning or error")
     if cfg.log.format not in ("json", "text"):

@@ -48,6 +48,49 @@ class Reason(StrEnum):
     ENGINE_ERROR = "engine_error"
 
 
+class Refusal(StrEnum):
+    """Why the ledger refused to reserve. Each is told to the dialplan as the `Reason` of the same
+    name; the two that only a broken caller can cause are an engine error there (`REASON_OF`)."""
+
+    INSUFFICIENT_FUNDS = "insufficient_funds"
+    ACCOUNT_BLOCKED = "account_blocked"
+    CAP_REACHED = "cap_reached"
+    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
+    UNKNOWN_ACCOUNT = "unknown_account"
+    TOO_MANY_CALLS = "too_many_calls"
+    RATE_LIMITED = "rate_limited"
+    VELOCITY_LIMIT = "velocity_limit"
+    UNKNOWN_CALL = "unknown_call"
+    DUPLICATE_CALL = "duplicate_call"
+
+
+REASON_OF: dict[Refusal, Reason] = {
+    **{r: Reason(r.value) for r in Refusal if r not in (Refusal.UNKNOWN_CALL, Refusal.DUPLICATE_CALL)},
+    Refusal.UNKNOWN_CALL: Reason.ENGINE_ERROR,
+    Refusal.DUPLICATE_CALL: Reason.ENGINE_ERROR,
+}
+"""What the dialplan is told for each refusal: every refusal has one (a test holds it whole)."""
+
+
+class DestinationClass(StrEnum):
+    """What an administrator can allow an extension to call, beyond included destinations."""
+
+    NATIONAL = "national"
+    INTERNATIONAL = "international"
+    MOBILE_ABROAD = "mobile_abroad"
+    PREMIUM = "premium"
+
+
+ALL_CLASSES: frozenset[DestinationClass] = frozenset(DestinationClass)
+
+
+class Treatment(StrEnum):
+    """What a plan does with premium-rate numbers and non-emergency short codes."""
+
+    CHARGE = "charge"
+    BLOCK = "block"
+
+
 NO_FUNDS_REASONS = frozenset({Reason.INSUFFICIENT_FUNDS, Reason.ACCOUNT_BLOCKED})
 """Refusals the dialplan answers with its "credit exhausted" prompt."""
 LIMIT_REASONS = frozenset({Reason.TOO_MANY_CALLS, Reason.RATE_LIMITED, Reason.VELOCITY_LIMIT, Reason.OUTSIDE_HOURS})

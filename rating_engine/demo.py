@@ -18,6 +18,7 @@ from typing import Any
 from .asterisk.simulator import AsteriskSimulator, Scenario
 from .clock import Clock
 from .config import AgiSection, AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
+from .contract import DestinationClass
 from .engine import Call
 from .ledger import AccountSettings, ExtensionSettings, extension_totals
 from .money import format_amount, parse_amount
@@ -81,7 +82,7 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     ami_port = await sim.start()
     config = Config(
         engine=EngineSection(quota_seconds=60, renew_margin=10, ring_timeout=30),
-        agi=AgiSection(account="fixed:acme-office"),
+        agi=AgiSection(bind="127.0.0.1:0", account="fixed:acme-office"),  # a free port, whatever runs here
         ami=AmiSection(port=ami_port, username="rating"),
         ledger=LedgerSection(url=f"sqlite:///{work / 'ledger.sqlite3'}"),
         tariffs=TariffsSection(plans=(str(ROOT / "tariffs" / "office-fr.toml"),)),
@@ -93,7 +94,11 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     await ledger.create_account("acme-office", AccountSettings("office-fr", "EUR"))
     await ledger.topup("acme-office", parse_amount(balance), "demo-opening")
     await ledger.set_extension("acme-office", "204", ExtensionSettings(chargeable=False))
-    await ledger.set_extension("acme-office", "205", ExtensionSettings(classes=frozenset({"national", "premium"})))
+    await ledger.set_extension(
+        "acme-office",
+        "205",
+        ExtensionSettings(classes=frozenset({DestinationClass.NATIONAL, DestinationClass.PREMIUM})),
+    )
     service._own_ledger = False
     await service.start()
     sim.agi_port = service.agi_port

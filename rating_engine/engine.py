@@ -21,12 +21,12 @@ from .asterisk.cdr import CdrRecords
 from .calls import Answered, Authorization, AuthorizeRequest, CallEvent, CdrBilled, HungUp
 from .clock import Clock
 from .config import EngineSection
-from .contract import Reason, Status
-from .ledger import Account, CallDetails, Extension, Ledger, Refusal
+from .contract import ALL_CLASSES, REASON_OF, DestinationClass, Reason, Refusal, Status
+from .ledger import Account, CallDetails, Extension, Ledger, TopupRequest
 from .ledger.models import zone
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
-from .rating.decision import ALL_CLASSES, DestinationClass, ExtensionRules, decide, destination_classes
+from .rating.decision import ExtensionRules, decide, destination_classes
 from .rating.price import Price, cost, max_seconds
 
 log = logging.getLogger("rating_engine.engine")
@@ -138,6 +138,8 @@ class Engine:
         self.stats = EngineStats()
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
+        self.on_topup: Callable[[TopupRequest], None] | None = None
+        """Pays an automatic top-up a settle asked for (payments.TopupRunner.start); never awaited."""
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Told of each step of each call (the demo prints them); must not block."""
 
@@ -423,6 +425,11 @@ class Engine:
             estimated,
         )
         result = await self.ledger.settle(call.call_id, amount, details, int(ended_at))
+        if result.topup is not None:
+            if self.on_topup is not None:
+                self.on_topup(result.topup)
+            else:
+                log.warning("auto top-up left pending: no payment runner", extra={"reference": result.topup.reference})
         if result.settled:
             self.stats.settled += 1
             self.stats.estimated += estimated
@@ -508,7 +515,7 @@ def _rules(extension: Extension | None, account: Account) -> ExtensionRules:
     if extension is None:
         return ExtensionRules(blocked_prefixes=blocked)
     s = extension.settings
-    classes = ALL_CLASSES if s.classes is None else frozenset(DestinationClass(c) for c in s.classes)
+    classes = ALL_CLASSES if s.classes is None else s.classes
     return ExtensionRules(chargeable=s.chargeable, classes=classes, blocked_prefixes=blocked)
 
 
@@ -542,13 +549,8 @@ def _cap_binding(account: Account, extension: Extension | None, now: int) -> boo
 
 
 def _refusal_reason(refusal: Refusal | None) -> Reason:
-    """The ledger's refusals share the contract's codes; one that has none is an engine error."""
-    if refusal is None:
-        return Reason.ENGINE_ERROR
-    try:
-        return Reason(refusal.value)
-    except ValueError:
-        return Reason.ENGINE_ERROR
+    """A refusal without a code is the ledger failing: an engine error, never a guessed reason."""
+    return Reason.ENGINE_ERROR if refusal is None else REASON_OF[refusal]
 
 
 def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dict[str, Any]) -> Call:

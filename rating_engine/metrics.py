@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 MAX_REQUEST_BYTES = 8192
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -31,8 +32,35 @@ class Histogram:
         return out
 
 
+GAUGE = {"kind": "gauge"}
+COUNTER = {"kind": "counter"}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the endpoint shows, at one moment; each field is the metric `rating_<field>`."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """Authorizations by outcome (`allow_charged`, `deny_insufficient_funds`, `fallback_timeout`…)."""
+    live_calls: int = field(default=0, metadata=GAUGE)
+    settled_total: int = field(default=0, metadata=COUNTER)
+    released_total: int = field(default=0, metadata=COUNTER)
+    extended_total: int = field(default=0, metadata=COUNTER)
+    estimated_total: int = field(default=0, metadata=COUNTER)
+    cdr_mismatches_total: int = field(default=0, metadata=COUNTER)
+    warnings_total: int = field(default=0, metadata=COUNTER)
+    velocity_alerts_total: int = field(default=0, metadata=COUNTER)
+    ami_connected: int = field(default=0, metadata=GAUGE)
+    ami_logins_total: int = field(default=0, metadata=COUNTER)
+    ami_login_failures_total: int = field(default=0, metadata=COUNTER)
+    accept_errors_total: int = field(default=0, metadata=COUNTER)
+    agi_fallbacks_total: int = field(default=0, metadata=COUNTER)
+    tariff_reloads_total: int = field(default=0, metadata=COUNTER)
+    tariff_reload_failures_total: int = field(default=0, metadata=COUNTER)
+
+
 class Metrics:
-    def __init__(self, collect: Callable[[], dict[str, object]]) -> None:
+    def __init__(self, collect: Callable[[], Snapshot]) -> None:
         self.latency = Histogram()
         self.collect = collect
         self._server: asyncio.Server | None = None
@@ -40,28 +68,13 @@ class Metrics:
     def render(self) -> str:
         data = self.collect()
         lines = ["# TYPE rating_authorizations_total counter"]
-        for outcome, n in sorted(dict(data.get("outcomes", {})).items()):  # type: ignore[call-overload]
+        for outcome, n in sorted(data.outcomes.items()):
             lines.append(f'rating_authorizations_total{{outcome="{outcome}"}} {n}')
         lines.append("# TYPE rating_authorize_seconds histogram")
         lines += self.latency.lines("rating_authorize_seconds")
-        for name, kind in (
-            ("live_calls", "gauge"),
-            ("settled_total", "counter"),
-            ("released_total", "counter"),
-            ("extended_total", "counter"),
-            ("estimated_total", "counter"),
-            ("cdr_mismatches_total", "counter"),
-            ("warnings_total", "counter"),
-            ("velocity_alerts_total", "counter"),
-            ("ami_connected", "gauge"),
-            ("ami_logins_total", "counter"),
-            ("ami_login_failures_total", "counter"),
-            ("accept_errors_total", "counter"),
-            ("agi_fallbacks_total", "counter"),
-            ("tariff_reloads_total", "counter"),
-            ("tariff_reload_failures_total", "counter"),
-        ):
-            lines += [f"# TYPE rating_{name} {kind}", f"rating_{name} {int(data.get(name, 0))}"]  # type: ignore[call-overload]
+        for f in fields(Snapshot):
+            if "kind" in f.metadata:
+                lines += [f"# TYPE rating_{f.name} {f.metadata['kind']}", f"rating_{f.name} {getattr(data, f.name)}"]
         return "\n".join(lines) + "\n"
 
     async def serve(self, host: str, port: int) -> int:

@@ -22,8 +22,9 @@ from .clock import Clock
 from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
-from .ledger import Ledger, PaymentProvider, default_url, make_ledger
-from .metrics import Metrics
+from .ledger import Ledger, default_url, make_ledger
+from .metrics import Metrics, Snapshot
+from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import TariffStore, load_in_child
 
 log = logging.getLogger("rating_engine.service")
@@ -41,11 +42,15 @@ class Service:
     ) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.ledger = ledger or make_ledger(config.ledger.url or default_url(), provider)
+        self.ledger = ledger or make_ledger(config.ledger.url or default_url())
         self._own_ledger = ledger is None
+        self.topups = TopupRunner(
+            self.ledger, provider or make_provider(config.payments.provider), config.payments.timeout
+        )
         self.ami_secret = ami_secret
         self.tariffs = TariffStore(config.plan_paths())
         self.engine = Engine(self.tariffs, self.ledger, self.clock, config.engine)
+        self.engine.on_topup = self.topups.start
         if config.engine.cdr_file:
             self.engine.cdr_records = CdrRecords(config.engine.cdr_file)
         self.metrics = Metrics(self._collect)
@@ -64,26 +69,26 @@ class Service:
         self._reload_again = False
         self.accept_errors = 0
 
-    def _collect(self) -> dict[str, Any]:
+    def _collect(self) -> Snapshot:
         s = self.engine.stats
-        return {
-            "outcomes": s.outcomes,
-            "live_calls": len(self.engine.calls),
-            "settled_total": s.settled,
-            "released_total": s.released,
-            "extended_total": s.extended,
-            "estimated_total": s.estimated,
-            "cdr_mismatches_total": s.cdr_mismatches,
-            "warnings_total": s.warnings,
-            "velocity_alerts_total": s.velocity_alerts,
-            "ami_connected": bool(self.ami and self.ami.connected),
-            "ami_logins_total": self.ami.logins if self.ami else 0,
-            "ami_login_failures_total": self.ami.login_failures if self.ami else 0,
-            "accept_errors_total": self.accept_errors,
-            "agi_fallbacks_total": self.agi.stats.fallbacks,
-            "tariff_reloads_total": self.reloads,
-            "tariff_reload_failures_total": self.reload_failures,
-        }
+        return Snapshot(
+            outcomes=dict(s.outcomes),
+            live_calls=len(self.engine.calls),
+            settled_total=s.settled,
+            released_total=s.released,
+            extended_total=s.extended,
+            estimated_total=s.estimated,
+            cdr_mismatches_total=s.cdr_mismatches,
+            warnings_total=s.warnings,
+            velocity_alerts_total=s.velocity_alerts,
+            ami_connected=int(bool(self.ami and self.ami.connected)),
+            ami_logins_total=self.ami.logins if self.ami else 0,
+            ami_login_failures_total=self.ami.login_failures if self.ami else 0,
+            accept_errors_total=self.accept_errors,
+            agi_fallbacks_total=self.agi.stats.fallbacks,
+            tariff_reloads_total=self.reloads,
+            tariff_reload_failures_total=self.reload_failures,
+        )
 
     async def start(self) -> None:
         """Open the ledger, listen, then connect to AMI; on any failure close what was started
@@ -147,6 +152,7 @@ class Service:
                 await self.ami.close()
         if self._own_ledger and self._ledger_open:
             with contextlib.suppress(Exception):
+                await self.topups.drain()
                 await self.ledger.close()
             self._ledger_open = False
 
@@ -199,6 +205,7 @@ class Service:
             await self.ami.close()
         await self.metrics.close()
         if self._own_ledger and self._ledger_open:
+            await self.topups.drain()
             await self.ledger.close()
             self._ledger_open = False
         self.stopped.set()

@@ -17,9 +17,9 @@ from rating_engine.ledger import AccountSettings, Ledger, make_ledger
 from rating_engine.rating.catalog import TariffStore
 
 from .conftest import OFFICE_FR
+from .helpers import EUR
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
-EUR = 1_000_000
 
 
 def agi_transcript(name: str) -> tuple[list[str], list[str], list[str]]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from decimal import Decimal
 
+from rating_engine.money import MICRO
 from rating_engine.rating.deck import COLUMNS, Deck, parse_deck
 from rating_engine.rating.price import Price
 
 HEADER = ",".join(COLUMNS)
+EUR = MICRO
+"""One euro in micro-units."""
 
 
 def deck_text(*rows: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from rating_engine.ledger import Ledger, PaymentProvider, make_ledger
+from rating_engine.ledger import Ledger, make_ledger
 
 PG_ADMIN = os.environ.get("RATING_ENGINE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
@@ -84,8 +84,8 @@ async def raw_sql(url: str, sql: str) -> None:
 
 
 @asynccontextmanager
-async def opened(url: str, provider: PaymentProvider | None = None) -> AsyncIterator[Ledger]:
-    ledger = make_ledger(url, provider)
+async def opened(url: str) -> AsyncIterator[Ledger]:
+    ledger = make_ledger(url)
     await ledger.open()
     try:
         yield ledger

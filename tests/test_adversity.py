@@ -24,9 +24,8 @@ from rating_engine.ledger.programs import MAX_BALANCE
 from rating_engine.money import MAX_AMOUNT, parse_amount
 
 from .conftest import OFFICE_FR
+from .helpers import EUR
 from .ledgers import BACKENDS, database_url, opened
-
-EUR = 1_000_000
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -780,9 +779,9 @@ def test_ports_are_validated(tmp_path: Path, toml: str, message: str) -> None:
     ],
 )
 async def test_the_metrics_port_answers_http_properly(request_bytes: bytes, status: bytes) -> None:
-    from rating_engine.metrics import Metrics
+    from rating_engine.metrics import Metrics, Snapshot
 
-    metrics = Metrics(lambda: {"outcomes": {"allow_included": 1}})
+    metrics = Metrics(lambda: Snapshot(outcomes={"allow_included": 1}, live_calls=2))
     port = await metrics.serve("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -794,6 +793,7 @@ async def test_the_metrics_port_answers_http_properly(request_bytes: bytes, stat
         assert answer.startswith(b"HTTP/1.1 " + status)
         if status == b"200" and not request_bytes.startswith(b"HEAD"):
             assert b'rating_authorizations_total{outcome="allow_included"} 1' in answer
+            assert b"# TYPE rating_live_calls gauge\nrating_live_calls 2\n" in answer
     finally:
         await metrics.close()
 

@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env, quote, set_variable
+from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env, quote, set_variable, unquote
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.contract import VARIABLES
 
@@ -149,3 +151,9 @@ async def test_engine_errors_deny_chargeable_calls_but_allow_emergency(tmp_path:
         emergency = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 112"])
         assert emergency[:2] == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "emergency"']
         await rig.ledger.open()
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n")))
+def test_a_quoted_value_reads_back_as_itself(value: str) -> None:
+    """What the engine writes in SET VARIABLE is what the simulator (and Asterisk) reads."""
+    assert unquote(quote(value)) == value

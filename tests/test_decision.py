@@ -3,11 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rating_engine.contract import Reason
+from rating_engine.contract import DestinationClass, Reason
 from rating_engine.numbering import Kind
 from rating_engine.rating.batch import rate_batch
 from rating_engine.rating.catalog import Tariffs
-from rating_engine.rating.decision import DestinationClass, ExtensionRules, decide
+from rating_engine.rating.decision import ExtensionRules, decide
 from rating_engine.rating.price import cost
 
 AT = 1_795_535_109  # 2026-11-24

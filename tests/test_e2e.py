@@ -27,8 +27,8 @@ from rating_engine.rating.price import cost
 from rating_engine.service import Service
 
 from .conftest import OFFICE_FR
+from .helpers import EUR
 
-EUR = 1_000_000
 SPEED = 25.0
 PREMIUM_0899 = (
     load_tariffs([OFFICE_FR]).tables[OFFICE_FR.parent.joinpath("world.csv").resolve()].lookup("33899123456", 0)
@@ -97,7 +97,7 @@ async def world(
             ring_timeout=30,
             cdr_file=str(cdr_file) if cdr_file else "",
         ),
-        agi=AgiSection(account="fixed:acme"),
+        agi=AgiSection(bind="127.0.0.1:0", account="fixed:acme"),  # a free port: never one in use
         ami=AmiSection(port=port, ping_interval=1.0),
         ledger=LedgerSection(url=url),
         tariffs=TariffsSection(plans=(str(OFFICE_FR),)),

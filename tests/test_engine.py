@@ -10,18 +10,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import pytest
+
 from rating_engine.calls import Answered, AuthorizeRequest, CdrBilled, HungUp
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
 from rating_engine.contract import Reason, Status
 from rating_engine.engine import Engine
-from rating_engine.ledger import AccountSettings, Ledger, make_ledger
+from rating_engine.ledger import AccountSettings, Ledger, OnLow, make_ledger
+from rating_engine.payments import TopupRunner
 from rating_engine.rating.catalog import TariffStore
 from rating_engine.rating.price import cost
 
 from .conftest import OFFICE_FR
+from .helpers import EUR
+from .payment_doubles import ScriptedProvider
 
-EUR = 1_000_000
 T0 = 1_795_535_109.0
 PREMIUM = "0899123456"
 SHORT = 930_000
@@ -91,10 +95,12 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(balance: int = 10 * EUR, **settings: object) -> AsyncIterator[Rig]:
+async def rig(
+    balance: int = 10 * EUR, account: AccountSettings | None = None, **settings: object
+) -> AsyncIterator[Rig]:
     ledger = make_ledger("sqlite:///")  # in memory
     await ledger.open()
-    await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+    await ledger.create_account("acme", account or AccountSettings("office-fr", "EUR"))
     if balance:
         await ledger.topup("acme", balance, "opening")
     clock, pbx = ManualClock(), FakePbx()
@@ -221,3 +227,27 @@ async def test_after_a_restart_a_call_that_ended_meanwhile_is_settled_up_to_its_
         assert await fresh.reconcile() == (1, 0)
         billable, _, estimated = await settled(r, a.call_id)
         assert (billable, estimated) == (60, True) and await ledger.reservations() == []
+
+
+@pytest.mark.parametrize("behaviour", ["ok", "hang"])
+async def test_a_top_up_a_settle_asks_for_is_paid_aside_and_no_call_waits_for_it(behaviour: str) -> None:
+    low = AccountSettings("office-fr", "EUR", threshold=9 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+    async with rig(account=low) as r:
+        provider = ScriptedProvider(behaviour)
+        runner = TopupRunner(r.ledger, provider, timeout=0.5)
+        r.engine.on_topup = runner.start
+        a = await r.engine.authorize(request())
+        await r.engine.handle(answered("1795535109.7", T0))
+        await r.pbx.next(), await r.pbx.next()
+        r.clock.advance(100)  # renewed once at 30 s before the deadline
+        await r.pbx.next(), await r.pbx.next()
+        await r.engine.handle(HungUp("1795535109.7", T0 + 100))  # 1.45 EUR: the balance falls below 9
+        _, charged, _ = await settled(r, a.call_id)
+        assert len(provider.charges) <= 1
+        b = await asyncio.wait_for(r.engine.authorize(request(uid="1795535109.8")), 1)  # never waits on a payment
+        assert b.reason is Reason.CHARGED
+        await runner.drain()
+        [(_, amount, _)] = provider.charges
+        acc = await r.ledger.account("acme")
+        assert acc.balance == 10 * EUR - charged + (amount if behaviour == "ok" else 0)
+        assert acc.topup_failed is (behaviour == "hang")

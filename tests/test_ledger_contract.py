@@ -15,20 +15,21 @@ from rating_engine.ledger import (
     ExtensionSettings,
     Ledger,
     LedgerError,
-    ManualProvider,
     OnLow,
     Refusal,
     SchemaTooNew,
-    ScriptedProvider,
+    SettleResult,
     TopupStatus,
 )
 from rating_engine.ledger import programs as P
 from rating_engine.ledger.programs import Program
 from rating_engine.ledger.sqlite import SqliteLedger
+from rating_engine.payments import ManualProvider, TopupRunner
 
+from .helpers import EUR
 from .ledgers import BACKENDS, database_url, opened, raw_sql
+from .payment_doubles import ScriptedProvider
 
-EUR = 1_000_000
 DAY = 86_400
 NOW = 1_795_535_109  # 2026-11-24
 
@@ -261,14 +262,23 @@ async def test_activity_filters_by_extension_and_period(ledger: Ledger) -> None:
     assert [r.call_id for r in await ledger.activity("acme", since=NOW + 6, until=NOW + DAY)] == ["c1"]
 
 
+async def _settle_and_pay(runner: TopupRunner, call_id: str, cost: int) -> SettleResult:
+    """Settle as the engine does: a top-up the settle asks for goes to the runner."""
+    result = await runner.ledger.settle(call_id, cost, now=NOW + 60)
+    if result.topup is not None:
+        runner.start(result.topup)
+    return result
+
+
 async def test_many_calls_ending_together_trigger_one_auto_topup(url: str) -> None:
     provider = ScriptedProvider("ok")
-    async with opened(url, provider) as ledger:
+    async with opened(url) as ledger:
+        runner = TopupRunner(ledger, provider)
         await funded(ledger, 10 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
         for i in range(20):
             assert (await ledger.reserve(f"c{i}", "acme", f"2{i:02d}", 400_000, now=NOW)).ok
-        await asyncio.gather(*(ledger.settle(f"c{i}", 400_000, now=NOW + 60) for i in range(20)))
-        await ledger.drain_payments()
+        await asyncio.gather(*(_settle_and_pay(runner, f"c{i}", 400_000) for i in range(20)))
+        await runner.drain()
         assert len(provider.charges) == 1
         acc = await ledger.account("acme")
         assert acc.balance == 10 * EUR - 20 * 400_000 + 20 * EUR and acc.topup_pending is None
@@ -279,11 +289,13 @@ async def test_many_calls_ending_together_trigger_one_auto_topup(url: str) -> No
 
 async def test_a_failed_auto_topup_blocks_chargeable_calls_until_a_topup_succeeds(url: str) -> None:
     provider = ScriptedProvider("fail", "ok")
-    async with opened(url, provider) as ledger:
+    async with opened(url) as ledger:
+        runner = TopupRunner(ledger, provider)
         await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
         assert (await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)).ok
-        await ledger.settle("c1", 2 * EUR, now=NOW)  # balance 4 < 5: top-up attempted, declined
-        await ledger.drain_payments()
+        await _settle_and_pay(runner, "c1", 2 * EUR)  # balance 4 < 5: top-up attempted, declined
+        await runner.drain()
+        assert len(provider.charges) == 1, "a declined card is not retried by itself"
         acc = await ledger.account("acme")
         assert acc.topup_failed and acc.floor == 5 * EUR and acc.balance == 4 * EUR
         assert (await ledger.reserve("c2", "acme", "201", EUR, now=NOW)).refusal is Refusal.ACCOUNT_BLOCKED
@@ -297,23 +309,24 @@ async def test_a_failed_auto_topup_blocks_chargeable_calls_until_a_topup_succeed
 
 async def test_a_hanging_provider_times_out_and_never_blocks_settlement(url: str) -> None:
     provider = ScriptedProvider("hang")
-    async with opened(url, provider) as ledger:
-        ledger.payment_timeout = 0.2
+    async with opened(url) as ledger:
+        runner = TopupRunner(ledger, provider, timeout=0.2)
         await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
         await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)
-        settled = await asyncio.wait_for(ledger.settle("c1", 2 * EUR, now=NOW), 2)
+        settled = await asyncio.wait_for(_settle_and_pay(runner, "c1", 2 * EUR), 2)
         assert settled.settled and settled.topup is not None
-        await ledger.drain_payments()
+        await runner.drain()
         [t] = [t for t in await ledger.topups("acme") if t.source == "auto"]
         assert t.status is TopupStatus.FAILED and "timed out" in t.detail
 
 
 async def test_manual_provider_leaves_the_topup_pending_for_the_operator(url: str) -> None:
-    async with opened(url, ManualProvider()) as ledger:
+    async with opened(url) as ledger:
+        runner = TopupRunner(ledger, ManualProvider())
         await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
         await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)
-        result = await ledger.settle("c1", 2 * EUR, now=NOW)
-        await ledger.drain_payments()
+        result = await _settle_and_pay(runner, "c1", 2 * EUR)
+        await runner.drain()
         assert result.topup is not None
         assert (await ledger.account("acme")).topup_pending == result.topup.reference
         confirmed = await ledger.complete_topup(result.topup.reference, ok=True)

@@ -15,9 +15,8 @@ import pytest
 from rating_engine.ledger import AccountSettings
 
 from .conftest import ROOT
+from .helpers import EUR
 from .ledgers import opened, pg_database
-
-EUR = 1_000_000
 
 
 def worker(url: str, prefix: str, calls: int, seed: int, *extra: str) -> subprocess.Popen[str]:

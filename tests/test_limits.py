@@ -22,9 +22,9 @@ from rating_engine.ledger.schema import migrations, statements
 from rating_engine.rating.catalog import TariffStore
 
 from .conftest import OFFICE_FR
+from .helpers import EUR
 from .ledgers import BACKENDS, database_url, opened, raw_sql
 
-EUR = 1_000_000
 NOW = 1_795_535_109  # Tuesday 2026-11-24 09:45 UTC
 HOUR = 3600
 

@@ -66,6 +66,20 @@ def quote(value: str) -> str:
     return f'"{cleaned}"'
 
 
+def unquote(text: str) -> str:
+    """The value a quoted AGI argument stands for (the inverse of `quote`, as Asterisk reads it)."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    out, escaped = [], False
+    for ch in text:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
 def set_variable(name: str, value: str) -> bytes:
     if not name or not all(c.isalnum() or c == "_" for c in name):
         raise ValueError(f"not a channel variable name: {name!r}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..clock import Clock
+from .agi import unquote
 from .ami import BANNER, AmiParser, format_message
 from .templates import EVENT_HEADERS
 
@@ -392,7 +393,7 @@ class AsteriskSimulator:
                 command = line.decode().strip()
                 if command.startswith("SET VARIABLE "):
                     name, _, value = command[len("SET VARIABLE ") :].partition(" ")
-                    variables[name] = _unquote(value)
+                    variables[name] = unquote(value)
                     writer.write(b"200 result=1\n")
                 else:
                     writer.write(b"510 Invalid or unknown command\n")
@@ -524,9 +525,3 @@ async def _either(a: asyncio.Event, b: asyncio.Event) -> None:
     finally:
         for t in tasks:
             t.cancel()
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    return value.replace('\\"', '"').replace("\\\\", "\\")

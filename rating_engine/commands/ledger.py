@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from ..contract import DestinationClass
 from ..errors import ConfigError
 from ..ledger import (
     AccountSettings,
@@ -28,7 +29,6 @@ from ..ledger import (
 from ..ledger.programs import settings_changes
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
-from ..rating.decision import DestinationClass
 from .common import iso, parse_time, print_json, table
 
 CLASSES = [c.value for c in DestinationClass]
@@ -406,7 +406,7 @@ async def cmd_extension_set(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.kinds) - set(CLASSES) - {"all"})
         if unknown:
             raise ConfigError(f"unknown extension kind(s) {', '.join(unknown)}; known: {', '.join(CLASSES)}, all")
-        classes = None if "all" in args.kinds else frozenset(args.kinds)
+        classes = None if "all" in args.kinds else frozenset(DestinationClass(k) for k in args.kinds)
     daily = _amount(args.daily_cap, "--daily-cap", allow_none=True)
     monthly = _amount(args.monthly_cap, "--monthly-cap", allow_none=True)
     max_calls = _count(args.max_calls, "--max-calls")

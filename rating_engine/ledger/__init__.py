@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..contract import Refusal
 from ..errors import ConfigError
 from .base import Ledger
 from .models import (
@@ -23,16 +24,15 @@ from .models import (
     ExtensionTotals,
     LedgerError,
     OnLow,
-    Refusal,
     Reservation,
     ReserveResult,
     SchemaTooNew,
     SettleResult,
     Topup,
+    TopupRequest,
     TopupStatus,
     extension_totals,
 )
-from .payments import ManualProvider, PaymentOutcome, PaymentProvider, ScriptedProvider
 
 __all__ = [
     "Account",
@@ -46,17 +46,14 @@ __all__ = [
     "ExtensionTotals",
     "Ledger",
     "LedgerError",
-    "ManualProvider",
     "OnLow",
-    "PaymentOutcome",
-    "PaymentProvider",
     "Refusal",
     "Reservation",
     "ReserveResult",
     "SchemaTooNew",
-    "ScriptedProvider",
     "SettleResult",
     "Topup",
+    "TopupRequest",
     "TopupStatus",
     "data_dir",
     "default_url",
@@ -78,19 +75,19 @@ def default_url() -> str:
     return f"sqlite:///{data_dir() / 'ledger.sqlite3'}"
 
 
-def make_ledger(url: str, provider: PaymentProvider | None = None) -> Ledger:
+def make_ledger(url: str) -> Ledger:
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteLedger
 
-        return SqliteLedger(url.removeprefix("sqlite:///") or ":memory:", provider=provider)
+        return SqliteLedger(url.removeprefix("sqlite:///") or ":memory:")
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresLedger
 
-        return PostgresLedger(url, provider=provider)
+        return PostgresLedger(url)
     raise ConfigError(f"unsupported ledger URL {url!r}: use sqlite:///path or postgresql://…")
 
 
-async def open_ledger(url: str, provider: PaymentProvider | None = None) -> Ledger:
-    ledger = make_ledger(url, provider)
+async def open_ledger(url: str) -> Ledger:
+    ledger = make_ledger(url)
     await ledger.open()
     return ledger

@@ -1,12 +1,11 @@
 """The ledger's public interface; a backend only says how to run a program.
 
-Automatic top-ups decided inside a settle are paid outside the transaction, by the
-payment provider, in a task the ledger tracks; `close()` waits for them.
+Storage only: an automatic top-up decided inside a settle is reported in its result, and paid by
+`payments.TopupRunner` outside the transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -27,9 +26,7 @@ from .models import (
     ReserveResult,
     SettleResult,
     Topup,
-    TopupRequest,
 )
-from .payments import PaymentOutcome, PaymentProvider
 
 T = TypeVar("T")
 log = logging.getLogger("rating_engine.ledger")
@@ -38,10 +35,7 @@ log = logging.getLogger("rating_engine.ledger")
 class Ledger(ABC):
     dialect: str = ""
 
-    def __init__(self, provider: PaymentProvider | None = None, payment_timeout: float = 30.0) -> None:
-        self.provider = provider
-        self.payment_timeout = payment_timeout
-        self._payments: set[asyncio.Task[Any]] = set()
+    def __init__(self) -> None:
         self.create = True
         """False: `open()` refuses a ledger that does not exist yet instead of creating it."""
 
@@ -57,7 +51,6 @@ class Ledger(ABC):
     async def _close(self) -> None: ...
 
     async def close(self) -> None:
-        await self.drain_payments()
         await self._close()
 
     async def __aenter__(self) -> Ledger:
@@ -147,8 +140,6 @@ class Ledger(ABC):
         result = await self._run(P.settle, call_id, cost, details or CallDetails(), self._now(now))
         if result.overdraft:
             log.warning("overdraft", extra={"call_id": call_id, "cost": cost, "reserved": result.reserved})
-        if result.topup is not None:
-            self._start_payment(result.topup)
         return result
 
     async def reservations(self, account_id: str | None = None) -> list[Reservation]:
@@ -162,36 +153,3 @@ class Ledger(ABC):
 
     async def check(self) -> list[CheckProblem]:
         return await self._run(P.check)
-
-    # -- automatic top-ups
-    def _start_payment(self, request: TopupRequest) -> None:
-        task = asyncio.get_running_loop().create_task(self._pay(request))
-        self._payments.add(task)
-        task.add_done_callback(self._payments.discard)
-
-    async def _pay(self, request: TopupRequest) -> None:
-        if self.provider is None:
-            log.warning("auto top-up left pending: no payment provider", extra={"reference": request.reference})
-            return
-        try:
-            outcome = await asyncio.wait_for(
-                self.provider.charge(request.account_id, request.amount, request.reference),
-                self.payment_timeout,
-            )
-        except TimeoutError:
-            outcome = PaymentOutcome.failed("payment provider timed out; retrying with the same key is safe")
-        except Exception as exc:  # a provider's bug must not lose the outcome
-            outcome = PaymentOutcome.failed(f"payment provider error: {type(exc).__name__}")
-        if outcome.pending:
-            log.info("auto top-up awaits confirmation", extra={"reference": request.reference})
-            return
-        await self.complete_topup(request.reference, outcome.ok, outcome.detail)
-        if not outcome.ok:
-            log.error(
-                "auto top-up failed",
-                extra={"account": request.account_id, "reference": request.reference, "detail": outcome.detail},
-            )
-
-    async def drain_payments(self) -> None:
-        while self._payments:
-            await asyncio.gather(*list(self._payments), return_exceptions=True)

@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ..contract import DestinationClass, Refusal
 from ..errors import RatingEngineError
 from ..hours import OfficeHours
 from ..money import MAX_AMOUNT
@@ -146,7 +147,7 @@ class Account:
 @dataclass(frozen=True, slots=True)
 class ExtensionSettings:
     chargeable: bool = True
-    classes: frozenset[str] | None = None
+    classes: frozenset[DestinationClass] | None = None
     """Destination classes allowed for chargeable calls; None: all."""
     daily_cap: int | None = None
     monthly_cap: int | None = None
@@ -156,6 +157,12 @@ class ExtensionSettings:
     """At most this many chargeable call attempts of this extension per minute."""
 
     def __post_init__(self) -> None:
+        if self.classes is not None:
+            try:
+                object.__setattr__(self, "classes", frozenset(DestinationClass(c) for c in self.classes))
+            except ValueError:
+                known = ", ".join(c.value for c in DestinationClass)
+                raise LedgerError(f"unknown destination kind in {sorted(self.classes)}; known: {known}") from None
         for name in ("max_calls", "max_attempts"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -234,21 +241,6 @@ class Reservation:
     updated_at: int
     deadline: int
     details: str = ""
-
-
-class Refusal(StrEnum):
-    """Why a reservation was refused; maps onto RATING_REASON."""
-
-    INSUFFICIENT_FUNDS = "insufficient_funds"
-    ACCOUNT_BLOCKED = "account_blocked"
-    CAP_REACHED = "cap_reached"
-    EXTENSION_NOT_ALLOWED = "extension_not_allowed"
-    UNKNOWN_ACCOUNT = "unknown_account"
-    TOO_MANY_CALLS = "too_many_calls"
-    RATE_LIMITED = "rate_limited"
-    VELOCITY_LIMIT = "velocity_limit"
-    UNKNOWN_CALL = "unknown_call"
-    DUPLICATE_CALL = "duplicate_call"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,7 @@ import asyncpg
 from . import programs as P
 from .base import Ledger
 from .models import LedgerError
-from .payments import PaymentProvider
-from .schema import migrations, refuse_newer, statements
+from .schema import upgrade_steps
 
 T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\?")
@@ -58,10 +57,8 @@ async def run_program(conn: Any, program: P.Program[T]) -> T:
 class PostgresLedger(Ledger):
     dialect = "postgres"
 
-    def __init__(
-        self, dsn: str, *, provider: PaymentProvider | None = None, min_size: int = 1, max_size: int = 10
-    ) -> None:
-        super().__init__(provider)
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        super().__init__()
         self.dsn = dsn
         self.min_size, self.max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
@@ -81,12 +78,10 @@ class PostgresLedger(Ledger):
                     )
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-                refuse_newer(current)
-                for version, script in migrations("postgres"):
-                    if version > current:
-                        for sql in statements(script):
-                            await conn.execute(sql)
-                        await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                for version, step in upgrade_steps(current, "postgres"):
+                    for sql in step:
+                        await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
         except BaseException:
             await self._pool.close()
             self._pool = None

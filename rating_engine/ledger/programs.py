@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from ..contract import DestinationClass, Refusal
 from ..money import MAX_AMOUNT, MICRO, format_amount
 from .models import (
     Account,
@@ -27,7 +28,6 @@ from .models import (
     ExtensionSettings,
     LedgerError,
     OnLow,
-    Refusal,
     Reservation,
     ReserveResult,
     SettleResult,
@@ -108,7 +108,8 @@ def _account(r: Row) -> Account:
 
 
 def _extension(r: Row) -> Extension:
-    classes = frozenset(c for c in r["classes"].split(",") if c) if r["classes"] is not None else None
+    stored = r["classes"]
+    classes = None if stored is None else frozenset(DestinationClass(c) for c in stored.split(",") if c)
     settings = ExtensionSettings(
         bool(r["chargeable"]), classes, r["daily_cap"], r["monthly_cap"], r["max_calls"], r["max_attempts"]
     )
@@ -728,29 +729,19 @@ def activity(account_id: str, ext: str | None, since: int | None, until: int | N
     ]
 
 
+def _totals(table: str, column: str, where: str = "TRUE") -> Program[dict[str, int]]:
+    """SUM(column) per account (the check's four sums; the arguments are this module's literals)."""
+    found = yield rows(f"SELECT account_id, SUM({column}) AS total FROM {table} WHERE {where} GROUP BY account_id")
+    return {r["account_id"]: int(r["total"]) for r in found}
+
+
 def check() -> Program[list[CheckProblem]]:
     """Prove every balance equals its journal and every hold equals its live reservations."""
     problems: list[CheckProblem] = []
-    journal = {
-        r["account_id"]: int(r["total"])
-        for r in (yield rows("SELECT account_id, SUM(amount) AS total FROM journal GROUP BY account_id"))
-    }
-    held = {
-        r["account_id"]: int(r["total"])
-        for r in (yield rows("SELECT account_id, SUM(amount) AS total FROM reservations GROUP BY account_id"))
-    }
-    debits = {
-        r["account_id"]: int(r["total"])
-        for r in (yield rows("SELECT account_id, SUM(cost) AS total FROM activity GROUP BY account_id"))
-    }
-    journal_debits = {
-        r["account_id"]: int(r["total"])
-        for r in (
-            yield rows(
-                "SELECT account_id, -SUM(amount) AS total FROM journal WHERE entry = 'debit' GROUP BY account_id"
-            )
-        )
-    }
+    journal = yield from _totals("journal", "amount")
+    held = yield from _totals("reservations", "amount")
+    debits = yield from _totals("activity", "cost")
+    journal_debits = yield from _totals("journal", "-amount", "entry = 'debit'")
     for a in (yield rows("SELECT id, balance, reserved FROM accounts ORDER BY id")):
         aid = a["id"]
         if a["balance"] != journal.get(aid, 0):

@@ -178,6 +178,13 @@ def refuse_newer(current: int) -> None:
         )
 
 
+def upgrade_steps(current: int, dialect: str) -> list[tuple[int, list[str]]]:
+    """What brings a ledger at schema `current` to LATEST: (version, statements), oldest first, each
+    step to run in one transaction and then be recorded in schema_version. Refuses a newer ledger."""
+    refuse_newer(current)
+    return [(version, statements(script)) for version, script in migrations(dialect) if version > current]
+
+
 def statements(script: str) -> list[str]:
     out: list[str] = []
     for part in script.split(";"):

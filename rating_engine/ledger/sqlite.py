@@ -24,8 +24,7 @@ import aiosqlite
 from . import programs as P
 from .base import Ledger
 from .models import LedgerError
-from .payments import PaymentProvider
-from .schema import migrations, refuse_newer, statements
+from .schema import upgrade_steps
 
 T = TypeVar("T")
 BATCH_MAX = 512
@@ -107,21 +106,19 @@ def _run_batch(conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool) 
 def _migrate(conn: sqlite3.Connection) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = conn.execute("SELECT MAX(version) AS v FROM schema_version").fetchone()
-    current = row["v"] or 0
-    refuse_newer(current)
-    for version, script in migrations("sqlite"):
-        if version > current:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql in statements(script):
-                    conn.execute(sql)
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            current = version
-    return int(current)
+    current = int(row["v"] or 0)
+    for version, step in upgrade_steps(current, "sqlite"):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql in step:
+                conn.execute(sql)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        current = version
+    return current
 
 
 def _create_private(path: Path, create: bool) -> None:
@@ -145,10 +142,9 @@ class SqliteLedger(Ledger):
         path: str | Path,
         *,
         synchronous: str = "FULL",
-        provider: PaymentProvider | None = None,
         batch_max: int = BATCH_MAX,
     ) -> None:
-        super().__init__(provider)
+        super().__init__()
         self.path = str(path)
         self.synchronous = synchronous
         self.batch_max = batch_max

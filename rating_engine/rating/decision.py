@@ -7,28 +7,15 @@ come in; nothing is read from a clock or a database here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import phonenumbers
 
-from ..contract import Reason
+from ..contract import ALL_CLASSES, DestinationClass, Reason, Treatment
 from ..numbering import Classification, Kind, classify
 from .deck import RateRow
 from .plan import Plan
 from .price import UNLIMITED_SECONDS, cost, max_seconds
 from .table import RateTable
-
-
-class DestinationClass(StrEnum):
-    """What an administrator can allow an extension to call, beyond included destinations."""
-
-    NATIONAL = "national"
-    INTERNATIONAL = "international"
-    MOBILE_ABROAD = "mobile_abroad"
-    PREMIUM = "premium"
-
-
-ALL_CLASSES: frozenset[DestinationClass] = frozenset(DestinationClass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +121,8 @@ def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | N
         c.kind.value in plan.blocked_kinds
         or (plan.blocked_prefixes and plan.is_blocked_prefix(rating_digits(c, plan)))
         or (rules is not None and rules.blocked_prefixes and rating_digits(c, plan).startswith(rules.blocked_prefixes))
-        or (c.kind is Kind.PREMIUM and plan.premium == "block")
-        or (c.kind is Kind.SHORT_CODE and plan.short_codes == "block")
+        or (c.kind is Kind.PREMIUM and plan.premium is Treatment.BLOCK)
+        or (c.kind is Kind.SHORT_CODE and plan.short_codes is Treatment.BLOCK)
     ):
         return Decision(False, Reason.BLOCKED_DESTINATION, c)
     if plan.is_included(c.region, c.kind.value):

@@ -12,13 +12,14 @@ from typing import Any
 
 import phonenumbers
 
+from ..contract import Treatment
 from ..errors import TariffError, TariffErrors
 from ..money import MINOR_UNITS
 from ..numbering import Kind
 
 KINDS = frozenset(k.value for k in Kind) - {Kind.INVALID.value}
 REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
-POLICIES = ("charge", "block")
+POLICIES = tuple(t.value for t in Treatment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,8 @@ class Plan:
     included: tuple[IncludedRule, ...] = ()
     blocked_kinds: frozenset[str] = frozenset()
     blocked_prefixes: tuple[str, ...] = ()
-    premium: str = "charge"
-    short_codes: str = "charge"
+    premium: Treatment = Treatment.CHARGE
+    short_codes: Treatment = Treatment.CHARGE
     source: str = ""
     description: str = ""
     _cache: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -166,7 +167,7 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
         value = data.get(key, "charge")
         if not isinstance(value, str) or value not in POLICIES:
             fail(f"`{key}` must be one of {', '.join(POLICIES)}")
-        policies[key] = value
+        policies[key] = Treatment(value) if value in POLICIES else Treatment.CHARGE
     if errors:
         raise TariffErrors(errors)
     return Plan(
