@@ -15,13 +15,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .accounts import Accounts
 from .asterisk.simulator import AsteriskSimulator, Scenario
 from .clock import Clock
 from .config import AgiSection, AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
 from .contract import DestinationClass
 from .engine import Call
-from .ledger import AccountSettings, ExtensionSettings, extension_totals
+from .ledger import extension_totals, make_ledger
 from .money import format_amount, parse_amount
+from .rating.catalog import TariffStore
 from .service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,18 +90,17 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
         tariffs=TariffsSection(plans=(str(ROOT / "tariffs" / "office-fr.toml"),)),
         metrics=MetricsSection(bind=""),
     )
-    service = Service(config, clock=clock, ami_secret="simulator")
-    await service.ledger.open()
-    ledger = service.ledger
-    await ledger.create_account("acme-office", AccountSettings("office-fr", "EUR"))
-    await ledger.topup("acme-office", parse_amount(balance), "demo-opening")
-    await ledger.set_extension("acme-office", "204", ExtensionSettings(chargeable=False))
-    await ledger.set_extension(
-        "acme-office",
-        "205",
-        ExtensionSettings(classes=frozenset({DestinationClass.NATIONAL, DestinationClass.PREMIUM})),
+    ledger = make_ledger(config.ledger.url)
+    await ledger.open()
+    accounts = Accounts(ledger)
+    plan = TariffStore(config.plan_paths()).current.plan("office-fr")
+    await accounts.create("acme-office", Accounts.new_settings(plan))
+    await accounts.top_up("acme-office", parse_amount(balance), "demo-opening", source="demo")
+    await accounts.change_extension("acme-office", "204", {"chargeable": False})
+    await accounts.change_extension(
+        "acme-office", "205", {"classes": frozenset({DestinationClass.NATIONAL, DestinationClass.PREMIUM})}
     )
-    service._own_ledger = False
+    service = Service(config, clock=clock, ledger=ledger, ami_secret="simulator")  # the demo keeps its ledger
     await service.start()
     sim.agi_port = service.agi_port
     assert service.ami is not None

@@ -204,8 +204,8 @@ class Service:
         if self.ami is not None:
             await self.ami.close()
         await self.metrics.close()
+        await self.topups.drain()  # the payments under way are recorded before the ledger closes
         if self._own_ledger and self._ledger_open:
-            await self.topups.drain()
             await self.ledger.close()
             self._ledger_open = False
         self.stopped.set()

@@ -14,21 +14,19 @@ from typing import Any
 
 import asyncpg
 
+from ..accounts import Accounts
 from ..contract import DestinationClass
 from ..errors import ConfigError
 from ..ledger import (
-    AccountSettings,
-    ExtensionSettings,
     Ledger,
-    LedgerError,
     OnLow,
     default_url,
     extension_totals,
     make_ledger,
 )
-from ..ledger.programs import settings_changes
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
+from ..rating.plan import Plan
 from .common import iso, parse_time, print_json, table
 
 CLASSES = [c.value for c in DestinationClass]
@@ -173,13 +171,6 @@ def _with_limits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _settings(**values: Any) -> AccountSettings:
-    try:
-        return AccountSettings(**values)
-    except LedgerError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def _sync(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         return asyncio.run(fn(args))
@@ -217,12 +208,14 @@ def _amount(text: str | None, what: str, allow_none: bool = False) -> int | None
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _plan(path: str) -> Plan:
+    return next(iter(load_tariffs([path]).plans.values()))
+
+
 async def cmd_create(args: argparse.Namespace) -> int:
-    tariffs = load_tariffs([args.plan])
-    plan = next(iter(tariffs.plans.values()))
-    settings = _settings(
-        plan=plan.name,
-        currency=plan.currency,
+    plan = _plan(args.plan)
+    settings = Accounts.new_settings(
+        plan,
         threshold=_amount(args.threshold, "--threshold") or 0,
         on_low=OnLow(args.on_low),
         topup_amount=_amount(args.topup_amount, "--topup-amount") or 0,
@@ -231,7 +224,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
     )
     ledger = await _open(args, create=True)
     try:
-        acc = await ledger.create_account(args.account, settings)
+        acc = await Accounts(ledger).create(args.account, settings)
     finally:
         await ledger.close()
     print(
@@ -243,11 +236,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
 
 async def cmd_set(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
-    if args.plan is not None:
-        tariffs = load_tariffs([args.plan])
-        plan = next(iter(tariffs.plans.values()))
-        changes["plan"] = plan.name
-        changes["plan_currency"] = plan.currency
+    plan = _plan(args.plan) if args.plan is not None else None
     if args.threshold is not None:
         changes["threshold"] = _amount(args.threshold, "--threshold")
     if args.on_low is not None:
@@ -256,21 +245,15 @@ async def cmd_set(args: argparse.Namespace) -> int:
         changes["topup_amount"] = _amount(args.topup_amount, "--topup-amount")
     if args.block_on_failure is not None:
         changes["block_on_topup_failure"] = args.block_on_failure == "yes"
+    changes.update(_with_limits(args))
     ledger = await _open(args)
     try:
-        current = (await ledger.account(args.account)).settings
-        currency = changes.pop("plan_currency", current.currency)
-        if currency != current.currency:
-            raise ConfigError(f"--plan: its currency {currency} is not the account's ({current.currency})")
-        values = {f: getattr(current, f) for f in current.__dataclass_fields__}
-        settings = _settings(**{**values, **changes, **_with_limits(args)})
-        if settings == current:
-            print(f"account {args.account}: nothing to change")
-            return 0
-        await ledger.update_settings(args.account, settings, actor="cli")
+        changed = await Accounts(ledger).change(args.account, changes, actor="cli", plan=plan)
     finally:
         await ledger.close()
-    for name, detail in settings_changes(current, settings):
+    if not changed:
+        print(f"account {args.account}: nothing to change")
+    for name, detail in changed:
         print(f"account {args.account}: {name} {detail}")
     return 0
 
@@ -278,7 +261,7 @@ async def cmd_set(args: argparse.Namespace) -> int:
 async def cmd_audit(args: argparse.Namespace) -> int:
     ledger = await _open(args)
     try:
-        entries = await ledger.audit(args.account, limit=max(1, args.limit))
+        entries = await Accounts(ledger).audit(args.account, args.limit)
     finally:
         await ledger.close()
     table([[iso(e.at), e.actor, e.action, e.detail] for e in entries], ["at", "by", "what", "detail"])
@@ -286,25 +269,18 @@ async def cmd_audit(args: argparse.Namespace) -> int:
 
 
 async def cmd_topup(args: argparse.Namespace) -> int:
-    amount = _amount(args.amount, "amount")
-    if not amount:
-        raise ConfigError("amount: a top-up must be positive")
-    import uuid
-
-    if args.reference is not None and not args.reference.strip():
-        raise ConfigError("--reference: empty; give the bank transfer's id, or leave the option out to generate one")
-    reference = args.reference.strip() if args.reference is not None else f"cli:{uuid.uuid4().hex}"
+    amount = _amount(args.amount, "amount") or 0
+    Accounts.check_topup(amount, args.reference)  # before the ledger is opened
     ledger = await _open(args)
     try:
-        _, created = await ledger.topup(args.account, amount, reference, source="cli")
-        acc = await ledger.account(args.account)
+        done = await Accounts(ledger).top_up(args.account, amount, args.reference, source="cli")
     finally:
         await ledger.close()
-    cur = acc.settings.currency
-    what = "added" if created else "already recorded (same reference): nothing added"
+    cur = done.account.settings.currency
+    what = "added" if done.created else "already recorded (same reference): nothing added"
     print(
-        f"{format_amount(amount, cur)} {cur} {what}; balance {format_amount(acc.balance, cur)} {cur} "
-        f"(reference {reference})"
+        f"{format_amount(amount, cur)} {cur} {what}; balance {format_amount(done.account.balance, cur)} {cur} "
+        f"(reference {done.topup.reference})"
     )
     return 0
 
@@ -312,11 +288,10 @@ async def cmd_topup(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     ledger = await _open(args)
     try:
-        acc = await ledger.account(args.account)
-        exts = await ledger.extensions(args.account)
-        live = await ledger.reservations(args.account)
+        seen = await Accounts(ledger).overview(args.account)
     finally:
         await ledger.close()
+    acc, exts, live = seen.account, seen.extensions, seen.live
     cur = acc.settings.currency
 
     def m(v: int) -> str:
@@ -393,7 +368,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 async def cmd_confirm(args: argparse.Namespace) -> int:
     ledger = await _open(args)
     try:
-        t = await ledger.complete_topup(args.reference, ok=not args.failed, detail="confirmed by operator")
+        t = await Accounts(ledger).confirm_topup(args.reference, not args.failed, "confirmed by operator")
     finally:
         await ledger.close()
     print(f"top-up {t.reference} of account {t.account_id}: {t.status.value}")
@@ -401,32 +376,28 @@ async def cmd_confirm(args: argparse.Namespace) -> int:
 
 
 async def cmd_extension_set(args: argparse.Namespace) -> int:
-    classes: frozenset[str] | bool | None = False  # False: keep
+    changes: dict[str, Any] = {}  # options not given are kept
     if args.kinds is not None:
         unknown = sorted(set(args.kinds) - set(CLASSES) - {"all"})
         if unknown:
             raise ConfigError(f"unknown extension kind(s) {', '.join(unknown)}; known: {', '.join(CLASSES)}, all")
-        classes = None if "all" in args.kinds else frozenset(DestinationClass(k) for k in args.kinds)
-    daily = _amount(args.daily_cap, "--daily-cap", allow_none=True)
-    monthly = _amount(args.monthly_cap, "--monthly-cap", allow_none=True)
-    max_calls = _count(args.max_calls, "--max-calls")
-    max_attempts = _count(args.max_attempts, "--max-attempts")
+        changes["classes"] = None if "all" in args.kinds else frozenset(DestinationClass(k) for k in args.kinds)
+    if args.chargeable is not None:
+        changes["chargeable"] = args.chargeable == "yes"
+    if args.daily_cap is not None:
+        changes["daily_cap"] = _amount(args.daily_cap, "--daily-cap", allow_none=True)
+    if args.monthly_cap is not None:
+        changes["monthly_cap"] = _amount(args.monthly_cap, "--monthly-cap", allow_none=True)
+    if args.max_calls is not None:
+        changes["max_calls"] = _count(args.max_calls, "--max-calls")
+    if args.max_attempts is not None:
+        changes["max_attempts"] = _count(args.max_attempts, "--max-attempts")
     ledger = await _open(args)
     try:
-        cur = (await ledger.account(args.account)).settings.currency
-        current = await ledger.extension(args.account, args.ext)
-        base = current.settings if current else ExtensionSettings()
-        settings = ExtensionSettings(
-            chargeable=base.chargeable if args.chargeable is None else args.chargeable == "yes",
-            classes=base.classes if classes is False else classes,  # type: ignore[arg-type]
-            daily_cap=base.daily_cap if args.daily_cap is None else daily,
-            monthly_cap=base.monthly_cap if args.monthly_cap is None else monthly,
-            max_calls=base.max_calls if args.max_calls is None else max_calls,
-            max_attempts=base.max_attempts if args.max_attempts is None else max_attempts,
-        )
-        e = await ledger.set_extension(args.account, args.ext, settings)
+        account, e = await Accounts(ledger).change_extension(args.account, args.ext, changes)
     finally:
         await ledger.close()
+    cur = account.settings.currency
     kinds = "all" if e.settings.classes is None else ",".join(sorted(e.settings.classes)) or "none"
 
     def cap(v: int | None) -> str:
@@ -445,12 +416,11 @@ async def cmd_activity(args: argparse.Namespace) -> int:
     until = parse_time(args.until) if args.until else None
     ledger = await _open(args)
     try:
-        acc = await ledger.account(args.account)
-        rows = await ledger.activity(args.account, args.extension, since, until)
-        topups = await ledger.topups(args.account)
+        seen = await Accounts(ledger).activity(args.account, args.extension, since, until)
     finally:
         await ledger.close()
-    cur = acc.settings.currency
+    rows, topups = seen.calls, seen.topups
+    cur = seen.account.settings.currency
     if args.csv:
         w = csv.writer(sys.stdout)
         w.writerow(

@@ -1,0 +1,175 @@
+"""Account use cases: what the operator and an office's administrator do with a prepaid account.
+
+The CLI, the demo and the web page call these, so each rule is written once: settings not named
+in a change are kept, a plan change keeps the account's currency, a top-up is positive and has a
+reference (a repeated reference credits nothing), an extension's rules change field by field.
+Callers parse their own input into typed values and show the results; a refusal is an
+`AccountError` with a message fit to show (one line in the CLI, beside the field on the page).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import RatingEngineError
+from .ledger import (
+    Account,
+    AccountSettings,
+    ActivityRow,
+    AuditEntry,
+    Extension,
+    ExtensionSettings,
+    Ledger,
+    LedgerError,
+    Reservation,
+    Topup,
+)
+from .ledger.programs import settings_changes
+from .rating.plan import Plan
+
+
+class AccountError(RatingEngineError, ValueError):
+    """A change refused before anything was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """An account as its administrator sees it: the money, its extensions, the calls now."""
+
+    account: Account
+    extensions: list[Extension]
+    live: list[Reservation]
+
+
+@dataclass(frozen=True, slots=True)
+class TopupDone:
+    account: Account
+    topup: Topup
+    created: bool
+    """False: the reference was already recorded, nothing was added."""
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    account: Account
+    calls: list[ActivityRow]
+    topups: list[Topup]
+
+
+ACCOUNT_FIELDS = frozenset(f.name for f in fields(AccountSettings))
+EXTENSION_FIELDS = frozenset(f.name for f in fields(ExtensionSettings))
+
+
+def _only_settings(given: Mapping[str, Any]) -> None:
+    """The plan (and with it the currency) is given as a `Plan`, every other setting by name."""
+    bad = (set(given) - ACCOUNT_FIELDS) | ({"plan", "currency"} & set(given))
+    if bad:
+        raise AccountError(f"not an account setting to give by name: {', '.join(sorted(bad))}")
+
+
+def _checked(kind: type[Any], values: Mapping[str, Any]) -> Any:
+    try:
+        return kind(**values)
+    except LedgerError as exc:
+        raise AccountError(str(exc)) from None
+
+
+class Accounts:
+    """The use cases on one ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @staticmethod
+    def new_settings(plan: Plan, /, **settings: Any) -> AccountSettings:
+        """The settings of a new account on `plan` (its currency), the others as given, else the
+        defaults; checked without touching the ledger."""
+        _only_settings(settings)
+        checked: AccountSettings = _checked(AccountSettings, {**settings, "plan": plan.name, "currency": plan.currency})
+        return checked
+
+    async def create(self, account_id: str, chosen: AccountSettings) -> Account:
+        """A new account (`new_settings` makes its settings)."""
+        try:
+            return await self.ledger.create_account(account_id, chosen)
+        except LedgerError as exc:
+            raise AccountError(str(exc)) from None
+
+    async def change(
+        self, account_id: str, changes: Mapping[str, Any], *, actor: str, plan: Plan | None = None
+    ) -> list[tuple[str, str]]:
+        """Change the settings named in `changes` (and the plan, if given), keep the others; every
+        change is audited with `actor`. Returns what changed, (setting, "old → new"); [] for nothing."""
+        _only_settings(changes)
+        current = (await self.ledger.account(account_id)).settings
+        wanted = dict(changes)
+        if plan is not None:
+            if plan.currency != current.currency:
+                raise AccountError(f"--plan: its currency {plan.currency} is not the account's ({current.currency})")
+            wanted["plan"] = plan.name
+        updated = _checked(AccountSettings, {**{f: getattr(current, f) for f in ACCOUNT_FIELDS}, **wanted})
+        if updated == current:
+            return []
+        await self.ledger.update_settings(account_id, updated, actor=actor)
+        return settings_changes(current, updated)
+
+    @staticmethod
+    def check_topup(amount: int, reference: str | None) -> None:
+        if amount <= 0:
+            raise AccountError("amount: a top-up must be positive")
+        if reference is not None and not reference.strip():
+            raise AccountError(
+                "--reference: empty; give the bank transfer's id, or leave the option out to generate one"
+            )
+
+    async def top_up(self, account_id: str, amount: int, reference: str | None = None, *, source: str) -> TopupDone:
+        """Credit `amount` once per reference; without one a fresh reference is made (a bank
+        transfer should give its own, so that entering it twice credits once)."""
+        self.check_topup(amount, reference)
+        ref = reference.strip() if reference is not None else f"{source}:{uuid.uuid4().hex}"
+        try:
+            topup, created = await self.ledger.topup(account_id, amount, ref, source=source)
+        except LedgerError as exc:
+            raise AccountError(str(exc)) from None
+        return TopupDone(await self.ledger.account(account_id), topup, created)
+
+    async def confirm_topup(self, reference: str, ok: bool, detail: str) -> Topup:
+        """The outcome of a pending (manual) top-up: credited once if `ok`."""
+        return await self.ledger.complete_topup(reference, ok=ok, detail=detail)
+
+    async def overview(self, account_id: str) -> Overview:
+        account = await self.ledger.account(account_id)
+        return Overview(account, await self.ledger.extensions(account_id), await self.ledger.reservations(account_id))
+
+    async def activity(
+        self, account_id: str, ext: str | None = None, since: int | None = None, until: int | None = None
+    ) -> Activity:
+        account = await self.ledger.account(account_id)
+        calls = await self.ledger.activity(account_id, ext, since, until)
+        return Activity(account, calls, await self.ledger.topups(account_id))
+
+    async def audit(self, account_id: str, limit: int = 50) -> list[AuditEntry]:
+        return await self.ledger.audit(account_id, limit=max(1, limit))
+
+    async def change_extension(
+        self, account_id: str, ext: str, changes: Mapping[str, Any]
+    ) -> tuple[Account, Extension]:
+        """Change the rules named in `changes` for one extension, keep the others (a new extension
+        starts from the defaults: it may spend like any other)."""
+        unknown = set(changes) - EXTENSION_FIELDS
+        if unknown:
+            raise AccountError(f"unknown extension setting(s): {', '.join(sorted(unknown))}")
+        account = await self.ledger.account(account_id)
+        current = await self.ledger.extension(account_id, ext)
+        base = current.settings if current is not None else ExtensionSettings()
+        updated = _checked(ExtensionSettings, {**{f: getattr(base, f) for f in EXTENSION_FIELDS}, **changes})
+        try:
+            return account, await self.ledger.set_extension(account_id, ext, updated)
+        except LedgerError as exc:
+            raise AccountError(str(exc)) from None
+
+
+__all__ = ["AccountError", "Accounts", "Activity", "Overview", "TopupDone"]
