@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from . import __version__
-from .commands import dialplan, ledger, service, tariffs
+from .commands import dialplan, ledger, service, tariffs, web
 from .errors import RatingEngineError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_modules() -> list[ModuleType]:
-    return [tariffs, ledger, service, dialplan]
+    return [tariffs, ledger, service, dialplan, web]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,6 +110,27 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class WebSection:
+    bind: str = "127.0.0.1:8080"
+    """The Prepaid Account page (`rating-engine web`); never 0.0.0.0 without a TLS proxy in front."""
+    secret_env: str = "RATING_ENGINE_WEB_SECRET"
+    """The environment variable holding the key that signs sessions and CSRF tokens."""
+    secret_file: str = ""
+    """…or a file holding it. With neither, a random key: every restart logs everybody out."""
+    session_hours: float = 8.0
+    secure_cookies: bool = False
+    """true behind HTTPS: cookies are sent over HTTPS only."""
+
+    def resolved_secret(self) -> str | None:
+        if self.secret_file:
+            try:
+                return Path(self.secret_file).read_text(encoding="utf-8").strip() or None
+            except OSError as exc:
+                raise ConfigError(f"cannot read web.secret_file {self.secret_file}: {exc.strerror}") from None
+        return os.environ.get(self.secret_env, "") or None if self.secret_env else None
+
+
+@dataclass(frozen=True)
 class PaymentsSection:
     provider: str = "manual"
     """Who pays automatic top-ups: "manual" (pending until an operator confirms the transfer)."""
@@ -132,6 +153,7 @@ class Config:
     tariffs: TariffsSection = TariffsSection()
     metrics: MetricsSection = MetricsSection()
     payments: PaymentsSection = PaymentsSection()
+    web: WebSection = WebSection()
     log: LogSection = LogSection()
     base: Path = Path(".")
     """Directory that relative paths in the file are read against."""
@@ -142,6 +164,10 @@ class Config:
     @property
     def agi_address(self) -> tuple[str, int]:
         return _hostport(self.agi.bind, 4573)
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        return _hostport(self.web.bind, 8080)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -221,10 +247,13 @@ def _check(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: agi.{key} = {spec!r}: use accountcode, callerid, arg:N or fixed:NAME")
     try:
         cfg.agi_address  # noqa: B018 - validates
+        cfg.web_address  # noqa: B018
         if cfg.metrics.bind:
             cfg.metrics_address  # noqa: B018
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.web.session_hours <= 0:
+        raise ConfigError(f"{source}: web.session_hours must be positive")
     if cfg.payments.provider not in ("manual",):
         raise ConfigError(f"{source}: payments.provider must be manual")
     if cfg.payments.timeout <= 0:

@@ -10,10 +10,13 @@ concurrent chargeable calls to run the shared money out mid-call. Time runs fast
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 from .accounts import Accounts
 from .asterisk.simulator import AsteriskSimulator, Scenario
@@ -21,10 +24,12 @@ from .clock import Clock
 from .config import AgiSection, AmiSection, Config, EngineSection, LedgerSection, MetricsSection, TariffsSection
 from .contract import DestinationClass
 from .engine import Call
-from .ledger import extension_totals, make_ledger
+from .ledger import Ledger, extension_totals, make_ledger
 from .money import format_amount, parse_amount
 from .rating.catalog import TariffStore
 from .service import Service
+from .users import Users
+from .web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = {"201": "Alice", "202": "Bob", "203": "Carol", "204": "Dave", "205": "Eve"}
@@ -77,7 +82,7 @@ def _show(t0: float, clock: Clock, currency: str) -> Any:
     return observe
 
 
-async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | None = None) -> int:
+async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | None = None, web: bool = False) -> int:
     work = Path(directory or tempfile.mkdtemp(prefix="rating-engine-demo-"))
     clock = Clock(speed=speed)
     sim = AsteriskSimulator(clock, agi_port=0)
@@ -109,6 +114,7 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
         f"rating-engine demo: ledger {work / 'ledger.sqlite3'}, plan office-fr, account acme-office "
         f"with {balance} EUR shared by {len(PEOPLE)} extensions; time runs {speed:g}x\n"
     )
+    page = await _serve_page(ledger) if web else None
     t0 = clock.now()
     service.engine.observer = _show(t0, clock, "EUR")
 
@@ -119,6 +125,9 @@ async def run_demo(speed: float = 15.0, balance: str = "4.00", directory: str | 
     await asyncio.gather(*(place(at, s) for at, s in CALLS))
     await asyncio.sleep(0.2)
     await service.stop(grace=0)
+    if page is not None:
+        page.should_exit = True
+        await asyncio.sleep(0.2)
     await _summary(ledger)
     problems = await ledger.check()
     print("\nledger check:", problems if problems else "ok, every balance equals its journal")
@@ -146,3 +155,17 @@ async def _summary(ledger: Any) -> None:
             f"  {t.ext} {PEOPLE.get(t.ext, ''):6} {t.calls} call(s)  {t.seconds:5d} s  "
             f"{format_amount(t.cost, 'EUR'):>9} EUR"
         )
+
+
+async def _serve_page(ledger: Ledger) -> uvicorn.Server:
+    """The Prepaid Account page on the demo's ledger while the calls run, with a fresh login."""
+    password = secrets.token_urlsafe(9)
+    await Users(ledger).add("admin@acme-office", password, "acme-office")
+    app = create_app(ledger, secrets.token_urlsafe(32))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False))
+    asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(f"the Prepaid Account page: http://127.0.0.1:{port}/  (user admin@acme-office, password {password})")
+    return server

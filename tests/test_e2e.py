@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,9 +44,19 @@ class World:
     config: Config
     ledger_url: str
     service: Service | None = None
+    ended: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Call id → set when the engine has settled or released that call (awaited, not polled)."""
+
+    def _observe(self, what: str, fields: dict[str, Any]) -> None:
+        if what in ("settled", "released"):
+            self.ended_event(fields["call"].call_id).set()
+
+    def ended_event(self, call_id: str) -> asyncio.Event:
+        return self.ended.setdefault(call_id, asyncio.Event())
 
     async def start_engine(self) -> Service:
         service = Service(self.config, clock=self.clock, ami_secret="simulator")
+        service.engine.observer = self._observe
         await service.start()
         self.sim.agi_port = service.agi_port
         assert service.ami is not None and await service.ami.wait_logged_in(5)
@@ -116,12 +127,13 @@ async def world(
 async def settled(w: World, call: CallResult) -> tuple[int, int]:
     """(billable seconds, cost) the ledger recorded for a call, after it settles."""
     assert w.service is not None
-    for _ in range(100):
-        rows = [r for r in await w.service.ledger.activity("acme") if r.call_id == call.variables["RATING_CALLID"]]
-        if rows:
-            return rows[0].billable_seconds, rows[0].cost
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"call {call.variables.get('RATING_CALLID')} never settled")
+    call_id = call.variables["RATING_CALLID"]
+    try:
+        await asyncio.wait_for(w.ended_event(call_id).wait(), 5)
+    except TimeoutError:
+        raise AssertionError(f"call {call_id} never settled") from None
+    [row] = [r for r in await w.service.ledger.activity("acme") if r.call_id == call_id]
+    return row.billable_seconds, row.cost
 
 
 async def test_answered_call_is_billed_exactly_its_billable_seconds(tmp_path: Path) -> None:

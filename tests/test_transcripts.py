@@ -117,11 +117,10 @@ async def test_recorded_calls_are_followed_settled_once_or_released(tmp_path: Pa
             assert commands[0] == 'SET VARIABLE RATING_STATUS "ALLOW"'
             call_id = next(c for c in commands if "RATING_CALLID" in c).split(" ", 3)[3].strip('"')
             assert [r.call_id for r in await rig.ledger.reservations()] == [call_id]
+            ended = asyncio.Event()
+            rig.engine.observer = lambda what, f: ended.set() if what in ("settled", "released") else None
             ami.replay(name)
-            for _ in range(100):
-                if call_id not in rig.engine.calls:
-                    break
-                await asyncio.sleep(0.02)
+            await asyncio.wait_for(ended.wait(), 5)
             assert call_id not in rig.engine.calls
             await asyncio.sleep(0.1)
             rows = [r for r in await rig.ledger.activity("acme") if r.call_id == call_id]

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--speed", type=float, default=15.0, help="how much faster than real time (default 15)")
     d.add_argument("--balance", default="4.00", help="the shared account's opening balance (EUR)")
     d.add_argument("--dir", help="where to keep the demo ledger (default: a new temporary directory)")
+    d.add_argument("--web", action="store_true", help="also serve the Prepaid Account page while the calls run")
     d.set_defaults(handler=cmd_demo)
 
 
@@ -37,6 +38,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(run_demo(args.speed, args.balance, args.dir))
+        return uvloop.run(run_demo(args.speed, args.balance, args.dir, args.web))
     except ImportError:
-        return asyncio.run(run_demo(args.speed, args.balance, args.dir))
+        return asyncio.run(run_demo(args.speed, args.balance, args.dir, args.web))

@@ -31,6 +31,7 @@ from .models import (
     Topup,
     TopupRequest,
     TopupStatus,
+    User,
     extension_totals,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "Topup",
     "TopupRequest",
     "TopupStatus",
+    "User",
     "data_dir",
     "default_url",
     "extension_totals",

@@ -26,6 +26,7 @@ from .models import (
     ReserveResult,
     SettleResult,
     Topup,
+    User,
 )
 
 T = TypeVar("T")
@@ -73,6 +74,16 @@ class Ledger(ABC):
     ) -> Account:
         """Change the settings; each changed field is recorded in the audit list with `actor`."""
         return await self._run(P.update_settings, account_id, settings, actor, self._now(now))
+
+    # -- people who log in to the page
+    async def add_user(self, user: User) -> User:
+        return await self._run(P.add_user, user)
+
+    async def find_user(self, username: str) -> User | None:
+        return await self._run(P.find_user, username)
+
+    async def set_user_language(self, username: str, language: str) -> bool:
+        return await self._run(P.set_user_language, username, language)
 
     async def audit(self, account_id: str, limit: int = 100) -> list[AuditEntry]:
         """The account's audit list, newest first."""

@@ -304,6 +304,37 @@ class Topup:
     detail: str = ""
 
 
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """Someone who logs in to the page: an account's administrator, or an operator (no account)."""
+
+    username: str
+    password_hash: str
+    account_id: str | None
+    language: str = ""
+    """The language they chose on the page ("" until they do: the browser's is used)."""
+    created_at: int = 0
+
+    @property
+    def operator(self) -> bool:
+        return self.account_id is None
+
+    def __repr__(self) -> str:  # the hash stays out of logs and tracebacks
+        return f"User({self.username!r}, account={self.account_id!r})"
+
+
+def check_username(username: str) -> str:
+    if not isinstance(username, str) or USERNAME.fullmatch(username) is None:
+        raise LedgerError(
+            f"user name {username[:40]!r}: 1 to 100 ASCII letters, digits, '.', '_', '@', '+' or '-', "
+            "starting with a letter or digit"
+        )
+    return username
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One line of an account's audit list: a settings change, an alert, a top-up event."""

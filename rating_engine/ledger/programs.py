@@ -34,8 +34,10 @@ from .models import (
     Topup,
     TopupRequest,
     TopupStatus,
+    User,
     check_account_id,
     check_extension,
+    check_username,
     periods,
 )
 
@@ -248,6 +250,34 @@ def audit_list(account_id: str, limit: int) -> Program[list[AuditEntry]]:
         limit,
     )
     return [AuditEntry(**dict(r)) for r in found]
+
+
+def add_user(user: User) -> Program[User]:
+    check_username(user.username)
+    if user.account_id is not None:
+        yield from get_account(user.account_id)
+    if (yield one("SELECT username FROM users WHERE username = ?", user.username)) is not None:
+        raise LedgerError(f"user {user.username!r} already exists")
+    yield count(
+        "INSERT INTO users (username, password_hash, account_id, language, created_at) VALUES (?, ?, ?, ?, ?)",
+        user.username,
+        user.password_hash,
+        user.account_id,
+        user.language,
+        user.created_at,
+    )
+    return user
+
+
+def find_user(username: str) -> Program[User | None]:
+    r = yield one(
+        "SELECT username, password_hash, account_id, language, created_at FROM users WHERE username = ?", username
+    )
+    return None if r is None else User(**dict(r))
+
+
+def set_user_language(username: str, language: str) -> Program[bool]:
+    return bool((yield count("UPDATE users SET language = ? WHERE username = ?", language, username)))
 
 
 def find_account(account_id: str) -> Program[Account | None]:

@@ -130,6 +130,20 @@ CREATE INDEX audit_account_time ON audit (account_id, at);
 """
 
 
+# Version 4: the people who log in to the Prepaid Account page. An account's administrators have
+# its id; an operator (every account) has none. Only a password hash is kept (argon2id).
+_USERS = """
+CREATE TABLE users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    account_id TEXT REFERENCES accounts(id),
+    language TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX users_account ON users (account_id);
+"""
+
+
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
 _INTEGER_MONEY = {
@@ -161,10 +175,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (1, _TABLES + _JOURNAL[dialect] + _JOURNAL_REST),
         (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
         (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
+        (4, _USERS),
     ]
 
 
-LATEST = 3
+LATEST = 4
 
 
 def refuse_newer(current: int) -> None:

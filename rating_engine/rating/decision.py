@@ -118,14 +118,14 @@ def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | N
     if not c.valid:
         return Decision(False, Reason.INVALID_NUMBER, c)
     if (
-        c.kind.value in plan.blocked_kinds
+        c.kind in plan.blocked_kinds
         or (plan.blocked_prefixes and plan.is_blocked_prefix(rating_digits(c, plan)))
         or (rules is not None and rules.blocked_prefixes and rating_digits(c, plan).startswith(rules.blocked_prefixes))
         or (c.kind is Kind.PREMIUM and plan.premium is Treatment.BLOCK)
         or (c.kind is Kind.SHORT_CODE and plan.short_codes is Treatment.BLOCK)
     ):
         return Decision(False, Reason.BLOCKED_DESTINATION, c)
-    if plan.is_included(c.region, c.kind.value):
+    if plan.is_included(c.region, c.kind):
         return Decision(True, Reason.INCLUDED, c)
     if rules is None or (rules.chargeable and rules.classes is ALL_CLASSES):
         return None

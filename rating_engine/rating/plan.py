@@ -27,7 +27,7 @@ class IncludedRule:
     """Calls to any of `regions` (ISO codes, or "*") of any of `kinds` are free."""
 
     regions: frozenset[str]
-    kinds: frozenset[str]
+    kinds: frozenset[Kind]
 
     def matches_region(self, region: str) -> bool:
         return "*" in self.regions or region in self.regions
@@ -40,19 +40,19 @@ class Plan:
     currency: str
     deck: Path
     included: tuple[IncludedRule, ...] = ()
-    blocked_kinds: frozenset[str] = frozenset()
+    blocked_kinds: frozenset[Kind] = frozenset()
     blocked_prefixes: tuple[str, ...] = ()
     premium: Treatment = Treatment.CHARGE
     short_codes: Treatment = Treatment.CHARGE
     source: str = ""
     description: str = ""
-    _cache: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    _cache: dict[str, frozenset[Kind]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def is_included(self, region: str, kind: str) -> bool:
+    def is_included(self, region: str, kind: Kind) -> bool:
         return kind in self._included_kinds(region)
 
-    def _included_kinds(self, region: str) -> frozenset[str]:
-        cache: dict[str, frozenset[str]] = self._cache
+    def _included_kinds(self, region: str) -> frozenset[Kind]:
+        cache: dict[str, frozenset[Kind]] = self._cache
         kinds = cache.get(region)
         if kinds is None:
             kinds = frozenset().union(*(r.kinds for r in self.included if r.matches_region(region)))
@@ -96,14 +96,14 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
             return ""
         return value
 
-    def kinds(values: Any, where: str) -> frozenset[str]:
+    def kinds(values: Any, where: str) -> frozenset[Kind]:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             fail(f"{where}: `kinds` must be a list of strings")
             return frozenset()
         unknown = sorted(set(values) - KINDS)
         if unknown:
             fail(f"{where}: unknown kind(s) {', '.join(unknown)}; known: {', '.join(sorted(KINDS))}")
-        return frozenset(values)
+        return frozenset(Kind(v) for v in values if v in KINDS)
 
     known = {
         "name",

@@ -1,0 +1,85 @@
+"""The people who log in to the Prepaid Account page: adding them, and checking a login.
+
+Passwords are kept only as argon2id hashes. Logins are throttled per user name and per address
+(in this process): a guessed password costs the guesser, not the account. An unknown user name is
+checked against a dummy hash, so the answer takes as long as for a real one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from .errors import RatingEngineError
+from .ledger import Ledger, LedgerError, User
+
+LANGUAGES = ("en", "fr")
+MIN_PASSWORD = 10
+WINDOW = 15 * 60
+"""Seconds over which failed logins are counted."""
+PER_USER = 5
+PER_ADDRESS = 20
+
+
+class UserError(RatingEngineError, ValueError):
+    """A user refused before anything was written."""
+
+
+class Throttled(RatingEngineError):
+    """Too many failed logins lately: try again later (the password was not even checked)."""
+
+
+class Users:
+    def __init__(self, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+        self.ledger = ledger
+        self.clock = clock
+        self.hasher = PasswordHasher()
+        self._dummy = self.hasher.hash("not a password anyone has")
+        self._failures: dict[str, deque[float]] = {}
+
+    async def add(self, username: str, password: str, account_id: str | None, language: str = "") -> User:
+        """An administrator of `account_id`, or an operator when it is None; `language` "" follows
+        the browser until they choose one on the page."""
+        if len(password) < MIN_PASSWORD:
+            raise UserError(f"a password needs at least {MIN_PASSWORD} characters")
+        if language and language not in LANGUAGES:
+            raise UserError(f"language: one of {', '.join(LANGUAGES)}")
+        user = User(username, self.hasher.hash(password), account_id, language, int(self.clock()))
+        try:
+            return await self.ledger.add_user(user)
+        except LedgerError as exc:
+            raise UserError(str(exc)) from None
+
+    def _recent(self, key: str) -> deque[float]:
+        seen = self._failures.setdefault(key, deque())
+        while seen and seen[0] < self.clock() - WINDOW:
+            seen.popleft()
+        return seen
+
+    async def login(self, username: str, password: str, address: str) -> User | None:
+        """The user when the password is theirs; None when not. Raises Throttled after too many
+        recent failures for this name or from this address."""
+        by_user, by_address = self._recent(f"user:{username}"), self._recent(f"addr:{address}")
+        if len(by_user) >= PER_USER or len(by_address) >= PER_ADDRESS:
+            raise Throttled("too many failed logins: wait a few minutes")
+        user = await self.ledger.find_user(username) if len(username) <= 100 else None
+        try:
+            self.hasher.verify(user.password_hash if user else self._dummy, password)
+            ok = user is not None
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok:
+            now = self.clock()
+            by_user.append(now)
+            by_address.append(now)
+            return None
+        by_user.clear()
+        return user
+
+    async def set_language(self, user: User, language: str) -> None:
+        if language in LANGUAGES:
+            await self.ledger.set_user_language(user.username, language)

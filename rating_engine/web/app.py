@@ -1,0 +1,97 @@
+"""The Prepaid Account page as an ASGI application: routes, sessions, CSRF, security headers.
+
+`rating-engine web` serves it next to `rating-engine run`, on the same ledger (SQLite file or
+PostgreSQL), through the same use cases as the CLI. Every state change is a POST checked for CSRF
+(asgi-csrf: a signed token in a cookie and in the form); sessions are signed HttpOnly SameSite
+cookies that expire; an administrator of one account gets 404 for everything of another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asgi_csrf import asgi_csrf
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..ledger import Ledger
+from . import activity, auth, balance, operator
+from .base import Site, current_user, render
+
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+]
+POST_PATHS = {"/login", "/logout", "/language"}
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code in (301, 302, 303, 307):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    user = await current_user(request)
+    return render(request, "error.html", user, exc.status_code, status=exc.status_code)
+
+
+def create_app(ledger: Ledger, secret: str, *, session_hours: float = 8.0, secure_cookies: bool = False) -> ASGIApp:
+    """The page on `ledger` (opened and closed by the caller). `secret` signs sessions and CSRF tokens."""
+    routes = [
+        Route("/", auth.home),
+        Route("/login", auth.login_page, methods=["GET"]),
+        Route("/login", auth.login, methods=["POST"]),
+        Route("/logout", auth.logout, methods=["POST"]),
+        Route("/language", auth.language, methods=["POST"]),
+        Route("/accounts", operator.accounts),
+        Route("/accounts/{account}/balance", balance.balance),
+        Route("/accounts/{account}/balance.json", balance.balance_json),
+        Route("/accounts/{account}/activity", activity.activity),
+        Route("/accounts/{account}/activity.csv", activity.activity_csv),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                SessionMiddleware,
+                secret_key=secret,
+                session_cookie="re_session",
+                max_age=int(session_hours * 3600),
+                same_site="lax",
+                https_only=secure_cookies,
+            )
+        ],
+        exception_handlers={HTTPException: _error},
+    )
+    app.state.site = Site.on(ledger, secure_cookies)
+    protected: Any = asgi_csrf(
+        app, signing_secret=secret, always_protect=POST_PATHS, cookie_secure=secure_cookies, always_set_cookie=True
+    )
+    return SecurityHeaders(protected)

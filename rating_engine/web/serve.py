@@ -1,0 +1,37 @@
+"""Run the page: open the ledger, serve with uvicorn on `[web] bind`, close on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import uvicorn
+
+from ..config import Config
+from ..errors import StartupError
+from ..ledger import default_url, make_ledger
+from .app import create_app
+
+log = logging.getLogger("rating_engine.web")
+
+
+async def serve(config: Config) -> int:
+    secret = config.web.resolved_secret()
+    if secret is None:
+        secret = secrets.token_urlsafe(32)
+        log.warning("no web secret configured: a random one is used, every restart logs everybody out")
+    ledger = make_ledger(config.ledger.url or default_url())
+    ledger.create = False
+    try:
+        await ledger.open()
+    except (OSError, ConnectionError) as exc:
+        raise StartupError(f"cannot open the ledger: {exc}") from None
+    host, port = config.web_address
+    app = create_app(ledger, secret, session_hours=config.web.session_hours, secure_cookies=config.web.secure_cookies)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    log.info("page served", extra={"web": f"{host}:{port}"})
+    try:
+        await server.serve()
+    finally:
+        await ledger.close()
+    return 0 if server.started else 2
