@@ -47,7 +47,8 @@ async def _seed(url: str) -> None:
         await Users(ledger).add("admin@acme", PASSWORD, "acme")
         for i, (ext, cost) in enumerate([("201", 1_250_000), ("202", 320_000), ("201", 45_000)]):
             await ledger.reserve(f"old{i}", "acme", ext, cost, now=NOW + i)
-            details = CallDetails(NOW + i, NOW + i + 90, "0899123456", "+33899123456", "France premium 0899", "premium", 90)
+            at = NOW + i
+            details = CallDetails(at, at + 90, "0899123456", "+33899123456", "France premium 0899", "premium", 90)
             await ledger.settle(f"old{i}", cost, details, now=NOW + i + 90)
     finally:
         await ledger.close()
