@@ -26,8 +26,10 @@ from .ledger import (
     LedgerError,
     Reservation,
     Topup,
+    TopupRequest,
 )
 from .ledger.programs import settings_changes
+from .payments import TopupRunner
 from .rating.plan import Plan
 
 
@@ -135,6 +137,25 @@ class Accounts:
         except LedgerError as exc:
             raise AccountError(str(exc)) from None
         return TopupDone(await self.ledger.account(account_id), topup, created)
+
+    async def buy(self, account_id: str, amount: int, key: str, runner: TopupRunner, *, source: str) -> Topup:
+        """Add Funds: charge `amount` through the account's payment provider, credited once per
+        `key` (one per purchase: pressing "Buy" twice or reloading charges nothing more). The top-up
+        comes back succeeded, failed (with the provider's reason) or pending (awaiting the operator
+        or the customer)."""
+        if amount <= 0:
+            raise AccountError("amount: a top-up must be positive")
+        if not key or len(key) > 64 or not key.isascii() or not key.replace("-", "").isalnum():
+            raise AccountError("a purchase needs its key (reload the page)")
+        reference = f"{source}:{account_id}:{key}"
+        try:
+            topup, created = await self.ledger.request_topup(account_id, amount, reference, source)
+        except LedgerError as exc:
+            raise AccountError(str(exc)) from None
+        if created:
+            await runner.pay(TopupRequest(reference, account_id, amount))
+        found = await self.ledger.find_topup(reference)
+        return found or topup
 
     async def confirm_topup(self, reference: str, ok: bool, detail: str) -> Topup:
         """The outcome of a pending (manual) top-up: credited once if `ok`."""

@@ -18,6 +18,7 @@ from rating_engine.web.app import create_app
 
 from .conftest import OFFICE_FR
 from .helpers import EUR
+from .payment_doubles import ScriptedProvider
 
 PLAN = next(iter(load_tariffs([OFFICE_FR]).plans.values()))
 PASSWORD = "correct horse battery"
@@ -68,6 +69,8 @@ async def page() -> AsyncIterator[Page]:
 
 ACME_ROUTES = [
     "/accounts/acme/balance",
+    "/accounts/acme/funds",
+    "/accounts/acme/settings",
     "/accounts/acme/balance.json",
     "/accounts/acme/activity",
     "/accounts/acme/activity?ext=201&since=2026-01-01",
@@ -101,6 +104,11 @@ async def test_another_accounts_administrator_gets_404_for_every_route(page: Pag
     assert r.status_code == 404 and "France premium" not in r.text and "8.73" not in r.text
     assert (await page.client.get(route.replace("acme", "no-such-account"))).status_code == 404
     assert (await page.client.get("/accounts")).status_code == 404  # the operator's list
+    token = await page.token("/accounts/globex/balance")
+    for action, form in (("funds", {"amount": str(10 * EUR), "purchase": "k1"}), ("settings", {"on_low": "block"})):
+        posted = await page.client.post(f"/accounts/acme/{action}", data={**form, "threshold": "0", "csrftoken": token})
+        assert posted.status_code == 404
+    assert (await page.ledger.account("acme")).settings.threshold == EUR and len(await page.ledger.topups("acme")) == 1
 
 
 @pytest.mark.parametrize("route", [*ACME_ROUTES, "/accounts/globex/activity", "/accounts"])
@@ -174,3 +182,87 @@ async def test_security_headers_and_cookies(page: Page) -> None:
     r = await page.client.get("/accounts/acme/balance")
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+
+
+async def _buy(page: Page, amount: str, key: str | None = None) -> httpx.Response:
+    body = (await page.client.get("/accounts/acme/funds")).text
+    token = re.search(r'name="csrftoken" value="([^"]+)"', body)
+    purchase = key or re.search(r'name="purchase" value="([^"]+)"', body)  # type: ignore[assignment]
+    assert token and purchase
+    form = {"amount": amount, "purchase": purchase if isinstance(purchase, str) else purchase.group(1)}
+    return await page.client.post("/accounts/acme/funds", data={**form, "csrftoken": token.group(1)})
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "credited", "words"), [("ok", True, "Done"), ("fail", False, "Declined: card declined")]
+)
+async def test_add_funds_charges_the_provider_once_per_purchase(
+    page: Page, behaviour: str, credited: bool, words: str
+) -> None:
+    provider = ScriptedProvider(behaviour)
+    transport = httpx.ASGITransport(app=create_app(page.ledger, "test-secret" * 4, provider=provider))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        shop = Page(client, page.ledger)
+        await shop.login("admin@acme")
+        before = (await page.ledger.account("acme")).balance
+        first = await _buy(shop, str(25 * EUR), key="a1b2c3")
+        again = await _buy(shop, str(25 * EUR), key="a1b2c3")  # "Buy" pressed twice, or the page reloaded
+        assert first.headers["location"] == again.headers["location"] == "/accounts/acme/funds?purchase=a1b2c3"
+        assert len(provider.charges) == 1
+        shown = (await client.get(first.headers["location"])).text
+        assert words in shown and "€25.00" in shown
+        acc = await page.ledger.account("acme")
+        assert acc.balance == before + (25 * EUR if credited else 0)
+        assert not acc.topup_failed, "a declined purchase does not stop the calls (only a failed automatic top-up)"
+
+
+async def test_add_funds_with_the_manual_provider_is_pending_for_the_operator(page: Page) -> None:
+    await page.login("admin@acme")
+    r = await _buy(page, str(10 * EUR))
+    assert "Pending" in (await page.client.get(r.headers["location"])).text
+    [pending] = [t for t in await page.ledger.topups("acme") if t.source == "web"]
+    assert pending.status.value == "pending" and (await page.ledger.account("acme")).balance == 8_734_200
+
+
+@pytest.mark.parametrize("amount", [str(7 * EUR), "-10000000", "ten", ""])
+async def test_an_amount_not_in_the_list_is_refused_and_nothing_written(page: Page, amount: str) -> None:
+    await page.login("admin@acme")
+    r = await _buy(page, amount)
+    assert r.headers["location"].endswith("?error=amount")
+    assert "Choose one of the amounts." in (await page.client.get(r.headers["location"])).text
+    assert [t for t in await page.ledger.topups("acme") if t.source == "web"] == []
+
+
+async def _save(page: Page, **form: str) -> httpx.Response:
+    token = await page.token("/accounts/acme/settings")
+    return await page.client.post("/accounts/acme/settings", data={**form, "csrftoken": token})
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"on_low": "block", "threshold": "-1", "topup_amount": "0"}, "threshold"),
+        ({"on_low": "block", "threshold": "abc", "topup_amount": "0"}, "threshold"),
+        ({"on_low": "topup", "threshold": "5", "topup_amount": "0"}, "topup_amount"),
+        ({"on_low": "sometimes", "threshold": "5", "topup_amount": "10"}, "on_low"),
+        ({"on_low": "block", "threshold": "1e3", "topup_amount": "10"}, "threshold"),
+    ],
+)
+async def test_bad_settings_are_said_beside_the_field_and_nothing_written(
+    page: Page, form: dict[str, str], field: str
+) -> None:
+    await page.login("admin@acme")
+    before = (await page.ledger.account("acme")).settings
+    r = await _save(page, **form)
+    assert r.status_code == 400 and f'id="{field}-error"' in r.text
+    assert (await page.ledger.account("acme")).settings == before
+
+
+async def test_settings_change_and_the_audit_list_says_who(page: Page) -> None:
+    await page.login("admin@acme")
+    r = await _save(page, on_low="topup", threshold="5", topup_amount="20.50")
+    assert r.headers["location"] == "/accounts/acme/settings?saved=1"
+    s = (await page.ledger.account("acme")).settings
+    assert (s.on_low.value, s.threshold, s.topup_amount) == ("topup", 5 * EUR, 20_500_000)
+    body = (await page.client.get(r.headers["location"])).text
+    assert "web:admin@acme" in body and "Saved." in body

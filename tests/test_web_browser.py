@@ -1,5 +1,6 @@
 """The Prepaid Account page in a real browser (Debian's chromium driven by Playwright): log in,
-watch the balance follow a call, switch to French, filter the activity and download its CSV.
+watch the balance follow a call, switch to French, filter the activity and download its CSV, buy
+funds, change the settings (a bad value first).
 Screenshots of each page go to test-artifacts/ (look at them). Without chromium this skips, with
 the reason; under CI (CI=true) it must run."""
 
@@ -21,6 +22,7 @@ from rating_engine.users import Users
 
 from .conftest import OFFICE_FR, ROOT
 from .helpers import EUR
+from .payment_doubles import ScriptedProvider
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -74,9 +76,8 @@ class Site(threading.Thread):
 
         ledger = make_ledger(self.url)
         await ledger.open()
-        server = uvicorn.Server(
-            uvicorn.Config(create_app(ledger, "browser-secret" * 3), host="127.0.0.1", port=0, log_config=None)
-        )
+        app = create_app(ledger, "browser-secret" * 3, provider=ScriptedProvider("ok"))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
         task = asyncio.create_task(server.serve())
         while not server.started:
             await asyncio.sleep(0.02)
@@ -180,6 +181,26 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             download.value.save_as(saved)
             lines = saved.read_text().strip().splitlines()
             assert lines[0].startswith("ended,extension") and len(lines) == 3 and all(",201," in x for x in lines[1:])
+
+            page.get_by_role("link", name="Ajouter des fonds").click()
+            page.get_by_label("25,00\u00a0€").check()
+            page.get_by_role("button", name="Acheter").click()
+            expect(page.locator(".outcome")).to_contain_text("Fait : les fonds ont été ajoutés.")
+            page.screenshot(path=str(ARTIFACTS / "funds-fr.png"), full_page=True)
+            page.get_by_role("link", name="Solde").click()
+            expect(page.locator("[data-field=balance]")).to_have_text("46,885\u00a0€")
+
+            page.get_by_role("link", name="Paramètres").click()
+            page.get_by_label("recharger automatiquement").check()
+            page.get_by_label("Seuil (EUR)").fill("-5")
+            page.get_by_role("button", name="Enregistrer").click()
+            expect(page.locator("#threshold-error")).to_be_visible()  # said beside the field, nothing saved
+            page.get_by_label("Seuil (EUR)").fill("5")
+            page.get_by_label("Montant du rechargement (EUR)").fill("20")
+            page.get_by_role("button", name="Enregistrer").click()
+            expect(page.locator(".outcome")).to_have_text("Enregistré.")
+            expect(page.locator("table")).to_contain_text("web:admin@acme")
+            page.screenshot(path=str(ARTIFACTS / "settings-fr.png"), full_page=True)
 
             phone = browser.new_page(viewport={"width": 390, "height": 844}, locale="fr-FR")
             phone.context.add_cookies(page.context.cookies())

@@ -103,8 +103,16 @@ class Ledger(ABC):
     ) -> tuple[Topup, bool]:
         return await self._run(P.topup, account_id, amount, reference, source, self._now(now))
 
+    async def request_topup(
+        self, account_id: str, amount: int, reference: str, source: str, now: int | None = None
+    ) -> tuple[Topup, bool]:
+        return await self._run(P.request_topup, account_id, amount, reference, source, self._now(now))
+
     async def complete_topup(self, reference: str, ok: bool, detail: str = "", now: int | None = None) -> Topup:
         return await self._run(P.complete_topup, reference, ok, detail, self._now(now))
+
+    async def find_topup(self, reference: str) -> Topup | None:
+        return await self._run(P.find_topup, reference)
 
     async def topups(self, account_id: str) -> list[Topup]:
         return await self._run(P.list_topups, account_id)

@@ -356,6 +356,29 @@ def topup(account_id: str, amount: int, reference: str, source: str, now: int) -
     return Topup(reference, account_id, amount, now, source, TopupStatus.SUCCEEDED), True
 
 
+def request_topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
+    """A top-up to be paid (Add Funds): pending until the payment's outcome; the same reference
+    again is the same top-up (a second press of "Buy" charges nothing)."""
+    check_amount(amount, "a top-up")
+    if not reference or len(reference) > 200 or not reference.isprintable():
+        raise LedgerError("a top-up reference must be 1 to 200 printable characters")
+    yield from get_account(account_id)
+    prior = yield one("SELECT * FROM topups WHERE reference = ?", reference)
+    if prior is not None:
+        if prior["account_id"] != account_id or prior["amount"] != amount:
+            raise LedgerError(f"top-up reference {reference!r} was already used for another top-up")
+        return _topup(prior), False
+    yield count(
+        "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+        reference,
+        account_id,
+        amount,
+        now,
+        source,
+    )
+    return Topup(reference, account_id, amount, now, source, TopupStatus.PENDING), True
+
+
 def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[Topup]:
     """Record a payment's outcome; idempotent once the top-up is no longer pending."""
     r = yield one("SELECT * FROM topups WHERE reference = ?", reference)
@@ -367,7 +390,7 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[T
     yield count("UPDATE topups SET status = ?, detail = ? WHERE reference = ?", status.value, detail, reference)
     if ok:
         yield from _credit(r["account_id"], r["amount"], reference, now)
-    else:
+    elif r["source"] == "auto":  # a failed automatic top-up stops chargeable calls; a declined purchase does not
         yield count(
             "UPDATE accounts SET topup_failed = 1,"
             " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END WHERE id = ?",
@@ -376,6 +399,11 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[T
         )
         yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", r["account_id"])
     return Topup(reference, r["account_id"], r["amount"], r["at"], r["source"], status, detail)
+
+
+def find_topup(reference: str) -> Program[Topup | None]:
+    r = yield one("SELECT * FROM topups WHERE reference = ?", reference)
+    return None if r is None else _topup(r)
 
 
 def list_topups(account_id: str) -> Program[list[Topup]]:

@@ -23,7 +23,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..ledger import Ledger
-from . import activity, auth, balance, operator
+from ..money import MICRO
+from ..payments import ManualProvider, PaymentProvider
+from . import activity, auth, balance, funds, operator, settings
 from .base import Site, current_user, render
 
 STATIC = Path(__file__).parent / "static"
@@ -61,8 +63,20 @@ async def _error(request: Request, exc: Exception) -> Response:
     return render(request, "error.html", user, exc.status_code, status=exc.status_code)
 
 
-def create_app(ledger: Ledger, secret: str, *, session_hours: float = 8.0, secure_cookies: bool = False) -> ASGIApp:
-    """The page on `ledger` (opened and closed by the caller). `secret` signs sessions and CSRF tokens."""
+DEFAULT_AMOUNTS = tuple(n * MICRO for n in (10, 25, 50, 100))
+
+
+def create_app(
+    ledger: Ledger,
+    secret: str,
+    *,
+    provider: PaymentProvider | None = None,
+    amounts: tuple[int, ...] = DEFAULT_AMOUNTS,
+    session_hours: float = 8.0,
+    secure_cookies: bool = False,
+) -> ASGIApp:
+    """The page on `ledger` (opened and closed by the caller). `secret` signs sessions and CSRF
+    tokens; `provider` pays Add Funds (the manual one, pending for the operator, by default)."""
     routes = [
         Route("/", auth.home),
         Route("/login", auth.login_page, methods=["GET"]),
@@ -74,6 +88,10 @@ def create_app(ledger: Ledger, secret: str, *, session_hours: float = 8.0, secur
         Route("/accounts/{account}/balance.json", balance.balance_json),
         Route("/accounts/{account}/activity", activity.activity),
         Route("/accounts/{account}/activity.csv", activity.activity_csv),
+        Route("/accounts/{account}/funds", funds.funds, methods=["GET"]),
+        Route("/accounts/{account}/funds", funds.buy, methods=["POST"]),
+        Route("/accounts/{account}/settings", settings.settings, methods=["GET"]),
+        Route("/accounts/{account}/settings", settings.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
@@ -90,7 +108,7 @@ def create_app(ledger: Ledger, secret: str, *, session_hours: float = 8.0, secur
         ],
         exception_handlers={HTTPException: _error},
     )
-    app.state.site = Site.on(ledger, secure_cookies)
+    app.state.site = Site.on(ledger, provider or ManualProvider(), amounts, secure_cookies)
     protected: Any = asgi_csrf(
         app, signing_secret=secret, always_protect=POST_PATHS, cookie_secure=secure_cookies, always_set_cookie=True
     )

@@ -14,6 +14,7 @@ from starlette.responses import HTMLResponse
 
 from ..accounts import Accounts
 from ..ledger import Account, Ledger, User
+from ..payments import PaymentProvider, TopupRunner
 from ..users import Users
 from .i18n import LANGUAGES, Tongue, choose
 
@@ -27,14 +28,21 @@ class Site:
     accounts: Accounts
     users: Users
     templates: Environment
+    runner: TopupRunner
+    """Pays Add Funds through the deployment's payment provider."""
+    amounts: tuple[int, ...]
+    """What Add Funds offers, in micro-units of the account's currency."""
     secure_cookies: bool = False
 
     @classmethod
-    def on(cls, ledger: Ledger, secure_cookies: bool = False) -> Site:
+    def on(
+        cls, ledger: Ledger, provider: PaymentProvider, amounts: tuple[int, ...], secure_cookies: bool = False
+    ) -> Site:
         env = Environment(
             loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True)
         )
-        return cls(ledger, Accounts(ledger), Users(ledger), env, secure_cookies)
+        runner = TopupRunner(ledger, provider)
+        return cls(ledger, Accounts(ledger), Users(ledger), env, runner, amounts, secure_cookies)
 
 
 def site(request: Request) -> Site:
