@@ -107,8 +107,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results[f"naive_sqlite_full/{tasks}"] = await naive_sqlite(f"{d}/naive.db", pairs, tasks)
             ledger = make_ledger(f"sqlite:///{d}/ours.db")
             await ledger.open()
-            results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks)
-            await ledger.close()
+            try:  # a failed check must end the run, not leave aiosqlite's thread holding the process
+                results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks)
+            finally:
+                await ledger.close()
         if not args.no_postgres:
             url = await postgres_url()
             if url is None:
@@ -116,8 +118,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             ledger = make_ledger(url)
             await ledger.open()
-            results[f"ours_postgres/{tasks}"] = await ours(ledger, pairs if tasks > 1 else pairs // 2, tasks)
-            await ledger.close()
+            try:
+                results[f"ours_postgres/{tasks}"] = await ours(ledger, pairs if tasks > 1 else pairs // 2, tasks)
+            finally:
+                await ledger.close()
     return results
 
 

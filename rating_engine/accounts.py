@@ -12,7 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from .errors import RatingEngineError
 from .ledger import (
@@ -22,6 +24,7 @@ from .ledger import (
     AuditEntry,
     Extension,
     ExtensionSettings,
+    ExtensionTotals,
     Ledger,
     LedgerError,
     Reservation,
@@ -61,8 +64,28 @@ class Activity:
     topups: list[Topup]
 
 
+@dataclass(frozen=True, slots=True)
+class ActivityPage:
+    """One page of an account's activity, newest first, with the totals of the whole selection."""
+
+    account: Account
+    calls: list[ActivityRow]
+    totals: list[ExtensionTotals]
+    older: tuple[int, str] | None
+    """Where the next (older) page starts; None on the last page."""
+
+
 ACCOUNT_FIELDS = frozenset(f.name for f in fields(AccountSettings))
 EXTENSION_FIELDS = frozenset(f.name for f in fields(ExtensionSettings))
+
+
+def day_span(account: Account, first_day: date | None, last_day: date | None) -> tuple[int | None, int | None]:
+    """Unix times from the first day's midnight to the midnight after the last day, in the account's
+    time zone (a day of 23 or 25 hours included)."""
+    tz = ZoneInfo(account.settings.timezone)
+    since = int(datetime.combine(first_day, time(), tz).timestamp()) if first_day else None
+    until = int(datetime.combine(last_day + timedelta(days=1), time(), tz).timestamp()) if last_day else None
+    return since, until
 
 
 def _only_settings(given: Mapping[str, Any]) -> None:
@@ -172,6 +195,26 @@ class Accounts:
         calls = await self.ledger.activity(account_id, ext, since, until)
         return Activity(account, calls, await self.ledger.topups(account_id))
 
+    async def activity_page(
+        self,
+        account_id: str,
+        ext: str | None = None,
+        first_day: date | None = None,
+        last_day: date | None = None,
+        before: tuple[int, str] | None = None,
+        limit: int = 100,
+    ) -> ActivityPage:
+        """Calls of whole days of the account's calendar (both days included), newest first, a page
+        at a time; the totals per extension are those of the whole selection."""
+        account = await self.ledger.account(account_id)
+        since, until = day_span(account, first_day, last_day)
+        calls = await self.ledger.activity_page(account_id, ext, since, until, before, limit + 1)
+        older = (calls[limit - 1].ended_at, calls[limit - 1].call_id) if len(calls) > limit else None
+        totals = await self.ledger.activity_day_totals(
+            account_id, ext, first_day.isoformat() if first_day else None, last_day.isoformat() if last_day else None
+        )
+        return ActivityPage(account, calls[:limit], totals, older)
+
     async def audit(self, account_id: str, limit: int = 50) -> list[AuditEntry]:
         return await self.ledger.audit(account_id, limit=max(1, limit))
 
@@ -193,4 +236,4 @@ class Accounts:
             raise AccountError(str(exc)) from None
 
 
-__all__ = ["AccountError", "Accounts", "Activity", "Overview", "TopupDone"]
+__all__ = ["AccountError", "Accounts", "Activity", "ActivityPage", "Overview", "TopupDone"]

@@ -71,6 +71,7 @@ ACME_ROUTES = [
     "/accounts/acme/balance",
     "/accounts/acme/funds",
     "/accounts/acme/settings",
+    "/accounts/acme/extensions",
     "/accounts/acme/balance.json",
     "/accounts/acme/activity",
     "/accounts/acme/activity?ext=201&since=2026-01-01",
@@ -105,10 +106,16 @@ async def test_another_accounts_administrator_gets_404_for_every_route(page: Pag
     assert (await page.client.get(route.replace("acme", "no-such-account"))).status_code == 404
     assert (await page.client.get("/accounts")).status_code == 404  # the operator's list
     token = await page.token("/accounts/globex/balance")
-    for action, form in (("funds", {"amount": str(10 * EUR), "purchase": "k1"}), ("settings", {"on_low": "block"})):
+    for action, form in (
+        ("funds", {"amount": str(10 * EUR), "purchase": "k1"}),
+        ("settings", {"on_low": "block"}),
+        ("extensions", {"ext": "201", "name": "taken over"}),
+    ):
         posted = await page.client.post(f"/accounts/acme/{action}", data={**form, "threshold": "0", "csrftoken": token})
         assert posted.status_code == 404
     assert (await page.ledger.account("acme")).settings.threshold == EUR and len(await page.ledger.topups("acme")) == 1
+    ext = await page.ledger.extension("acme", "201")
+    assert ext is not None and ext.settings.name == ""
 
 
 @pytest.mark.parametrize("route", [*ACME_ROUTES, "/accounts/globex/activity", "/accounts"])
@@ -266,3 +273,64 @@ async def test_settings_change_and_the_audit_list_says_who(page: Page) -> None:
     assert (s.on_low.value, s.threshold, s.topup_amount) == ("topup", 5 * EUR, 20_500_000)
     body = (await page.client.get(r.headers["location"])).text
     assert "web:admin@acme" in body and "Saved." in body
+
+
+async def _ext(page: Page, **form: str | list[str]) -> httpx.Response:
+    token = await page.token("/accounts/acme/extensions")
+    return await page.client.post("/accounts/acme/extensions", data={**form, "csrftoken": token})
+
+
+async def test_an_extensions_rules_are_set_on_the_page_and_shown_in_the_activity(page: Page) -> None:
+    await page.login("admin@acme")
+    r = await _ext(
+        page, ext="201", name="Reception <desk>", chargeable="yes", kinds=["national", "premium"], daily_cap="3"
+    )
+    assert r.headers["location"] == "/accounts/acme/extensions?saved=201"
+    e = await page.ledger.extension("acme", "201")
+    assert e is not None and e.settings.name == "Reception <desk>" and e.settings.daily_cap == 3 * EUR
+    assert e.settings.classes == {"national", "premium"} and e.settings.chargeable
+    await _ext(page, ext="202", name="", kinds=["national", "international", "mobile_abroad", "premium"])
+    e2 = await page.ledger.extension("acme", "202")
+    assert e2 is not None and not e2.settings.chargeable and e2.settings.classes is None  # every kind: all
+    body = (await page.client.get("/accounts/acme/activity")).text
+    assert "Reception &lt;desk&gt;" in body and "<desk>" not in body
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"ext": "201", "daily_cap": "-1"}, "daily_cap"),
+        ({"ext": "201", "monthly_cap": "lots"}, "monthly_cap"),
+        ({"ext": "20 1"}, "ext"),
+        ({"ext": "201", "name": "x" * 61}, "name"),
+    ],
+)
+async def test_bad_extension_rules_are_said_and_nothing_written(page: Page, form: dict[str, str], field: str) -> None:
+    await page.login("admin@acme")
+    before = await page.ledger.extension("acme", "201")
+    r = await _ext(page, chargeable="yes", **form)
+    assert r.status_code == 400 and f"{field}-" in r.text and 'class="error"' in r.text
+    assert await page.ledger.extension("acme", "201") == before
+
+
+async def test_the_activity_pages_back_by_keyset_without_losing_or_repeating_a_call(
+    page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rating_engine.web import activity
+
+    monkeypatch.setattr(activity, "PAGE", 4)
+    monkeypatch.setattr(activity, "CSV_PAGE", 3)
+    for i in range(7):  # seven more calls ending at the same second: the call id breaks the tie
+        await call(page.ledger, "acme", f"same-second-{i}", "203", 1_000, dialed=f"+4420{i}")
+    await page.login("admin@acme")
+    seen: list[str] = []
+    url = "/accounts/acme/activity"
+    while url:
+        body = (await page.client.get(url)).text
+        seen += re.findall(r"<td>(\+4420\d|0899123456|=HYPERLINK\(1\))</td>", body)
+        found = re.search(r'<a href="(\?[^"]+)" rel="next">', body)
+        url = "/accounts/acme/activity" + found.group(1).replace("&amp;", "&") if found else ""
+    assert sorted(seen) == sorted(["0899123456", "=HYPERLINK(1)", *(f"+4420{i}" for i in range(7))])
+    assert "Totals per extension" in body and ">7<" in body  # the totals are the whole selection's
+    csv_lines = (await page.client.get("/accounts/acme/activity.csv")).text.strip().splitlines()
+    assert len(csv_lines) == 1 + 9 and len(set(csv_lines)) == 10

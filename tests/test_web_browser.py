@@ -202,6 +202,18 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             expect(page.locator("table")).to_contain_text("web:admin@acme")
             page.screenshot(path=str(ARTIFACTS / "settings-fr.png"), full_page=True)
 
+            page.get_by_role("link", name="Postes").click()
+            page.fill("#ext-new", "204")
+            page.fill("#name-new", "Accueil")
+            page.fill("#daily_cap-new", "2,5")  # a French comma is not an amount: said beside the field
+            page.locator("form:has(#ext-new) button").click()
+            expect(page.locator("#daily_cap-new-error")).to_be_visible()
+            page.fill("#daily_cap-new", "2.50")
+            page.locator("form:has(#ext-new) button").click()
+            expect(page.locator(".outcome")).to_contain_text("Enregistré.")
+            expect(page.locator("h2", has_text="Poste 204 — Accueil")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "extensions-fr.png"), full_page=True)
+
             phone = browser.new_page(viewport={"width": 390, "height": 844}, locale="fr-FR")
             phone.context.add_cookies(page.context.cookies())
             phone.goto(f"{base}/accounts/acme/balance")

@@ -100,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     es.add_argument("account")
     es.add_argument("ext")
     es.add_argument("--chargeable", choices=["yes", "no"], help="may it place chargeable calls at all")
+    es.add_argument("--name", help='who or what it is, shown on the page ("Reception"); "" clears it')
     es.add_argument(
         "--kinds",
         nargs="+",
@@ -384,6 +385,8 @@ async def cmd_extension_set(args: argparse.Namespace) -> int:
         changes["classes"] = None if "all" in args.kinds else frozenset(DestinationClass(k) for k in args.kinds)
     if args.chargeable is not None:
         changes["chargeable"] = args.chargeable == "yes"
+    if args.name is not None:
+        changes["name"] = args.name
     if args.daily_cap is not None:
         changes["daily_cap"] = _amount(args.daily_cap, "--daily-cap", allow_none=True)
     if args.monthly_cap is not None:

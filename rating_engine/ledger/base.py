@@ -22,6 +22,7 @@ from .models import (
     CheckProblem,
     Extension,
     ExtensionSettings,
+    ExtensionTotals,
     Reservation,
     ReserveResult,
     SettleResult,
@@ -169,6 +170,27 @@ class Ledger(ABC):
         self, account_id: str, ext: str | None = None, since: int | None = None, until: int | None = None
     ) -> list[ActivityRow]:
         return await self._run(P.activity, account_id, ext, since, until)
+
+    async def activity_page(
+        self,
+        account_id: str,
+        ext: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        before: tuple[int, str] | None = None,
+        limit: int = 100,
+    ) -> list[ActivityRow]:
+        return await self._run(P.activity_page, account_id, ext, since, until, before, limit)
+
+    async def activity_day_totals(
+        self, account_id: str, ext: str | None = None, first_day: str | None = None, last_day: str | None = None
+    ) -> list[ExtensionTotals]:
+        return await self._run(P.activity_day_totals, account_id, ext, first_day, last_day)
+
+    async def activity_totals(
+        self, account_id: str, ext: str | None = None, since: int | None = None, until: int | None = None
+    ) -> list[ExtensionTotals]:
+        return await self._run(P.activity_totals, account_id, ext, since, until)
 
     async def check(self) -> list[CheckProblem]:
         return await self._run(P.check)

@@ -155,8 +155,12 @@ class ExtensionSettings:
     """At most this many chargeable calls of this extension at once."""
     max_attempts: int | None = None
     """At most this many chargeable call attempts of this extension per minute."""
+    name: str = ""
+    """Who or what it is ("Reception", "Alice"): shown on the page beside the number."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or len(self.name) > 60 or not self.name.isprintable():
+            raise LedgerError("an extension's name: at most 60 printable characters")
         if self.classes is not None:
             try:
                 object.__setattr__(self, "classes", frozenset(DestinationClass(c) for c in self.classes))

@@ -141,7 +141,49 @@ CREATE TABLE users (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX users_account ON users (account_id);
+ALTER TABLE extensions ADD COLUMN name TEXT NOT NULL DEFAULT '';
+DROP INDEX activity_account_time;
+CREATE INDEX activity_account_end_call ON activity (account_id, ended_at, call_id);
 """
+
+
+# Also version 4: each account's calls summed per day of its own calendar and per extension, kept by
+# every settle (the page's totals and its chart read these, not a million activity rows). Calls
+# settled before version 4 are summed by their UTC day.
+_ACTIVITY_DAYS_TABLE = """
+ALTER TABLE activity ADD COLUMN day TEXT NOT NULL DEFAULT '';
+CREATE TABLE activity_days (
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    day TEXT NOT NULL,
+    ext TEXT NOT NULL,
+    calls BIGINT NOT NULL DEFAULT 0,
+    seconds BIGINT NOT NULL DEFAULT 0,
+    cost BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, day, ext)
+);
+"""
+_ADD_TO_DAY = (
+    "INSERT INTO activity_days (account_id, day, ext, calls, seconds, cost)"
+    " VALUES (NEW.account_id, NEW.day, NEW.ext, 1, NEW.billable_seconds, NEW.cost)"
+    " ON CONFLICT (account_id, day, ext) DO UPDATE SET calls = activity_days.calls + 1,"
+    " seconds = activity_days.seconds + excluded.seconds, cost = activity_days.cost + excluded.cost;"
+)
+_SUM_DAYS = (
+    "INSERT INTO activity_days (account_id, day, ext, calls, seconds, cost)"
+    " SELECT account_id, day, ext, COUNT(*), SUM(billable_seconds), SUM(cost) FROM activity GROUP BY 1, 2, 3;"
+)
+_ACTIVITY_DAYS = {
+    "sqlite": _ACTIVITY_DAYS_TABLE
+    + "UPDATE activity SET day = date(ended_at, 'unixepoch');"
+    + _SUM_DAYS
+    + f"CREATE TRIGGER activity_days_sum AFTER INSERT ON activity BEGIN {_ADD_TO_DAY} END;",
+    "postgres": _ACTIVITY_DAYS_TABLE
+    + "UPDATE activity SET day = to_char(to_timestamp(ended_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD');"
+    + _SUM_DAYS
+    + f"CREATE FUNCTION activity_days_sum() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {_ADD_TO_DAY}"
+    " RETURN NULL; END $$;"
+    "CREATE TRIGGER activity_days_sum AFTER INSERT ON activity FOR EACH ROW EXECUTE FUNCTION activity_days_sum();",
+}
 
 
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
@@ -175,7 +217,7 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (1, _TABLES + _JOURNAL[dialect] + _JOURNAL_REST),
         (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
         (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
-        (4, _USERS),
+        (4, _USERS + _ACTIVITY_DAYS[dialect]),
     ]
 
 
@@ -203,8 +245,10 @@ def upgrade_steps(current: int, dialect: str) -> list[tuple[int, list[str]]]:
 def statements(script: str) -> list[str]:
     out: list[str] = []
     for part in script.split(";"):
-        if out and out[-1].startswith("CREATE TRIGGER") and not out[-1].endswith("END"):
-            out[-1] += ";" + part.rstrip()  # the RAISE(…) inside a trigger's BEGIN … END
+        if out and out[-1].startswith("CREATE FUNCTION") and out[-1].count("$$") == 1:
+            out[-1] += ";" + part.rstrip()  # the body of a PL/pgSQL function, between its $$
+        elif out and out[-1].startswith("CREATE TRIGGER") and " BEGIN " in out[-1] and not out[-1].endswith("END"):
+            out[-1] += ";" + part.rstrip()  # the statements inside a SQLite trigger's BEGIN … END
         elif part.strip():
             out.append(part.strip())
     return out

@@ -6,58 +6,81 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import date, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ..accounts import Activity
-from ..ledger import extension_totals
+from ..accounts import day_span
+from ..ledger import Account, User
 from ..money import format_amount
 from .base import account_for, render, site
 
 
-def _day(text: str, zone: ZoneInfo) -> int | None:
-    """A date from the filter (YYYY-MM-DD) as the unix time of that midnight in the account's zone."""
+def _day(text: str) -> date | None:
     try:
-        d = date.fromisoformat(text)
+        return date.fromisoformat(text)
     except ValueError:
         return None
-    return int(datetime.combine(d, time(), zone).timestamp())
 
 
-async def _selection(request: Request) -> tuple[object, Activity, dict[str, str], list[str]]:
+PAGE = 100
+CSV_PAGE = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    user: User
+    account: Account
+    ext: str | None
+    first_day: date | None
+    last_day: date | None
+    chosen: dict[str, str]
+    problems: list[str]
+
+
+async def _selection(request: Request) -> Selection:
     account_id = request.path_params["account"]
     user, account = await account_for(request, account_id)
-    zone = ZoneInfo(account.settings.timezone)
     q = request.query_params
     chosen = {k: q.get(k, "").strip() for k in ("ext", "since", "until")}
-    problems = []
-    since = _day(chosen["since"], zone) if chosen["since"] else None
-    until_day = _day(chosen["until"], zone) if chosen["until"] else None
-    if chosen["since"] and since is None:
-        problems.append("since")
-    if chosen["until"] and until_day is None:
-        problems.append("until")
-    until = None if until_day is None else until_day + int(timedelta(days=1).total_seconds())  # the whole last day
-    seen = await site(request).accounts.activity(account_id, chosen["ext"] or None, since, until)
-    return user, seen, chosen, problems
+    first, last = _day(chosen["since"]), _day(chosen["until"])
+    problems = [k for k, d in (("since", first), ("until", last)) if chosen[k] and d is None]
+    return Selection(user, account, chosen["ext"] or None, first, last, chosen, problems)
+
+
+def _cursor(text: str) -> tuple[int, str] | None:
+    """`before=ENDED:CALL_ID` of the "older calls" link (a call id may itself hold colons)."""
+    ended, _, call_id = text.partition(":")
+    return (int(ended), call_id) if ended.isascii() and ended.isdigit() and call_id else None
 
 
 async def activity(request: Request) -> Response:
-    user, seen, chosen, problems = await _selection(request)
+    sel = await _selection(request)
+    s = site(request)
+    before = _cursor(request.query_params.get("before", ""))
+    page = await s.accounts.activity_page(sel.account.id, sel.ext, sel.first_day, sel.last_day, before, PAGE)
+    names = {e.ext: e.settings.name for e in await s.ledger.extensions(sel.account.id)}
+    older = None
+    if page.older is not None:
+        older = "?" + urlencode({**sel.chosen, "before": f"{page.older[0]}:{page.older[1]}"})
     return render(
         request,
         "activity.html",
-        user,  # type: ignore[arg-type]
-        account=seen.account,
-        calls=list(reversed(seen.calls)),
-        topups=list(reversed(seen.topups)),
-        totals=extension_totals(seen.calls),
-        chosen=chosen,
-        problems=problems,
-        extensions=sorted({c.ext for c in seen.calls}),
+        sel.user,
+        account=sel.account,
+        calls=page.calls,
+        topups=list(reversed(await s.ledger.topups(sel.account.id))),
+        totals=page.totals,
+        chosen=sel.chosen,
+        problems=sel.problems,
+        extensions=sorted({t.ext for t in page.totals} | set(names)),
+        names=names,
+        older=older,
+        first_page=before is None,
     )
 
 
@@ -65,35 +88,32 @@ CSV_COLUMNS = ["ended", "extension", "dialed", "e164", "destination", "kind", "s
 
 
 async def activity_csv(request: Request) -> Response:
-    """Exactly what the filter selects, written row by row as it is sent."""
-    _, seen, _, _ = await _selection(request)
-    cur = seen.account.settings.currency
+    """Exactly what the filter selects, newest first, read and sent a page at a time (a big account's
+    export never sits in memory whole)."""
+    sel = await _selection(request)
+    ledger, cur = site(request).ledger, sel.account.settings.currency
+    zone = ZoneInfo(sel.account.settings.timezone)
+    since, until = day_span(sel.account, sel.first_day, sel.last_day)
 
     async def lines() -> AsyncIterator[str]:
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(CSV_COLUMNS)
-        for r in seen.calls:
-            w.writerow(
-                [
-                    datetime.fromtimestamp(r.ended_at, ZoneInfo(seen.account.settings.timezone)).isoformat(),
-                    r.ext,
-                    _safe(r.dialed),
-                    r.e164,
-                    _safe(r.destination),
-                    r.kind,
-                    r.billable_seconds,
-                    format_amount(r.cost, cur),
-                    format_amount(r.balance_after, cur),
-                ]
-            )
+        before: tuple[int, str] | None = None
+        while True:
+            rows = await ledger.activity_page(sel.account.id, sel.ext, since, until, before, CSV_PAGE)
+            for r in rows:
+                ended = datetime.fromtimestamp(r.ended_at, zone).isoformat()
+                cells = [ended, r.ext, _safe(r.dialed), r.e164, _safe(r.destination), r.kind, r.billable_seconds]
+                w.writerow([*cells, format_amount(r.cost, cur), format_amount(r.balance_after, cur)])
             yield buf.getvalue()
             buf.seek(0)
             buf.truncate()
-        if not seen.calls:
-            yield buf.getvalue()
+            if len(rows) < CSV_PAGE:
+                return
+            before = (rows[-1].ended_at, rows[-1].call_id)
 
-    name = f"activity-{seen.account.id}.csv"
+    name = f"activity-{sel.account.id}.csv"
     return StreamingResponse(
         lines(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'}
     )

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..ledger import Ledger
 from ..money import MICRO
 from ..payments import ManualProvider, PaymentProvider
-from . import activity, auth, balance, funds, operator, settings
+from . import activity, auth, balance, extensions, funds, operator, settings
 from .base import Site, current_user, render
 
 STATIC = Path(__file__).parent / "static"
@@ -90,6 +90,8 @@ def create_app(
         Route("/accounts/{account}/activity.csv", activity.activity_csv),
         Route("/accounts/{account}/funds", funds.funds, methods=["GET"]),
         Route("/accounts/{account}/funds", funds.buy, methods=["POST"]),
+        Route("/accounts/{account}/extensions", extensions.extensions, methods=["GET"]),
+        Route("/accounts/{account}/extensions", extensions.save, methods=["POST"]),
         Route("/accounts/{account}/settings", settings.settings, methods=["GET"]),
         Route("/accounts/{account}/settings", settings.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
