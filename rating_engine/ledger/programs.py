@@ -332,52 +332,52 @@ def _credit(account_id: str, amount: int, reference: str, now: int) -> Program[i
     return int(acc["balance"])
 
 
-def topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
-    """Credit the account once per reference; a repeated reference changes nothing."""
+def _check_topup(amount: int, reference: str) -> None:
     check_amount(amount, "a top-up")
     if not reference or len(reference) > 200 or not reference.isprintable():
         raise LedgerError("a top-up reference must be 1 to 200 printable characters")
-    acc = yield from get_account(account_id)
-    if acc.balance > MAX_BALANCE - amount:
-        raise LedgerError(f"the balance of {account_id!r} would exceed {MAX_BALANCE // MICRO:,} units; nothing added")
+
+
+def _record_topup(
+    account_id: str, amount: int, reference: str, source: str, now: int, status: TopupStatus
+) -> Program[tuple[Topup, bool]]:
+    """The top-up of this reference: the one recorded before (the same account and amount), or a new
+    row with `status`. (Topup, created)."""
     prior = yield one("SELECT * FROM topups WHERE reference = ?", reference)
     if prior is not None:
         if prior["account_id"] != account_id or prior["amount"] != amount:
             raise LedgerError(f"top-up reference {reference!r} was already used for another top-up")
         return _topup(prior), False
     yield count(
-        "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, ?, 'succeeded')",
+        "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, ?, ?)",
         reference,
         account_id,
         amount,
         now,
         source,
+        status.value,
     )
-    yield from _credit(account_id, amount, reference, now)
-    return Topup(reference, account_id, amount, now, source, TopupStatus.SUCCEEDED), True
+    return Topup(reference, account_id, amount, now, source, status), True
+
+
+def topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
+    """Credit the account once per reference; a repeated reference changes nothing."""
+    _check_topup(amount, reference)
+    acc = yield from get_account(account_id)
+    if acc.balance > MAX_BALANCE - amount:
+        raise LedgerError(f"the balance of {account_id!r} would exceed {MAX_BALANCE // MICRO:,} units; nothing added")
+    done, created = yield from _record_topup(account_id, amount, reference, source, now, TopupStatus.SUCCEEDED)
+    if created:
+        yield from _credit(account_id, amount, reference, now)
+    return done, created
 
 
 def request_topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
     """A top-up to be paid (Add Funds): pending until the payment's outcome; the same reference
     again is the same top-up (a second press of "Buy" charges nothing)."""
-    check_amount(amount, "a top-up")
-    if not reference or len(reference) > 200 or not reference.isprintable():
-        raise LedgerError("a top-up reference must be 1 to 200 printable characters")
+    _check_topup(amount, reference)
     yield from get_account(account_id)
-    prior = yield one("SELECT * FROM topups WHERE reference = ?", reference)
-    if prior is not None:
-        if prior["account_id"] != account_id or prior["amount"] != amount:
-            raise LedgerError(f"top-up reference {reference!r} was already used for another top-up")
-        return _topup(prior), False
-    yield count(
-        "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, ?, 'pending')",
-        reference,
-        account_id,
-        amount,
-        now,
-        source,
-    )
-    return Topup(reference, account_id, amount, now, source, TopupStatus.PENDING), True
+    return (yield from _record_topup(account_id, amount, reference, source, now, TopupStatus.PENDING))
 
 
 def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[Topup]:
