@@ -187,10 +187,5 @@ class Ledger(ABC):
     ) -> list[ExtensionTotals]:
         return await self._run(P.activity_day_totals, account_id, ext, first_day, last_day)
 
-    async def activity_totals(
-        self, account_id: str, ext: str | None = None, since: int | None = None, until: int | None = None
-    ) -> list[ExtensionTotals]:
-        return await self._run(P.activity_totals, account_id, ext, since, until)
-
     async def check(self) -> list[CheckProblem]:
         return await self._run(P.check)

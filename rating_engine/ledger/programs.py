@@ -845,20 +845,6 @@ def activity_day_totals(
     return [ExtensionTotals(r["ext"], int(r["calls"]), int(r["seconds"]), int(r["cost"])) for r in found]
 
 
-def activity_totals(
-    account_id: str, ext: str | None, since: int | None, until: int | None
-) -> Program[list[ExtensionTotals]]:
-    """Calls, billable seconds and cost per extension over the selection, summed in SQL."""
-    yield from get_account(account_id)
-    where, params = _activity_where(account_id, ext, since, until)
-    found = yield rows(
-        "SELECT ext, COUNT(*) AS calls, SUM(billable_seconds) AS seconds, SUM(cost) AS cost"
-        f" FROM activity WHERE {where} GROUP BY ext ORDER BY ext",
-        *params,
-    )
-    return [ExtensionTotals(r["ext"], int(r["calls"]), int(r["seconds"]), int(r["cost"])) for r in found]
-
-
 def _totals(table: str, column: str, where: str = "TRUE") -> Program[dict[str, int]]:
     """SUM(column) per account (the check's four sums; the arguments are this module's literals)."""
     found = yield rows(f"SELECT account_id, SUM({column}) AS total FROM {table} WHERE {where} GROUP BY account_id")
