@@ -780,14 +780,19 @@ _ACTIVITY_COLUMNS = (
 )
 
 
-def _activity_where(account_id: str, ext: str | None, since: int | None, until: int | None) -> tuple[str, list[Any]]:
+def _where(account_id: str, *optional: tuple[str, object]) -> tuple[str, list[Any]]:
+    """`account_id = ?` and each (clause, value) whose value is given, with their parameters."""
     sql = "account_id = ?"
     params: list[Any] = [account_id]
-    for clause, value in (("ext = ?", ext), ("ended_at >= ?", since), ("ended_at < ?", until)):
+    for clause, value in optional:
         if value is not None:
             sql += f" AND {clause}"
             params.append(value)
     return sql, params
+
+
+def _activity_where(account_id: str, ext: str | None, since: int | None, until: int | None) -> tuple[str, list[Any]]:
+    return _where(account_id, ("ext = ?", ext), ("ended_at >= ?", since), ("ended_at < ?", until))
 
 
 def _activity_row(r: Row) -> ActivityRow:
@@ -831,12 +836,7 @@ def activity_day_totals(
     included), from the daily sums kept at each settle: a year of a busy account is a few thousand
     rows to add, not a million."""
     yield from get_account(account_id)
-    sql = "account_id = ?"
-    params: list[Any] = [account_id]
-    for clause, value in (("ext = ?", ext), ("day >= ?", first_day), ("day <= ?", last_day)):
-        if value is not None:
-            sql += f" AND {clause}"
-            params.append(value)
+    sql, params = _where(account_id, ("ext = ?", ext), ("day >= ?", first_day), ("day <= ?", last_day))
     found = yield rows(
         "SELECT ext, SUM(calls) AS calls, SUM(seconds) AS seconds, SUM(cost) AS cost"
         f" FROM activity_days WHERE {sql} GROUP BY ext ORDER BY ext",
