@@ -23,6 +23,7 @@ from .payment_doubles import ScriptedProvider
 PLAN = next(iter(load_tariffs([OFFICE_FR]).plans.values()))
 PASSWORD = "correct horse battery"
 NOW = 1_795_535_109
+FRENCH = {"accept-language": "fr-FR,fr;q=0.9"}
 
 
 @dataclass
@@ -334,3 +335,36 @@ async def test_the_activity_pages_back_by_keyset_without_losing_or_repeating_a_c
     assert "Totals per extension" in body and ">7<" in body  # the totals are the whole selection's
     csv_lines = (await page.client.get("/accounts/acme/activity.csv")).text.strip().splitlines()
     assert len(csv_lines) == 1 + 9 and len(set(csv_lines)) == 10
+
+
+async def test_the_chart_stacks_each_days_spending_by_extension(page: Page) -> None:
+    await page.login("admin@acme")
+    body = (await page.client.get("/accounts/acme/activity?since=20/11/2026&until=30/11/2026")).text
+    titles = re.findall(r"<rect [^>]*><title>([^<]+)</title>", body)
+    assert titles == ["24 Nov · 201: €1.25", "24 Nov · 202: €0.0158"]  # the biggest spender at the bottom
+    assert "20/11/2026 – 30/11/2026" in body and "Globex" not in body
+    only = (await page.client.get("/accounts/acme/activity?ext=202&since=2026-11-20&until=2026-11-30")).text
+    assert re.findall(r"<title>([^<]+)</title>", only)[1:] == ["24 Nov · 202: €0.0158"]
+    fr = await page.client.get("/accounts/acme/activity?since=20/11/2026&until=30/11/2026", headers=FRENCH)
+    assert "24 nov. · 201: 1,25\u00a0€" in fr.text and "Dépenses par jour" in fr.text
+    empty = (await page.client.get("/accounts/acme/activity?since=01/01/2030")).text
+    assert "<rect x" not in empty and "No chargeable call in this period." in empty
+
+
+async def test_french_amounts_and_days_are_read_as_french(page: Page) -> None:
+    await page.login("admin@acme")
+    token = await page.token("/accounts/acme/balance")
+    await page.client.post("/language", data={"language": "fr", "next": "/", "csrftoken": token})
+    r = await _save(page, on_low="topup", threshold="2,5", topup_amount="1 000,50")
+    assert r.status_code == 303
+    s = (await page.ledger.account("acme")).settings
+    assert (s.threshold, s.topup_amount) == (2_500_000, 1_000_500_000)
+    form = (await page.client.get("/accounts/acme/settings")).text
+    assert 'value="2,50"' in form and 'value="1000,50"' in form  # filled in as French writes it
+    assert "Seuil modifié" in form and "set threshold" not in form  # the audit in French
+    r = await _ext(page, ext="201", daily_cap="0,75")
+    e = await page.ledger.extension("acme", "201")
+    assert r.status_code == 303 and e is not None and e.settings.daily_cap == 750_000
+    body = (await page.client.get("/accounts/acme/activity?since=24/11/2026&until=24/11/2026")).text
+    assert body.count("0899123456") == 1 and 'placeholder="jj/mm/aaaa"' in body
+    assert "aria-invalid" not in body

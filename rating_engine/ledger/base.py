@@ -20,6 +20,7 @@ from .models import (
     AuditEntry,
     CallDetails,
     CheckProblem,
+    DaySpending,
     Extension,
     ExtensionSettings,
     ExtensionTotals,
@@ -186,6 +187,9 @@ class Ledger(ABC):
         self, account_id: str, ext: str | None = None, first_day: str | None = None, last_day: str | None = None
     ) -> list[ExtensionTotals]:
         return await self._run(P.activity_day_totals, account_id, ext, first_day, last_day)
+
+    async def activity_days(self, account_id: str, ext: str | None, first_day: str, last_day: str) -> list[DaySpending]:
+        return await self._run(P.activity_days, account_id, ext, first_day, last_day)
 
     async def check(self) -> list[CheckProblem]:
         return await self._run(P.check)

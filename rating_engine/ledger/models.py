@@ -364,6 +364,15 @@ class ExtensionTotals:
     cost: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DaySpending:
+    """What one extension spent on one day of the account's calendar (YYYY-MM-DD)."""
+
+    day: str
+    ext: str
+    cost: int
+
+
 def extension_totals(rows: list[ActivityRow]) -> list[ExtensionTotals]:
     """Calls, billable seconds and cost per extension, in extension order."""
     totals: dict[str, ExtensionTotals] = {}

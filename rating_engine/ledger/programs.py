@@ -24,6 +24,7 @@ from .models import (
     AuditEntry,
     CallDetails,
     CheckProblem,
+    DaySpending,
     Extension,
     ExtensionSettings,
     ExtensionTotals,
@@ -843,6 +844,14 @@ def activity_day_totals(
         *params,
     )
     return [ExtensionTotals(r["ext"], int(r["calls"]), int(r["seconds"]), int(r["cost"])) for r in found]
+
+
+def activity_days(account_id: str, ext: str | None, first_day: str, last_day: str) -> Program[list[DaySpending]]:
+    """Spending per day and extension (days with none left out), from the same daily sums."""
+    yield from get_account(account_id)
+    sql, params = _where(account_id, ("ext = ?", ext), ("day >= ?", first_day), ("day <= ?", last_day))
+    found = yield rows(f"SELECT day, ext, cost FROM activity_days WHERE {sql} AND cost > 0 ORDER BY day, ext", *params)
+    return [DaySpending(str(r["day"]), r["ext"], int(r["cost"])) for r in found]
 
 
 def _totals(table: str, column: str, where: str = "TRUE") -> Program[dict[str, int]]:

@@ -7,7 +7,7 @@ import csv
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -17,15 +17,8 @@ from starlette.responses import Response, StreamingResponse
 from ..accounts import day_span
 from ..ledger import Account, User
 from ..money import format_amount
-from .base import account_for, render, site
-
-
-def _day(text: str) -> date | None:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        return None
-
+from .base import account_for, render, site, tongue
+from .chart import spending_chart
 
 PAGE = 100
 CSV_PAGE = 5_000
@@ -47,9 +40,19 @@ async def _selection(request: Request) -> Selection:
     user, account = await account_for(request, account_id)
     q = request.query_params
     chosen = {k: q.get(k, "").strip() for k in ("ext", "since", "until")}
-    first, last = _day(chosen["since"]), _day(chosen["until"])
+    t = tongue(request, user)
+    first, last = t.parse_day(chosen["since"]), t.parse_day(chosen["until"])
     problems = [k for k, d in (("since", first), ("until", last)) if chosen[k] and d is None]
     return Selection(user, account, chosen["ext"] or None, first, last, chosen, problems)
+
+
+def chart_period(account: Account, first_day: date | None, last_day: date | None) -> tuple[date, date]:
+    """The days the chart draws: those of the filter; without an end, up to today in the account's
+    time zone; without a start, the 30 days to the end."""
+    today = datetime.now(ZoneInfo(account.settings.timezone)).date()
+    last = last_day or max(today, first_day or today)
+    first = first_day or last - timedelta(days=29)
+    return (first, last) if first <= last else (last, first)
 
 
 def _cursor(text: str) -> tuple[int, str] | None:
@@ -64,6 +67,19 @@ async def activity(request: Request) -> Response:
     before = _cursor(request.query_params.get("before", ""))
     page = await s.accounts.activity_page(sel.account.id, sel.ext, sel.first_day, sel.last_day, before, PAGE)
     names = {e.ext: e.settings.name for e in await s.ledger.extensions(sel.account.id)}
+    t = tongue(request, sel.user)
+    first, last = chart_period(sel.account, sel.first_day, sel.last_day)
+    spending = await s.ledger.activity_days(sel.account.id, sel.ext, first.isoformat(), last.isoformat())
+    cur = sel.account.settings.currency
+    chart = spending_chart(
+        first,
+        last,
+        spending,
+        lambda e: f"{e} {names[e]}" if names.get(e) else e,
+        lambda amount: t.money(amount, cur),
+        t.short_day,
+        t.gettext("other extensions"),
+    )
     older = None
     if page.older is not None:
         older = "?" + urlencode({**sel.chosen, "before": f"{page.older[0]}:{page.older[1]}"})
@@ -81,6 +97,8 @@ async def activity(request: Request) -> Response:
         names=names,
         older=older,
         first_page=before is None,
+        chart=chart,
+        period=(t.day_input(chart.first), t.day_input(chart.last)),
     )
 
 

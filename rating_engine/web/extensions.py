@@ -14,8 +14,8 @@ from ..contract import DestinationClass
 from ..errors import InvalidAmount
 from ..ledger import Account, Extension
 from ..ledger.models import EXTENSION
-from ..money import format_amount, parse_amount
 from .base import account_for, render, site, tongue
+from .i18n import Tongue
 
 KIND_LABELS = {
     DestinationClass.NATIONAL: "national",
@@ -25,15 +25,15 @@ KIND_LABELS = {
 }
 
 
-def _row(account: Account, e: Extension) -> dict[str, Any]:
+def _row(account: Account, e: Extension, t: Tongue) -> dict[str, Any]:
     s, cur = e.settings, account.settings.currency
     return {
         "ext": e.ext,
         "name": s.name,
         "chargeable": s.chargeable,
         "kinds": set(DestinationClass) if s.classes is None else set(s.classes),
-        "daily_cap": "" if s.daily_cap is None else format_amount(s.daily_cap, cur),
-        "monthly_cap": "" if s.monthly_cap is None else format_amount(s.monthly_cap, cur),
+        "daily_cap": "" if s.daily_cap is None else t.amount_input(s.daily_cap, cur),
+        "monthly_cap": "" if s.monthly_cap is None else t.amount_input(s.monthly_cap, cur),
         "spent_today": e.day_spent,
         "spent_month": e.month_spent,
     }
@@ -48,7 +48,8 @@ async def _page(
     posted: dict[str, Any] | None = None,
 ) -> Response:
     exts = await site(request).ledger.extensions(account.id)
-    rows = [_row(account, e) for e in exts]
+    t = tongue(request, user)
+    rows = [_row(account, e, t) for e in exts]
     if posted is not None and posted["ext"] in {r["ext"] for r in rows}:  # redraw that one as it was sent
         rows = [posted if r["ext"] == posted["ext"] else r for r in rows]
         posted = None
@@ -90,7 +91,7 @@ async def save(request: Request) -> Response:
     for cap in ("daily_cap", "monthly_cap"):
         text = str(form.get(cap, "")).strip()
         try:
-            changes[cap] = parse_amount(text) if text else None
+            changes[cap] = t.parse_amount(text) if text else None
         except InvalidAmount:
             problems[cap] = t.gettext("An amount, e.g. 10 or 12.50 (not negative), or empty for no cap.")
     if not problems:

@@ -3,19 +3,21 @@ the reader's locale ("3,50 €" in French), and which language a request gets.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from babel.dates import format_datetime
+from babel.dates import format_date, format_datetime
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency
 
-from ..money import MICRO
+from ..errors import InvalidAmount
+from ..money import MICRO, format_amount, parse_amount
 
 LOCALE_DIR = Path(__file__).parent / "locale"
 LANGUAGES = {"en": "en_GB", "fr": "fr_FR"}
@@ -54,8 +56,79 @@ class Tongue:
         moment = datetime.fromtimestamp(unix, ZoneInfo(timezone))
         return str(format_datetime(moment, "short", locale=self.locale))
 
+    def amount_input(self, amount: int, currency: str) -> str:
+        """An amount as a form field holds it: no symbol, no grouping, the language's decimal mark."""
+        text = format_amount(amount, currency)
+        return text.replace(".", ",") if self.language == "fr" else text
+
+    def parse_amount(self, text: str) -> int:
+        """What an office's administrator types: "2,5" or "1 000,50" in French, "2.5" or
+        "1,000.50" in English; a dot is read as the decimal mark in either. Anything that could be
+        read two ways ("1,5" in English) is refused rather than guessed."""
+        s = text.strip()
+        if self.language == "fr":
+            s = re.sub(r"(?<=\d)[ \u00a0\u202f](?=\d{3}(\D|$))", "", s)
+            if "," in s and "." in s:
+                raise InvalidAmount(f"not a decimal amount: {text!r}")
+            s = s.replace(",", ".", 1) if s.count(",") == 1 else s
+        elif "," in s:
+            if _GROUPED.fullmatch(s) is None:
+                raise InvalidAmount(f"not a decimal amount: {text!r}")
+            s = s.replace(",", "")
+        return parse_amount(s)
+
+    def short_day(self, day: date) -> str:
+        return str(format_date(day, "d MMM", locale=self.locale))
+
+    def day_input(self, day: date) -> str:
+        return f"{day.day:02d}/{day.month:02d}/{day.year:04d}"
+
+    def parse_day(self, text: str) -> date | None:
+        """A day as typed in the language's order (day/month/year in both, dots or dashes allowed),
+        or as ISO 2026-12-01 (what the page's own links carry)."""
+        s = text.strip()
+        try:
+            if _ISO_DAY.fullmatch(s):
+                return date.fromisoformat(s)
+            m = _LOCAL_DAY.fullmatch(s)
+            return date(int(m["y"]), int(m["m"]), int(m["d"])) if m else None
+        except ValueError:
+            return None
+
+    def action(self, action: str) -> str:
+        """An audit line's action, recorded in the ledger's words ("set threshold"), in this language."""
+        return self.gettext(ACTIONS.get(action, action))
+
     def helpers(self) -> dict[str, Callable[..., str]]:
-        return {"_": self.gettext, "money": self.money, "when": self.when}
+        return {
+            "_": self.gettext,
+            "money": self.money,
+            "when": self.when,
+            "amount_input": self.amount_input,
+            "action": self.action,
+        }
+
+
+ACTIONS = {
+    "set plan": "Plan changed",
+    "set threshold": "Threshold changed",
+    "set on_low": "Below the threshold: changed",
+    "set topup_amount": "Top-up amount changed",
+    "set block_on_topup_failure": "Blocking after a failed top-up: changed",
+    "set timezone": "Time zone changed",
+    "set max_calls": "Simultaneous calls limit changed",
+    "set max_attempts": "Call attempts limit changed",
+    "set velocity_limit": "Hourly spending limit changed",
+    "set blocked_prefixes": "Blocked prefixes changed",
+    "set office_hours": "Office hours changed",
+    "velocity limit reached": "Hourly spending limit reached",
+}
+"""The ledger's audit actions → the English the page shows (and translates)."""
+
+
+_GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_LOCAL_DAY = re.compile(r"(?P<d>\d{1,2})[/.-](?P<m>\d{1,2})[/.-](?P<y>\d{4})")
 
 
 def choose(cookie: str | None, preferred: str | None, accept: str) -> str:

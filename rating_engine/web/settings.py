@@ -12,16 +12,16 @@ from starlette.responses import RedirectResponse, Response
 from ..accounts import AccountError
 from ..errors import InvalidAmount
 from ..ledger import Account, OnLow
-from ..money import format_amount, parse_amount
 from .base import account_for, render, site, tongue
+from .i18n import Tongue
 
 
-def _form_of(account: Account) -> dict[str, str]:
+def _form_of(account: Account, t: Tongue) -> dict[str, str]:
     s = account.settings
     return {
         "on_low": s.on_low.value,
-        "threshold": format_amount(s.threshold, s.currency),
-        "topup_amount": format_amount(s.topup_amount, s.currency),
+        "threshold": t.amount_input(s.threshold, s.currency),
+        "topup_amount": t.amount_input(s.topup_amount, s.currency),
     }
 
 
@@ -44,7 +44,7 @@ async def _page(
 
 async def settings(request: Request) -> Response:
     user, account = await account_for(request, request.path_params["account"])
-    return await _page(request, account, user, _form_of(account), {}, 200)
+    return await _page(request, account, user, _form_of(account, tongue(request, user)), {}, 200)
 
 
 async def save(request: Request) -> Response:
@@ -61,7 +61,7 @@ async def save(request: Request) -> Response:
         errors["on_low"] = t.gettext("Choose one.")
     for field in ("threshold", "topup_amount"):
         try:
-            changes[field] = parse_amount(form[field])
+            changes[field] = t.parse_amount(form[field])
         except InvalidAmount:
             errors[field] = t.gettext("An amount, e.g. 10 or 12.50 (not negative).")
     if not errors and changes["on_low"] is OnLow.TOPUP and changes["topup_amount"] <= 0:
