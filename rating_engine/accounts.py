@@ -150,13 +150,16 @@ class Accounts:
                 "--reference: empty; give the bank transfer's id, or leave the option out to generate one"
             )
 
-    async def top_up(self, account_id: str, amount: int, reference: str | None = None, *, source: str) -> TopupDone:
+    async def top_up(
+        self, account_id: str, amount: int, reference: str | None = None, *, source: str, actor: str = ""
+    ) -> TopupDone:
         """Credit `amount` once per reference; without one a fresh reference is made (a bank
-        transfer should give its own, so that entering it twice credits once)."""
+        transfer should give its own, so that entering it twice credits once). With an `actor`,
+        who added the funds is in the audit list."""
         self.check_topup(amount, reference)
         ref = reference.strip() if reference is not None else f"{source}:{uuid.uuid4().hex}"
         try:
-            topup, created = await self.ledger.topup(account_id, amount, ref, source=source)
+            topup, created = await self.ledger.topup(account_id, amount, ref, source=source, actor=actor)
         except LedgerError as exc:
             raise AccountError(str(exc)) from None
         return TopupDone(await self.ledger.account(account_id), topup, created)
@@ -180,9 +183,12 @@ class Accounts:
         found = await self.ledger.find_topup(reference)
         return found or topup
 
-    async def confirm_topup(self, reference: str, ok: bool, detail: str) -> Topup:
-        """The outcome of a pending (manual) top-up: credited once if `ok`."""
-        return await self.ledger.complete_topup(reference, ok=ok, detail=detail)
+    async def confirm_topup(self, reference: str, ok: bool, detail: str, *, actor: str = "") -> Topup:
+        """The outcome of a pending (manual) top-up, decided by `actor`: credited once if `ok`."""
+        try:
+            return await self.ledger.complete_topup(reference, ok=ok, detail=detail, actor=actor)
+        except LedgerError as exc:
+            raise AccountError(str(exc)) from None
 
     async def overview(self, account_id: str) -> Overview:
         account = await self.ledger.account(account_id)

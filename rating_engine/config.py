@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .asterisk.agent import Sources
-from .errors import ConfigError
+from .errors import ConfigError, InvalidAmount
+from .money import parse_amount
 
 
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -118,6 +119,8 @@ class WebSection:
     secret_file: str = ""
     """…or a file holding it. With neither, a random key: every restart logs everybody out."""
     session_hours: float = 8.0
+    amounts: tuple[str, ...] = ("10", "25", "50", "100")
+    """What Add Funds offers, in each account's currency."""
     secure_cookies: bool = False
     """true behind HTTPS: cookies are sent over HTTPS only."""
 
@@ -164,6 +167,17 @@ class Config:
     @property
     def agi_address(self) -> tuple[str, int]:
         return _hostport(self.agi.bind, 4573)
+
+    @property
+    def web_amounts(self) -> tuple[int, ...]:
+        """Add Funds' amounts in micro-units: positive, each once, in the order given."""
+        try:
+            found = tuple(parse_amount(a) for a in self.web.amounts)
+        except InvalidAmount as exc:
+            raise ConfigError(f"web.amounts: {exc}") from None
+        if not found or min(found) <= 0 or len(set(found)) != len(found):
+            raise ConfigError('web.amounts: give one or more different positive amounts, e.g. ["10", "25"]')
+        return found
 
     @property
     def web_address(self) -> tuple[str, int]:
@@ -254,6 +268,10 @@ def _check(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: {exc}") from None
     if cfg.web.session_hours <= 0:
         raise ConfigError(f"{source}: web.session_hours must be positive")
+    try:
+        cfg.web_amounts  # noqa: B018 - validates
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     if cfg.payments.provider not in ("manual",):
         raise ConfigError(f"{source}: payments.provider must be manual")
     if cfg.payments.timeout <= 0:

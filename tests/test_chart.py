@@ -49,7 +49,7 @@ def test_each_days_stack_is_its_spending_to_scale(spending: list[DaySpending]) -
     for b in chart.bars:
         day = b.title.split(" · ")[0]
         stacks[day] = stacks.get(day, 0.0) + b.height
-        assert 0 <= b.y and b.y + b.height <= bottom + 1e-6
+        assert b.y >= 0 and b.y + b.height <= bottom + 1e-6
     assert set(stacks) == set(per_day)
     for day, height in stacks.items():
         assert abs(height - per_day[day] * scale) < 1e-6 * HEIGHT

@@ -62,7 +62,7 @@ async def page() -> AsyncIterator[Page]:
     )
     await call(ledger, "acme", "c2", "202", 15_800, dialed="=HYPERLINK(1)", destination="<script>x()</script>")
     await call(ledger, "globex", "g1", "301", 500_000, dialed="+12125550100", destination="Globex secret place")
-    transport = httpx.ASGITransport(app=create_app(ledger, "test-secret" * 4))
+    transport = httpx.ASGITransport(app=create_app(ledger, "test-secret" * 4, plans={PLAN.name: PLAN}))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield Page(client, ledger)
     await ledger.close()
@@ -119,7 +119,139 @@ async def test_another_accounts_administrator_gets_404_for_every_route(page: Pag
     assert ext is not None and ext.settings.name == ""
 
 
-@pytest.mark.parametrize("route", [*ACME_ROUTES, "/accounts/globex/activity", "/accounts"])
+OPERATOR_POSTS = [
+    ("/accounts", {"account": "taken-over", "plan": "office-fr", "threshold": "0"}),
+    ("/accounts/acme/operator/funds", {"amount": "1000", "reference": "mine now"}),
+    ("/accounts/acme/operator/topups", {"reference": "acme-opening", "decision": "confirm"}),
+    ("/accounts/acme/operator/admins", {"username": "intruder", "password": "long enough password"}),
+]
+
+
+async def test_an_administrator_gets_404_for_every_operator_route_even_on_their_own_account(page: Page) -> None:
+    await page.login("admin@acme")
+    assert (await page.client.get("/accounts/acme/operator")).status_code == 404
+    token = await page.token("/accounts/acme/balance")
+    for path, form in OPERATOR_POSTS:
+        assert (await page.client.post(path, data={**form, "csrftoken": token})).status_code == 404, path
+    assert [a.id for a in await page.ledger.accounts()] == ["acme", "globex"]
+    assert (await page.ledger.account("acme")).balance == 8_734_200 and await page.ledger.find_user("intruder") is None
+    assert "Operator" not in (await page.client.get("/accounts/acme/balance")).text
+
+
+async def test_every_operator_post_needs_the_csrf_token(page: Page) -> None:
+    await page.login("operator")
+    for path, form in OPERATOR_POSTS:
+        assert (await page.client.post(path, data=form)).status_code == 403, path
+    assert len(await page.ledger.accounts()) == 2 and len(await page.ledger.topups("acme")) == 1
+
+
+async def _operator(page: Page, path: str, **form: str) -> httpx.Response:
+    token = await page.token("/accounts")
+    return await page.client.post(path, data={**form, "csrftoken": token})
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"account": "bad name!", "plan": "office-fr"}, "account"),
+        ({"account": "", "plan": "office-fr"}, "account"),
+        ({"account": "acme", "plan": "office-fr"}, "account"),  # exists already
+        ({"account": "initech", "plan": "no-such-plan"}, "plan"),
+        ({"account": "initech", "plan": "office-fr", "threshold": "-1"}, "threshold"),
+    ],
+)
+async def test_a_bad_new_account_is_said_beside_the_field_and_nothing_created(
+    page: Page, form: dict[str, str], field: str
+) -> None:
+    await page.login("operator")
+    r = await _operator(page, "/accounts", **form)
+    assert r.status_code == 400 and f'id="{field}-error"' in r.text
+    assert [a.id for a in await page.ledger.accounts()] == ["acme", "globex"]
+
+
+async def test_the_operator_opens_an_account_adds_its_administrator_and_funds_it_by_hand(page: Page) -> None:
+    await page.login("operator")
+    r = await _operator(page, "/accounts", account="initech", plan="office-fr", threshold="2.50")
+    assert r.headers["location"] == "/accounts/initech/operator?created=1"
+    acc = await page.ledger.account("initech")
+    assert (acc.settings.plan, acc.settings.currency, acc.settings.threshold, acc.balance) == (
+        "office-fr",
+        "EUR",
+        2_500_000,
+        0,
+    )
+    assert (
+        await _operator(page, "/accounts/initech/operator/admins", username="boss@initech", password="short")
+    ).status_code == 400
+    r = await _operator(page, "/accounts/initech/operator/admins", username="admin@acme", password=PASSWORD)
+    assert r.status_code == 400 and "This user name is taken." in r.text
+    r = await _operator(
+        page, "/accounts/initech/operator/admins", username="boss@initech", password=PASSWORD, language="fr"
+    )
+    assert r.headers["location"] == "/accounts/initech/operator?said=admin"
+    for _ in range(2):  # the same transfer entered twice credits once
+        r = await _operator(page, "/accounts/initech/operator/funds", amount="150.5", reference="VIR-2026-001")
+    assert r.headers["location"] == "/accounts/initech/operator?said=already"
+    assert (await page.ledger.account("initech")).balance == 150_500_000
+    body = (await page.client.get("/accounts/initech/settings")).text
+    assert "Funds added by hand" in body and "web:operator" in body and "VIR-2026-001" in body
+    for bad in (
+        {"amount": "0", "reference": "x"},
+        {"amount": "abc", "reference": "x"},
+        {"amount": "5", "reference": ""},
+    ):
+        assert (await _operator(page, "/accounts/initech/operator/funds", **bad)).status_code == 400
+    assert (await page.ledger.account("initech")).balance == 150_500_000
+    boss = Page(page.client, page.ledger)
+    await page.client.post("/logout", data={"csrftoken": await page.token("/accounts")})
+    assert (await boss.login("boss@initech")).headers["location"] == "/accounts/initech/balance"
+    assert "Solde" in (await page.client.get("/accounts/initech/balance")).text  # in the language given
+    assert (await page.client.get("/accounts/acme/balance")).status_code == 404
+
+
+async def test_pending_top_ups_are_confirmed_once_or_refused_with_a_reason(page: Page) -> None:
+    await page.login("admin@acme")
+    await _buy(page, str(10 * EUR), key="first")
+    await _buy(page, str(25 * EUR), key="second")
+    await page.client.post("/logout", data={"csrftoken": await page.token("/accounts/acme/balance")})
+    await page.login("operator")
+    listed = (await page.client.get("/accounts")).text
+    assert listed.count("web:acme:") == 2 and "€25.00" in listed
+    before = (await page.ledger.account("acme")).balance
+    for _ in range(2):  # pressed twice: credited once
+        r = await _operator(page, "/accounts/acme/operator/topups", reference="web:acme:first", decision="confirm")
+    assert (await page.ledger.account("acme")).balance == before + 10 * EUR
+    r = await _operator(
+        page,
+        "/accounts/acme/operator/topups",
+        reference="web:acme:second",
+        decision="refuse",
+        reason="no transfer came",
+    )
+    assert r.headers["location"] == "/accounts/acme/operator?said=refused"
+    refused = await page.ledger.find_topup("web:acme:second")
+    assert refused is not None and (refused.status.value, refused.detail) == ("failed", "no transfer came")
+    assert (await page.ledger.account("acme")).balance == before + 10 * EUR
+    assert "No top-up awaits an outcome." in (await page.client.get("/accounts")).text
+    audit = (await page.client.get("/accounts/acme/settings")).text
+    assert "Top-up confirmed" in audit and "Top-up refused" in audit and "no transfer came" in audit
+    await page.ledger.request_topup("globex", 5 * EUR, "globex-wire", "web")
+    r = await _operator(page, "/accounts/acme/operator/topups", reference="globex-wire", decision="confirm")
+    assert r.status_code == 404  # another account's top-up through this account's page
+    assert (await page.ledger.find_topup("globex-wire")).status.value == "pending"  # type: ignore[union-attr]
+
+
+async def test_the_operators_list_filters_by_state(page: Page) -> None:
+    await page.ledger.topup("globex", 100 * EUR, "globex-big")
+    await page.login("operator")
+    await _operator(page, "/accounts", account="empty", plan="office-fr", threshold="1")
+    low = (await page.client.get("/accounts?state=blocked")).text
+    assert ">empty<" in low and ">acme<" not in low and ">globex<" not in low
+    assert ">globex<" not in (await page.client.get("/accounts?state=low")).text
+    assert ">globex<" in (await page.client.get("/accounts?q=GLOB")).text
+
+
+@pytest.mark.parametrize("route", [*ACME_ROUTES, "/accounts/globex/activity", "/accounts", "/accounts/acme/operator"])
 async def test_the_operator_sees_every_account(page: Page, route: str) -> None:
     assert (await page.login("operator")).headers["location"] == "/accounts"
     assert (await page.client.get(route)).status_code == 200

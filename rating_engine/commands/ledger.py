@@ -274,7 +274,7 @@ async def cmd_topup(args: argparse.Namespace) -> int:
     Accounts.check_topup(amount, args.reference)  # before the ledger is opened
     ledger = await _open(args)
     try:
-        done = await Accounts(ledger).top_up(args.account, amount, args.reference, source="cli")
+        done = await Accounts(ledger).top_up(args.account, amount, args.reference, source="cli", actor="cli")
     finally:
         await ledger.close()
     cur = done.account.settings.currency
@@ -369,7 +369,12 @@ async def cmd_show(args: argparse.Namespace) -> int:
 async def cmd_confirm(args: argparse.Namespace) -> int:
     ledger = await _open(args)
     try:
-        t = await Accounts(ledger).confirm_topup(args.reference, not args.failed, "confirmed by operator")
+        t = await Accounts(ledger).confirm_topup(
+            args.reference,
+            not args.failed,
+            "refused by operator" if args.failed else "confirmed by operator",
+            actor="cli",
+        )
     finally:
         await ledger.close()
     print(f"top-up {t.reference} of account {t.account_id}: {t.status.value}")

@@ -84,6 +84,9 @@ class Ledger(ABC):
     async def find_user(self, username: str) -> User | None:
         return await self._run(P.find_user, username)
 
+    async def account_users(self, account_id: str) -> list[User]:
+        return await self._run(P.account_users, account_id)
+
     async def set_user_language(self, username: str, language: str) -> bool:
         return await self._run(P.set_user_language, username, language)
 
@@ -101,17 +104,29 @@ class Ledger(ABC):
         return await self._run(P.list_accounts)
 
     async def topup(
-        self, account_id: str, amount: int, reference: str, source: str = "manual", now: int | None = None
+        self,
+        account_id: str,
+        amount: int,
+        reference: str,
+        source: str = "manual",
+        now: int | None = None,
+        *,
+        actor: str = "",
     ) -> tuple[Topup, bool]:
-        return await self._run(P.topup, account_id, amount, reference, source, self._now(now))
+        return await self._run(P.topup, account_id, amount, reference, source, self._now(now), actor)
 
     async def request_topup(
         self, account_id: str, amount: int, reference: str, source: str, now: int | None = None
     ) -> tuple[Topup, bool]:
         return await self._run(P.request_topup, account_id, amount, reference, source, self._now(now))
 
-    async def complete_topup(self, reference: str, ok: bool, detail: str = "", now: int | None = None) -> Topup:
-        return await self._run(P.complete_topup, reference, ok, detail, self._now(now))
+    async def complete_topup(
+        self, reference: str, ok: bool, detail: str = "", now: int | None = None, *, actor: str = ""
+    ) -> Topup:
+        return await self._run(P.complete_topup, reference, ok, detail, self._now(now), actor)
+
+    async def pending_topups(self) -> list[Topup]:
+        return await self._run(P.pending_topups)
 
     async def find_topup(self, reference: str) -> Topup | None:
         return await self._run(P.find_topup, reference)

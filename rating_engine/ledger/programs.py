@@ -278,6 +278,17 @@ def find_user(username: str) -> Program[User | None]:
     return None if r is None else User(**dict(r))
 
 
+def account_users(account_id: str) -> Program[list[User]]:
+    """The administrators of one account, by name."""
+    yield from get_account(account_id)
+    found = yield rows(
+        "SELECT username, password_hash, account_id, language, created_at FROM users WHERE account_id = ?"
+        " ORDER BY username",
+        account_id,
+    )
+    return [User(**dict(r)) for r in found]
+
+
 def set_user_language(username: str, language: str) -> Program[bool]:
     return bool((yield count("UPDATE users SET language = ? WHERE username = ?", language, username)))
 
@@ -361,8 +372,11 @@ def _record_topup(
     return Topup(reference, account_id, amount, now, source, status), True
 
 
-def topup(account_id: str, amount: int, reference: str, source: str, now: int) -> Program[tuple[Topup, bool]]:
-    """Credit the account once per reference; a repeated reference changes nothing."""
+def topup(
+    account_id: str, amount: int, reference: str, source: str, now: int, actor: str = ""
+) -> Program[tuple[Topup, bool]]:
+    """Credit the account once per reference; a repeated reference changes nothing. Funds added by
+    someone (`actor`) are also an audit line."""
     _check_topup(amount, reference)
     acc = yield from get_account(account_id)
     if acc.balance > MAX_BALANCE - amount:
@@ -370,6 +384,9 @@ def topup(account_id: str, amount: int, reference: str, source: str, now: int) -
     done, created = yield from _record_topup(account_id, amount, reference, source, now, TopupStatus.SUCCEEDED)
     if created:
         yield from _credit(account_id, amount, reference, now)
+        if actor:
+            shown = f"{format_amount(amount, acc.settings.currency)} {acc.settings.currency}"
+            yield from _audit(account_id, now, actor, "funds added", f"{shown}, reference {reference}")
     return done, created
 
 
@@ -381,8 +398,9 @@ def request_topup(account_id: str, amount: int, reference: str, source: str, now
     return (yield from _record_topup(account_id, amount, reference, source, now, TopupStatus.PENDING))
 
 
-def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[Topup]:
-    """Record a payment's outcome; idempotent once the top-up is no longer pending."""
+def complete_topup(reference: str, ok: bool, detail: str, now: int, actor: str = "") -> Program[Topup]:
+    """Record a payment's outcome; idempotent once the top-up is no longer pending. An outcome
+    someone decided (`actor`: an operator confirming a transfer) is also an audit line."""
     r = yield one("SELECT * FROM topups WHERE reference = ?", reference)
     if r is None:
         raise LedgerError(f"unknown top-up reference {reference!r}")
@@ -390,6 +408,11 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[T
         return _topup(r)
     status = TopupStatus.SUCCEEDED if ok else TopupStatus.FAILED
     yield count("UPDATE topups SET status = ?, detail = ? WHERE reference = ?", status.value, detail, reference)
+    if actor:
+        action = "top-up confirmed" if ok else "top-up refused"
+        yield from _audit(
+            r["account_id"], now, actor, action, f"reference {reference}" + (f": {detail}" if detail else "")
+        )
     if ok:
         yield from _credit(r["account_id"], r["amount"], reference, now)
     elif r["source"] == "auto":  # a failed automatic top-up stops chargeable calls; a declined purchase does not
@@ -406,6 +429,12 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int) -> Program[T
 def find_topup(reference: str) -> Program[Topup | None]:
     r = yield one("SELECT * FROM topups WHERE reference = ?", reference)
     return None if r is None else _topup(r)
+
+
+def pending_topups() -> Program[list[Topup]]:
+    """Every account's top-ups awaiting an outcome, oldest first (the operator's to-do list)."""
+    found = yield rows("SELECT * FROM topups WHERE status = ? ORDER BY at, reference", TopupStatus.PENDING.value)
+    return [_topup(r) for r in found]
 
 
 def list_topups(account_id: str) -> Program[list[Topup]]:

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..ledger import Ledger
 from ..money import MICRO
 from ..payments import ManualProvider, PaymentProvider
+from ..rating.plan import Plan
 from . import activity, auth, balance, extensions, funds, operator, settings
 from .base import Site, current_user, render
 
@@ -72,18 +73,25 @@ def create_app(
     *,
     provider: PaymentProvider | None = None,
     amounts: tuple[int, ...] = DEFAULT_AMOUNTS,
+    plans: dict[str, Plan] | None = None,
     session_hours: float = 8.0,
     secure_cookies: bool = False,
 ) -> ASGIApp:
     """The page on `ledger` (opened and closed by the caller). `secret` signs sessions and CSRF
-    tokens; `provider` pays Add Funds (the manual one, pending for the operator, by default)."""
+    tokens; `provider` pays Add Funds (the manual one, pending for the operator, by default);
+    `plans` are those an operator may open a new account on."""
     routes = [
         Route("/", auth.home),
         Route("/login", auth.login_page, methods=["GET"]),
         Route("/login", auth.login, methods=["POST"]),
         Route("/logout", auth.logout, methods=["POST"]),
         Route("/language", auth.language, methods=["POST"]),
-        Route("/accounts", operator.accounts),
+        Route("/accounts", operator.accounts, methods=["GET"]),
+        Route("/accounts", operator.create, methods=["POST"]),
+        Route("/accounts/{account}/operator", operator.account_page, methods=["GET"]),
+        Route("/accounts/{account}/operator/funds", operator.add_funds, methods=["POST"]),
+        Route("/accounts/{account}/operator/topups", operator.decide, methods=["POST"]),
+        Route("/accounts/{account}/operator/admins", operator.add_admin, methods=["POST"]),
         Route("/accounts/{account}/balance", balance.balance),
         Route("/accounts/{account}/balance.json", balance.balance_json),
         Route("/accounts/{account}/activity", activity.activity),
@@ -110,7 +118,7 @@ def create_app(
         ],
         exception_handlers={HTTPException: _error},
     )
-    app.state.site = Site.on(ledger, provider or ManualProvider(), amounts, secure_cookies)
+    app.state.site = Site.on(ledger, provider or ManualProvider(), amounts, plans or {}, secure_cookies)
     protected: Any = asgi_csrf(
         app, signing_secret=secret, always_protect=POST_PATHS, cookie_secure=secure_cookies, always_set_cookie=True
     )

@@ -15,6 +15,7 @@ from starlette.responses import HTMLResponse
 from ..accounts import Accounts
 from ..ledger import Account, Ledger, User
 from ..payments import PaymentProvider, TopupRunner
+from ..rating.plan import Plan
 from ..users import Users
 from .i18n import LANGUAGES, Tongue, choose
 
@@ -32,17 +33,24 @@ class Site:
     """Pays Add Funds through the deployment's payment provider."""
     amounts: tuple[int, ...]
     """What Add Funds offers, in micro-units of the account's currency."""
+    plans: dict[str, Plan]
+    """The deployment's plans, by name: what a new account may be on."""
     secure_cookies: bool = False
 
     @classmethod
     def on(
-        cls, ledger: Ledger, provider: PaymentProvider, amounts: tuple[int, ...], secure_cookies: bool = False
+        cls,
+        ledger: Ledger,
+        provider: PaymentProvider,
+        amounts: tuple[int, ...],
+        plans: dict[str, Plan],
+        secure_cookies: bool = False,
     ) -> Site:
         env = Environment(
             loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True)
         )
         runner = TopupRunner(ledger, provider)
-        return cls(ledger, Accounts(ledger), Users(ledger), env, runner, amounts, secure_cookies)
+        return cls(ledger, Accounts(ledger), Users(ledger), env, runner, amounts, plans, secure_cookies)
 
 
 def site(request: Request) -> Site:

@@ -122,6 +122,9 @@ ACTIONS = {
     "set blocked_prefixes": "Blocked prefixes changed",
     "set office_hours": "Office hours changed",
     "velocity limit reached": "Hourly spending limit reached",
+    "funds added": "Funds added by hand",
+    "top-up confirmed": "Top-up confirmed",
+    "top-up refused": "Top-up refused",
 }
 """The ledger's audit actions → the English the page shows (and translates)."""
 

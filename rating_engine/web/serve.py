@@ -10,6 +10,8 @@ import uvicorn
 from ..config import Config
 from ..errors import StartupError
 from ..ledger import default_url, make_ledger
+from ..payments import make_provider
+from ..rating.plan import load_plan
 from .app import create_app
 
 log = logging.getLogger("rating_engine.web")
@@ -20,6 +22,10 @@ async def serve(config: Config) -> int:
     if secret is None:
         secret = secrets.token_urlsafe(32)
         log.warning("no web secret configured: a random one is used, every restart logs everybody out")
+    plans = {}
+    for path in config.plan_paths():  # the plans alone (a new account's choice), not their rate decks
+        plan = load_plan(path)
+        plans[plan.name] = plan
     ledger = make_ledger(config.ledger.url or default_url())
     ledger.create = False
     try:
@@ -27,7 +33,15 @@ async def serve(config: Config) -> int:
     except (OSError, ConnectionError) as exc:
         raise StartupError(f"cannot open the ledger: {exc}") from None
     host, port = config.web_address
-    app = create_app(ledger, secret, session_hours=config.web.session_hours, secure_cookies=config.web.secure_cookies)
+    app = create_app(
+        ledger,
+        secret,
+        provider=make_provider(config.payments.provider),
+        amounts=config.web_amounts,
+        plans=plans,
+        session_hours=config.web.session_hours,
+        secure_cookies=config.web.secure_cookies,
+    )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
     log.info("page served", extra={"web": f"{host}:{port}"})
     try:
