@@ -47,6 +47,7 @@ async def _seed(url: str) -> None:
         await accounts.create("acme", Accounts.new_settings(plan, threshold=EUR))
         await accounts.top_up("acme", 25 * EUR, "opening", source="test")
         await Users(ledger).add("admin@acme", PASSWORD, "acme")
+        await Users(ledger).add("operator", PASSWORD, None)
         for i, (ext, cost) in enumerate([("201", 1_250_000), ("202", 320_000), ("201", 45_000)]):
             await ledger.reserve(f"old{i}", "acme", ext, cost, now=NOW + i)
             at = NOW + i
@@ -76,7 +77,8 @@ class Site(threading.Thread):
 
         ledger = make_ledger(self.url)
         await ledger.open()
-        app = create_app(ledger, "browser-secret" * 3, provider=ScriptedProvider("ok"))
+        plan = next(iter(load_tariffs([OFFICE_FR]).plans.values()))
+        app = create_app(ledger, "browser-secret" * 3, provider=ScriptedProvider("ok"), plans={plan.name: plan})
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
         task = asyncio.create_task(server.serve())
         while not server.started:
@@ -169,12 +171,20 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             page.screenshot(path=str(ARTIFACTS / "balance-fr.png"), full_page=True)
 
             page.get_by_role("link", name="Activité prépayée").click()
+            page.get_by_label("Du").fill("20/11/2026")  # a day as French writes it
+            page.get_by_label("Au").fill("30/11/2026")
+            page.get_by_role("button", name="Afficher").click()
+            page.wait_for_url("**/activity?ext=&since=20%2F11%2F2026*")
+            bars = page.locator("svg.chart rect")
+            expect(bars).to_have_count(3)  # 201 and 202 on the 24th, and the live call's 203
+            assert "24 nov. · 201: 1,295\u00a0€" in bars.locator("title").all_text_contents()
+            page.screenshot(path=str(ARTIFACTS / "activity-fr.png"), full_page=True)
             page.select_option("#ext", "201")
             page.get_by_role("button", name="Afficher").click()
             page.wait_for_url("**/activity?ext=201*")
             rows = page.locator("section:has(h2:text('Appels')) tbody tr")
             assert rows.count() == 2
-            page.screenshot(path=str(ARTIFACTS / "activity-fr.png"), full_page=True)
+            expect(bars).to_have_count(1)
             with page.expect_download() as download:
                 page.get_by_role("link", name="Télécharger en CSV").click()
             saved = tmp_path / "activity.csv"
@@ -205,13 +215,14 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             page.get_by_role("link", name="Postes").click()
             page.fill("#ext-new", "204")
             page.fill("#name-new", "Accueil")
-            page.fill("#daily_cap-new", "2,5")  # a French comma is not an amount: said beside the field
+            page.fill("#daily_cap-new", "-2,5")  # not an amount: said beside the field
             page.locator("form:has(#ext-new) button").click()
             expect(page.locator("#daily_cap-new-error")).to_be_visible()
-            page.fill("#daily_cap-new", "2.50")
+            page.fill("#daily_cap-new", "2,5")  # a French decimal comma
             page.locator("form:has(#ext-new) button").click()
             expect(page.locator(".outcome")).to_contain_text("Enregistré.")
             expect(page.locator("h2", has_text="Poste 204 — Accueil")).to_be_visible()
+            expect(page.locator("#daily_cap-204")).to_have_value("2,50")
             page.screenshot(path=str(ARTIFACTS / "extensions-fr.png"), full_page=True)
 
             phone = browser.new_page(viewport={"width": 390, "height": 844}, locale="fr-FR")
@@ -220,5 +231,22 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             phone.screenshot(path=str(ARTIFACTS / "balance-phone.png"), full_page=True)
             width = phone.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, "nothing wider than a phone's screen"
+
+            desk = browser.new_page(locale="en-GB", viewport={"width": 1100, "height": 800})
+            desk.goto(f"{base}/login")
+            desk.get_by_label("User name").fill("operator")
+            desk.get_by_label("Password").fill(PASSWORD)
+            desk.get_by_role("button", name="Log in").click()
+            desk.wait_for_url(f"{base}/accounts")
+            desk.screenshot(path=str(ARTIFACTS / "accounts.png"), full_page=True)
+            desk.get_by_role("link", name="acme").click()
+            desk.get_by_role("link", name="Operator").click()
+            desk.get_by_label("Amount (EUR)").fill("100")
+            desk.get_by_label("Bank transfer reference").fill("VIR-2026-12-02")
+            desk.get_by_role("button", name="Add funds").click()
+            expect(desk.locator(".outcome")).to_have_text("The funds were added.")
+            desk.screenshot(path=str(ARTIFACTS / "operator.png"), full_page=True)
+            desk.get_by_role("link", name="Balance").click()
+            expect(desk.locator("[data-field=balance]")).to_have_text("€146.885")
         finally:
             browser.close()
