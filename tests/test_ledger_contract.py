@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -262,9 +263,9 @@ async def test_activity_filters_by_extension_and_period(ledger: Ledger) -> None:
     assert [r.call_id for r in await ledger.activity("acme", since=NOW + 6, until=NOW + DAY)] == ["c1"]
 
 
-async def _settle_and_pay(runner: TopupRunner, call_id: str, cost: int) -> SettleResult:
+async def _settle_and_pay(runner: TopupRunner, call_id: str, cost: int, now: int = NOW + 60) -> SettleResult:
     """Settle as the engine does: a top-up the settle asks for goes to the runner."""
-    result = await runner.ledger.settle(call_id, cost, now=NOW + 60)
+    result = await runner.ledger.settle(call_id, cost, now=now)
     if result.topup is not None:
         runner.start(result.topup)
     return result
@@ -281,9 +282,10 @@ async def test_many_calls_ending_together_trigger_one_auto_topup(url: str) -> No
         await runner.drain()
         assert len(provider.charges) == 1
         acc = await ledger.account("acme")
-        assert acc.balance == 10 * EUR - 20 * 400_000 + 20 * EUR and acc.topup_pending is None
         [auto] = [t for t in await ledger.topups("acme") if t.source == "auto"]
-        assert auto.status is TopupStatus.SUCCEEDED
+        # The 13th settle crosses the threshold at 4.80: it tops up to threshold + amount (25.00).
+        assert auto.status is TopupStatus.SUCCEEDED and auto.amount == 25 * EUR - 4_800_000
+        assert acc.balance == 10 * EUR - 20 * 400_000 + auto.amount and acc.topup_pending is None
         assert await ledger.check() == []
 
 
@@ -305,6 +307,39 @@ async def test_a_failed_auto_topup_blocks_chargeable_calls_until_a_topup_succeed
         acc = await ledger.account("acme")
         assert not acc.topup_failed and acc.floor == 0
         assert (await ledger.reserve("c3", "acme", "201", EUR, now=NOW)).ok
+
+
+async def test_a_declining_card_is_tried_at_most_twice_a_day_and_pauses_after_three_failures(url: str) -> None:
+    provider = ScriptedProvider(default="fail")
+    async with opened(url) as ledger:
+        runner = TopupRunner(ledger, provider)
+        await funded(
+            ledger, 44 * EUR, threshold=45 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR, block_on_topup_failure=False
+        )
+        day = 86_400
+
+        async def calls(n: int, at: int, tag: str) -> None:
+            for i in range(n):  # each settle lands below the threshold
+                assert (await ledger.reserve(f"{tag}{i}", "acme", "201", 100_000, now=at + i)).ok
+                await _settle_and_pay(runner, f"{tag}{i}", 100_000, now=at + i)
+                await runner.drain()
+
+        await calls(30, NOW, "a")
+        assert len(provider.charges) == 2, "two attempts on the first day, not one per call"
+        await calls(30, NOW + day, "b")
+        acc = await ledger.account("acme")
+        assert len(provider.charges) == 3 and acc.topup_paused and acc.topup_failures == 3
+        await calls(30, NOW + 2 * day, "c")
+        assert len(provider.charges) == 3, "paused: no attempt until the administrator acts"
+        audit = [e.action for e in await ledger.audit("acme")]
+        assert audit.count("automatic top-up failed") == 3 and audit.count("automatic top-up paused") == 1
+        s = (await ledger.account("acme")).settings
+        await ledger.update_settings("acme", replace(s, topup_amount=30 * EUR), actor="web:admin", now=NOW + 2 * day)
+        acc = await ledger.account("acme")
+        assert not acc.topup_paused and acc.topup_failures == 0
+        await calls(1, NOW + 2 * day + 100, "d")
+        assert len(provider.charges) == 4 and "automatic top-up resumed" in [e.action for e in await ledger.audit("acme")]
+        assert await ledger.check() == []
 
 
 async def test_a_hanging_provider_times_out_and_never_blocks_settlement(url: str) -> None:
@@ -330,10 +365,10 @@ async def test_manual_provider_leaves_the_topup_pending_for_the_operator(url: st
         assert result.topup is not None
         assert (await ledger.account("acme")).topup_pending == result.topup.reference
         confirmed = await ledger.complete_topup(result.topup.reference, ok=True)
-        assert confirmed.status is TopupStatus.SUCCEEDED
-        assert (await ledger.account("acme")).balance == 24 * EUR
+        assert confirmed.status is TopupStatus.SUCCEEDED and confirmed.amount == 21 * EUR  # 4 up to 5 + 20
+        assert (await ledger.account("acme")).balance == 25 * EUR
         assert (await ledger.complete_topup(result.topup.reference, ok=True)).status is TopupStatus.SUCCEEDED
-        assert (await ledger.account("acme")).balance == 24 * EUR
+        assert (await ledger.account("acme")).balance == 25 * EUR
 
 
 async def test_block_mode_stops_at_the_threshold(ledger: Ledger) -> None:

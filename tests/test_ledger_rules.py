@@ -114,3 +114,22 @@ def test_a_french_office_starts_its_day_at_local_midnight() -> None:
     winter_2330_utc = 1_795_563_000  # 2026-11-24 23:30 UTC = 2026-11-25 00:30 in Paris
     assert periods(winter_2330_utc) == ("2026-11-24", "2026-11")
     assert periods(winter_2330_utc, "Europe/Paris") == ("2026-11-25", "2026-11")
+
+
+@given(
+    st.integers(-(10**12), 10**12),
+    st.integers(0, 10**12),
+    st.integers(1, 10**12),
+    st.sampled_from(["EUR", "JPY", "BHD", "USD"]),
+)
+def test_an_automatic_top_up_reaches_threshold_plus_amount_in_whole_minor_units(
+    balance: int, threshold: int, topup_amount: int, currency: str
+) -> None:
+    from rating_engine.ledger.programs import topup_to_target
+    from rating_engine.money import MICRO, minor_units
+
+    unit = MICRO // 10 ** minor_units(currency)
+    amount = topup_to_target(balance, threshold, topup_amount, currency)
+    assert amount % unit == 0 and amount >= topup_amount
+    assert balance + amount >= threshold + topup_amount  # never short of the target
+    assert amount - unit < max(threshold + topup_amount - balance, topup_amount)  # and at most a unit over

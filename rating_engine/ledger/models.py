@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 from enum import StrEnum
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -77,6 +77,8 @@ class AccountSettings:
     """E.164 digit prefixes refused on top of the plan's."""
     office_hours: str = ""
     """Outside these hours (e.g. "mon-fri 08:00-19:00"), international and premium calls are refused."""
+    auto_topups_per_day: int = 2
+    """At most this many automatic top-ups are attempted a day (a declining card is not hammered)."""
 
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.topup_amount < 0:
@@ -88,6 +90,8 @@ class AccountSettings:
         if self.on_low is OnLow.TOPUP and self.topup_amount <= 0:
             raise LedgerError("auto top-up needs a positive --topup-amount")
         zone(self.timezone)
+        if type(self.auto_topups_per_day) is not int or not 1 <= self.auto_topups_per_day <= 24:
+            raise LedgerError("automatic top-ups per day: from 1 to 24")
         for name in ("max_calls", "max_attempts", "velocity_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -131,6 +135,10 @@ class Account:
     topup_failed: bool
     topup_pending: str | None
     live_calls: int = 0
+    topup_failures: int = 0
+    """Automatic top-ups failed in a row (reset by one that succeeds)."""
+    topup_paused: bool = False
+    """Three failed in a row: automatic top-up waits for the administrator (new card or settings)."""
 
     @property
     def available(self) -> int:
@@ -178,6 +186,12 @@ class ExtensionSettings:
 
 
 QUARTER = 900
+
+
+def day_started(now: int, timezone: str = "UTC") -> int:
+    """The unix time of the midnight that began `now`'s day in the account's time zone."""
+    local = datetime.fromtimestamp(now, zone(timezone))
+    return int(datetime.combine(local.date(), time(), local.tzinfo).timestamp())
 
 
 def periods(now: int, timezone: str = "UTC") -> tuple[str, str]:
@@ -306,6 +320,23 @@ class Topup:
     source: str
     status: TopupStatus
     detail: str = ""
+    action_url: str = ""
+    """Pending on the customer (3-D Secure): the provider's page where they confirm the payment."""
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """An account's card on file as the payment provider reports it; never a card number."""
+
+    account_id: str
+    provider: str
+    customer: str
+    payment_method: str = ""
+    """Empty until a card is saved (the customer exists from the first "Edit")."""
+    brand: str = ""
+    last4: str = ""
+    exp_month: int = 0
+    exp_year: int = 0
 
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}", re.ASCII)

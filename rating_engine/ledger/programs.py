@@ -16,7 +16,7 @@ from collections.abc import Generator
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..contract import DestinationClass, Refusal
-from ..money import MAX_AMOUNT, MICRO, format_amount
+from ..money import MAX_AMOUNT, MICRO, format_amount, minor_units
 from .models import (
     Account,
     AccountSettings,
@@ -40,6 +40,7 @@ from .models import (
     check_account_id,
     check_extension,
     check_username,
+    day_started,
     periods,
 )
 
@@ -73,11 +74,13 @@ def count(sql: str, *params: Any) -> Stmt:
 ACCOUNT_COLUMNS = (
     "id, plan, currency, balance, reserved, threshold, on_low, topup_amount, "
     "block_on_topup_failure, topup_failed, topup_pending, floor, timezone, max_calls, max_attempts, "
-    "velocity_limit, blocked_prefixes, office_hours, live_calls"
+    "velocity_limit, blocked_prefixes, office_hours, live_calls, auto_topups_per_day, topup_failures, topup_paused"
 )
 TZ = "(SELECT timezone FROM accounts a WHERE a.id = reservations.account_id) AS timezone"
 """The account's time zone, read with a reservation row (its caps' periods follow it)."""
 HOUR = 3600
+PAUSE_AFTER = 3
+"""Automatic top-ups that fail in a row before it pauses until the administrator acts."""
 MAX_BALANCE = 100 * MAX_AMOUNT
 """No balance grows beyond this (10^17 micro-units): sums of balances stay inside a BIGINT."""
 # The floor: the threshold in block mode, or in top-up mode after a failed top-up (if asked).
@@ -98,6 +101,7 @@ def _account(r: Row) -> Account:
         velocity_limit=r["velocity_limit"],
         blocked_prefixes=tuple(p for p in r["blocked_prefixes"].split(",") if p),
         office_hours=r["office_hours"],
+        auto_topups_per_day=r["auto_topups_per_day"],
     )
     return Account(
         r["id"],
@@ -108,6 +112,8 @@ def _account(r: Row) -> Account:
         bool(r["topup_failed"]),
         r["topup_pending"],
         r["live_calls"],
+        r["topup_failures"],
+        bool(r["topup_paused"]),
     )
 
 
@@ -132,7 +138,14 @@ def _extension(r: Row) -> Extension:
 
 def _topup(r: Row) -> Topup:
     return Topup(
-        r["reference"], r["account_id"], r["amount"], r["at"], r["source"], TopupStatus(r["status"]), r["detail"]
+        r["reference"],
+        r["account_id"],
+        r["amount"],
+        r["at"],
+        r["source"],
+        TopupStatus(r["status"]),
+        r["detail"],
+        r["action_url"],
     )
 
 
@@ -145,8 +158,8 @@ def create_account(account_id: str, s: AccountSettings, now: int) -> Program[Acc
         raise LedgerError(f"account {account_id!r} already exists")
     yield count(
         "INSERT INTO accounts (id, plan, currency, threshold, on_low, topup_amount, block_on_topup_failure,"
-        " floor, created_at, timezone, max_calls, max_attempts, velocity_limit, blocked_prefixes, office_hours)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " floor, created_at, timezone, max_calls, max_attempts, velocity_limit, blocked_prefixes, office_hours,"
+        " auto_topups_per_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         account_id,
         s.plan,
         s.currency,
@@ -169,6 +182,7 @@ def _limit_columns(s: AccountSettings) -> tuple[Any, ...]:
         s.velocity_limit,
         ",".join(s.blocked_prefixes),
         s.office_hours,
+        s.auto_topups_per_day,
     )
 
 
@@ -184,6 +198,7 @@ AUDITED = (
     "velocity_limit",
     "blocked_prefixes",
     "office_hours",
+    "auto_topups_per_day",
 )
 
 
@@ -194,8 +209,8 @@ def update_settings(account_id: str, s: AccountSettings, actor: str = "", now: i
         raise LedgerError(f"an account's currency cannot change ({old.currency} → {s.currency})")
     yield count(
         "UPDATE accounts SET plan = ?, threshold = ?, on_low = ?, topup_amount = ?, block_on_topup_failure = ?,"
-        " timezone = ?, max_calls = ?, max_attempts = ?, velocity_limit = ?, blocked_prefixes = ?, office_hours = ?"
-        " WHERE id = ?",
+        " timezone = ?, max_calls = ?, max_attempts = ?, velocity_limit = ?, blocked_prefixes = ?, office_hours = ?,"
+        " auto_topups_per_day = ? WHERE id = ?",
         s.plan,
         s.threshold,
         s.on_low.value,
@@ -207,7 +222,18 @@ def update_settings(account_id: str, s: AccountSettings, actor: str = "", now: i
     yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", account_id)
     for name, detail in settings_changes(old, s):
         yield from _audit(account_id, now, actor, f"set {name}", detail)
+    yield from _resume_auto_topup(account_id, now, actor)
     return (yield from get_account(account_id))
+
+
+def _resume_auto_topup(account_id: str, now: int, actor: str) -> Program[None]:
+    """The administrator acted (settings saved, a card saved): automatic top-up paused after
+    failures tries again."""
+    resumed = yield count(
+        "UPDATE accounts SET topup_paused = 0, topup_failures = 0 WHERE id = ? AND topup_paused = 1", account_id
+    )
+    if resumed:
+        yield from _audit(account_id, now, actor or "engine", "automatic top-up resumed", "")
 
 
 def settings_changes(old: AccountSettings, new: AccountSettings) -> list[tuple[str, str]]:
@@ -322,7 +348,7 @@ def check_amount(amount: int, what: str, *, zero: bool = False) -> None:
 
 def _credit(account_id: str, amount: int, reference: str, now: int) -> Program[int]:
     acc = yield one(
-        "UPDATE accounts SET balance = balance + ?, topup_failed = 0,"
+        "UPDATE accounts SET balance = balance + ?, topup_failed = 0, topup_failures = 0,"
         " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END"
         " WHERE id = ? AND balance <= ? RETURNING balance",
         amount,
@@ -416,13 +442,20 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int, actor: str =
     if ok:
         yield from _credit(r["account_id"], r["amount"], reference, now)
     elif r["source"] == "auto":  # a failed automatic top-up stops chargeable calls; a declined purchase does not
-        yield count(
-            "UPDATE accounts SET topup_failed = 1,"
-            " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END WHERE id = ?",
+        failed = yield one(
+            "UPDATE accounts SET topup_failed = 1, topup_failures = topup_failures + 1,"
+            " topup_pending = CASE WHEN topup_pending = ? THEN NULL ELSE topup_pending END WHERE id = ?"
+            " RETURNING topup_failures",
             reference,
             r["account_id"],
         )
         yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", r["account_id"])
+        yield from _audit(
+            r["account_id"], now, actor or "payments", "automatic top-up failed", f"{reference}: {detail}"
+        )
+        if int(failed["topup_failures"]) >= PAUSE_AFTER:
+            yield count("UPDATE accounts SET topup_paused = 1 WHERE id = ?", r["account_id"])
+            yield from _audit(r["account_id"], now, actor or "payments", "automatic top-up paused", "")
     return Topup(reference, r["account_id"], r["amount"], r["at"], r["source"], status, detail)
 
 
@@ -729,7 +762,8 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     yield from _give_back(r, cost, now)
     acc = yield one(
         "UPDATE accounts SET balance = balance - ?, reserved = reserved - ?, live_calls = live_calls - 1 WHERE id = ?"
-        " RETURNING balance, threshold, on_low, topup_pending, topup_amount",
+        " RETURNING balance, threshold, on_low, topup_pending, topup_amount, topup_paused, auto_topups_per_day,"
+        " currency",
         cost,
         r["amount"],
         account_id,
@@ -769,25 +803,50 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     )
     request = None
     if acc["on_low"] == OnLow.TOPUP.value and balance < acc["threshold"] and acc["topup_pending"] is None:
-        reference = f"auto:{account_id}:{call_id}"
-        taken = yield count(
-            "UPDATE accounts SET topup_pending = ? WHERE id = ? AND topup_pending IS NULL",
-            reference,
-            account_id,
-        )
-        if taken:
-            yield count(
-                "INSERT INTO topups (reference, account_id, amount, at, source, status)"
-                " VALUES (?, ?, ?, ?, 'auto', 'pending')",
-                reference,
-                account_id,
-                acc["topup_amount"],
-                now,
-            )
-            request = TopupRequest(reference, account_id, int(acc["topup_amount"]))
+        request = yield from _auto_topup(account_id, call_id, balance, acc, r["timezone"], now)
     return SettleResult(
         True, cost=cost, reserved=r["amount"], overdraft=cost > r["amount"], balance_after=balance, topup=request
     )
+
+
+def _auto_topup(
+    account_id: str, call_id: str, balance: int, acc: Row, timezone: str, now: int
+) -> Program[TopupRequest | None]:
+    """The automatic top-up a settle below the threshold asks for, if the policy allows one: not
+    paused after failures, fewer than the account's daily number attempted today (in its own
+    calendar), none in flight. It tops up to the threshold plus the top-up amount, in whole minor
+    units of the currency (what a card can be charged)."""
+    if acc["topup_paused"]:
+        return None
+    day_start = day_started(now, timezone)
+    tried = yield one(
+        "SELECT COUNT(*) AS n FROM topups WHERE account_id = ? AND source = 'auto' AND at >= ?", account_id, day_start
+    )
+    if int(tried["n"]) >= int(acc["auto_topups_per_day"]):
+        return None
+    amount = topup_to_target(balance, int(acc["threshold"]), int(acc["topup_amount"]), acc["currency"])
+    reference = f"auto:{account_id}:{call_id}"
+    taken = yield count(
+        "UPDATE accounts SET topup_pending = ? WHERE id = ? AND topup_pending IS NULL", reference, account_id
+    )
+    if not taken:
+        return None
+    yield count(
+        "INSERT INTO topups (reference, account_id, amount, at, source, status) VALUES (?, ?, ?, ?, 'auto', 'pending')",
+        reference,
+        account_id,
+        amount,
+        now,
+    )
+    return TopupRequest(reference, account_id, amount)
+
+
+def topup_to_target(balance: int, threshold: int, topup_amount: int, currency: str) -> int:
+    """What brings `balance` to threshold + top-up amount, rounded up to the currency's minor unit
+    (never less than the top-up amount's own rounding, never zero)."""
+    unit = MICRO // 10 ** minor_units(currency)
+    wanted = max(threshold + topup_amount - balance, topup_amount, unit)
+    return int(min(-(-wanted // unit), MAX_AMOUNT // unit) * unit)
 
 
 def live_reservations(account_id: str | None = None) -> Program[list[Reservation]]:

@@ -186,6 +186,37 @@ _ACTIVITY_DAYS = {
 }
 
 
+# Version 5: card payments. An account's card on file as its payment provider reports it (its
+# customer and payment-method ids, brand, last four digits, expiry: never a card number); the
+# provider's webhook events already handled (a replayed event changes nothing); a top-up awaiting
+# the customer (3-D Secure) keeps the provider's page to confirm it. Automatic top-ups count their
+# consecutive failures and pause after three, until the administrator acts.
+_CARDS = """
+CREATE TABLE cards (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id),
+    provider TEXT NOT NULL,
+    customer TEXT NOT NULL,
+    payment_method TEXT NOT NULL DEFAULT '',
+    brand TEXT NOT NULL DEFAULT '',
+    last4 TEXT NOT NULL DEFAULT '',
+    exp_month INTEGER NOT NULL DEFAULT 0,
+    exp_year INTEGER NOT NULL DEFAULT 0,
+    updated_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX cards_customer ON cards (provider, customer);
+CREATE TABLE webhook_events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    received_at BIGINT NOT NULL
+);
+ALTER TABLE topups ADD COLUMN action_url TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN auto_topups_per_day INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE accounts ADD COLUMN topup_failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN topup_paused INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX topups_account_time ON topups (account_id, at);
+"""
+
+
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
 _INTEGER_MONEY = {
@@ -218,10 +249,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
         (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
         (4, _USERS + _ACTIVITY_DAYS[dialect]),
+        (5, _CARDS),
     ]
 
 
-LATEST = 4
+LATEST = 5
 
 
 def refuse_newer(current: int) -> None:
