@@ -136,9 +136,27 @@ class WebSection:
 @dataclass(frozen=True)
 class PaymentsSection:
     provider: str = "manual"
-    """Who pays automatic top-ups: "manual" (pending until an operator confirms the transfer)."""
+    """Who pays top-ups: "manual" (pending until an operator confirms the transfer) or "stripe"."""
     timeout: float = 30.0
-    """Seconds a charge may take before it counts as failed (retrying with the same key is safe)."""
+    """Seconds a charge may take before it is asked again later (with the same key: safe)."""
+    public_url: str = "http://127.0.0.1:8080"
+    """The page's address as browsers reach it: where Stripe's pages send the customer back."""
+    stripe_key_env: str = "STRIPE_SECRET_KEY"
+    """The environment variable holding Stripe's secret key (never in this file or a command line)."""
+    stripe_key_file: str = ""
+    """…or a file holding it."""
+    stripe_webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    stripe_webhook_secret_file: str = ""
+    stripe_api_base: str = ""
+    """Empty: Stripe's API. Only a test or a proxy sets it."""
+
+    def secret(self, env: str, file: str, what: str) -> str:
+        if file:
+            try:
+                return Path(file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read payments.{what}_file {file}: {exc.strerror}") from None
+        return os.environ.get(env, "") if env else ""
 
 
 @dataclass(frozen=True)
@@ -272,8 +290,8 @@ def _check(cfg: Config, source: str) -> None:
         cfg.web_amounts  # noqa: B018 - validates
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    if cfg.payments.provider not in ("manual",):
-        raise ConfigError(f"{source}: payments.provider must be manual")
+    if cfg.payments.provider not in ("manual", "stripe"):
+        raise ConfigError(f"{source}: payments.provider must be manual or stripe")
     if cfg.payments.timeout <= 0:
         raise ConfigError(f"{source}: payments.timeout must be positive")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):

@@ -45,7 +45,7 @@ class Service:
         self.ledger = ledger or make_ledger(config.ledger.url or default_url())
         self._own_ledger = ledger is None
         self.topups = TopupRunner(
-            self.ledger, provider or make_provider(config.payments.provider), config.payments.timeout
+            self.ledger, provider or make_provider(config.payments, self.ledger), config.payments.timeout
         )
         self.ami_secret = ami_secret
         self.tariffs = TariffStore(config.plan_paths())
@@ -110,6 +110,9 @@ class Service:
             except (OSError, ConnectionError) as exc:
                 raise StartupError(f"cannot open the ledger: {exc}") from None
             self._ledger_open = True
+        resumed = await self.topups.resume()
+        if resumed:
+            log.info("top-ups resumed", extra={"count": resumed})
         host, port = self.config.agi_address
         try:
             self.agi_port = await self.agi.start(host, port, reuse_port=self.config.agi.reuse_port)
@@ -152,7 +155,7 @@ class Service:
                 await self.ami.close()
         if self._own_ledger and self._ledger_open:
             with contextlib.suppress(Exception):
-                await self.topups.drain()
+                await self.topups.close()
                 await self.ledger.close()
             self._ledger_open = False
 
@@ -204,7 +207,7 @@ class Service:
         if self.ami is not None:
             await self.ami.close()
         await self.metrics.close()
-        await self.topups.drain()  # the payments under way are recorded before the ledger closes
+        await self.topups.close()  # the payments under way are recorded before the ledger closes
         if self._own_ledger and self._ledger_open:
             await self.ledger.close()
             self._ledger_open = False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import replace
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -314,7 +314,12 @@ async def test_a_declining_card_is_tried_at_most_twice_a_day_and_pauses_after_th
     async with opened(url) as ledger:
         runner = TopupRunner(ledger, provider)
         await funded(
-            ledger, 44 * EUR, threshold=45 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR, block_on_topup_failure=False
+            ledger,
+            44 * EUR,
+            threshold=45 * EUR,
+            on_low=OnLow.TOPUP,
+            topup_amount=20 * EUR,
+            block_on_topup_failure=False,
         )
         day = 86_400
 
@@ -338,21 +343,24 @@ async def test_a_declining_card_is_tried_at_most_twice_a_day_and_pauses_after_th
         acc = await ledger.account("acme")
         assert not acc.topup_paused and acc.topup_failures == 0
         await calls(1, NOW + 2 * day + 100, "d")
-        assert len(provider.charges) == 4 and "automatic top-up resumed" in [e.action for e in await ledger.audit("acme")]
+        assert len(provider.charges) == 4 and "automatic top-up resumed" in [
+            e.action for e in await ledger.audit("acme")
+        ]
         assert await ledger.check() == []
 
 
-async def test_a_hanging_provider_times_out_and_never_blocks_settlement(url: str) -> None:
-    provider = ScriptedProvider("hang")
+async def test_a_hanging_provider_is_asked_again_with_the_same_key_and_never_blocks_settlement(url: str) -> None:
+    provider = ScriptedProvider("hang", "hang")
     async with opened(url) as ledger:
-        runner = TopupRunner(ledger, provider, timeout=0.2)
+        runner = TopupRunner(ledger, provider, timeout=0.2, retry_delays=(0.05, 0.05))
         await funded(ledger, 6 * EUR, threshold=5 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)
         await ledger.reserve("c1", "acme", "201", 2 * EUR, now=NOW)
         settled = await asyncio.wait_for(_settle_and_pay(runner, "c1", 2 * EUR), 2)
         assert settled.settled and settled.topup is not None
         await runner.drain()
         [t] = [t for t in await ledger.topups("acme") if t.source == "auto"]
-        assert t.status is TopupStatus.FAILED and "timed out" in t.detail
+        assert t.status is TopupStatus.SUCCEEDED and runner.attempts == 3  # two timeouts, then the answer
+        assert [key for _, _, key in provider.charges] == [t.reference] * 3 and await ledger.check() == []
 
 
 async def test_manual_provider_leaves_the_topup_pending_for_the_operator(url: str) -> None:

@@ -19,6 +19,7 @@ from .models import (
     ActivityRow,
     AuditEntry,
     CallDetails,
+    Card,
     CheckProblem,
     DaySpending,
     Extension,
@@ -124,6 +125,25 @@ class Ledger(ABC):
         self, reference: str, ok: bool, detail: str = "", now: int | None = None, *, actor: str = ""
     ) -> Topup:
         return await self._run(P.complete_topup, reference, ok, detail, self._now(now), actor)
+
+    async def set_topup_action(self, reference: str, url: str) -> bool:
+        return await self._run(P.set_topup_action, reference, url)
+
+    # -- the card on file and the payment provider's events
+    async def card(self, account_id: str) -> Card | None:
+        return await self._run(P.get_card, account_id)
+
+    async def card_of_customer(self, provider: str, customer: str) -> Card | None:
+        return await self._run(P.card_of_customer, provider, customer)
+
+    async def set_customer(self, account_id: str, provider: str, customer: str, now: int | None = None) -> Card:
+        return await self._run(P.set_customer, account_id, provider, customer, self._now(now))
+
+    async def once_per_event(
+        self, event_id: str, event_type: str, action: Callable[..., P.Program[T]], *args: Any, now: int | None = None
+    ) -> T | None:
+        """Run the ledger program `action(*args)` once per provider event id (None when replayed)."""
+        return await self._run(P.event_once, event_id, event_type, self._now(now), action, *args)
 
     async def pending_topups(self) -> list[Topup]:
         return await self._run(P.pending_topups)

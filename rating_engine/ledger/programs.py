@@ -12,7 +12,7 @@ SQL uses `?` placeholders and named columns only.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..contract import DestinationClass, Refusal
@@ -23,6 +23,7 @@ from .models import (
     ActivityRow,
     AuditEntry,
     CallDetails,
+    Card,
     CheckProblem,
     DaySpending,
     Extension,
@@ -462,6 +463,102 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int, actor: str =
 def find_topup(reference: str) -> Program[Topup | None]:
     r = yield one("SELECT * FROM topups WHERE reference = ?", reference)
     return None if r is None else _topup(r)
+
+
+def set_topup_action(reference: str, url: str) -> Program[bool]:
+    """A pending top-up that waits on the customer (3-D Secure): where they confirm it."""
+    return bool(
+        (yield count("UPDATE topups SET action_url = ? WHERE reference = ? AND status = 'pending'", url, reference))
+    )
+
+
+# ---------------------------------------------------------------- the card on file
+
+_CARD_COLUMNS = "account_id, provider, customer, payment_method, brand, last4, exp_month, exp_year"
+
+
+def get_card(account_id: str) -> Program[Card | None]:
+    r = yield one(f"SELECT {_CARD_COLUMNS} FROM cards WHERE account_id = ?", account_id)
+    return None if r is None else Card(**dict(r))
+
+
+def card_of_customer(provider: str, customer: str) -> Program[Card | None]:
+    r = yield one(f"SELECT {_CARD_COLUMNS} FROM cards WHERE provider = ? AND customer = ?", provider, customer)
+    return None if r is None else Card(**dict(r))
+
+
+def set_customer(account_id: str, provider: str, customer: str, now: int) -> Program[Card]:
+    """The account's customer at the provider (made on the first "Edit"); kept once made."""
+    yield from get_account(account_id)
+    yield count(
+        "INSERT INTO cards (account_id, provider, customer, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (account_id) DO NOTHING",
+        account_id,
+        provider,
+        customer,
+        now,
+    )
+    card = yield from get_card(account_id)
+    assert card is not None
+    return card
+
+
+def save_card(card: Card, now: int, actor: str) -> Program[bool]:
+    """The card the provider reports for the account's customer (saved, or updated by the bank);
+    the administrator acted, so a paused automatic top-up tries again. False if nothing changed."""
+    before = yield from get_card(card.account_id)
+    if before is None or before.customer != card.customer or before.provider != card.provider:
+        raise LedgerError(f"no customer {card.customer!r} for account {card.account_id!r}")
+    if before == card:
+        return False
+    yield count(
+        "UPDATE cards SET payment_method = ?, brand = ?, last4 = ?, exp_month = ?, exp_year = ?, updated_at = ?"
+        " WHERE account_id = ?",
+        card.payment_method,
+        card.brand,
+        card.last4,
+        card.exp_month,
+        card.exp_year,
+        now,
+        card.account_id,
+    )
+    shown = f"{card.brand} •••• {card.last4}, {card.exp_month:02d}/{card.exp_year}"
+    yield from _audit(card.account_id, now, actor, "card saved", shown)
+    yield from _resume_auto_topup(card.account_id, now, actor)
+    return True
+
+
+def remove_card(account_id: str, payment_method: str, now: int, actor: str) -> Program[bool]:
+    """The card was detached at the provider: no card on file (the customer stays)."""
+    gone = yield count(
+        "UPDATE cards SET payment_method = '', brand = '', last4 = '', exp_month = 0, exp_year = 0, updated_at = ?"
+        " WHERE account_id = ? AND payment_method = ? AND payment_method <> ''",
+        now,
+        account_id,
+        payment_method,
+    )
+    if gone:
+        yield from _audit(account_id, now, actor, "card removed", "")
+    return bool(gone)
+
+
+def record_event(event_id: str, event_type: str, now: int) -> Program[bool]:
+    """True the first time a provider's event is seen: a replayed or duplicated one changes nothing.
+    Recorded in the same transaction as what the event does (see `Ledger.handle_event`)."""
+    if (yield one("SELECT id FROM webhook_events WHERE id = ?", event_id)) is not None:
+        return False
+    yield count("INSERT INTO webhook_events (id, type, received_at) VALUES (?, ?, ?)", event_id, event_type, now)
+    return True
+
+
+def event_once(
+    event_id: str, event_type: str, now: int, action: Callable[..., Program[T]], *args: Any
+) -> Program[T | None]:
+    """`action` the first time this event is seen, in the transaction that records it (a crash
+    between the two cannot apply it twice or lose it); None for an event seen before."""
+    if not (yield from record_event(event_id, event_type, now)):
+        return None
+    return (yield from action(*args))
 
 
 def pending_topups() -> Program[list[Topup]]:

@@ -1,21 +1,40 @@
 """Payments for top-ups: the provider of a deployment, chosen from its config like the ledger, and
-the runner that pays the automatic top-ups the ledger asks for."""
+the runner that pays the top-ups the ledger asks for."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .manual import ManualProvider
 from .provider import PaymentOutcome, PaymentProvider
 from .topups import TopupRunner
 
-PROVIDERS = ("manual",)
+if TYPE_CHECKING:
+    from ..config import PaymentsSection
+    from ..ledger import Ledger
+
+PROVIDERS = ("manual", "stripe")
 
 
-def make_provider(name: str) -> PaymentProvider:
-    """The provider `[payments] provider` names."""
-    if name == "manual":
+def make_provider(section: PaymentsSection, ledger: Ledger | None = None) -> PaymentProvider:
+    """The provider `[payments] provider` names; Stripe's keys come from the environment or a file."""
+    if section.provider == "manual":
         return ManualProvider()
-    raise ConfigError(f"unknown payment provider {name!r}; known: {', '.join(PROVIDERS)}")
+    if section.provider == "stripe":
+        from .stripe_provider import StripeKeys, StripeProvider
+
+        key = section.secret(section.stripe_key_env, section.stripe_key_file, "stripe_key")
+        if not key:
+            raise ConfigError(f"payments.provider = stripe needs its secret key in ${section.stripe_key_env}")
+        if ledger is None:
+            raise ConfigError("the stripe provider needs the ledger")
+        hook = section.secret(
+            section.stripe_webhook_secret_env, section.stripe_webhook_secret_file, "stripe_webhook_secret"
+        )
+        keys = StripeKeys(key, hook, section.stripe_api_base)
+        return StripeProvider(ledger, keys, public_url=section.public_url, timeout=section.timeout)
+    raise ConfigError(f"unknown payment provider {section.provider!r}; known: {', '.join(PROVIDERS)}")
 
 
 __all__ = ["PROVIDERS", "ManualProvider", "PaymentOutcome", "PaymentProvider", "TopupRunner", "make_provider"]

@@ -26,12 +26,12 @@ from ..ledger import Ledger
 from ..money import MICRO
 from ..payments import ManualProvider, PaymentProvider
 from ..rating.plan import Plan
-from . import activity, auth, balance, extensions, funds, operator, settings
+from . import activity, auth, balance, card, extensions, funds, operator, settings, webhooks
 from .base import Site, current_user, render
 
 STATIC = Path(__file__).parent / "static"
+CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'{hosted}; base-uri 'none'"
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
@@ -39,9 +39,15 @@ SECURITY_HEADERS = [
 POST_PATHS = {"/login", "/logout", "/language"}
 
 
+WEBHOOKS = "/webhooks/"
+
+
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, hosted_origin: str = "") -> None:
+        """`hosted_origin`: the payment provider's pages, where "Edit" (a POST) may lead."""
         self.app = app
+        csp = CSP.format(hosted=f" {hosted_origin}" if hosted_origin else "")
+        self.headers = [(b"content-security-policy", csp.encode()), *SECURITY_HEADERS]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,7 +56,7 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
             await send(message)
 
         await self.app(scope, receive, with_headers)
@@ -100,6 +106,9 @@ def create_app(
         Route("/accounts/{account}/funds", funds.buy, methods=["POST"]),
         Route("/accounts/{account}/extensions", extensions.extensions, methods=["GET"]),
         Route("/accounts/{account}/extensions", extensions.save, methods=["POST"]),
+        Route("/accounts/{account}/card", card.card, methods=["GET"]),
+        Route("/accounts/{account}/card", card.edit, methods=["POST"]),
+        Route("/webhooks/stripe", webhooks.stripe_webhook, methods=["POST"]),
         Route("/accounts/{account}/settings", settings.settings, methods=["GET"]),
         Route("/accounts/{account}/settings", settings.save, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -120,6 +129,11 @@ def create_app(
     )
     app.state.site = Site.on(ledger, provider or ManualProvider(), amounts, plans or {}, secure_cookies)
     protected: Any = asgi_csrf(
-        app, signing_secret=secret, always_protect=POST_PATHS, cookie_secure=secure_cookies, always_set_cookie=True
+        app,
+        signing_secret=secret,
+        always_protect=POST_PATHS,
+        cookie_secure=secure_cookies,
+        always_set_cookie=True,
+        skip_if_scope=lambda scope: scope.get("path", "").startswith(WEBHOOKS),  # signed by the provider
     )
-    return SecurityHeaders(protected)
+    return SecurityHeaders(protected, getattr(app.state.site.runner.provider, "hosted_origin", ""))

@@ -29,10 +29,13 @@ async def funds(request: Request) -> Response:
                 TopupStatus.FAILED: t.gettext("Declined:") + " " + (topup.detail or t.gettext("no reason given")),
                 TopupStatus.PENDING: t.gettext("Pending: the funds are added once the payment is confirmed."),
             }[topup.status]
+            if topup.status is TopupStatus.PENDING and topup.action_url:
+                said = t.gettext("Your bank asks you to confirm this payment on the provider's page.")
             outcome = {
                 "status": topup.status.value,
                 "text": said,
                 "amount": t.money(topup.amount, account.settings.currency),
+                "confirm": topup.action_url if topup.status is TopupStatus.PENDING else "",
             }
     return render(
         request,

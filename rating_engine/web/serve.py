@@ -36,7 +36,7 @@ async def serve(config: Config) -> int:
     app = create_app(
         ledger,
         secret,
-        provider=make_provider(config.payments.provider),
+        provider=make_provider(config.payments, ledger),
         amounts=config.web_amounts,
         plans=plans,
         session_hours=config.web.session_hours,
