@@ -160,6 +160,29 @@ class PaymentsSection:
 
 
 @dataclass(frozen=True)
+class MailSection:
+    """Notices to administrators by email, sent by `rating-engine web`; off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 587
+    tls: str = "starttls"
+    """starttls, tls (implicit, usually port 465) or none (a relay on this machine)."""
+    username: str = ""
+    password_env: str = "RATING_ENGINE_SMTP_PASSWORD"
+    password_file: str = ""
+    sender: str = "billing@localhost"
+
+    def password(self) -> str:
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read mail.password_file {self.password_file}: {exc.strerror}") from None
+        return os.environ.get(self.password_env, "") if self.password_env else ""
+
+
+@dataclass(frozen=True)
 class LogSection:
     level: str = "info"
     format: str = "json"
@@ -174,6 +197,7 @@ class Config:
     tariffs: TariffsSection = TariffsSection()
     metrics: MetricsSection = MetricsSection()
     payments: PaymentsSection = PaymentsSection()
+    mail: MailSection = MailSection()
     web: WebSection = WebSection()
     log: LogSection = LogSection()
     base: Path = Path(".")
@@ -292,6 +316,8 @@ def _check(cfg: Config, source: str) -> None:
         raise ConfigError(f"{source}: {exc}") from None
     if cfg.payments.provider not in ("manual", "stripe"):
         raise ConfigError(f"{source}: payments.provider must be manual or stripe")
+    if cfg.mail.tls not in ("starttls", "tls", "none") or not 1 <= cfg.mail.port <= 65535:
+        raise ConfigError(f"{source}: mail.tls must be starttls, tls or none, and mail.port from 1 to 65535")
     if cfg.payments.timeout <= 0:
         raise ConfigError(f"{source}: payments.timeout must be positive")
     if cfg.log.level.lower() not in ("debug", "info", "warning", "error"):

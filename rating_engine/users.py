@@ -7,6 +7,7 @@ checked against a dummy hash, so the answer takes as long as for a real one.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from .errors import RatingEngineError
 from .ledger import Ledger, LedgerError, User
 
 LANGUAGES = ("en", "fr")
+EMAIL = re.compile(r"[^@\s<>\"',;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+"""Enough to refuse a typo or a header injection; the mail server says the rest."""
 MIN_PASSWORD = 10
 WINDOW = 15 * 60
 """Seconds over which failed logins are counted."""
@@ -41,14 +44,18 @@ class Users:
         self._dummy = self.hasher.hash("not a password anyone has")
         self._failures: dict[str, deque[float]] = {}
 
-    async def add(self, username: str, password: str, account_id: str | None, language: str = "") -> User:
+    async def add(
+        self, username: str, password: str, account_id: str | None, language: str = "", *, email: str = ""
+    ) -> User:
         """An administrator of `account_id`, or an operator when it is None; `language` "" follows
         the browser until they choose one on the page."""
         if len(password) < MIN_PASSWORD:
             raise UserError(f"a password needs at least {MIN_PASSWORD} characters")
         if language and language not in LANGUAGES:
             raise UserError(f"language: one of {', '.join(LANGUAGES)}")
-        user = User(username, self.hasher.hash(password), account_id, language, int(self.clock()))
+        if email and (len(email) > 254 or not EMAIL.fullmatch(email)):
+            raise UserError(f"not an email address: {email!r}")
+        user = User(username, self.hasher.hash(password), account_id, language, int(self.clock()), email)
         try:
             return await self.ledger.add_user(user)
         except LedgerError as exc:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from rating_engine.errors import InvalidAmount
 from rating_engine.ledger.programs import AUDITED
 from rating_engine.money import MAX_AMOUNT
+from rating_engine.notices import BODIES, SUBJECTS
 from rating_engine.web.i18n import ACTIONS, Tongue, catalogue
 
 WEB = Path(__file__).parent.parent / "rating_engine" / "web"
@@ -27,7 +28,7 @@ def _texts_the_page_can_show() -> set[str]:
         found |= set(re.findall(r"""_\(\s*'((?:[^'\\]|\\.)*)'\s*\)""", template.read_text()))
     for module in WEB.glob("*.py"):
         found |= set(re.findall(r"""gettext\(\s*"((?:[^"\\]|\\.)*)"\s*\)""", module.read_text()))
-    return found | set(ACTIONS.values())
+    return found | set(ACTIONS.values()) | set(SUBJECTS.values()) | set(BODIES.values())
 
 
 def test_every_text_the_page_shows_has_its_french() -> None:

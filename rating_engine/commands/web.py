@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     who.add_argument("--account", help="the account this administrator runs")
     who.add_argument("--operator", action="store_true", help="sees and runs every account")
     add.add_argument("--language", default="", choices=["en", "fr"], help="default: the browser's")
+    add.add_argument("--email", default="", help="where this administrator's notices go (default: none)")
     add.add_argument("--db", help="ledger URL (default: $RATING_ENGINE_DB or the local SQLite file)")
     add.set_defaults(handler=cmd_user_add)
 
@@ -62,7 +63,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     async def add() -> None:
         ledger = await _open(args)
         try:
-            await Users(ledger).add(args.username, password, None if args.operator else args.account, args.language)
+            account = None if args.operator else args.account
+            await Users(ledger).add(args.username, password, account, args.language, email=args.email)
         finally:
             await ledger.close()
 

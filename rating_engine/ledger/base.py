@@ -25,6 +25,7 @@ from .models import (
     Extension,
     ExtensionSettings,
     ExtensionTotals,
+    Notice,
     Reservation,
     ReserveResult,
     SettleResult,
@@ -126,8 +127,21 @@ class Ledger(ABC):
     ) -> Topup:
         return await self._run(P.complete_topup, reference, ok, detail, self._now(now), actor)
 
-    async def set_topup_action(self, reference: str, url: str) -> bool:
-        return await self._run(P.set_topup_action, reference, url)
+    async def set_topup_action(self, reference: str, url: str, now: int | None = None) -> bool:
+        return await self._run(P.set_topup_action, reference, url, self._now(now))
+
+    # -- notices
+    async def claim_notices(self, now: int, until: int, limit: int = 50) -> list[Notice]:
+        return await self._run(P.claim_notices, now, until, limit)
+
+    async def notice_sent(self, notice_id: int, now: int) -> None:
+        await self._run(P.notice_sent, notice_id, now)
+
+    async def notice_failed(self, notice_id: int, next_at: int) -> None:
+        await self._run(P.notice_failed, notice_id, next_at)
+
+    async def note_expiring_cards(self, now: int | None = None) -> int:
+        return await self._run(P.note_expiring_cards, self._now(now))
 
     # -- the card on file and the payment provider's events
     async def card(self, account_id: str) -> Card | None:

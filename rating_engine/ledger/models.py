@@ -325,6 +325,21 @@ class Topup:
 
 
 @dataclass(frozen=True, slots=True)
+class Notice:
+    """Something an account's administrators are told by email, once (see `rating_engine.notices`)."""
+
+    id: int
+    account_id: str
+    kind: str
+    key: str
+    detail: str = ""
+    url: str = ""
+    amount: int = 0
+    created_at: int = 0
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Card:
     """An account's card on file as the payment provider reports it; never a card number."""
 
@@ -352,6 +367,8 @@ class User:
     language: str = ""
     """The language they chose on the page ("" until they do: the browser's is used)."""
     created_at: int = 0
+    email: str = ""
+    """Where an administrator's notices go ("" for none)."""
 
     @property
     def operator(self) -> bool:

@@ -13,6 +13,7 @@ SQL uses `?` placeholders and named columns only.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..contract import DestinationClass, Refusal
@@ -30,6 +31,7 @@ from .models import (
     ExtensionSettings,
     ExtensionTotals,
     LedgerError,
+    Notice,
     OnLow,
     Reservation,
     ReserveResult,
@@ -288,19 +290,22 @@ def add_user(user: User) -> Program[User]:
     if (yield one("SELECT username FROM users WHERE username = ?", user.username)) is not None:
         raise LedgerError(f"user {user.username!r} already exists")
     yield count(
-        "INSERT INTO users (username, password_hash, account_id, language, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO users (username, password_hash, account_id, language, created_at, email)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
         user.username,
         user.password_hash,
         user.account_id,
         user.language,
         user.created_at,
+        user.email,
     )
     return user
 
 
 def find_user(username: str) -> Program[User | None]:
     r = yield one(
-        "SELECT username, password_hash, account_id, language, created_at FROM users WHERE username = ?", username
+        "SELECT username, password_hash, account_id, language, created_at, email FROM users WHERE username = ?",
+        username,
     )
     return None if r is None else User(**dict(r))
 
@@ -309,7 +314,7 @@ def account_users(account_id: str) -> Program[list[User]]:
     """The administrators of one account, by name."""
     yield from get_account(account_id)
     found = yield rows(
-        "SELECT username, password_hash, account_id, language, created_at FROM users WHERE account_id = ?"
+        "SELECT username, password_hash, account_id, language, created_at, email FROM users WHERE account_id = ?"
         " ORDER BY username",
         account_id,
     )
@@ -442,6 +447,8 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int, actor: str =
         )
     if ok:
         yield from _credit(r["account_id"], r["amount"], reference, now)
+        if r["source"] == "auto":
+            yield from _notice(r["account_id"], "topup_done", f"done:{reference}", now, amount=r["amount"])
     elif r["source"] == "auto":  # a failed automatic top-up stops chargeable calls; a declined purchase does not
         failed = yield one(
             "UPDATE accounts SET topup_failed = 1, topup_failures = topup_failures + 1,"
@@ -451,12 +458,13 @@ def complete_topup(reference: str, ok: bool, detail: str, now: int, actor: str =
             r["account_id"],
         )
         yield count(f"UPDATE accounts SET floor = {FLOOR_SQL} WHERE id = ?", r["account_id"])
-        yield from _audit(
-            r["account_id"], now, actor or "payments", "automatic top-up failed", f"{reference}: {detail}"
-        )
+        why = f"{reference}: {detail}"
+        yield from _audit(r["account_id"], now, actor or "payments", "automatic top-up failed", why)
+        yield from _notice(r["account_id"], "topup_failed", f"failed:{reference}", now, detail, amount=r["amount"])
         if int(failed["topup_failures"]) >= PAUSE_AFTER:
             yield count("UPDATE accounts SET topup_paused = 1 WHERE id = ?", r["account_id"])
             yield from _audit(r["account_id"], now, actor or "payments", "automatic top-up paused", "")
+            yield from _notice(r["account_id"], "topup_paused", f"paused:{reference}", now)
     return Topup(reference, r["account_id"], r["amount"], r["at"], r["source"], status, detail)
 
 
@@ -465,11 +473,77 @@ def find_topup(reference: str) -> Program[Topup | None]:
     return None if r is None else _topup(r)
 
 
-def set_topup_action(reference: str, url: str) -> Program[bool]:
-    """A pending top-up that waits on the customer (3-D Secure): where they confirm it."""
-    return bool(
-        (yield count("UPDATE topups SET action_url = ? WHERE reference = ? AND status = 'pending'", url, reference))
+def set_topup_action(reference: str, url: str, now: int) -> Program[bool]:
+    """A pending top-up that waits on the customer (3-D Secure): where they confirm it (told by email)."""
+    t = yield from find_topup(reference)
+    if t is None or t.status is not TopupStatus.PENDING:
+        return False
+    yield count("UPDATE topups SET action_url = ? WHERE reference = ?", url, reference)
+    yield from _notice(t.account_id, "needs_confirmation", f"confirm:{reference}", now, url=url, amount=t.amount)
+    return True
+
+
+# ---------------------------------------------------------------- notices (sent by rating_engine.notices)
+
+
+def _notice(
+    account_id: str, kind: str, key: str, now: int, detail: str = "", *, url: str = "", amount: int = 0
+) -> Program[None]:
+    """A notice to send, once per key, in the transaction of what it tells."""
+    yield count(
+        "INSERT INTO notices (account_id, kind, key, detail, url, amount, created_at, next_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+        account_id,
+        kind,
+        key,
+        detail,
+        url,
+        amount,
+        now,
+        now,
     )
+
+
+def claim_notices(now: int, until: int, limit: int) -> Program[list[Notice]]:
+    """The notices due, now this caller's to send until `until` (another sender skips them)."""
+    found = yield rows(
+        "UPDATE notices SET claimed_until = ? WHERE claimed_until < ? AND id IN (SELECT id FROM notices"
+        " WHERE sent_at IS NULL AND next_at <= ? AND claimed_until < ? ORDER BY id LIMIT ?)"
+        " RETURNING id, account_id, kind, key, detail, url, amount, created_at, attempts",
+        until,
+        now,
+        now,
+        now,
+        limit,
+    )
+    return sorted((Notice(**dict(r)) for r in found), key=lambda n: n.id)
+
+
+def notice_sent(notice_id: int, now: int) -> Program[None]:
+    yield count("UPDATE notices SET sent_at = ?, claimed_until = 0 WHERE id = ?", now, notice_id)
+
+
+def notice_failed(notice_id: int, next_at: int) -> Program[None]:
+    yield count(
+        "UPDATE notices SET attempts = attempts + 1, next_at = ?, claimed_until = 0 WHERE id = ?", next_at, notice_id
+    )
+
+
+def note_expiring_cards(now: int) -> Program[int]:
+    """A notice for each card on file that expires within 30 days (a card is valid through the end
+    of its expiry month), once per card and expiry."""
+    day = datetime.fromtimestamp(now, UTC).date()
+    soon = day + timedelta(days=30)
+    found = yield rows(
+        "SELECT account_id, payment_method, brand, last4, exp_month, exp_year FROM cards"
+        " WHERE payment_method <> '' AND exp_year * 100 + exp_month <= ?",
+        soon.year * 100 + soon.month,
+    )
+    for r in found:
+        key = f"expiring:{r['account_id']}:{r['payment_method']}:{r['exp_year']}-{r['exp_month']:02d}"
+        shown = f"{r['brand']} •••• {r['last4']}, {r['exp_month']:02d}/{r['exp_year']}"
+        yield from _notice(r["account_id"], "card_expiring", key, now, shown)
+    return len(found)
 
 
 # ---------------------------------------------------------------- the card on file
@@ -898,6 +972,8 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
         int(cost > r["amount"]),
         periods(d.ended_at or now, r["timezone"])[0],
     )
+    if balance < acc["threshold"] <= balance + cost:  # crossed below the threshold: told once
+        yield from _notice(account_id, "low_balance", f"low:{account_id}:{call_id}", now)
     request = None
     if acc["on_low"] == OnLow.TOPUP.value and balance < acc["threshold"] and acc["topup_pending"] is None:
         request = yield from _auto_topup(account_id, call_id, balance, acc, r["timezone"], now)

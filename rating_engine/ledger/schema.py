@@ -214,6 +214,26 @@ ALTER TABLE accounts ADD COLUMN auto_topups_per_day INTEGER NOT NULL DEFAULT 2;
 ALTER TABLE accounts ADD COLUMN topup_failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN topup_paused INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX topups_account_time ON topups (account_id, at);
+ALTER TABLE users ADD COLUMN email TEXT NOT NULL DEFAULT '';
+"""
+_NOTICES = {
+    "sqlite": "CREATE TABLE notices (id INTEGER PRIMARY KEY AUTOINCREMENT,",
+    "postgres": "CREATE TABLE notices (id BIGSERIAL PRIMARY KEY,",
+}
+_NOTICES_REST = """
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    detail TEXT NOT NULL DEFAULT '',
+    url TEXT NOT NULL DEFAULT '',
+    amount BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    next_at BIGINT NOT NULL,
+    claimed_until BIGINT NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at BIGINT
+);
+CREATE INDEX notices_due ON notices (sent_at, next_at);
 """
 
 
@@ -249,7 +269,7 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (2, _LIMITS + _AUDIT[dialect] + _AUDIT_REST),
         (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
         (4, _USERS + _ACTIVITY_DAYS[dialect]),
-        (5, _CARDS),
+        (5, _CARDS + _NOTICES[dialect] + _NOTICES_REST),
     ]
 
 

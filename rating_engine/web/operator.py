@@ -205,7 +205,7 @@ async def add_admin(request: Request) -> Response:
     user, account = await _operator_account(request)
     s, t = site(request), tongue(request, user)
     posted = await request.form()
-    form: dict[str, Any] = {k: str(posted.get(k, "")).strip() for k in ("username", "language")}
+    form: dict[str, Any] = {k: str(posted.get(k, "")).strip() for k in ("username", "language", "email")}
     password = str(posted.get("password", ""))
     errors: dict[str, str] = {}
     if len(password) < MIN_PASSWORD:
@@ -214,8 +214,11 @@ async def add_admin(request: Request) -> Response:
         errors["language"] = t.gettext("Choose one.")
     if not errors:
         try:
-            await s.users.add(form["username"], password, account.id, form["language"])
+            await s.users.add(form["username"], password, account.id, form["language"], email=form["email"])
         except UserError as exc:
+            if "email" in str(exc):
+                errors["email"] = t.gettext("Not an email address.")
+                return await _operator_page(request, user, account, errors, form, 400)
             known = "already exists" in str(exc)
             errors["username"] = (
                 t.gettext("This user name is taken.")

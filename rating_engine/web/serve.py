@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -10,6 +11,7 @@ import uvicorn
 from ..config import Config
 from ..errors import StartupError
 from ..ledger import default_url, make_ledger
+from ..notices import Notifier, SmtpSettings
 from ..payments import make_provider
 from ..rating.plan import load_plan
 from .app import create_app
@@ -43,9 +45,19 @@ async def serve(config: Config) -> int:
         secure_cookies=config.web.secure_cookies,
     )
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False))
+    notifier = None
+    if config.mail.enabled:
+        m = config.mail
+        smtp = SmtpSettings(m.host, m.port, m.tls, m.username, m.password(), m.sender)
+        notifier = Notifier(ledger, smtp)
+        mailing = asyncio.get_running_loop().create_task(notifier.run())
+        log.info("notices by email", extra={"smtp": f"{m.host}:{m.port}", "tls": m.tls})
     log.info("page served", extra={"web": f"{host}:{port}"})
     try:
         await server.serve()
     finally:
+        if notifier is not None:
+            notifier.stop()
+            await mailing
         await ledger.close()
     return 0 if server.started else 2
