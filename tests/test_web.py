@@ -77,6 +77,7 @@ ACME_ROUTES = [
     "/accounts/acme/activity",
     "/accounts/acme/activity?ext=201&since=2026-01-01",
     "/accounts/acme/activity.csv",
+    "/accounts/acme/card",
 ]
 
 
@@ -111,6 +112,7 @@ async def test_another_accounts_administrator_gets_404_for_every_route(page: Pag
         ("funds", {"amount": str(10 * EUR), "purchase": "k1"}),
         ("settings", {"on_low": "block"}),
         ("extensions", {"ext": "201", "name": "taken over"}),
+        ("card", {}),
     ):
         posted = await page.client.post(f"/accounts/acme/{action}", data={**form, "threshold": "0", "csrftoken": token})
         assert posted.status_code == 404
@@ -500,3 +502,47 @@ async def test_french_amounts_and_days_are_read_as_french(page: Page) -> None:
     body = (await page.client.get("/accounts/acme/activity?since=24/11/2026&until=24/11/2026")).text
     assert body.count("0899123456") == 1 and 'placeholder="jj/mm/aaaa"' in body
     assert "aria-invalid" not in body
+
+
+async def test_with_the_manual_provider_the_card_page_says_how_payments_are_taken(page: Page) -> None:
+    await page.login("admin@acme")
+    body = (await page.client.get("/accounts/acme/card")).text
+    assert "No card on file." in body and "bank transfer" in body and 'action="/accounts/acme/card"' not in body
+    token = await page.token("/accounts/acme/card")
+    assert (await page.client.post("/accounts/acme/card", data={"csrftoken": token})).status_code == 404
+    assert (await page.client.post("/webhooks/stripe", content=b"{}")).status_code == 404  # no such provider here
+    csp = (await page.client.get("/accounts/acme/card")).headers["content-security-policy"]
+    assert "form-action 'self';" in csp
+
+
+async def test_the_operator_gives_an_administrator_an_email_for_notices(page: Page) -> None:
+    await page.login("operator")
+    r = await _operator(
+        page, "/accounts/acme/operator/admins", username="ann", password=PASSWORD, email="not-an-address"
+    )
+    assert r.status_code == 400 and 'id="email-error"' in r.text and await page.ledger.find_user("ann") is None
+    r = await _operator(
+        page, "/accounts/acme/operator/admins", username="ann", password=PASSWORD, email="ann@acme.example"
+    )
+    assert r.status_code == 303
+    user = await page.ledger.find_user("ann")
+    assert user is not None and user.email == "ann@acme.example"
+    assert "&lt;ann@acme.example&gt;" in (await page.client.get("/accounts/acme/operator")).text
+
+
+def test_the_balance_says_when_automatic_top_up_is_paused_or_waits_for_the_customer() -> None:
+    from dataclasses import replace
+
+    from rating_engine.ledger import Account, OnLow, Topup, TopupStatus
+    from rating_engine.web.balance import figures
+    from rating_engine.web.i18n import Tongue
+
+    s = replace(Accounts.new_settings(PLAN, threshold=EUR), on_low=OnLow.TOPUP, topup_amount=20 * EUR)
+    paused = Account("acme", s, 0, 0, 0, True, None, topup_failures=3, topup_paused=True)
+    assert figures(Tongue("en"), paused, [], [])["auto_topup"].startswith("paused after 3 failed top-ups")
+    assert figures(Tongue("fr"), paused, [], [])["auto_topup"].startswith("suspendu après 3")
+    waiting = Topup(
+        "auto:acme:c1", "acme", 21 * EUR, NOW, "auto", TopupStatus.PENDING, "", "https://checkout.stripe.com/x"
+    )
+    account = Account("acme", s, 0, 0, 0, False, "auto:acme:c1")
+    assert "waits for your confirmation" in figures(Tongue("en"), account, [], [waiting])["auto_topup"]

@@ -21,6 +21,10 @@ def figures(t: Tongue, account: Account, live: list[Reservation], topups: list[T
     last = autos[-1] if autos else None
     if account.settings.on_low is not OnLow.TOPUP:
         auto = t.gettext("off: below the threshold chargeable calls are refused")
+    elif account.topup_paused:
+        auto = t.gettext("paused after 3 failed top-ups: update the card or save the settings to resume")
+    elif account.topup_pending and last is not None and last.action_url:
+        auto = t.gettext("on; a top-up waits for your confirmation (see Add Funds)")
     elif account.topup_pending:
         auto = t.gettext("on; a top-up is pending")
     elif account.topup_failed:
