@@ -57,6 +57,12 @@ class Snapshot:
     agi_fallbacks_total: int = field(default=0, metadata=COUNTER)
     tariff_reloads_total: int = field(default=0, metadata=COUNTER)
     tariff_reload_failures_total: int = field(default=0, metadata=COUNTER)
+    topup_attempts_total: int = field(default=0, metadata=COUNTER)
+    """Charges asked of the payment provider (a retry with the same key counts again)."""
+    topups_succeeded_total: int = field(default=0, metadata=COUNTER)
+    topups_failed_total: int = field(default=0, metadata=COUNTER)
+    topups_awaiting_total: int = field(default=0, metadata=COUNTER)
+    """Left pending: on the operator, on the customer (3-D Secure), or on an unreachable provider."""
 
 
 class Metrics:

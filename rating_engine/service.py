@@ -88,6 +88,10 @@ class Service:
             agi_fallbacks_total=self.agi.stats.fallbacks,
             tariff_reloads_total=self.reloads,
             tariff_reload_failures_total=self.reload_failures,
+            topup_attempts_total=self.topups.attempts,
+            topups_succeeded_total=self.topups.outcomes["succeeded"],
+            topups_failed_total=self.topups.outcomes["failed"],
+            topups_awaiting_total=self.topups.outcomes["pending"],
         )
 
     async def start(self) -> None:

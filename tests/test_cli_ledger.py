@@ -39,6 +39,7 @@ def test_account_lifecycle_from_the_command_line(capsys, db: str) -> None:  # ty
     assert (data["balance"], data["available"], data["floor"]) == ("20.00", "19.00", "1.00")
     [ext] = data["extensions"]
     assert (ext["kinds"], ext["daily_cap"], ext["monthly_cap"]) == (["national", "premium"], "5.00", "50.00")
+    assert run(capsys, "account", "set", "acme", "--auto-topups-per-day", "3", "--db", db)[0] == 0
     code, out, _ = run(capsys, "ledger", "check", "--db", db)
     assert code == 0 and "ok: 1 account(s)" in out
 
@@ -54,6 +55,8 @@ def test_account_lifecycle_from_the_command_line(capsys, db: str) -> None:  # ty
         ["extension", "set", "acme", "201", "--daily-cap", "lots"],
         ["activity", "acme", "--since", "someday"],
         ["account", "create", "acme", "--plan", str(OFFICE_FR)],
+        ["account", "set", "acme", "--auto-topups-per-day", "0"],
+        ["account", "set", "acme", "--auto-topups-per-day", "25"],
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, db: str, argv: list[str]) -> None:  # type: ignore[no-untyped-def]

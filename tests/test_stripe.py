@@ -163,7 +163,7 @@ async def test_a_timeout_is_asked_again_with_the_same_key_and_charges_once(world
     world.fake.delay_payment_intents = [2.0]  # Stripe charged, but the answer comes after our timeout
     runner = TopupRunner(world.ledger, world.provider, timeout=0.3, retry_delays=(0.05, 0.05))
     outcome = await runner.pay(TopupRequest("auto:acme:slow", "acme", 20 * EUR), retries=True)
-    assert outcome.ok and runner.attempts == 2
+    assert outcome.ok and runner.attempts == 2 and runner.outcomes == {"succeeded": 1}  # the metrics' counts
     assert len(world.fake.charges) == 1 and world.fake.requests.count("/v1/payment_intents") == 2
     assert (await world.ledger.account("acme")).balance == 30 * EUR
 
@@ -260,6 +260,6 @@ async def test_a_declining_card_is_tried_twice_a_day_not_at_every_call(world: Wo
         if done.topup is not None:
             runner.start(done.topup)
         await runner.drain()
-    assert world.fake.attempts == 2 and runner.attempts == 2
+    assert world.fake.attempts == 2 and runner.attempts == 2 and runner.outcomes["failed"] == 2
     failed = [t for t in await world.ledger.topups("acme") if t.source == "auto"]
     assert [t.detail for t in failed] == ["insufficient_funds"] * 2

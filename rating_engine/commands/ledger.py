@@ -141,6 +141,9 @@ def _limits(p: argparse.ArgumentParser) -> None:
         "--office-hours",
         help='outside e.g. "mon-fri 08:00-19:00; sat 09:00-12:00", international and premium calls: outside_hours',
     )
+    g.add_argument(
+        "--auto-topups-per-day", type=int, help="automatic top-ups attempted a day at most, 1 to 24 (default 2)"
+    )
 
 
 def _count(text: str | None, what: str) -> int | None:
@@ -169,6 +172,8 @@ def _with_limits(args: argparse.Namespace) -> dict[str, Any]:
         out["blocked_prefixes"] = tuple(sorted(set(prefixes)))
     if args.office_hours is not None:
         out["office_hours"] = "" if args.office_hours.lower() == "none" else args.office_hours.strip()
+    if args.auto_topups_per_day is not None:
+        out["auto_topups_per_day"] = args.auto_topups_per_day
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 
 from ..ledger import Ledger, TopupRequest
 from .provider import PaymentOutcome, PaymentProvider
@@ -36,6 +37,7 @@ class TopupRunner:
         self.timeout = timeout
         self.retry_delays = retry_delays
         self.attempts = 0
+        self.outcomes: Counter[str] = Counter()
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[PaymentOutcome]] = set()
 
@@ -73,6 +75,7 @@ class TopupRunner:
             if self._stopping.is_set():
                 return outcome  # still pending: the next start asks again
             outcome = await self._ask(request)
+        self.outcomes["pending" if outcome.pending else "succeeded" if outcome.ok else "failed"] += 1
         if outcome.pending:
             if outcome.action_url:
                 await self.ledger.set_topup_action(request.reference, outcome.action_url)
