@@ -17,6 +17,17 @@ from .errors import ConfigError, InvalidAmount
 from .money import parse_amount
 
 
+def read_secret(env: str, file: str, key: str) -> str:
+    """A secret from the file `key` names (if set), else from the environment variable `env`: never
+    from the TOML itself or a command line."""
+    if file:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {key} {file}: {exc.strerror}") from None
+    return os.environ.get(env, "") if env else ""
+
+
 def _hostport(text: str, default_port: int) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host:
@@ -82,12 +93,7 @@ class AmiSection:
     def resolved_secret(self) -> str:
         if self.secret:
             return self.secret
-        if self.secret_file:
-            try:
-                return Path(self.secret_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read ami.secret_file {self.secret_file}: {exc.strerror}") from None
-        value = os.environ.get(self.secret_env, "") if self.secret_env else ""
+        value = read_secret(self.secret_env, self.secret_file, "ami.secret_file")
         if not value:
             raise ConfigError(f"no AMI secret: set ami.secret_file, or the environment variable {self.secret_env}")
         return value
@@ -125,12 +131,7 @@ class WebSection:
     """true behind HTTPS: cookies are sent over HTTPS only."""
 
     def resolved_secret(self) -> str | None:
-        if self.secret_file:
-            try:
-                return Path(self.secret_file).read_text(encoding="utf-8").strip() or None
-            except OSError as exc:
-                raise ConfigError(f"cannot read web.secret_file {self.secret_file}: {exc.strerror}") from None
-        return os.environ.get(self.secret_env, "") or None if self.secret_env else None
+        return read_secret(self.secret_env, self.secret_file, "web.secret_file") or None
 
 
 @dataclass(frozen=True)
@@ -150,13 +151,13 @@ class PaymentsSection:
     stripe_api_base: str = ""
     """Empty: Stripe's API. Only a test or a proxy sets it."""
 
-    def secret(self, env: str, file: str, what: str) -> str:
-        if file:
-            try:
-                return Path(file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read payments.{what}_file {file}: {exc.strerror}") from None
-        return os.environ.get(env, "") if env else ""
+    def stripe_key(self) -> str:
+        return read_secret(self.stripe_key_env, self.stripe_key_file, "payments.stripe_key_file")
+
+    def stripe_webhook_secret(self) -> str:
+        return read_secret(
+            self.stripe_webhook_secret_env, self.stripe_webhook_secret_file, "payments.stripe_webhook_secret_file"
+        )
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,7 @@ class MailSection:
     sender: str = "billing@localhost"
 
     def password(self) -> str:
-        if self.password_file:
-            try:
-                return Path(self.password_file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read mail.password_file {self.password_file}: {exc.strerror}") from None
-        return os.environ.get(self.password_env, "") if self.password_env else ""
+        return read_secret(self.password_env, self.password_file, "mail.password_file")
 
 
 @dataclass(frozen=True)

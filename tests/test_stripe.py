@@ -263,3 +263,30 @@ async def test_a_declining_card_is_tried_twice_a_day_not_at_every_call(world: Wo
     assert world.fake.attempts == 2 and runner.attempts == 2 and runner.outcomes["failed"] == 2
     failed = [t for t in await world.ledger.topups("acme") if t.source == "auto"]
     assert [t.detail for t in failed] == ["insufficient_funds"] * 2
+
+
+async def test_stripe_is_chosen_in_the_config_with_its_keys_from_the_environment_or_a_file(
+    world: World, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rating_engine.config import PaymentsSection
+    from rating_engine.errors import ConfigError
+    from rating_engine.payments import make_provider
+
+    monkeypatch.delenv("STRIPE_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match=r"\$STRIPE_SECRET_KEY"):
+        make_provider(PaymentsSection(provider="stripe"), world.ledger)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_from_env")
+    from_env = make_provider(PaymentsSection(provider="stripe"), world.ledger)
+    assert isinstance(from_env, StripeProvider) and from_env.keys.secret_key == "sk_test_from_env"
+    (tmp_path / "key").write_text("sk_test_from_file\n")
+    (tmp_path / "hook").write_text("whsec_from_file\n")
+    section = PaymentsSection(
+        provider="stripe", stripe_key_file=str(tmp_path / "key"), stripe_webhook_secret_file=str(tmp_path / "hook")
+    )
+    from_file = make_provider(section, world.ledger)
+    assert isinstance(from_file, StripeProvider)
+    assert (from_file.keys.secret_key, from_file.keys.webhook_secret) == ("sk_test_from_file", "whsec_from_file")
+    assert "sk_test" not in repr(from_file) and "sk_test" not in repr(from_file.keys)
+    assert "whsec" not in repr(from_file.keys)
+    with pytest.raises(ConfigError, match="cannot read payments.stripe_key_file"):
+        make_provider(PaymentsSection(provider="stripe", stripe_key_file=str(tmp_path / "missing")), world.ledger)

@@ -24,14 +24,12 @@ def make_provider(section: PaymentsSection, ledger: Ledger | None = None) -> Pay
     if section.provider == "stripe":
         from .stripe_provider import StripeKeys, StripeProvider
 
-        key = section.secret(section.stripe_key_env, section.stripe_key_file, "stripe_key")
+        key = section.stripe_key()
         if not key:
             raise ConfigError(f"payments.provider = stripe needs its secret key in ${section.stripe_key_env}")
         if ledger is None:
             raise ConfigError("the stripe provider needs the ledger")
-        hook = section.secret(
-            section.stripe_webhook_secret_env, section.stripe_webhook_secret_file, "stripe_webhook_secret"
-        )
+        hook = section.stripe_webhook_secret()
         keys = StripeKeys(key, hook, section.stripe_api_base)
         return StripeProvider(ledger, keys, public_url=section.public_url, timeout=section.timeout)
     raise ConfigError(f"unknown payment provider {section.provider!r}; known: {', '.join(PROVIDERS)}")

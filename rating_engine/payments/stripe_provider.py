@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
@@ -35,8 +35,8 @@ class BadEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StripeKeys:
-    secret_key: str
-    webhook_secret: str = ""
+    secret_key: str = field(repr=False)
+    webhook_secret: str = field(default="", repr=False)
     api_base: str = ""
     """Empty: Stripe's own API. The tests point it at a local server that speaks the same API."""
 
