@@ -288,5 +288,5 @@ async def test_stripe_is_chosen_in_the_config_with_its_keys_from_the_environment
     assert (from_file.keys.secret_key, from_file.keys.webhook_secret) == ("sk_test_from_file", "whsec_from_file")
     assert "sk_test" not in repr(from_file) and "sk_test" not in repr(from_file.keys)
     assert "whsec" not in repr(from_file.keys)
-    with pytest.raises(ConfigError, match="cannot read payments.stripe_key_file"):
+    with pytest.raises(ConfigError, match=r"cannot read payments\.stripe_key_file"):
         make_provider(PaymentsSection(provider="stripe", stripe_key_file=str(tmp_path / "missing")), world.ledger)
