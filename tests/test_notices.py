@@ -98,6 +98,7 @@ async def test_a_low_balance_is_told_once_per_crossing_to_each_administrator_in_
     assert "4,40\u00a0€" in french.get_content() and "5,00\u00a0€" in french.get_content()
     assert french["Content-Language"] == "fr" and french["From"] == "billing@pbx.example"
     assert await world.notifier.run_once() == 0 and len(world.inbox.mails) == 2  # never twice
+    assert [e.action for e in await world.ledger.audit("acme")].count("balance below the threshold") == 1
     await world.ledger.topup("acme", 10 * EUR, "wire")  # back above, then below again: a new crossing
     await _call(world.ledger, "c4", 10 * EUR)
     assert await world.notifier.run_once() == 1 and len(world.inbox.mails) == 4
@@ -138,6 +139,8 @@ async def test_a_payment_waiting_on_the_customer_and_an_expiring_card_are_told(w
     assert "https://checkout.stripe.com/c/pay/cs_1" in mails["A payment needs your confirmation"].get_content()
     assert "visa •••• 4242" in mails["Your card on file expires soon"].get_content()
     assert len(world.inbox.mails) == 4  # two notices, two administrators with an address
+    audit = [e.action for e in await world.ledger.audit("acme")]
+    assert audit.count("payment awaits the customer") == 1 and audit.count("card expiring") == 1
 
 
 async def test_a_mail_server_that_is_down_delays_the_mail_and_nothing_else(world: World) -> None:

@@ -290,3 +290,27 @@ async def test_stripe_is_chosen_in_the_config_with_its_keys_from_the_environment
     assert "whsec" not in repr(from_file.keys)
     with pytest.raises(ConfigError, match=r"cannot read payments\.stripe_key_file"):
         make_provider(PaymentsSection(provider="stripe", stripe_key_file=str(tmp_path / "missing")), world.ledger)
+
+
+async def test_many_calls_ending_together_make_one_payment_intent(world: World) -> None:
+    import asyncio
+    from dataclasses import replace
+
+    await world.save_card("pm_card_visa")
+    s = (await world.ledger.account("acme")).settings
+    await world.ledger.update_settings("acme", replace(s, on_low=OnLow.TOPUP, threshold=9 * EUR, topup_amount=20 * EUR))
+    runner = TopupRunner(world.ledger, world.provider, retry_delays=())
+    for i in range(20):
+        assert (await world.ledger.reserve(f"c{i}", "acme", f"2{i:02d}", 100_000)).ok
+
+    async def settle(i: int) -> None:
+        done = await world.ledger.settle(f"c{i}", 100_000)
+        if done.topup is not None:
+            runner.start(done.topup)
+
+    await asyncio.gather(*(settle(i) for i in range(20)))
+    await runner.drain()
+    assert world.fake.attempts == 1 and len(world.fake.charges) == 1  # never two in flight for one account
+    acc = await world.ledger.account("acme")
+    assert acc.balance == 10 * EUR - 20 * 100_000 + world.fake.charges[0]["amount"] * 10_000
+    assert await world.ledger.check() == []

@@ -489,8 +489,9 @@ def set_topup_action(reference: str, url: str, now: int) -> Program[bool]:
 def _notice(
     account_id: str, kind: str, key: str, now: int, detail: str = "", *, url: str = "", amount: int = 0
 ) -> Program[None]:
-    """A notice to send, once per key, in the transaction of what it tells."""
-    yield count(
+    """A notice to send, once per key, in the transaction of what it tells; the events no other line
+    records also go to the account's audit list."""
+    created = yield count(
         "INSERT INTO notices (account_id, kind, key, detail, url, amount, created_at, next_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
         account_id,
@@ -502,6 +503,18 @@ def _notice(
         now,
         now,
     )
+    action = AUDITED_NOTICES.get(kind)
+    if created and action:
+        yield from _audit(account_id, now, "payments" if kind != "low_balance" else "engine", action, detail or url)
+
+
+AUDITED_NOTICES = {
+    "low_balance": "balance below the threshold",
+    "topup_done": "automatic top-up done",
+    "needs_confirmation": "payment awaits the customer",
+    "card_expiring": "card expiring",
+}
+"""Notices whose event is not already an audit line of its own (failed and paused top-ups are)."""
 
 
 def claim_notices(now: int, until: int, limit: int) -> Program[list[Notice]]:
