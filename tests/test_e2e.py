@@ -369,3 +369,42 @@ async def test_a_busy_call_that_ends_while_the_engine_is_away_costs_nothing_with
         ledger = w.service.ledger  # type: ignore[union-attr]
         assert await ledger.activity("acme") == [] and await ledger.reservations() == []
         assert (await ledger.account("acme")).balance == 10 * EUR
+
+
+class _HangingProvider:
+    """A payment provider that never answers (a dead gateway)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def charge(self, account_id: str, amount: int, idempotency_key: str) -> Any:
+        self.asked += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_payment_provider_that_hangs_never_delays_an_answer_in_the_dialplan(tmp_path: Path) -> None:
+    import time
+    from dataclasses import replace
+
+    from rating_engine.ledger import OnLow
+
+    async with world(tmp_path, balance=2 * EUR) as w:
+        assert w.service is not None
+        provider = _HangingProvider()
+        w.service.topups.provider = provider
+        w.service.topups.timeout, w.service.topups.retry_delays = 2.0, ()
+        s = (await w.service.ledger.account("acme")).settings
+        await w.service.ledger.update_settings(
+            "acme", replace(s, on_low=OnLow.TOPUP, threshold=2 * EUR, topup_amount=10 * EUR)
+        )
+        first = await w.sim.place_call(Scenario("+1 212 555 0100", talk=30))
+        await settled(w, first)  # below the threshold: an automatic top-up is asked of the dead provider
+        await asyncio.sleep(0.05)
+        assert provider.asked == 1
+        for i in range(5):  # while it hangs, every call set-up is answered at once
+            started = time.monotonic()
+            call = await w.sim.place_call(Scenario("+1 212 555 0100", f"21{i}", outcome="busy"))
+            assert call.variables["RATING_STATUS"] == "ALLOW", call.variables
+            assert time.monotonic() - started < 1.0
+        acc = await w.service.ledger.account("acme")
+        assert acc.topup_pending is not None and not acc.topup_failed  # pending: asked again later, same key
