@@ -110,6 +110,8 @@ class EngineStats:
     cdr_mismatches: int = 0
     warnings: int = 0
     velocity_alerts: int = 0
+    low_balances: int = 0
+    """Settles that took an account below its threshold."""
 
     def count(self, reason: str) -> None:
         self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
@@ -425,6 +427,7 @@ class Engine:
             estimated,
         )
         result = await self.ledger.settle(call.call_id, amount, details, int(ended_at))
+        self.stats.low_balances += result.crossed_threshold
         if result.topup is not None:
             if self.on_topup is not None:
                 self.on_topup(result.topup)

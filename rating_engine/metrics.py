@@ -57,6 +57,10 @@ class Snapshot:
     agi_fallbacks_total: int = field(default=0, metadata=COUNTER)
     tariff_reloads_total: int = field(default=0, metadata=COUNTER)
     tariff_reload_failures_total: int = field(default=0, metadata=COUNTER)
+    low_balances_total: int = field(default=0, metadata=COUNTER)
+    """Settles that took an account below its threshold (each also a notice and an audit line)."""
+    topups_paused_total: int = field(default=0, metadata=COUNTER)
+    """Automatic top-ups paused after three failures in a row."""
     topup_attempts_total: int = field(default=0, metadata=COUNTER)
     """Charges asked of the payment provider (a retry with the same key counts again)."""
     topups_succeeded_total: int = field(default=0, metadata=COUNTER)

@@ -88,6 +88,8 @@ class Service:
             agi_fallbacks_total=self.agi.stats.fallbacks,
             tariff_reloads_total=self.reloads,
             tariff_reload_failures_total=self.reload_failures,
+            low_balances_total=s.low_balances,
+            topups_paused_total=self.topups.outcomes["paused"],
             topup_attempts_total=self.topups.attempts,
             topups_succeeded_total=self.topups.outcomes["succeeded"],
             topups_failed_total=self.topups.outcomes["failed"],

@@ -334,6 +334,7 @@ async def test_a_declining_card_is_tried_at_most_twice_a_day_and_pauses_after_th
         await calls(30, NOW + day, "b")
         acc = await ledger.account("acme")
         assert len(provider.charges) == 3 and acc.topup_paused and acc.topup_failures == 3
+        assert runner.outcomes == {"failed": 3, "paused": 1}  # what the metrics show
         await calls(30, NOW + 2 * day, "c")
         assert len(provider.charges) == 3, "paused: no attempt until the administrator acts"
         audit = [e.action for e in await ledger.audit("acme")]

@@ -291,6 +291,8 @@ class SettleResult:
     overdraft: bool = False
     balance_after: int = 0
     topup: TopupRequest | None = None
+    crossed_threshold: bool = False
+    """This settle took the balance below the account's threshold (told once, by a notice)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -985,13 +985,20 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
         int(cost > r["amount"]),
         periods(d.ended_at or now, r["timezone"])[0],
     )
-    if balance < acc["threshold"] <= balance + cost:  # crossed below the threshold: told once
+    crossed = balance < acc["threshold"] <= balance + cost
+    if crossed:  # told once, by a notice
         yield from _notice(account_id, "low_balance", f"low:{account_id}:{call_id}", now)
     request = None
     if acc["on_low"] == OnLow.TOPUP.value and balance < acc["threshold"] and acc["topup_pending"] is None:
         request = yield from _auto_topup(account_id, call_id, balance, acc, r["timezone"], now)
     return SettleResult(
-        True, cost=cost, reserved=r["amount"], overdraft=cost > r["amount"], balance_after=balance, topup=request
+        True,
+        cost=cost,
+        reserved=r["amount"],
+        overdraft=cost > r["amount"],
+        balance_after=balance,
+        topup=request,
+        crossed_threshold=crossed,
     )
 
 

@@ -85,6 +85,10 @@ class TopupRunner:
             )
             return outcome
         await self.ledger.complete_topup(request.reference, outcome.ok, outcome.detail)
+        automatic = request.reference.startswith("auto:")
+        if not outcome.ok and automatic and (await self.ledger.account(request.account_id)).topup_paused:
+            self.outcomes["paused"] += 1
+            log.error("automatic top-up paused after failures", extra={"account": request.account_id})
         if not outcome.ok:
             log.error(
                 "top-up failed",
