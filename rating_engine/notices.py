@@ -24,7 +24,7 @@ from email.utils import formatdate
 
 import aiosmtplib
 
-from .ledger import Ledger, Notice, User
+from .ledger import Account, Ledger, Notice, User
 from .web.i18n import Tongue
 
 log = logging.getLogger("rating_engine.notices")
@@ -68,14 +68,15 @@ BODIES = {
 }
 
 
-def compose(notice: Notice, admin: User, balance: str, threshold: str, amount: str, sender: str) -> EmailMessage:
-    """One notice's mail to one administrator, in their language."""
+def compose(notice: Notice, admin: User, account: Account, sender: str) -> EmailMessage:
+    """One notice's mail to one administrator, in their language (amounts too: "4,40 €")."""
     t = Tongue(admin.language if admin.language in ("en", "fr") else "en")
+    cur = account.settings.currency
     words = {
         "account": notice.account_id,
-        "balance": balance,
-        "threshold": threshold,
-        "amount": amount,
+        "balance": t.money(account.balance, cur),
+        "threshold": t.money(account.settings.threshold, cur),
+        "amount": t.money(notice.amount, cur),
         "detail": notice.detail,
         "url": notice.url,
     }
@@ -119,22 +120,10 @@ class Notifier:
         done = 0
         for notice in await self.ledger.claim_notices(now, now + LEASE, limit):
             account = await self.ledger.account(notice.account_id)
-            cur = account.settings.currency
-            t = Tongue("en")
             admins = [u for u in await self.ledger.account_users(notice.account_id) if u.email]
             try:
                 for admin in admins:
-                    t = Tongue(admin.language if admin.language in ("en", "fr") else "en")
-                    await self._send(
-                        compose(
-                            notice,
-                            admin,
-                            t.money(account.balance, cur),
-                            t.money(account.settings.threshold, cur),
-                            t.money(notice.amount, cur),
-                            self.smtp.sender,
-                        )
-                    )
+                    await self._send(compose(notice, admin, account, self.smtp.sender))
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 delay = RETRY_DELAYS[min(notice.attempts, len(RETRY_DELAYS) - 1)]
                 await self.ledger.notice_failed(notice.id, now + delay)
