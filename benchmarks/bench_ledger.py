@@ -1,4 +1,5 @@
-"""Ledger throughput: reservation + settle pairs per second, 1 and 100 concurrent tasks.
+"""Ledger throughput: reservation + settle pairs per second, 1 and 100 concurrent tasks on one hot
+account, and 100 tasks over 1,000 accounts with a skew (half the calls on ten busy accounts).
 
 Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit) and
 PostgreSQL (one transaction per operation, pooled). Baseline, same run: the naive SQLite way,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import sys
 import tempfile
 import time
@@ -27,15 +29,27 @@ from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledg
 NOW = 1_795_535_109
 
 
-async def ours(ledger: Ledger, pairs: int, tasks: int) -> float:
-    await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
-    await ledger.topup("acme", 10**15, "opening")
+MANY, BUSY = 1_000, 10
+
+
+def skewed(rng: random.Random) -> str:
+    """Half the calls on BUSY accounts, the rest spread over all MANY."""
+    return f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(MANY)}"
+
+
+async def ours(ledger: Ledger, pairs: int, tasks: int, accounts: int = 1) -> float:
+    names = ["acme"] if accounts == 1 else [f"a{i}" for i in range(accounts)]
+    for name in names:
+        await ledger.create_account(name, AccountSettings("office-fr", "EUR"))
+        await ledger.topup(name, 10**15, f"opening-{name}")
     per_task = pairs // tasks
 
     async def worker(w: int) -> None:
+        rng = random.Random(w)
         for i in range(per_task):
             call = f"w{w}-{i}"
-            held = await ledger.reserve(call, "acme", f"2{w % 50:02d}", 500_000, now=NOW)
+            account = "acme" if accounts == 1 else skewed(rng)
+            held = await ledger.reserve(call, account, f"2{w % 50:02d}", 500_000, now=NOW)
             assert held.ok
             await ledger.settle(call, 123_456, CallDetails(dialed="0899123456"), now=NOW + 60)
 
@@ -101,6 +115,23 @@ async def postgres_url() -> str | None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as d:
+        ledger = make_ledger(f"sqlite:///{d}/many.db")
+        await ledger.open()
+        try:
+            results["ours_sqlite_full/many"] = await ours(ledger, args.pairs, 100, MANY)
+        finally:
+            await ledger.close()
+    if not args.no_postgres:
+        url = await postgres_url()
+        results["ours_postgres/many"] = None
+        if url is not None:
+            ledger = make_ledger(url)
+            await ledger.open()
+            try:
+                results["ours_postgres/many"] = await ours(ledger, args.pairs // 2, 100, MANY)
+            finally:
+                await ledger.close()
     for tasks in (1, 100):
         pairs = args.pairs if tasks > 1 else max(args.pairs // 10, 100)
         with tempfile.TemporaryDirectory() as d:
@@ -145,13 +176,15 @@ def main() -> None:
         ("ours_sqlite_full", "ours: SQLite FULL, group commit"),
         ("ours_postgres", "ours: PostgreSQL, txn per op"),
     ):
-        for tasks in (1, 100):
+        for tasks in (1, 100, "many"):
+            if tasks == "many" and name == "naive_sqlite_full":
+                continue
             v = r.get(f"{name}/{tasks}")
-            base = r[f"naive_sqlite_full/{tasks}"]
+            base = r[f"naive_sqlite_full/{100 if tasks == 'many' else tasks}"]
             rows.append(
                 [
                     label,
-                    tasks,
+                    f"100, {MANY:,} accounts (skewed)" if tasks == "many" else f"{tasks}, one account",
                     "skipped (no server)" if v is None and name == "ours_postgres" else f"{v:,.0f}" if v else "-",
                     f"{v / base:.1f}x" if v else "-",
                 ]
