@@ -98,20 +98,22 @@ def spending_chart(
     step = nice_step(max(top, 1))
     scale = (HEIGHT - BOTTOM - TOP) / (step * 4)
     slot = (WIDTH - LEFT) / len(days)
+    labels = [day_label(d) for d in days]  # once a day, not once a bar: a label is a Babel call
     bars: list[Bar] = []
     for i, d in enumerate(days):
         y = float(HEIGHT - BOTTOM)
+        spent_that_day = per_day.get(d.isoformat(), {})
         for name, col, members in groups:
-            cost = sum(per_day.get(d.isoformat(), {}).get(e, 0) for e in members)
+            cost = sum(spent_that_day.get(e, 0) for e in members)
             if cost <= 0:
                 continue
             h = cost * scale
             y -= h
             bars.append(
-                Bar(LEFT + i * slot + slot * 0.1, y, slot * 0.8, h, col, f"{day_label(d)} · {name}: {money(cost)}")
+                Bar(LEFT + i * slot + slot * 0.1, y, slot * 0.8, h, col, f"{labels[i]} · {name}: {money(cost)}")
             )
     ticks = [Tick(HEIGHT - BOTTOM - k * step * scale, money(k * step)) for k in range(5)]
     every = max(1, len(days) // 6)
-    named = [(LEFT + i * slot + slot / 2, day_label(d)) for i, d in enumerate(days) if i % every == 0]
+    named = [(LEFT + i * slot + slot / 2, labels[i]) for i in range(len(days)) if i % every == 0]
     legend = [(col, name) for name, col, _ in groups]
     return Chart(first, last, cut, bars, ticks, named, legend)

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from babel.core import Locale
 from babel.dates import format_date, format_datetime
 from babel.messages.pofile import read_po
 from babel.numbers import format_currency
@@ -35,6 +36,11 @@ def catalogue(language: str) -> dict[str, str]:
     return {str(m.id): str(m.string) for m in po if m.id and m.string and not m.fuzzy}
 
 
+@cache
+def _locale(name: str) -> Locale:
+    return Locale.parse(name)
+
+
 @dataclass(frozen=True, slots=True)
 class Tongue:
     """What a page needs to speak one language."""
@@ -42,8 +48,10 @@ class Tongue:
     language: str
 
     @property
-    def locale(self) -> str:
-        return LANGUAGES[self.language]
+    def locale(self) -> Locale:
+        """Babel's locale, parsed once per language (parsing it at every amount was most of a page's
+        formatting time)."""
+        return _locale(LANGUAGES[self.language])
 
     def gettext(self, text: str) -> str:
         return catalogue(self.language).get(text, text)
