@@ -1,28 +1,46 @@
 """PostgreSQL ledger through asyncpg, for several engines sharing accounts.
 
-Each program runs in its own transaction on a pooled connection. Correctness across engines
-comes from the conditional UPDATEs in the programs (`… WHERE balance − reserved − floor ≥ amount`),
-not from which engine took the call. A settle racing another engine's settle of the same call
-waits on the reservation row it deletes, then finds it gone and the call already settled.
+The call path's operations (reserve, extend, release, settle, annotate) are queued and sent in
+batches, one server-side function call per batch and one commit (see `pg_batch`); every other
+operation runs as its program in its own transaction on a pooled connection. Nothing is
+acknowledged before its commit. Correctness across engines comes from the rows each batch locks
+in key order and from the conditional UPDATEs of the programs, not from which engine took the
+call. A settle racing another engine's settle of the same call waits on the reservation row,
+then finds it gone and the call already settled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
 
+from . import pg_batch
 from . import programs as P
 from .base import Ledger
 from .models import LedgerError
 from .schema import upgrade_steps
 
 T = TypeVar("T")
+log = logging.getLogger("rating_engine.ledger")
 _PLACEHOLDER = re.compile(r"\?")
 RETRIES = 3
+WRITERS = 2
+"""Batches in flight at once: one is written while the other waits for its commit."""
+BATCH_MAX = 256
+RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    OSError,
+    TimeoutError,
+)
+"""The server or the way to it is gone: nothing of the batch happened, every caller is told."""
 CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
@@ -54,16 +72,50 @@ async def run_program(conn: Any, program: P.Program[T]) -> T:
         return done.value  # type: ignore[no-any-return]
 
 
+class _Job:
+    __slots__ = ("args", "future", "op", "program")
+
+    def __init__(self, op: str, program: Callable[..., P.Program[Any]], args: tuple[Any, ...]) -> None:
+        self.op, self.program, self.args = op, program, args
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class PostgresLedger(Ledger):
     dialect = "postgres"
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        writers: int = WRITERS,
+        batch_max: int = BATCH_MAX,
+    ) -> None:
         super().__init__()
         self.dsn = dsn
         self.min_size, self.max_size = min_size, max_size
+        self.writers, self.batch_max = writers, batch_max
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
+        self._jobs: list[_Job] = []
+        self._work: asyncio.Event | None = None
+        self._writer_tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.zones = pg_batch.Zones()
+        self.batches = 0
+        self.slow = 0
+        """Operations of a batch the function handed back to their program."""
+        self.function_failures = 0
+        """Batches the function failed on (a bug): run again one operation at a time."""
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -82,14 +134,28 @@ class PostgresLedger(Ledger):
                     for sql in step:
                         await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                await conn.execute(pg_batch.CREATE)
+                for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
+                    self.zones.learn(r["id"], r["timezone"])
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
+        self._work = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._writer_tasks = [loop.create_task(self._write_loop()) for _ in range(max(1, self.writers))]
 
     async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
-        if self._pool is None or self._idle is not None:
+        if self._pool is None or self._idle is not None or self._closing:
             raise RuntimeError("ledger is not open")
+        op = pg_batch.FAST_PROGRAMS.get(program)
+        if op is not None:
+            pg_batch.validate(op, args)
+            job = _Job(op, program, args)
+            self._jobs.append(job)
+            assert self._work is not None
+            self._work.set()
+            return await job.future  # type: ignore[no-any-return]
         self._running += 1
         try:
             return await self._run_in_pool(self._pool, program, *args)
@@ -103,17 +169,127 @@ class PostgresLedger(Ledger):
             try:
                 async with pool.acquire() as conn, conn.transaction():
                     return await run_program(conn, program(*args))
-            except (asyncpg.UniqueViolationError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            except (asyncpg.UniqueViolationError, *RETRYABLE):
                 if attempt == RETRIES - 1:
                     raise
+        raise AssertionError("unreachable")
+
+    # -- the batches of the call path
+    async def _write_loop(self) -> None:
+        assert self._work is not None
+        while True:
+            if not self._jobs:
+                if self._closing:
+                    return
+                self._work.clear()
+                await self._work.wait()
+                continue
+            jobs = self._jobs[: self.batch_max]
+            del self._jobs[: self.batch_max]
+            try:
+                outcomes = await self._write(jobs)
+            except Exception as exc:  # the batch did not commit: nobody's change happened
+                outcomes = [_Failed(exc)] * len(jobs)
+            self.batches += 1
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, _Failed):
+                    job.future.set_exception(outcome.error)
+                else:
+                    job.future.set_result(outcome)
+                    self._learn(job, outcome)
+
+    def _learn(self, job: _Job, outcome: Any) -> None:
+        """Whose call is whose, for the next operations of the call to go the fast way."""
+        if job.op == "reserve" and outcome.ok:
+            self.zones.called(job.args[0], job.args[1])
+        elif job.op in ("settle", "release"):
+            self.zones.account_of_call.pop(job.args[0], None)
+
+    async def _write(self, jobs: list[_Job]) -> list[Any]:
+        assert self._pool is not None
+        for attempt in range(RETRIES):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await self._write_on(conn, jobs)
+            except RETRYABLE:
+                if attempt == RETRIES - 1:
+                    raise
+            except LOST:
+                raise
+            except asyncpg.PostgresError:
+                # The function itself failed (a bug, or a server that refuses something of it):
+                # the batch is undone, and each operation runs alone as its program.
+                self.function_failures += 1
+                log.exception("batch function failed; running its operations one by one")
+                return [await self._alone(job) for job in jobs]
+        raise AssertionError("unreachable")
+
+    async def _alone(self, job: _Job) -> Any:
+        assert self._pool is not None
+        try:
+            return await self._run_in_pool(self._pool, job.program, *job.args)
+        except Exception as exc:
+            return _Failed(exc)
+
+    async def _write_on(self, conn: Any, jobs: list[_Job]) -> list[Any]:
+        rows = [pg_batch.row(job.op, job.args, self.zones) for job in jobs]
+        cols = pg_batch.columns(rows)
+        outcomes: list[Any] = [None] * len(jobs)
+        start, zoned = 1, set()
+        while start <= len(jobs):
+            got = await conn.fetch(pg_batch.CALL, start, *cols)
+            start = len(jobs) + 1
+            for r in got:  # the function stops at the first operation it hands back: the last row
+                k = r["o_i"] - 1
+                job = jobs[k]
+                if r["o_fast"]:
+                    outcomes[k] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+                elif r["o_tz"] is not None and k not in zoned:  # now the account's zone is known: again
+                    zoned.add(k)
+                    self.zones.learn(r["o_account"], r["o_tz"])
+                    if job.op != "reserve":
+                        self.zones.called(job.args[0], r["o_account"])
+                    rows[k] = pg_batch.row(job.op, job.args, self.zones)
+                    cols = pg_batch.columns(rows)
+                    start = k + 1
+                else:
+                    self.slow += 1
+                    outcomes[k] = await self._slow(conn, job)
+                    start = k + 2
+        return outcomes
+
+    async def _slow(self, conn: Any, job: _Job) -> Any:
+        """One operation as its program, in a savepoint: its failure undoes it alone."""
+        for attempt in range(RETRIES):
+            try:
+                async with conn.transaction():
+                    return await run_program(conn, job.program(*job.args))
+            except (*RETRYABLE, *LOST):
+                raise
+            except asyncpg.UniqueViolationError as exc:
+                if attempt == RETRIES - 1:
+                    return _Failed(exc)
+            except Exception as exc:
+                if conn.is_closed():
+                    raise
+                return _Failed(exc)
         raise AssertionError("unreachable")
 
     async def _close(self) -> None:
         """Let the operations under way finish, then close."""
         if self._pool is not None:
+            self._closing = True
+            if self._work is not None:
+                self._work.set()
+            for task in self._writer_tasks:
+                await task
+            self._writer_tasks = []
             self._idle = asyncio.Event()
             if self._running:
                 await self._idle.wait()
             await self._pool.close()
             self._pool = None
             self._idle = None
+            self._closing = False

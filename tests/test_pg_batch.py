@@ -1,0 +1,188 @@
+"""PostgreSQL's batched call path answers and writes exactly what the programs do.
+
+Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
+duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
+a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
+and on PostgreSQL, where they go through `rating_engine_batch_v1`. The answers and every table
+the operations touch must be the same, row for row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, Ledger, OnLow
+from rating_engine.ledger.postgres import PostgresLedger
+from rating_engine.ledger.sqlite import SqliteLedger
+
+from .ledgers import pg_database
+
+NOW = 1_795_564_000  # 2026-11-24 21:46 UTC: the rounds cross midnight in Paris and in New York
+_examples = itertools.count()
+
+op = st.one_of(
+    st.tuples(st.just("reserve"), st.integers(0, 2), st.sampled_from(["201", "201", "202", "203"]), st.integers(1, 4)),
+    st.tuples(st.just("extend"), st.integers(0, 40), st.integers(1, 3)),
+    st.tuples(st.just("release"), st.integers(0, 40)),
+    st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 5)),
+    st.tuples(st.just("annotate"), st.integers(0, 40)),
+    st.tuples(st.just("duplicate"), st.integers(0, 40)),
+    st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7)),  # a dialer: many calls of one extension
+)
+step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600))
+rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16)), min_size=1, max_size=8)
+
+MONEY = 250_000
+ACCOUNTS = (
+    AccountSettings("office-fr", "EUR", threshold=2 * MONEY, timezone="Europe/Paris", max_calls=4),
+    AccountSettings(
+        "office-fr",
+        "EUR",
+        threshold=3 * MONEY,
+        on_low=OnLow.TOPUP,
+        topup_amount=10 * MONEY,
+        timezone="America/New_York",
+    ),
+    AccountSettings("office-fr", "EUR", velocity_limit=9 * MONEY, max_attempts=6),
+)
+EXTENSIONS = {
+    "201": ExtensionSettings(monthly_cap=20 * MONEY, max_attempts=3),
+    "202": ExtensionSettings(daily_cap=6 * MONEY, max_calls=2),
+    "203": ExtensionSettings(chargeable=False),
+}
+
+
+async def _setup(ledger: Ledger, prefix: str) -> list[str]:
+    names = [f"{prefix}-{i}" for i in range(len(ACCOUNTS))]
+    for name, s in zip(names, ACCOUNTS, strict=True):
+        await ledger.create_account(name, s, now=NOW)
+        await ledger.topup(name, 30 * MONEY, f"{name}-opening", now=NOW)
+        for ext, e in EXTENSIONS.items():
+            await ledger.set_extension(name, ext, e)
+    return names
+
+
+async def _play(ledger: Ledger, names: list[str], prefix: str, plan: list[Any]) -> list[str]:
+    calls: list[str] = []
+    answers: list[str] = []
+    now = NOW
+    serial = itertools.count()
+
+    def call(i: int) -> str:
+        return calls[i % len(calls)] if calls else f"{prefix}-none"
+
+    for step, ops in plan:
+        now += step
+        work = []
+        for o in itertools.chain.from_iterable(
+            [("reserve", o[1], "201", 1)] * o[2] if o[0] == "burst" else [o] for o in ops
+        ):
+            kind = o[0]
+            if kind in ("reserve", "duplicate"):
+                call_id = f"{prefix}-c{next(serial)}" if kind == "reserve" else call(o[1])
+                account, ext, units = (names[o[1]], o[2], o[3]) if kind == "reserve" else (names[0], "201", 1)
+                calls.append(call_id)
+                work.append(ledger.reserve(call_id, account, ext, units * MONEY, now, now + 90, f"d{call_id}"))
+            elif kind == "extend":
+                work.append(ledger.extend(call(o[1]), o[2] * MONEY, now, now + 120))
+            elif kind == "release":
+                work.append(ledger.release(call(o[1]), now))
+            elif kind == "settle":
+                details = CallDetails(
+                    now - 60, now if o[2] % 2 else 0, "0612345678", "+33612345678", "FR", "mobile", 60
+                )
+                work.append(ledger.settle(call(o[1]), o[2] * MONEY // 2, details, now))
+            else:
+                work.append(ledger.annotate(call(o[1]), now + 30, f"n{now}"))
+        for answer in await asyncio.gather(*work, return_exceptions=True):
+            answers.append(repr(answer))
+    return answers
+
+
+TABLES = {
+    "accounts": "SELECT * FROM accounts WHERE id LIKE {p} ORDER BY id",
+    "extensions": "SELECT * FROM extensions WHERE account_id LIKE {p} ORDER BY account_id, ext",
+    "reservations": "SELECT * FROM reservations WHERE account_id LIKE {p} ORDER BY call_id",
+    "activity": "SELECT * FROM activity WHERE account_id LIKE {p} ORDER BY call_id",
+    "activity_days": "SELECT * FROM activity_days WHERE account_id LIKE {p} ORDER BY account_id, day, ext",
+    "journal": "SELECT account_id, at, entry, amount, reference, balance_after FROM journal WHERE account_id LIKE {p}"
+    " ORDER BY account_id, reference, entry",
+    "topups": "SELECT * FROM topups WHERE account_id LIKE {p} ORDER BY reference",
+    "notices": "SELECT account_id, kind, key, detail, amount, created_at FROM notices WHERE account_id LIKE {p}"
+    " ORDER BY key",
+    "audit": "SELECT account_id, at, actor, action, detail FROM audit WHERE account_id LIKE {p}"
+    " ORDER BY account_id, at, action, detail",
+}
+
+
+def _sqlite_tables(path: Path, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(path) as conn:
+        return {t: [tuple(r) for r in conn.execute(q.format(p="?"), (prefix + "-%",))] for t, q in TABLES.items()}
+
+
+async def _pg_tables(url: str, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {t: [tuple(r) for r in await conn.fetch(q.format(p="$1"), prefix + "-%")] for t, q in TABLES.items()}
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=rounds)
+def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan: list[Any]) -> None:
+    prefix = f"x{next(_examples)}"
+    path = tmp_path / f"{prefix}.sqlite3"
+
+    async def both() -> tuple[list[str], list[str], PostgresLedger]:
+        sqlite = SqliteLedger(path)
+        pg = PostgresLedger(pg_url, writers=1)  # one writer: a round's operations run in the order given
+        async with sqlite, pg:
+            ours = await _play(sqlite, await _setup(sqlite, prefix), prefix, plan)
+            theirs = await _play(pg, await _setup(pg, prefix), prefix, plan)
+            assert await pg.check() == []
+        return ours, theirs, pg
+
+    programs, batched, pg = asyncio.run(both())
+    assert batched == programs
+    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(path, prefix)
+    assert pg.function_failures == 0
+
+
+def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
+    """A plain reservation and settle take no program at all once the account's zone is known."""
+
+    async def run() -> PostgresLedger:
+        pg = PostgresLedger(pg_url)
+        async with pg:
+            await pg.create_account("fast", AccountSettings("office-fr", "EUR", timezone="Europe/Paris"), now=NOW)
+            await pg.topup("fast", 100 * MONEY, "fast-opening", now=NOW)
+            await pg.set_extension("fast", "201", ExtensionSettings())
+        pg = PostgresLedger(pg_url)  # a new engine: it reads the accounts' zones when it opens
+        async with pg:
+            for i in range(20):
+                held = await pg.reserve(f"fast-{i}", "fast", "201", MONEY, NOW + i)
+                assert held.ok
+                done = await pg.settle(f"fast-{i}", MONEY // 3, CallDetails(NOW, NOW + 30), NOW + i + 30)
+                assert done.settled and done.balance_after == 100 * MONEY - (i + 1) * (MONEY // 3)
+        return pg
+
+    pg = asyncio.run(run())
+    assert (pg.slow, pg.function_failures) == (0, 0)
+    assert pg.batches >= 40
