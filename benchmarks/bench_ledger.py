@@ -2,8 +2,10 @@
 account, and 100 tasks over 1,000 accounts with a skew (half the calls on ten busy accounts).
 
 Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit) and
-PostgreSQL (one transaction per operation, pooled). Baseline, same run: the naive SQLite way,
-one transaction per reservation and per settle through aiosqlite, one await per statement.
+PostgreSQL (the call path in batches: one server-side function call and one commit per batch).
+Baselines, same run: the naive SQLite way, one transaction per reservation and per settle
+through aiosqlite, one await per statement; and our PostgreSQL driver the way it was before the
+batches, every operation its own transaction (`batched=False`).
 
     python benchmarks/bench_ledger.py [--pairs N] [--json] [--no-postgres]
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledger
+from rating_engine.ledger.postgres import PostgresLedger
 
 NOW = 1_795_535_109
 
@@ -123,15 +126,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await ledger.close()
     if not args.no_postgres:
-        url = await postgres_url()
-        results["ours_postgres/many"] = None
-        if url is not None:
-            ledger = make_ledger(url)
-            await ledger.open()
-            try:
-                results["ours_postgres/many"] = await ours(ledger, args.pairs // 2, 100, MANY)
-            finally:
-                await ledger.close()
+        for name, batched in (("ours_postgres", True), ("postgres_per_op", False)):
+            url = await postgres_url()
+            results[f"{name}/many"] = None
+            if url is not None:
+                ledger = PostgresLedger(url, batched=batched)
+                await ledger.open()
+                try:
+                    results[f"{name}/many"] = await ours(ledger, args.pairs // (2 if batched else 10), 100, MANY)
+                finally:
+                    await ledger.close()
     for tasks in (1, 100):
         pairs = args.pairs if tasks > 1 else max(args.pairs // 10, 100)
         with tempfile.TemporaryDirectory() as d:
@@ -143,16 +147,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 await ledger.close()
         if not args.no_postgres:
-            url = await postgres_url()
-            if url is None:
-                results[f"ours_postgres/{tasks}"] = None
-                continue
-            ledger = make_ledger(url)
-            await ledger.open()
-            try:
-                results[f"ours_postgres/{tasks}"] = await ours(ledger, pairs if tasks > 1 else pairs // 2, tasks)
-            finally:
-                await ledger.close()
+            for name, batched in (("ours_postgres", True), ("postgres_per_op", False)):
+                url = await postgres_url()
+                if url is None:
+                    results[f"{name}/{tasks}"] = None
+                    continue
+                ledger = PostgresLedger(url, batched=batched)
+                await ledger.open()
+                try:
+                    share = (2 if tasks > 1 else 4) if batched else 10
+                    results[f"{name}/{tasks}"] = await ours(ledger, pairs // share, tasks)
+                finally:
+                    await ledger.close()
     return results
 
 
@@ -174,7 +180,8 @@ def main() -> None:
     for name, label in (
         ("naive_sqlite_full", "naive SQLite FULL, 1 txn per op (baseline)"),
         ("ours_sqlite_full", "ours: SQLite FULL, group commit"),
-        ("ours_postgres", "ours: PostgreSQL, txn per op"),
+        ("postgres_per_op", "PostgreSQL, one txn per op (before the batches)"),
+        ("ours_postgres", "ours: PostgreSQL, batched function"),
     ):
         for tasks in (1, 100, "many"):
             if tasks == "many" and name == "naive_sqlite_full":
@@ -185,7 +192,7 @@ def main() -> None:
                 [
                     label,
                     f"100, {MANY:,} accounts (skewed)" if tasks == "many" else f"{tasks}, one account",
-                    "skipped (no server)" if v is None and name == "ours_postgres" else f"{v:,.0f}" if v else "-",
+                    "skipped (no server)" if v is None and "postgres" in name else f"{v:,.0f}" if v else "-",
                     f"{v / base:.1f}x" if v else "-",
                 ]
             )

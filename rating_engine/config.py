@@ -61,6 +61,9 @@ class EngineSection:
     while the engine was away are billed from it; "" = none, they are then billed up to their deadline."""
     warning_digit: str = "D"
     """The DTMF digit features.conf maps to the warning (`rating-warning => D,self,Playback,…`)."""
+    spool_file: str = ""
+    """Where settlements wait while the ledger cannot be reached; "" = beside a SQLite ledger, else
+    `<node>.spool.jsonl` in the data directory. On the engine's own disk, one file per node."""
 
 
 @dataclass(frozen=True)

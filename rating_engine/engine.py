@@ -22,12 +22,13 @@ from .calls import Answered, Authorization, AuthorizeRequest, CallEvent, CdrBill
 from .clock import Clock
 from .config import EngineSection
 from .contract import ALL_CLASSES, REASON_OF, DestinationClass, Reason, Refusal, Status
-from .ledger import Account, CallDetails, Extension, Ledger, TopupRequest
+from .ledger import Account, CallDetails, Extension, Ledger, LedgerError, SettleResult, TopupRequest
 from .ledger.models import zone
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
 from .rating.decision import ExtensionRules, decide, destination_classes
 from .rating.price import Price, cost, max_seconds
+from .spool import Pending, Spool
 
 log = logging.getLogger("rating_engine.engine")
 MAX_UID = 150
@@ -144,6 +145,9 @@ class Engine:
         """Pays an automatic top-up a settle asked for (payments.TopupRunner.start); never awaited."""
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Told of each step of each call (the demo prints them); must not block."""
+        self.spool: Spool | None = None
+        """Where a call's settlement waits while the ledger cannot be reached (see spool.py)."""
+        self._flushing = asyncio.Lock()
 
     def _notify(self, what: str, **fields: Any) -> None:
         if self.observer is not None:
@@ -398,9 +402,9 @@ class Engine:
         if call.follower is not None:
             call.follower.cancel()
         if call.answered_at is None:
-            await self.ledger.release(call.call_id, int(ended_at))
-            self.stats.released += 1
-            self._notify("released", call=call)
+            if await self._write(Pending("release", call.call_id, int(ended_at))) is not None:
+                self.stats.released += 1
+                self._notify("released", call=call)
             return
         billable = max(0, math.floor(ended_at - call.answered_at))
         if billable > call.granted:
@@ -426,16 +430,8 @@ class Engine:
             billable,
             estimated,
         )
-        result = await self.ledger.settle(call.call_id, amount, details, int(ended_at))
-        self.stats.low_balances += result.crossed_threshold
-        if result.topup is not None:
-            if self.on_topup is not None:
-                self.on_topup(result.topup)
-            else:
-                log.warning("auto top-up left pending: no payment runner", extra={"reference": result.topup.reference})
-        if result.settled:
-            self.stats.settled += 1
-            self.stats.estimated += estimated
+        result = await self._write(Pending("settle", call.call_id, int(ended_at), amount, details))
+        if isinstance(result, SettleResult) and result.settled:
             self._notify(
                 "settled",
                 call=call,
@@ -445,6 +441,59 @@ class Engine:
                 estimated=estimated,
                 cut=ended_at >= call.deadline - 2,
             )
+
+    async def _apply(self, entry: Pending) -> SettleResult | bool:
+        if entry.kind == "release":
+            return await self.ledger.release(entry.call_id, entry.at)
+        result = await self.ledger.settle(entry.call_id, entry.cost, entry.details, entry.at)
+        self.stats.low_balances += result.crossed_threshold
+        if result.topup is not None:
+            if self.on_topup is not None:
+                self.on_topup(result.topup)
+            else:
+                log.warning("auto top-up left pending: no payment runner", extra={"reference": result.topup.reference})
+        if result.settled:
+            self.stats.settled += 1
+            self.stats.estimated += entry.details.estimated
+        return result
+
+    async def _write(self, entry: Pending) -> SettleResult | bool | None:
+        """Settle or release in the ledger; when it cannot be reached, keep the entry in the spool
+        (durably, before returning None) to be written when it answers again."""
+        try:
+            return await self._apply(entry)
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if self.spool is None:
+                raise
+            self.spool.append(entry)
+            log.warning(
+                "ledger unreachable: the call's settlement is kept in the spool",
+                extra={"call_id": entry.call_id, "kind": entry.kind, "error": type(exc).__name__},
+            )
+            return None
+
+    async def flush_spool(self) -> int:
+        """Write what the spool holds, oldest first, until the ledger fails again; how many were written."""
+        if self.spool is None or not self.spool.entries:
+            return 0
+        async with self._flushing:
+            taken: list[Pending] = []
+            for entry in list(self.spool.entries):
+                try:
+                    await self._apply(entry)
+                except LedgerError as exc:  # can never be written: said loudly, not retried forever
+                    log.error(
+                        "spooled settlement refused by the ledger", extra={"call_id": entry.call_id, "error": str(exc)}
+                    )
+                except Exception:
+                    break
+                taken.append(entry)
+            if taken:
+                self.spool.done(taken)
+                log.info("spooled settlements written", extra={"written": len(taken), "left": len(self.spool.entries)})
+            return len(taken)
 
     # ------------------------------------------------------------ restart and reconnect
     async def reconcile(self) -> tuple[int, int]:
@@ -456,6 +505,8 @@ class Engine:
         """
         if self.pbx is None:
             return 0, 0
+        await self.flush_spool()  # what ended while the ledger was away is billed as measured, first
+        waiting = {e.call_id for e in self.spool.entries} if self.spool is not None else set()
         live = await self.pbx.live_channels()
         settled = followed = 0
         gone: list[Call] = []
@@ -466,6 +517,8 @@ class Engine:
                 info = {}
             uid = str(info.get("uid") or r.call_id)  # reservations of 0.1 were keyed by the Uniqueid
             if info.get("node") != self.settings.node or (r.call_id in self.calls and uid in live):
+                continue
+            if r.call_id in waiting:  # its settlement is in the spool, still to be written
                 continue
             call = self.calls.get(r.call_id) or _call_from(r.call_id, r.account_id, r.ext, r.amount, info)
             call.uid = uid

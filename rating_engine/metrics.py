@@ -67,6 +67,10 @@ class Snapshot:
     topups_failed_total: int = field(default=0, metadata=COUNTER)
     topups_awaiting_total: int = field(default=0, metadata=COUNTER)
     """Left pending: on the operator, on the customer (3-D Secure), or on an unreachable provider."""
+    spool_waiting: int = field(default=0, metadata=GAUGE)
+    """Settlements kept on the engine's disk because the ledger could not be reached."""
+    spooled_total: int = field(default=0, metadata=COUNTER)
+    spool_written_total: int = field(default=0, metadata=COUNTER)
 
 
 class Metrics:

@@ -22,12 +22,24 @@ from .clock import Clock
 from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
-from .ledger import Ledger, default_url, make_ledger
+from .ledger import Ledger, data_dir, default_url, make_ledger
 from .metrics import Metrics, Snapshot
 from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import TariffStore, load_in_child
+from .spool import Spool
 
 log = logging.getLogger("rating_engine.service")
+FLUSH_EVERY = 5.0
+"""Seconds between two tries at writing the spool while it holds settlements."""
+
+
+def spool_path(config: Config) -> str:
+    if config.engine.spool_file:
+        return config.engine.spool_file
+    url = config.ledger.url or default_url()
+    if url.startswith("sqlite:///") and url != "sqlite:///" and not url.endswith(":memory:"):
+        return f"{url.removeprefix('sqlite:///')}.{config.engine.node}.spool.jsonl"
+    return str(data_dir() / f"{config.engine.node}.spool.jsonl")
 
 
 class Service:
@@ -53,6 +65,8 @@ class Service:
         self.engine.on_topup = self.topups.start
         if config.engine.cdr_file:
             self.engine.cdr_records = CdrRecords(config.engine.cdr_file)
+        self.engine.spool = Spool(spool_path(config))
+        self._flusher: asyncio.Task[None] | None = None
         self.metrics = Metrics(self._collect)
         self.agent = Agent(self.engine, config.agi.sources)
         self.agi = self.agent.fastagi_server(
@@ -89,6 +103,9 @@ class Service:
             tariff_reloads_total=self.reloads,
             tariff_reload_failures_total=self.reload_failures,
             low_balances_total=s.low_balances,
+            spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
+            spooled_total=self.engine.spool.spooled if self.engine.spool else 0,
+            spool_written_total=self.engine.spool.written if self.engine.spool else 0,
             topups_paused_total=self.topups.outcomes["paused"],
             topup_attempts_total=self.topups.attempts,
             topups_succeeded_total=self.topups.outcomes["succeeded"],
@@ -116,6 +133,11 @@ class Service:
             except (OSError, ConnectionError) as exc:
                 raise StartupError(f"cannot open the ledger: {exc}") from None
             self._ledger_open = True
+        spool = self.engine.spool
+        if spool is not None and spool.load():
+            written = await self.engine.flush_spool()
+            log.info("spool read at start", extra={"written": written, "left": len(spool.entries)})
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_spool_loop())
         resumed = await self.topups.resume()
         if resumed:
             log.info("top-ups resumed", extra={"count": resumed})
@@ -152,7 +174,23 @@ class Service:
             },
         )
 
+    async def _flush_spool_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            try:
+                await self.engine.flush_spool()
+            except Exception:  # the spool's own disk: said, and tried again
+                log.exception("writing the spool failed")
+
+    async def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+
     async def _close_started(self) -> None:
+        await self._stop_flusher()
         for closing in (self.agi.close, self.metrics.close):
             with contextlib.suppress(Exception):
                 await closing()
@@ -214,6 +252,7 @@ class Service:
             await self.ami.close()
         await self.metrics.close()
         await self.topups.close()  # the payments under way are recorded before the ledger closes
+        await self._stop_flusher()
         if self._own_ledger and self._ledger_open:
             await self.ledger.close()
             self._ledger_open = False

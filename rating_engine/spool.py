@@ -1,0 +1,105 @@
+"""Settlements the ledger could not take, kept on the engine's own disk until it can.
+
+A call that ends while the database is unreachable is still billed exactly: its settle (or the
+release of a call never answered) is appended to this file and fsynced before the engine moves
+on, and written to the ledger when it answers again — every few seconds while any wait, before
+each reconciliation, and first thing after a restart. A settle is once per call id in the ledger
+(a second finds the reservation gone and changes nothing), so an entry written again after a
+crash between the ledger's commit and this file's rewrite is still billed once.
+
+One JSON object per line. A torn last line (the engine killed mid-append) is the one entry that
+was never acknowledged: it is skipped, with a warning, and the call is reconciled from Asterisk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .ledger import CallDetails
+
+log = logging.getLogger("rating_engine.spool")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    kind: Literal["settle", "release"]
+    call_id: str
+    at: int
+    cost: int = 0
+    details: CallDetails = field(default_factory=CallDetails)
+
+    def line(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":")) + "\n"
+
+    @classmethod
+    def parse(cls, line: str) -> Pending:
+        raw = json.loads(line)
+        if raw["kind"] not in ("settle", "release"):
+            raise ValueError(f"unknown kind {raw['kind']!r}")
+        return cls(raw["kind"], str(raw["call_id"]), int(raw["at"]), int(raw["cost"]), CallDetails(**raw["details"]))
+
+
+class Spool:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.entries: list[Pending] = []
+        self.spooled = 0
+        """Entries appended since start."""
+        self.written = 0
+        """Entries the ledger took since start."""
+
+    def load(self) -> list[Pending]:
+        """What an earlier run left waiting (the file is this engine's alone: one per node)."""
+        self.entries = []
+        if not self.path.exists():
+            return self.entries
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                self.entries.append(Pending.parse(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                torn = number == len(lines)
+                log.warning(
+                    "spool line skipped" + (" (torn by a crash mid-write)" if torn else ""),
+                    extra={"file": str(self.path), "line": number, "error": str(exc)},
+                )
+        return self.entries
+
+    def append(self, entry: Pending) -> None:
+        """Durable before it returns: the caller may then forget the call."""
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, entry.line().encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.entries.append(entry)
+        self.spooled += 1
+
+    def done(self, taken: list[Pending]) -> None:
+        """Drop what the ledger took; the rest is rewritten whole (a new file, then a rename)."""
+        gone = {id(e) for e in taken}
+        self.entries = [e for e in self.entries if id(e) not in gone]
+        self.written += len(taken)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, "".join(e.line() for e in self.entries).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
