@@ -22,6 +22,7 @@ from .calls import Answered, Authorization, AuthorizeRequest, CallEvent, CdrBill
 from .clock import Clock
 from .config import EngineSection
 from .contract import ALL_CLASSES, REASON_OF, DestinationClass, Reason, Refusal, Status
+from .errors import TariffError
 from .ledger import Account, CallDetails, Extension, Ledger, LedgerError, SettleResult, TopupRequest
 from .ledger.models import zone
 from .numbering import Kind, classify
@@ -32,6 +33,7 @@ from .spool import Pending, Spool
 
 log = logging.getLogger("rating_engine.engine")
 MAX_UID = 150
+KNOWN_MAX = 100_000
 """Longer than any Asterisk Uniqueid ("1795535109.42", or a ChannelId an application chose)."""
 
 
@@ -146,6 +148,9 @@ class Engine:
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Told of each step of each call (the demo prints them); must not block."""
         self.spool: Spool | None = None
+        self._known: dict[tuple[str, str], tuple[str, ExtensionRules]] = {}
+        """(account, extension) → its plan and rules, as last read: with the ledger away, what the
+        plan includes still goes through (nothing is reserved for a free call)."""
         """Where a call's settlement waits while the ledger cannot be reached (see spool.py)."""
         self._flushing = asyncio.Lock()
 
@@ -160,6 +165,16 @@ class Engine:
         self.stats.count(f"fallback_{why}")
         if c.kind is Kind.EMERGENCY:  # no reservation was made: no call id
             return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
+        known = self._known.get((request.account, request.extension))
+        if known is not None:
+            tariffs = self.tariffs.current
+            try:
+                plan = tariffs.plan(known[0])
+            except TariffError:  # the plan is gone since (a reload): nothing is known to be free
+                return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
+            d = decide(plan, tariffs.table_for(plan), request.dialed, self.clock.now_int(), known[1])
+            if d.reason is Reason.INCLUDED:
+                return Authorization(Status.ALLOW, Reason.INCLUDED, d.number.e164)
         return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
 
     async def authorize(self, request: AuthorizeRequest) -> Authorization:
@@ -183,7 +198,11 @@ class Engine:
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         table = tariffs.table_for(plan)
-        d = decide(plan, table, dialed, int(now), _rules(extension, account))
+        rules = _rules(extension, account)
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()
+        self._known[(account_id, ext)] = (account.settings.plan, rules)
+        d = decide(plan, table, dialed, int(now), rules)
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
             return allow(d.reason, e164)

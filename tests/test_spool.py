@@ -138,6 +138,18 @@ async def test_a_call_ending_while_postgresql_is_cut_is_billed_once_when_it_is_b
         assert engine.stats.settled == 0 and engine.calls == {}
         with pytest.raises(Exception):  # noqa: B017 - the AGI route answers engine_error on any failure
             await asyncio.wait_for(engine.authorize(AuthorizeRequest("1795535110.1", PREMIUM, "201", "acme")), 5)
+        # What the AGI route answers when the handler fails or is late: the plan's free calls and
+        # emergency numbers still go through, for an extension whose rules the engine has read.
+        down = [
+            engine.fallback(AuthorizeRequest("1795535110.2", dialed, ext, "acme"), "error")
+            for dialed, ext in (("0612345678", "201"), ("112", "299"), (PREMIUM, "201"), ("0612345678", "299"))
+        ]
+        assert [(x.status, x.reason) for x in down] == [
+            (Status.ALLOW, Reason.INCLUDED),
+            (Status.ALLOW, Reason.EMERGENCY),
+            (Status.DENY, Reason.ENGINE_ERROR),
+            (Status.DENY, Reason.ENGINE_ERROR),  # never read: its rules are not known
+        ]
         assert await engine.flush_spool() == 0  # still cut: nothing written, nothing lost
         assert len(Spool(spool_file).load()) == 1
 
