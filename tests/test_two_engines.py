@@ -1,0 +1,167 @@
+"""Two PBXes, one ledger: two `rating-engine run` processes (nodes pbx1 and pbx2), each following
+its own simulated Asterisk, share one small prepaid account through PostgreSQL. A storm of 200
+concurrent chargeable calls across both never takes the account below its floor, every charged
+call is settled exactly once, and `ledger check` passes — with pbx1 killed (SIGKILL) mid-storm and
+started again: its calls end at their deadlines in Asterisk and are settled after the restart,
+while pbx2's calls are billed as they happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from rating_engine.asterisk.simulator import AsteriskSimulator, CallResult, Scenario
+from rating_engine.clock import Clock
+from rating_engine.ledger import AccountSettings
+from rating_engine.ledger.postgres import PostgresLedger
+
+from .conftest import OFFICE_FR, ROOT
+from .ledgers import pg_database
+
+SECRET = "two-engines"
+PREMIUM = "0899123456"
+BALANCE = 4_000_000  # 4 EUR: a dozen calls at once, not 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Engine:
+    def __init__(self, node: str, url: str, ami_port: int, tmp: Path) -> None:
+        self.node, self.agi_port = node, free_port()
+        self.config = tmp / f"{node}.toml"
+        self.config.write_text(
+            f'[engine]\nnode = "{node}"\nquota_seconds = 10\nrenew_margin = 3\nring_timeout = 3\n'
+            f'warning_seconds = 0\nfinal_warning_seconds = 0\nspool_file = "{tmp}/{node}.spool"\n'
+            f'[agi]\nbind = "127.0.0.1:{self.agi_port}"\naccount = "fixed:shared"\n'
+            f'[ami]\nport = {ami_port}\n[ledger]\nurl = "{url}"\n'
+            f'[tariffs]\nplans = ["{OFFICE_FR}"]\n[metrics]\nbind = ""\n'
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = {**os.environ, "RATING_ENGINE_AMI_SECRET": SECRET}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rating_engine.cli", "run", "--config", str(self.config), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        seen: set[object] = set()
+        assert self.proc.stderr is not None
+        while not {"engine started", "reconciled with Asterisk"} <= seen:
+            line = await asyncio.wait_for(self.proc.stderr.readline(), 30)
+            assert line, f"{self.node} exited early"
+            seen.add(json.loads(line).get("msg"))
+        asyncio.get_running_loop().create_task(self._drain_logs())
+
+    async def _drain_logs(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while await self.proc.stderr.readline():
+            pass
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def storm(sim: AsteriskSimulator, rng: random.Random, n: int) -> list[CallResult]:
+    async def one(i: int) -> CallResult:
+        await asyncio.sleep(rng.uniform(0, 8.0))
+        return await sim.place_call(Scenario(PREMIUM, f"2{i % 20:02d}", ring=0.2, talk=rng.uniform(1.0, 12.0)))
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
+
+
+async def test_two_engines_share_one_account_and_one_is_killed_mid_storm(pg_url: str, tmp_path: Path) -> None:
+    url = pg_url
+    ledger = PostgresLedger(url)
+    async with ledger:
+        await ledger.create_account("shared", AccountSettings("office-fr", "EUR"))
+        await ledger.topup("shared", BALANCE, "opening")
+    clock = Clock()
+    sims = [AsteriskSimulator(clock, agi_port=0, secret=SECRET) for _ in range(2)]
+    engines = [Engine(f"pbx{i + 1}", url, await sim.start(), tmp_path) for i, sim in enumerate(sims)]
+    try:
+        for sim, engine in zip(sims, engines, strict=True):
+            await engine.start()
+            sim.agi_port = engine.agi_port
+        rng = random.Random(13)
+        calls = asyncio.gather(storm(sims[0], rng, 100), storm(sims[1], rng, 100))
+        await asyncio.sleep(2.5)
+        await engines[0].kill()  # mid-storm: its calls go on in Asterisk until their deadlines
+        killed_at = clock.now()
+        await asyncio.sleep(6)
+        await engines[0].start()  # reconciles pbx1's reservations with its Asterisk
+        back_at = clock.now()
+        first, second = await asyncio.wait_for(calls, 90)
+        ledger = PostgresLedger(url)
+        async with ledger:
+            for _ in range(100):  # pbx1's calls that ended while it was away: settled after its restart
+                if not await ledger.reservations():
+                    break
+                await asyncio.sleep(0.2)
+            assert await ledger.reservations() == []
+            rows = {r.call_id: r for r in await ledger.activity("shared")}
+            assert await ledger.check() == []
+            account = await ledger.account("shared")
+    finally:
+        for engine in engines:
+            await engine.stop()
+        for sim in sims:
+            await sim.close()
+    conn = await asyncpg.connect(url)
+    try:
+        lowest = await conn.fetchval("SELECT MIN(balance_after) FROM journal WHERE account_id = 'shared'")
+    finally:
+        await conn.close()
+
+    assert lowest >= 0 and account.balance >= 0 and account.reserved == 0  # never below the floor
+    charged = {c.variables["RATING_CALLID"]: c for c in [*first, *second] if c.reason == "charged"}
+    assert {i.split(":")[0] for i in charged} == {"pbx1", "pbx2"} and len(charged) >= 5
+    assert any(c.reason == "insufficient_funds" for c in [*first, *second])
+    assert set(rows) == set(charged)  # each charged call settled, once (the activity's key is the call)
+    assert account.balance == BALANCE - sum(r.cost for r in rows.values())
+    pbx2 = [rows[i] for i in charged if i.startswith("pbx2:")]
+    assert pbx2 and not any(r.estimated for r in pbx2)  # the other engine was not disturbed
+    for call_id in charged:
+        if call_id.startswith("pbx2:") and charged[call_id].answered_at is not None:
+            assert abs(rows[call_id].billable_seconds - charged[call_id].billable) <= 1
+    # Calls pbx1 had answered and that ended while it was dead: cut at their deadline by Asterisk
+    # at the latest, and billed after the restart, never beyond what was paid for.
+    orphans = [
+        c
+        for i, c in charged.items()
+        if i.startswith("pbx1:") and c.answered_at is not None and c.answered_at < killed_at and c.ended_at < back_at
+    ]
+    assert orphans
+    for c in orphans:
+        row = rows[c.variables["RATING_CALLID"]]
+        assert c.billable <= row.billable_seconds <= int(c.variables["RATING_QUOTASEC"]) + 1
