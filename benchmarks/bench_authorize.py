@@ -3,7 +3,10 @@ framing, classification, plan, extension rules, price, a ledger reservation, fiv
 VARIABLE round trips, close.
 
 Load comes from a separate process playing Asterisk (one connection per request, as Asterisk
-does) with 1, 50 and 500 concurrent channels. Each distinct number is seen once per run
+does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open loop, Poisson
+arrivals at 1,000 authorizations per second, each latency counted from the request's scheduled
+arrival so that a stall is not hidden by the generator waiting for it. The generator's own CPU
+use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
 (cold classification). Baseline in the same run: a bare FastAGI server answering fixed
 variables with the same server code (the transport's ceiling), so a ratio can be read off.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import random
 import statistics
 import sys
 import tempfile
@@ -37,6 +41,7 @@ from rating_engine.rating.catalog import TariffStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 50, 500)
+OPEN_RATE = 1000.0
 
 
 def _env(i: int) -> bytes:
@@ -80,24 +85,56 @@ async def _client(port: int, concurrency: int, requests: int, offset: int) -> li
     return latencies
 
 
+async def _open_client(port: int, rate: float, requests: int, offset: int) -> list[float]:
+    """Poisson arrivals at `rate`; each latency from the moment the request was due."""
+    latencies: list[float] = []
+    rng = random.Random(offset)
+
+    async def one(i: int, due: float) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(_env(offset + i))
+        while await reader.readline():
+            writer.write(b"200 result=1\n")
+        writer.close()
+        latencies.append(time.perf_counter() - due)
+
+    tasks = []
+    due = time.perf_counter()
+    for i in range(requests):
+        due += rng.expovariate(rate)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, due)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
 def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
+    client = (
+        _open_client(port, -concurrency, requests, offset)
+        if concurrency < 0
+        else _client(port, concurrency, requests, offset)
+    )
+    cpu = time.process_time()
     try:
         import uvloop
 
-        lat = uvloop.run(_client(port, concurrency, requests, offset))
+        lat = uvloop.run(client)
     except ImportError:
-        lat = asyncio.run(_client(port, concurrency, requests, offset))
-    out.put(lat)
+        lat = asyncio.run(client)
+    out.put((lat, time.process_time() - cpu))
 
 
 async def measure(port: int, concurrency: int, requests: int, offset: int) -> dict[str, float]:
+    """`concurrency` channels in a closed loop; negative: an open loop at that many per second."""
     queue: Any = mp.get_context("fork").Queue()
     proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
     t0 = time.perf_counter()
     proc.start()
     while proc.is_alive() and queue.empty():
         await asyncio.sleep(0.01)
-    lat: list[float] = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+    lat, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
     elapsed = time.perf_counter() - t0
     proc.join()
     lat.sort()
@@ -105,6 +142,7 @@ async def measure(port: int, concurrency: int, requests: int, offset: int) -> di
         "per_s": round(len(lat) / elapsed),
         "p50_ms": round(statistics.median(lat) * 1000, 3),
         "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 3),
+        "generator_cpu_pct": round(100 * cpu / elapsed),
     }
 
 
@@ -146,8 +184,8 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
             if server is None:
                 server, ledger = await engine_server(url)  # type: ignore[arg-type]
             port = await server.start("127.0.0.1", 0)
-            for c in CONCURRENCY:
-                n = args.requests if c > 1 else max(args.requests // 5, 200)
+            for c in (*CONCURRENCY, -int(OPEN_RATE)):
+                n = args.requests if c != 1 else max(args.requests // 5, 200)
                 m = await measure(port, c, n, offset)
                 offset += n
                 fallbacks = server.stats.fallbacks
@@ -173,21 +211,22 @@ def main() -> None:
         results += uvloop.run(run(args, "uvloop"))
     except ImportError:
         pass
-    base = {
-        (r["loop"], r["concurrency"]): r["per_s"] for r in results if r["path"].startswith("baseline") and "per_s" in r
-    }
+    base = {(r["loop"], r["concurrency"]): r for r in results if r["path"].startswith("baseline") and "per_s" in r}
     rows = []
     for r in results:
         if "skipped" in r:
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", ""])
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", ""])
             continue
-        ratio = r["per_s"] / base[(r["loop"], r["concurrency"])]
+        b = base[(r["loop"], r["concurrency"])]
+        c = r["concurrency"]
+        load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
+        ratio = f"p99 {r['p99_ms'] / b['p99_ms']:.1f}x" if c < 0 else f"{r['per_s'] / b['per_s']:.2f}x"
         rows.append(
-            [r["loop"], r["path"], r["concurrency"], f"{r['per_s']:,}", r["p50_ms"], r["p99_ms"], f"{ratio:.2f}x"]
+            [r["loop"], r["path"], load, f"{r['per_s']:,}", r["p50_ms"], r["p99_ms"], ratio, r["generator_cpu_pct"]]
         )
     report(
         "bench_authorize (FastAGI authorizations)",
-        ["loop", "path", "channels", "auth/s", "p50 ms", "p99 ms", "vs bare"],
+        ["loop", "path", "load", "auth/s", "p50 ms", "p99 ms", "vs bare", "generator CPU %"],
         rows,
         {"results": results},
         args.json,
