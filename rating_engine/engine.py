@@ -115,6 +115,8 @@ class EngineStats:
     velocity_alerts: int = 0
     low_balances: int = 0
     """Settles that took an account below its threshold."""
+    renew_failures: int = 0
+    """Renewals the ledger could not take (each try)."""
 
     def count(self, reason: str) -> None:
         self.outcomes[reason] = self.outcomes.get(reason, 0) + 1
@@ -329,7 +331,7 @@ class Engine:
                 await self.clock.sleep_until(call.deadline - lead)
                 if call.call_id not in self.calls:
                     return
-                if await self._renew(call):
+                if await self._try_renew(call, call.deadline - max(s.warning_seconds, 1)):
                     await self._push_deadline(call)
                     continue
                 log.info(
@@ -357,7 +359,7 @@ class Engine:
                 await self.clock.sleep_until(at)
                 if call.call_id not in self.calls:
                     return False
-                if await self._renew(call):
+                if await self._try_renew(call, at):
                     await self._push_deadline(call)
                     return True
             elif sent:
@@ -368,6 +370,26 @@ class Engine:
                 self._notify("warned", call=call, seconds_left=max(0, round(call.deadline - self.clock.now())))
                 await self.pbx.play_warning(call.channel, s.warning_digit)
         return False
+
+    async def _try_renew(self, call: Call, give_up_at: float) -> bool:
+        """A renewal the ledger cannot take now (the database is away) is tried again every second
+        until `give_up_at`: the deadline in Asterisk holds meanwhile, and if the database is back
+        in time the call goes on as if nothing happened."""
+        while True:
+            try:
+                return await self._renew(call)
+            except Exception as exc:  # any failure of the ledger: the deadline stands
+                self.stats.renew_failures += 1
+                again = self.clock.now() + 1 < give_up_at and call.call_id in self.calls
+                log.warning(
+                    "renewal failed; the deadline in Asterisk stands",
+                    extra={"call_id": call.call_id, "error": type(exc).__name__, "retry": again},
+                )
+                if not again:
+                    return False
+                await self.clock.sleep(1)
+                if call.call_id not in self.calls:
+                    return False
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -386,7 +408,13 @@ class Engine:
                 if channel:
                     await self.pbx.set_timeout(channel, remaining)
         if call.call_id in self.calls:
-            await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
+            try:
+                await self.ledger.annotate(call.call_id, math.floor(call.deadline), call.details(self.settings.node))
+            except Exception as exc:  # a note for crash recovery; the deadline is set
+                log.warning(
+                    "the deadline is set in Asterisk but not noted in the ledger",
+                    extra={"call_id": call.call_id, "error": type(exc).__name__},
+                )
 
     async def _renew(self, call: Call) -> bool:
         s = self.settings

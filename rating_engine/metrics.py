@@ -71,6 +71,8 @@ class Snapshot:
     """Settlements kept on the engine's disk because the ledger could not be reached."""
     spooled_total: int = field(default=0, metadata=COUNTER)
     spool_written_total: int = field(default=0, metadata=COUNTER)
+    renew_failures_total: int = field(default=0, metadata=COUNTER)
+    """Renewals of live calls the ledger could not take (each try; the deadline stood)."""
 
 
 class Metrics:

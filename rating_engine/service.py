@@ -103,6 +103,7 @@ class Service:
             tariff_reloads_total=self.reloads,
             tariff_reload_failures_total=self.reload_failures,
             low_balances_total=s.low_balances,
+            renew_failures_total=s.renew_failures,
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
             spooled_total=self.engine.spool.spooled if self.engine.spool else 0,
             spool_written_total=self.engine.spool.written if self.engine.spool else 0,

@@ -229,6 +229,57 @@ async def test_after_a_restart_a_call_that_ended_meanwhile_is_settled_up_to_its_
         assert (billable, estimated) == (60, True) and await ledger.reservations() == []
 
 
+async def _failures(r: Rig, n: int) -> None:
+    """Wait until the follower has failed `n` times in all (it then sleeps on the clock)."""
+    for _ in range(1000):
+        if r.engine.stats.renew_failures >= n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{r.engine.stats.renew_failures} renewal failures, not {n}")
+
+
+@pytest.mark.parametrize("back_after", [3, None])
+async def test_a_renewal_the_database_cannot_take_is_tried_each_second_and_the_deadline_stands(
+    back_after: int | None,
+) -> None:
+    async with rig(warning_seconds=0, final_warning_seconds=0) as r:
+        a = await r.engine.authorize(request())
+        await r.engine.handle(answered("1795535109.7", T0))
+        await r.pbx.next(), await r.pbx.next()  # the deadline: T0 + 60
+        read = r.ledger.caller
+        away = [back_after if back_after is not None else 10**9]
+
+        async def caller(account_id: str, ext: str) -> object:
+            if away[0] > 0:
+                away[0] -= 1
+                raise ConnectionResetError("the database is away")
+            return await read(account_id, ext)
+
+        r.ledger.caller = caller  # type: ignore[method-assign,assignment]
+        r.clock.advance(50)  # renew_margin 10 s before the deadline: the first try fails
+        tries = back_after if back_after is not None else 9  # each second, until a second before it
+        for n in range(1, tries):
+            await _failures(r, n)
+            assert r.pbx.actions.empty()  # nothing moved, nothing cut: the deadline in Asterisk stands
+            r.clock.advance(1)
+        await _failures(r, tries)
+        if back_after is None:
+            r.clock.advance(1)
+            for _ in range(100):
+                await asyncio.sleep(0)
+            assert r.engine.stats.renew_failures == 9 and r.pbx.actions.empty()  # given up: no more tries
+            await r.engine.handle(HungUp("1795535109.7", T0 + 60))  # Asterisk cut it at its deadline
+            assert (await settled(r, a.call_id))[0] == 60
+            return
+        r.clock.advance(1)  # the database is back: renewed, the deadline moved on both legs
+        assert await r.pbx.next() == ("timeout", "PJSIP/201-1795535109.7", 120 - 53)
+        assert (await r.pbx.next())[0::2] == ("timeout", 67)
+        r.clock.advance(17)
+        await r.engine.handle(HungUp("1795535109.7", T0 + 70))
+        assert (await settled(r, a.call_id))[0] == 70 and r.engine.stats.extended == 1
+        assert await r.ledger.check() == []
+
+
 @pytest.mark.parametrize("behaviour", ["ok", "hang"])
 async def test_a_top_up_a_settle_asks_for_is_paid_aside_and_no_call_waits_for_it(behaviour: str) -> None:
     low = AccountSettings("office-fr", "EUR", threshold=9 * EUR, on_low=OnLow.TOPUP, topup_amount=20 * EUR)

@@ -8,12 +8,7 @@ while pbx2's calls are billed as they happened."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import random
-import signal
-import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,65 +20,11 @@ from rating_engine.clock import Clock
 from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.postgres import PostgresLedger
 
-from .conftest import OFFICE_FR, ROOT
+from .engine_process import SECRET, Engine
 from .ledgers import pg_database
 
-SECRET = "two-engines"
 PREMIUM = "0899123456"
 BALANCE = 4_000_000  # 4 EUR: a dozen calls at once, not 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Engine:
-    def __init__(self, node: str, url: str, ami_port: int, tmp: Path) -> None:
-        self.node, self.agi_port = node, free_port()
-        self.config = tmp / f"{node}.toml"
-        self.config.write_text(
-            f'[engine]\nnode = "{node}"\nquota_seconds = 10\nrenew_margin = 3\nring_timeout = 3\n'
-            f'warning_seconds = 0\nfinal_warning_seconds = 0\nspool_file = "{tmp}/{node}.spool"\n'
-            f'[agi]\nbind = "127.0.0.1:{self.agi_port}"\naccount = "fixed:shared"\n'
-            f'[ami]\nport = {ami_port}\n[ledger]\nurl = "{url}"\n'
-            f'[tariffs]\nplans = ["{OFFICE_FR}"]\n[metrics]\nbind = ""\n'
-        )
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = {**os.environ, "RATING_ENGINE_AMI_SECRET": SECRET}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rating_engine.cli", "run", "--config", str(self.config), cwd=ROOT, env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        seen: set[object] = set()
-        assert self.proc.stderr is not None
-        while not {"engine started", "reconciled with Asterisk"} <= seen:
-            line = await asyncio.wait_for(self.proc.stderr.readline(), 30)
-            assert line, f"{self.node} exited early"
-            seen.add(json.loads(line).get("msg"))
-        asyncio.get_running_loop().create_task(self._drain_logs())
-
-    async def _drain_logs(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while await self.proc.stderr.readline():
-            pass
-
-    async def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 async def storm(sim: AsteriskSimulator, rng: random.Random, n: int) -> list[CallResult]:
