@@ -506,7 +506,7 @@ class Engine:
 
     async def _write(self, entry: Pending) -> SettleResult | bool | None:
         """Settle or release in the ledger; when it cannot be reached, keep the entry in the spool
-        (durably, before returning None) to be written when it answers again."""
+        (durably before returning None, where its disk allows) to be written when it answers again."""
         try:
             return await self._apply(entry)
         except LedgerError:

@@ -69,6 +69,8 @@ class Snapshot:
     """Left pending: on the operator, on the customer (3-D Secure), or on an unreachable provider."""
     spool_waiting: int = field(default=0, metadata=GAUGE)
     """Settlements kept on the engine's disk because the ledger could not be reached."""
+    spool_unsaved: int = field(default=0, metadata=GAUGE)
+    """Of those, held in memory only: the spool's own file could not be written (disk full, read-only)."""
     spooled_total: int = field(default=0, metadata=COUNTER)
     spool_written_total: int = field(default=0, metadata=COUNTER)
     renew_failures_total: int = field(default=0, metadata=COUNTER)

@@ -105,6 +105,7 @@ class Service:
             low_balances_total=s.low_balances,
             renew_failures_total=s.renew_failures,
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
+            spool_unsaved=self.engine.spool.unsaved if self.engine.spool else 0,
             spooled_total=self.engine.spool.spooled if self.engine.spool else 0,
             spool_written_total=self.engine.spool.written if self.engine.spool else 0,
             topups_paused_total=self.topups.outcomes["paused"],

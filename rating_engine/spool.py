@@ -13,6 +13,7 @@ was never acknowledged: it is skipped, with a warning, and the call is reconcile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ class Spool:
         """Entries appended since start."""
         self.written = 0
         """Entries the ledger took since start."""
+        self.unsaved = 0
+        """Entries held in memory only, since the file could not be written."""
 
     def load(self) -> list[Pending]:
         """What an earlier run left waiting (the file is this engine's alone: one per node)."""
@@ -73,33 +76,70 @@ class Spool:
         return self.entries
 
     def append(self, entry: Pending) -> None:
-        """Durable before it returns: the caller may then forget the call."""
-        if not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, entry.line().encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Durable before it returns, so the caller may forget the call — unless the engine's own
+        disk refuses too (full, read-only): then the entry is kept in memory, said as an error, and
+        the whole spool is written with the next entry or rewrite that the disk takes. (Lost only
+        if the engine also dies meanwhile: the reservation then stays, and is reconciled.)"""
         self.entries.append(entry)
         self.spooled += 1
+        try:
+            if self.unsaved:
+                self._rewrite()
+            else:
+                self._append_line(entry.line().encode())
+        except OSError as exc:
+            self.unsaved += 1
+            log.error(
+                "spool file cannot be written: the settlement is kept in memory only",
+                extra={"file": str(self.path), "call_id": entry.call_id, "error": str(exc)},
+            )
 
     def done(self, taken: list[Pending]) -> None:
         """Drop what the ledger took; the rest is rewritten whole (a new file, then a rename)."""
         gone = {id(e) for e in taken}
         self.entries = [e for e in self.entries if id(e) not in gone]
         self.written += len(taken)
+        try:
+            self._rewrite()
+        except OSError as exc:  # the old file stays: what it still holds is billed once all the same
+            self.unsaved = max(self.unsaved, 1)
+            log.error("spool file cannot be rewritten", extra={"file": str(self.path), "error": str(exc)})
+
+    def _append_line(self, data: bytes) -> None:
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # no torn line in the middle of the file
+                raise
+        finally:
+            os.close(fd)
+
+    def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, "".join(e.line() for e in self.entries).encode())
+            data = "".join(e.line() for e in self.entries).encode()
+            while data:
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        self.unsaved = 0

@@ -846,3 +846,114 @@ async def test_a_charged_call_without_a_usable_uniqueid_is_refused(tmp_path: Pat
             commands = await agi_request(rig.port, [*env, uid_line] if uid_line else env)
             assert _reason(commands) == reason
         assert await rig.ledger.reservations() == []
+
+
+# ---------------------------------------------------------------- the SQLite ledger's own disk
+
+
+@contextlib.contextmanager
+def small_disk(size: str = "2m") -> Iterator[Path]:
+    """A file system of its own (tmpfs), to fill up or mount read-only; it needs root."""
+    import os
+    import subprocess
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root: the disk-full and read-only tests did not run")
+    where = Path(tempfile.mkdtemp(prefix="rating-engine-disk-"))
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], capture_output=True
+    )
+    if mounted.returncode:
+        where.rmdir()
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.decode().strip()}): tests did not run")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_corrupts_nothing() -> None:
+    from rating_engine.calls import AuthorizeRequest, HungUp
+    from rating_engine.config import EngineSection
+    from rating_engine.contract import Reason, Status
+    from rating_engine.engine import Engine
+    from rating_engine.ledger.sqlite import SqliteLedger
+    from rating_engine.rating.catalog import TariffStore
+    from rating_engine.rating.price import cost
+    from rating_engine.spool import Spool
+
+    from .test_engine import T0, ManualClock, answered
+
+    with small_disk() as disk:
+        ledger = SqliteLedger(disk / "ledger.sqlite3")
+        ledger.create = True
+        await ledger.open()
+        await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+        await ledger.topup("acme", 10 * EUR, "opening")
+        engine = Engine(TariffStore([OFFICE_FR]), ledger, ManualClock(), EngineSection(node="pbx1"))
+        engine.spool = Spool(disk / "ledger.sqlite3.pbx1.spool.jsonl")  # beside the ledger: full too
+        first = await engine.authorize(AuthorizeRequest("1795535109.1", "0899123456", "201", "acme"))
+        price = engine.calls[first.call_id].price
+        await engine.handle(answered("1795535109.1", T0))
+        filler = _fill(disk)
+        held, error = [], None
+        for n in range(2, 400):  # SQLite writes into what its files already hold, then needs more
+            try:
+                held.append(await engine.authorize(AuthorizeRequest(f"1795535109.{n}", "0899123456", "202", "acme")))
+            except sqlite3.OperationalError as exc:
+                error = exc
+                break
+        assert error is not None and "database or disk is full" in str(error)
+        request = AuthorizeRequest("1795535109.999", "0899123456", "201", "acme")
+        assert engine.fallback(request, "error").reason is Reason.ENGINE_ERROR  # what the caller hears
+        included = engine.fallback(AuthorizeRequest("1795535109.998", "0612345678", "201", "acme"), "error")
+        assert (included.status, included.reason) == (Status.ALLOW, Reason.INCLUDED)
+
+        await engine.handle(HungUp("1795535109.1", T0 + 40))  # neither the ledger nor the spool can write
+        assert [e.call_id for e in engine.spool.entries] == [first.call_id] and engine.spool.unsaved == 1
+        account = await ledger.account("acme")  # reads still work; nothing was half-written
+        assert account.balance == 10 * EUR and await ledger.check() == []
+        assert account.reserved == sum(r.amount for r in await ledger.reservations())
+
+        filler.unlink()  # the operator frees the disk
+        assert await engine.flush_spool() == 1 and engine.spool.unsaved == 0
+        for a in held:
+            await engine.handle(HungUp(a.call_id.split(":")[1], T0 + 41))
+        account = await ledger.account("acme")
+        assert account.balance == 10 * EUR - cost(40, price) and account.reserved == 0
+        assert await ledger.check() == [] and await ledger.reservations() == []
+        [row] = await ledger.activity("acme")
+        assert (row.call_id, row.billable_seconds) == (first.call_id, 40)
+        await ledger.close()
+        with sqlite3.connect(disk / "ledger.sqlite3") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: Path) -> None:
+    import subprocess
+
+    with small_disk() as disk:
+        url = f"sqlite:///{disk / 'ledger.sqlite3'}"
+        from rating_engine.ledger import make_ledger
+
+        ledger = make_ledger(url)
+        ledger.create = True
+        async with ledger:
+            await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        proc = await _run(_config(tmp_path, _free_port(), _free_port(), ledger=url))
+        _, err = await asyncio.wait_for(proc.communicate(), 20)  # it exits: nothing hangs
+        lines = [x for x in err.decode().splitlines() if not x.startswith("{")]
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err.decode()
+        assert "cannot be written (a read-only file, directory or file system)" in lines[0]
+        assert str(disk / "ledger.sqlite3") in lines[0]

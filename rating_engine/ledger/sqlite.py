@@ -134,6 +134,14 @@ def _create_private(path: Path, create: bool) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
+def _cannot_open(path: str, exc: sqlite3.Error) -> str:
+    """Say which file, and the likely cause an operator can act on."""
+    where = Path(path)
+    if path != ":memory:" and not (os.access(where, os.W_OK) and os.access(where.parent, os.W_OK)):
+        return f"the ledger {path} cannot be written (a read-only file, directory or file system): {exc}"
+    return f"cannot open the ledger {path}: {exc}"
+
+
 class SqliteLedger(Ledger):
     dialect = "sqlite"
 
@@ -165,22 +173,27 @@ class SqliteLedger(Ledger):
     async def open(self) -> None:
         if self.path != ":memory:":
             _create_private(Path(self.path), self.create)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerError(_cannot_open(self.path, exc)) from None
         if not hasattr(self._db, "_execute"):  # pragma: no cover - guards an aiosqlite upgrade
             raise RuntimeError("this aiosqlite has no Connection._execute; pin aiosqlite<0.23")
         self._db.row_factory = sqlite3.Row
-        for pragma in (
-            "journal_mode = WAL",
-            f"synchronous = {self.synchronous}",
-            "busy_timeout = 10000",
-            "foreign_keys = ON",
-        ):
-            await self._db.execute(f"PRAGMA {pragma}")
         try:
+            for pragma in (
+                "journal_mode = WAL",
+                f"synchronous = {self.synchronous}",
+                "busy_timeout = 10000",
+                "foreign_keys = ON",
+            ):
+                await self._db.execute(f"PRAGMA {pragma}")
             await self._in_db_thread(_migrate)
-        except BaseException:
-            await self._db.close()
+        except BaseException as exc:
+            await self._db.close()  # its thread too: else the process cannot exit
             self._db = None
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(_cannot_open(self.path, exc)) from None
             raise
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
