@@ -39,7 +39,7 @@ op = st.one_of(
     st.tuples(st.just("duplicate"), st.integers(0, 40)),
     st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7)),  # a dialer: many calls of one extension
 )
-step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600))
+step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600), st.integers(20 * 86400, 40 * 86400))
 rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16)), min_size=1, max_size=8)
 
 MONEY = 250_000
@@ -56,7 +56,7 @@ ACCOUNTS = (
     AccountSettings("office-fr", "EUR", velocity_limit=9 * MONEY, max_attempts=6),
 )
 EXTENSIONS = {
-    "201": ExtensionSettings(monthly_cap=20 * MONEY, max_attempts=3),
+    "201": ExtensionSettings(monthly_cap=8 * MONEY, max_attempts=3),
     "202": ExtensionSettings(daily_cap=6 * MONEY, max_calls=2),
     "203": ExtensionSettings(chargeable=False),
 }
