@@ -83,7 +83,8 @@ class FastAgiServer:
         if handler is None:
             return self.fallback(request, "no_route"), False
         try:
-            return await asyncio.wait_for(handler(request), self.answer_timeout), True
+            async with asyncio.timeout(self.answer_timeout):  # in this task: wait_for would make another
+                return await handler(request), True
         except TimeoutError:
             log.error("authorize timed out", extra={"uniqueid": request.uniqueid})
             return self.fallback(request, "timeout"), False
@@ -188,7 +189,8 @@ class _AgiConnection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.write(set_variable(name, value))
                 try:
-                    reply = await asyncio.wait_for(self.replies.get(), self.server.reply_timeout)
+                    async with asyncio.timeout(self.server.reply_timeout):
+                        reply = await self.replies.get()
                 except TimeoutError:
                     log.warning("no AGI reply", extra={"uniqueid": request.uniqueid, "variable": name})
                     return

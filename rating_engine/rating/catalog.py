@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TariffError, TariffErrors
@@ -28,6 +28,8 @@ from .table import RateTable
 class Tariffs:
     plans: dict[str, Plan]
     tables: dict[Path, RateTable]
+    by_plan: dict[str, RateTable] = field(default_factory=dict)
+    """Each plan's table, found once at load: `Path.resolve()` at every call is file system calls."""
 
     def plan(self, name: str) -> Plan:
         try:
@@ -37,6 +39,8 @@ class Tariffs:
             raise TariffError(f"unknown plan {name!r} (loaded: {known})") from None
 
     def table_for(self, plan: Plan) -> RateTable:
+        if self.plans.get(plan.name) is plan:
+            return self.by_plan[plan.name]
         return self.tables[plan.deck.resolve()]
 
 
@@ -63,7 +67,7 @@ def load_tariffs(plan_paths: Iterable[str | Path]) -> Tariffs:
                 errors.extend(exc.errors)
     if errors:
         raise TariffErrors(errors)
-    return Tariffs(plans, tables)
+    return Tariffs(plans, tables, {name: tables[plan.deck.resolve()] for name, plan in plans.items()})
 
 
 class TariffStore:
