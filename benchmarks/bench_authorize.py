@@ -9,8 +9,10 @@ arrival so that a stall is not hidden by the generator waiting for it. The gener
 use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
 (cold classification). Baseline in the same run: a bare FastAGI server answering fixed
 variables with the same server code (the transport's ceiling), so a ratio can be read off.
+On PostgreSQL (uvloop) it also runs one and then two engine processes on one port
+(`reuse_port`, the kernel spreading the connections), sharing the database: the ratio of the two.
 
-    python benchmarks/bench_authorize.py [--requests N] [--json] [--no-postgres]
+    python benchmarks/bench_authorize.py [--requests N] [--json] [--no-postgres] [--no-processes]
 """
 
 from __future__ import annotations
@@ -166,6 +168,54 @@ async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
     return server, ledger
 
 
+def _engine_process(url: str, port: int, ready: Any, stop: Any) -> None:
+    """One `rating-engine run`-like process: the engine on the shared port (SO_REUSEPORT)."""
+
+    async def serve() -> None:
+        server, ledger = await engine_server(url)
+        await server.start("127.0.0.1", port, reuse_port=True)
+        ready.release()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await server.close()
+        await ledger.close()
+
+    try:
+        import uvloop
+
+        uvloop.run(serve())
+    except ImportError:
+        asyncio.run(serve())
+
+
+async def processes(url: str, count: int, requests: int, offset: int) -> list[dict[str, Any]]:
+    """`count` engine processes behind one port, the kernel spreading connections among them."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")  # never forked from a process holding a loop, threads and sockets
+    ready, stop = ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=_engine_process, args=(url, port, ready, stop)) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    for _ in procs:
+        await asyncio.get_running_loop().run_in_executor(None, ready.acquire)
+    label = f"ours: PostgreSQL, {count} process{'es' if count > 1 else ''} (reuse_port)"
+    rows = []
+    try:
+        for c in (50, 500):
+            m = await measure(port, c, requests, offset)
+            offset += requests
+            rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
+    finally:
+        stop.set()
+        for proc in procs:
+            proc.join(30)
+    return rows
+
+
 async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
     results = []
     backends: list[tuple[str, str | None]] = [("baseline: bare FastAGI", None)]
@@ -195,6 +245,10 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
             await server.close()
             if ledger is not None:
                 await ledger.close()
+        pg = next((u for label, u in backends if label == "ours: PostgreSQL" and u), None)
+        if pg and loop_name == "uvloop" and not args.no_processes:
+            for count in (1, 2):
+                results += await processes(pg, count, args.requests, offset + 10**6 * count)
     return results
 
 
@@ -203,6 +257,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
     args = ap.parse_args()
     results = asyncio.run(run(args, "asyncio"))
     try:
@@ -224,6 +279,22 @@ def main() -> None:
         rows.append(
             [r["loop"], r["path"], load, f"{r['per_s']:,}", r["p50_ms"], r["p99_ms"], ratio, r["generator_cpu_pct"]]
         )
+    alone = {r["concurrency"]: r["per_s"] for r in results if r["path"].endswith("1 process (reuse_port)")}
+    for r in results:
+        if r["path"].endswith("2 processes (reuse_port)") and r["concurrency"] in alone:
+            r["vs_one_process"] = round(r["per_s"] / alone[r["concurrency"]], 2)
+            rows.append(
+                [
+                    r["loop"],
+                    "  2 processes / 1 process",
+                    f"{r['concurrency']} closed",
+                    "",
+                    "",
+                    "",
+                    f"{r['vs_one_process']:.2f}x",
+                    "",
+                ]
+            )
     report(
         "bench_authorize (FastAGI authorizations)",
         ["loop", "path", "load", "auth/s", "p50 ms", "p99 ms", "vs bare", "generator CPU %"],

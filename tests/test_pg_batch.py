@@ -106,6 +106,9 @@ async def _play(ledger: Ledger, names: list[str], prefix: str, plan: list[Any]) 
                 work.append(ledger.annotate(call(o[1]), now + 30, f"n{now}"))
         for answer in await asyncio.gather(*work, return_exceptions=True):
             answers.append(repr(answer))
+        # Then every authorization's read at once (batched on PostgreSQL): known or not, as it stands.
+        reads = [ledger.caller(a, e) for a in [*names, f"{prefix}-nobody"] for e in ("201", "202", "203", "299")]
+        answers.extend(repr(r) for r in await asyncio.gather(*reads, return_exceptions=True))
     return answers
 
 
@@ -161,6 +164,7 @@ def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan:
 
     programs, batched, pg = asyncio.run(both())
     assert batched == programs
+    assert 0 < pg.read_batches <= 2 * len(plan)  # 16 reads a round, in one or two batches
     assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(path, prefix)
     assert pg.function_failures == 0
 
