@@ -112,6 +112,15 @@ async def _open_client(port: int, rate: float, requests: int, offset: int) -> li
     return latencies
 
 
+def _run_fast(main: Any) -> Any:
+    """A coroutine to its end on uvloop where it is installed (as `rating-engine run`)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
     client = (
         _open_client(port, -concurrency, requests, offset)
@@ -119,12 +128,7 @@ def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> 
         else _client(port, concurrency, requests, offset)
     )
     cpu = time.process_time()
-    try:
-        import uvloop
-
-        lat = uvloop.run(client)
-    except ImportError:
-        lat = asyncio.run(client)
+    lat = _run_fast(client)
     out.put((lat, time.process_time() - cpu))
 
 
@@ -180,12 +184,7 @@ def _engine_process(url: str, port: int, ready: Any, stop: Any) -> None:
         await server.close()
         await ledger.close()
 
-    try:
-        import uvloop
-
-        uvloop.run(serve())
-    except ImportError:
-        asyncio.run(serve())
+    _run_fast(serve())
 
 
 async def processes(url: str, count: int, requests: int, offset: int) -> list[dict[str, Any]]:

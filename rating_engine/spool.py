@@ -102,7 +102,6 @@ class Spool:
         try:
             self._rewrite()
         except OSError as exc:  # the old file stays: what it still holds is billed once all the same
-            self.unsaved = max(self.unsaved, 1)
             log.error("spool file cannot be rewritten", extra={"file": str(self.path), "error": str(exc)})
 
     def _append_line(self, data: bytes) -> None:

@@ -24,6 +24,7 @@ from rating_engine.ledger.programs import MAX_BALANCE
 from rating_engine.money import MAX_AMOUNT, parse_amount
 
 from .conftest import OFFICE_FR
+from .engine_process import free_port
 from .helpers import EUR
 from .ledgers import BACKENDS, database_url, opened
 
@@ -165,14 +166,6 @@ def test_an_empty_reference_is_refused_so_a_repeat_cannot_credit_twice(
 # ---------------------------------------------------------------- `rating-engine run` under faults
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _config(tmp_path: Path, agi: int, ami: int, metrics: str = "", ledger: str = "") -> Path:
     path = tmp_path / "engine.toml"
     path.write_text(
@@ -204,9 +197,9 @@ async def test_a_port_already_taken_makes_run_exit_at_once_with_one_line(tmp_pat
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     busy = holder.getsockname()[1]
-    agi = busy if taken == "agi" else _free_port()
+    agi = busy if taken == "agi" else free_port()
     metrics = f"127.0.0.1:{busy}" if taken == "metrics" else ""
-    proc = await _run(_config(tmp_path, agi, _free_port(), metrics))
+    proc = await _run(_config(tmp_path, agi, free_port(), metrics))
     try:
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     finally:
@@ -219,8 +212,8 @@ async def test_a_port_already_taken_makes_run_exit_at_once_with_one_line(tmp_pat
 
 
 async def test_an_unreachable_postgresql_makes_run_exit_at_once_with_one_line(tmp_path: Path) -> None:
-    url = f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere"
-    proc = await _run(_config(tmp_path, _free_port(), _free_port(), ledger=url))
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    proc = await _run(_config(tmp_path, free_port(), free_port(), ledger=url))
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     lines = [x for x in err.decode().splitlines() if not x.startswith("{")]
     assert proc.returncode == 2 and len(lines) == 1 and "ledger" in lines[0] and "Traceback" not in err.decode()
@@ -233,7 +226,7 @@ async def test_a_wrong_ami_secret_is_logged_and_chargeable_calls_are_refused(tmp
     from rating_engine.clock import Clock
 
     sim = AsteriskSimulator(Clock(), agi_port=0, secret="the-right-one")
-    agi = _free_port()
+    agi = free_port()
     config = _config(tmp_path, agi, await sim.start())
     async with opened(f"sqlite:///{tmp_path}/l.sqlite3") as ledger:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
@@ -378,7 +371,7 @@ async def test_a_reload_of_a_big_deck_never_stalls_the_fastagi_answers(tmp_path:
     plan = _big_deck_plan(tmp_path, 0)
     config = Config(
         agi=AgiSection(bind="127.0.0.1:0", account="fixed:acme"),
-        ami=AmiSection(port=_closed_port()),
+        ami=AmiSection(port=free_port()),
         tariffs=TariffsSection(plans=(str(plan),)),
     )
     service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
@@ -407,14 +400,6 @@ async def test_a_reload_of_a_big_deck_never_stalls_the_fastagi_answers(tmp_path:
     finally:
         await service.stop(grace=0)
         await service.ledger.close()
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------- the FastAGI port
@@ -951,7 +936,7 @@ async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: P
         async with ledger:
             await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        proc = await _run(_config(tmp_path, _free_port(), _free_port(), ledger=url))
+        proc = await _run(_config(tmp_path, free_port(), free_port(), ledger=url))
         _, err = await asyncio.wait_for(proc.communicate(), 20)  # it exits: nothing hangs
         lines = [x for x in err.decode().splitlines() if not x.startswith("{")]
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err.decode()

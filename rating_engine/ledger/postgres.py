@@ -30,6 +30,7 @@ log = logging.getLogger("rating_engine.ledger")
 _PLACEHOLDER = re.compile(r"\?")
 RETRIES = 3
 WRITERS = 2
+"""Batches in flight at once: one is written while the other waits for its commit."""
 READERS = 2
 """Batches of the authorization's read (account and extension) in flight at once."""
 _READ_ACCOUNTS = f"SELECT {P.ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::text[])"
@@ -37,7 +38,6 @@ _READ_EXTENSIONS = (
     "SELECT x.* FROM extensions x JOIN unnest($1::text[], $2::text[]) AS k(account_id, ext)"
     " ON x.account_id = k.account_id AND x.ext = k.ext"
 )
-"""Batches in flight at once: one is written while the other waits for its commit."""
 BATCH_MAX = 256
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 LOST = (

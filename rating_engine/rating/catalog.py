@@ -15,7 +15,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TariffError, TariffErrors
@@ -28,7 +28,7 @@ from .table import RateTable
 class Tariffs:
     plans: dict[str, Plan]
     tables: dict[Path, RateTable]
-    by_plan: dict[str, RateTable] = field(default_factory=dict)
+    by_plan: dict[str, RateTable]
     """Each plan's table, found once at load: `Path.resolve()` at every call is file system calls."""
 
     def plan(self, name: str) -> Plan:
