@@ -1,8 +1,10 @@
-"""Dialed digits + the account's country → E.164, region and kind, with phonenumbers.
+"""Dialed digits + the account's country → E.164, region and kind, as phonenumbers says.
 
-Pure and cached: classification is the dominant cost per distinct number (~20-40 µs in
-phonenumbers), so every result is memoised by (dialed, country). Invalid input never raises
-from the library: it gives a `Classification` whose kind is `invalid` and a reason.
+Parsing (national and international prefixes) is phonenumbers' `parse`, or `fast_parse` for the
+forms where parse would do nothing more; the region, kind and validity of the parsed number are
+read from `number_table`, phonenumbers' metadata compiled into ranges. Pure and cached per
+(dialed, country). Invalid input never raises: it gives a `Classification` whose kind is
+`invalid` and a reason.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType, shortnumberinfo
 from phonenumbers.shortnumberinfo import ShortNumberCost
+
+from . import number_table
 
 
 class Kind(StrEnum):
@@ -111,14 +114,38 @@ def _classify(dialed: str, country: str) -> Classification:
             number = phonenumbers.parse(text, country)
         except phonenumbers.NumberParseException as exc:
             return Classification(dialed, "", "", Kind.INVALID, _parse_reason(exc))
-    nsn = _national(number)
-    e164 = f"+{number.country_code}{nsn}"
+    return of_number(dialed, number)
+
+
+def of_number(dialed: str, number: phonenumbers.PhoneNumber) -> Classification:
+    """A parsed number's region and kind: phonenumbers' answers, read from the compiled table."""
+    digits = f"{number.country_code}{_national(number)}"
+    cid = number_table.table().class_id(digits)
+    if cid >= 0:
+        return _of_class(cid, dialed, digits)
+    return _asked(dialed, number, digits)  # outside the table (ASK, or lengths parse never gives)
+
+
+def _of_class(cid: int, dialed: str, digits: str) -> Classification:
+    region, kind, reason = views(number_table.table())[cid]
+    return Classification(dialed, f"+{digits}", region, kind, reason)
+
+
+@lru_cache(maxsize=4)
+def views(t: number_table.NumberTable) -> tuple[tuple[str, Kind, str], ...]:
+    """Each class of a table as (region, Kind, reason), made once per table."""
+    return tuple((c.region, Kind.INVALID if c.reason else _TYPE_TO_KIND[c.kind], c.reason) for c in t.classes)
+
+
+def _asked(dialed: str, number: phonenumbers.PhoneNumber, digits: str) -> Classification:
+    """A country code whose patterns did not compile: phonenumbers itself, in the table's terms."""
+    e164 = f"+{digits}"
     region = phonenumbers.region_code_for_number(number) or ""
     if not phonenumbers.is_possible_number(number):
-        return Classification(dialed, e164, region, Kind.INVALID, "impossible number length")
-    kind = _kind(number, nsn, region)
+        return Classification(dialed, e164, region, Kind.INVALID, number_table.IMPOSSIBLE)
+    kind = _TYPE_TO_KIND.get(phonenumbers.number_type(number), Kind.UNKNOWN)
     if kind is Kind.UNKNOWN:
-        return Classification(dialed, e164, region, Kind.INVALID, "no such number range")
+        return Classification(dialed, e164, region, Kind.INVALID, number_table.NO_RANGE)
     return Classification(dialed, e164, region, kind)
 
 
@@ -170,6 +197,8 @@ def fast_parse(text: str, country: str) -> phonenumbers.PhoneNumber | None:
         return _checked(phonenumbers.country_code_for_region(country), text[len(dialing.national) :])
     else:
         return None
+    if rest.startswith("0"):
+        return None  # no country code starts with 0; "+033…" is not +33 (parse refuses it)
     for size in (1, 2, 3):
         cc = int(rest[:size] or "0")
         if cc in COUNTRY_CODE_TO_REGION_CODE:
@@ -198,80 +227,6 @@ def _classify_short(dialed: str, digits: str, country: str) -> Classification | 
     except phonenumbers.NumberParseException:
         return None
     return None
-
-
-_TYPE_ORDER = (
-    ("premium_rate", Kind.PREMIUM),
-    ("toll_free", Kind.TOLL_FREE),
-    ("shared_cost", Kind.SHARED_COST),
-    ("voip", Kind.VOIP),
-    ("personal_number", Kind.PERSONAL),
-    ("pager", Kind.PAGER),
-    ("uan", Kind.UAN),
-    ("voicemail", Kind.VOICEMAIL),
-)
-_Desc = tuple[frozenset[int], re.Pattern[str]] | None
-
-
-def _desc(d: Any) -> _Desc:
-    if d is None or not d.national_number_pattern:
-        return None
-    return frozenset(d.possible_length or ()), re.compile(d.national_number_pattern)
-
-
-def _matches(nsn: str, d: _Desc) -> bool:
-    if d is None:
-        return False
-    lengths, pattern = d
-    if lengths and len(nsn) not in lengths:
-        return False
-    return pattern.fullmatch(nsn) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class _TypeTable:
-    """A region's number-type descriptions, compiled once, checked in phonenumbers' order."""
-
-    general: _Desc
-    special: tuple[tuple[_Desc, Kind], ...]
-    fixed: _Desc
-    mobile: _Desc
-    same_fixed_and_mobile: bool
-
-    def kind(self, nsn: str) -> Kind:
-        if not _matches(nsn, self.general):
-            return Kind.UNKNOWN
-        for desc, kind in self.special:
-            if _matches(nsn, desc):
-                return kind
-        if _matches(nsn, self.fixed):
-            if self.same_fixed_and_mobile or _matches(nsn, self.mobile):
-                return Kind.FIXED_OR_MOBILE
-            return Kind.FIXED
-        if not self.same_fixed_and_mobile and _matches(nsn, self.mobile):
-            return Kind.MOBILE
-        return Kind.UNKNOWN
-
-
-@lru_cache(maxsize=512)
-def _type_table(cc: int, region: str) -> _TypeTable | None:
-    meta = PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
-    if meta is None:
-        return None
-    special = tuple((_desc(getattr(meta, name)), kind) for name, kind in _TYPE_ORDER)
-    return _TypeTable(
-        _desc(meta.general_desc),
-        special,
-        _desc(meta.fixed_line),
-        _desc(meta.mobile),
-        bool(meta.same_mobile_and_fixed_line_pattern),
-    )
-
-
-def _kind(number: phonenumbers.PhoneNumber, nsn: str, region: str) -> Kind:
-    """`phonenumbers.number_type`, from compiled tables and without computing the region twice."""
-    table = _type_table(number.country_code or 0, region)
-    return Kind.UNKNOWN if table is None else table.kind(nsn)
 
 
 def _national(number: phonenumbers.PhoneNumber) -> str:

@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any
 
+from . import number_cache
 from .asterisk.agent import Agent
 from .asterisk.ami_client import AmiClient
 from .asterisk.cdr import CdrRecords
@@ -297,6 +298,9 @@ def raise_fd_limit() -> int:
 def run(config: Config) -> None:
     """Run on uvloop where it is installed, plain asyncio otherwise."""
     log.info("open files limit", extra={"nofile": raise_fd_limit()})
+    started = time.perf_counter()
+    numbers = number_cache.install()
+    log.info("number table ready", extra={"ranges": len(numbers), "seconds": round(time.perf_counter() - started, 3)})
     try:
         import uvloop
 

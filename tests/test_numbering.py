@@ -91,6 +91,7 @@ forms = st.one_of(
     st.from_regex(r"0[1-9][0-9]{7,9}", fullmatch=True),
     st.from_regex(r"1[2-9][0-9]{9}", fullmatch=True),
     st.from_regex(r"\+(7|44|49|54|55|52|39|81)[0-9]{6,12}", fullmatch=True),
+    st.from_regex(r"(\+|00|011)0[0-9]{6,12}", fullmatch=True),
 )
 
 
@@ -111,20 +112,3 @@ def test_fast_parse_answers_the_common_forms() -> None:
     assert fast_parse("0612345678", "FR") is not None
     assert fast_parse("+390645678901", "FR") is None  # Italian leading zero: parse decides
     assert fast_parse("+78121234567", "FR") is None  # Russia's national prefix 8 could be stripped
-
-
-@settings(max_examples=3000)
-@given(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)), st.integers(0, 10**12), st.integers(0, 3))
-def test_compiled_type_tables_agree_with_phonenumbers_number_type(region: str, seed: int, cut: int) -> None:
-    """Numbers near real ranges: an example number of the region with its tail replaced."""
-    from rating_engine.numbering import _TYPE_TO_KIND, _kind
-
-    example = phonenumbers.example_number(region)
-    if example is None:
-        return
-    nsn = str(example.national_number)
-    nsn = (nsn[: max(1, len(nsn) - 5)] + str(seed))[: len(nsn) + cut - 1]
-    number = phonenumbers.PhoneNumber(country_code=example.country_code, national_number=int(nsn))
-    actual_region = phonenumbers.region_code_for_number(number) or ""
-    expected = _TYPE_TO_KIND[phonenumbers.number_type(number)]
-    assert _kind(number, str(number.national_number), actual_region) is expected

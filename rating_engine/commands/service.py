@@ -31,10 +31,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .. import logs
+    from .. import logs, number_cache
     from ..demo import run_demo
 
     logs.setup("error", "text")
+    number_cache.install()
     try:
         import uvloop
 

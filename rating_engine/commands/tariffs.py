@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .. import number_cache
 from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
 from ..rating.batch import rate_batch
@@ -128,6 +129,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_rate(args: argparse.Namespace) -> int:
     tariffs, plan = _single_plan(args.plan)
+    number_cache.install()
     at = parse_time(args.at) if args.at else int(time.time())
     if args.seconds is not None and not 0 <= args.seconds <= MAX_BILLSEC:
         raise ConfigError(f"--seconds: from 0 to {MAX_BILLSEC}")
@@ -205,6 +207,7 @@ def cmd_rate_file(args: argparse.Namespace) -> int:
     files beside them, renamed at the end), and neither may be the input."""
     tariffs, plan = _single_plan(args.plan)
     table_ = tariffs.table_for(plan)
+    number_cache.install()
     src = Path(args.input)
     out_path = Path(args.output)
     rejects_path = Path(args.rejects or f"{args.output}.rejects.csv")
@@ -317,7 +320,7 @@ def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out
     )
     cur = plan.currency
     for i, (cells, _, _) in enumerate(chunk):
-        num = res.numbers[int(res.number_of[i])]
+        num = res.number(i)
         r = int(res.rows[i])
         row = t.rows[r] if r >= 0 else None
         out.writerow(

@@ -1,31 +1,36 @@
-"""Re-rating many calls at once: classify each distinct number once, then one vectorized
-table lookup and one vectorized price over every call. Same rules as the one-call path.
+"""Re-rating many calls at once: the dialed strings classified as columns (`classify_column`),
+the plan's decision made once per number class, then one vectorized table lookup and one
+vectorized price over every call. Same rules as the one-call path, which the tests hold it to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..contract import Reason
-from ..numbering import Classification, classify
+from ..dialed_column import Column, classify_column
+from ..number_table import table as number_table
+from ..numbering import Classification, views
 from .decision import ExtensionRules, decide_without_rate, rating_digits
 from .plan import Plan
 from .price import IntArray, charged_seconds_array, cost_array
-from .table import NO_ROW, RateTable
+from .table import KEY_DIGITS, NO_ROW, RateTable, number_key
 
 REASONS: tuple[Reason, ...] = tuple(Reason)
 _CODE = {r: i for i, r in enumerate(REASONS)}
 _CHARGED, _NO_RATE = _CODE[Reason.CHARGED], _CODE[Reason.NO_RATE]
+_INVALID, _BLOCKED = _CODE[Reason.INVALID_NUMBER], _CODE[Reason.BLOCKED_DESTINATION]
+_RATE = -1
+_P10 = np.array([10**k for k in range(19)], dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    numbers: list[Classification]
-    """One per distinct dialed string; `number_of` maps each call to it."""
-    number_of: IntArray
+    column: Column
+    """Each call's number: `number(i)`."""
     reason_codes: IntArray
     """Index into REASONS per call (an array: a million enum objects would cost more than rating)."""
     rows: IntArray
@@ -39,6 +44,9 @@ class BatchResult:
     def reason(self, i: int) -> Reason:
         return REASONS[int(self.reason_codes[i])]
 
+    def number(self, i: int) -> Classification:
+        return self.column.number(i)
+
 
 def rate_batch(
     plan: Plan,
@@ -48,20 +56,24 @@ def rate_batch(
     billsec: IntArray,
     rules: ExtensionRules | None = None,
 ) -> BatchResult:
-    index = {d: i for i, d in enumerate(dict.fromkeys(dialed))}
-    number_of = np.fromiter(map(index.__getitem__, dialed), np.int64, len(dialed))
-    numbers = [classify(d, plan.country) for d in index]
-    fixed = np.full(len(numbers), -1, dtype=np.int64)
-    digits: list[str] = []
-    for i, c in enumerate(numbers):
+    col = classify_column(dialed, plan.country)
+    codes = _class_codes(plan, rules)[np.maximum(col.cls, 0)]
+    prefixes = plan.blocked_prefixes + (rules.blocked_prefixes if rules is not None else ())
+    if prefixes:
+        codes = np.where((codes != _INVALID) & _starts_with_any(col, prefixes), _BLOCKED, codes)
+    key_len = np.minimum(col.length, KEY_DIGITS)
+    keys = np.where(
+        col.length <= KEY_DIGITS,
+        col.value * _P10[np.clip(KEY_DIGITS - col.length, 0, 18)],
+        col.value // _P10[np.clip(col.length - KEY_DIGITS, 0, 18)],
+    )
+    for i, c in col.slow.items():  # few: short codes, separators, the forms parse decides
         d = decide_without_rate(plan, c, rules)
-        if d is None:
-            digits.append(rating_digits(c, plan))
-        else:
-            fixed[i] = _CODE[d.reason]
-            digits.append("")
-    keys, lens = RateTable.keys_of(digits)
-    rows = table.lookup_batch(keys[number_of], lens[number_of], starts)
+        codes[i] = _RATE if d is None else _CODE[d.reason]
+        digits = rating_digits(c, plan) if d is None else ""
+        keys[i], key_len[i] = (number_key(digits), min(len(digits), KEY_DIGITS)) if digits else (0, 0)
+    to_rate = codes == _RATE
+    rows = table.lookup_batch(keys, np.where(to_rate, key_len, 0), starts)
     charged = rows != NO_ROW
     seconds = np.asarray(billsec, dtype=np.int64)
     if len(table):
@@ -70,6 +82,27 @@ def rate_batch(
         costs = np.where(charged, cost_array(seconds, prices), 0)
     else:
         charged_s = costs = np.zeros(len(dialed), dtype=np.int64)
-    codes = fixed[number_of]
-    codes = np.where(codes >= 0, codes, np.where(charged, _CHARGED, _NO_RATE))
-    return BatchResult(numbers, number_of, codes, rows, charged_s, costs)
+    codes = np.where(to_rate, np.where(charged, _CHARGED, _NO_RATE), codes)
+    return BatchResult(col, codes, rows, charged_s, costs)
+
+
+def _class_codes(plan: Plan, rules: ExtensionRules | None) -> IntArray:
+    """Per class of the number table, the plan's decision (a REASONS index, or _RATE), blocked
+    prefixes aside: they depend on the digits, and `rate_batch` applies them per call."""
+    by_number = replace(plan, blocked_prefixes=())
+    by_number_rules = replace(rules, blocked_prefixes=()) if rules is not None else None
+    out = np.empty(len(views(number_table())), dtype=np.int64)
+    for cid, (region, kind, reason) in enumerate(views(number_table())):
+        d = decide_without_rate(by_number, Classification("", "", region, kind, reason), by_number_rules)
+        out[cid] = _RATE if d is None else _CODE[d.reason]
+    return out
+
+
+def _starts_with_any(col: Column, prefixes: tuple[str, ...]) -> IntArray:
+    """Per call, whether its E.164 digits start with one of the prefixes (blocked destinations)."""
+    out = np.zeros(len(col), dtype=bool)
+    for p in prefixes:
+        if p.isdigit() and len(p) <= 18:
+            head = col.value // _P10[np.clip(col.length - len(p), 0, 18)]
+            out |= (col.length >= len(p)) & (head == int(p))
+    return out
