@@ -120,6 +120,32 @@ def test_batch_equals_one_by_one(office, calls) -> None:  # type: ignore[no-unty
         assert int(res.costs[i]) == (cost(secs, d.row.price) if d.charged and d.row else 0)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(SAMPLE), st.from_regex(r"(\+|00|0)?[1-9][0-9]{3,13}", fullmatch=True)),
+            st.integers(0, 4000),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.booleans(),
+    st.sets(st.sampled_from(list(DestinationClass))),
+    st.lists(st.sampled_from(["33", "336", "3389", "1", "44", "4930", "0333615"]), max_size=3),
+)
+def test_batch_equals_one_by_one_under_extension_rules(office, calls, chargeable, classes, prefixes) -> None:  # type: ignore[no-untyped-def]
+    """The batch decides per number class and applies blocked prefixes per call: same as one by one."""
+    plan, table = office
+    rules = ExtensionRules(chargeable, frozenset(classes), tuple(prefixes))
+    res = rate_batch(plan, table, [c[0] for c in calls], AT, np.array([c[1] for c in calls]), rules)
+    for i, (number, secs) in enumerate(calls):
+        d = decide(plan, table, number, AT, rules)
+        assert res.number(i) == d.number
+        assert (res.reason(i), int(res.rows[i])) == (d.reason, d.row_index), number
+        assert int(res.costs[i]) == (cost(secs, d.row.price) if d.charged and d.row else 0)
+
+
 def test_short_codes_use_a_key_no_e164_number_has(office) -> None:  # type: ignore[no-untyped-def]
     plan, table = office
     fixed_03 = decide(plan, table, "+33 3 61 51 23 45", AT)  # 03 numbers start +333…
