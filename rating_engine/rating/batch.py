@@ -17,6 +17,7 @@ from ..numbering import Classification, views
 from .decision import ExtensionRules, decide_without_rate, rating_digits
 from .plan import Plan
 from .price import IntArray, charged_seconds_array, cost_array
+from .rates import PlanRates
 from .table import KEY_DIGITS, NO_ROW, RateTable, number_key
 
 REASONS: tuple[Reason, ...] = tuple(Reason)
@@ -50,11 +51,12 @@ class BatchResult:
 
 def rate_batch(
     plan: Plan,
-    table: RateTable,
+    table: RateTable | PlanRates,
     dialed: Sequence[str],
     starts: IntArray | int,
     billsec: IntArray,
     rules: ExtensionRules | None = None,
+    tz: str | None = None,
 ) -> BatchResult:
     col = classify_column(dialed, plan.country)
     codes = _class_codes(plan, rules)[np.maximum(col.cls, 0)]
@@ -73,17 +75,37 @@ def rate_batch(
         digits = rating_digits(c, plan) if d is None else ""
         keys[i], key_len[i] = (number_key(digits), min(len(digits), KEY_DIGITS)) if digits else (0, 0)
     to_rate = codes == _RATE
-    rows = table.lookup_batch(keys, np.where(to_rate, key_len, 0), starts)
-    charged = rows != NO_ROW
+    rates = table if isinstance(table, PlanRates) else PlanRates.single(table)
     seconds = np.asarray(billsec, dtype=np.int64)
-    if len(table):
-        prices = table.prices.take(np.where(charged, rows, 0))
-        charged_s = np.where(charged, charged_seconds_array(seconds, prices), 0)
-        costs = np.where(charged, cost_array(seconds, prices), 0)
+    when = np.broadcast_to(np.asarray(starts, dtype=np.int64), seconds.shape)
+    lens = np.where(to_rate, key_len, 0)
+    if rates.bands is None:
+        rows = rates.tables[0].lookup_batch(keys, lens, when)
+        charged_s, costs = _flat_costs(rates.tables[0], rows, seconds)
     else:
-        charged_s = costs = np.zeros(len(dialed), dtype=np.int64)
+        by_band = [t.lookup_batch(keys, lens, when) for t in rates.tables]
+        edges, bands = rates.bands.timeline(
+            rates.zone(tz), int(when.min(initial=0)), int(np.ptp(when)) + 1 if len(when) else 1
+        )
+        start_band = np.asarray(bands, dtype=np.int64)[np.searchsorted(edges, when, side="right") - 1]
+        rows = np.choose(start_band, by_band) if len(by_band) > 1 else by_band[0]
+        charged = rows != NO_ROW
+        costs, charged_s = rates.segment_costs(by_band, start_band, when, np.where(charged, seconds, 0), tz)
+        costs, charged_s = np.where(charged, costs, 0), np.where(charged, charged_s, 0)
+    charged = rows != NO_ROW
     codes = np.where(to_rate, np.where(charged, _CHARGED, _NO_RATE), codes)
     return BatchResult(col, codes, rows, charged_s, costs)
+
+
+def _flat_costs(table: RateTable, rows: IntArray, seconds: IntArray) -> tuple[IntArray, IntArray]:
+    charged = rows != NO_ROW
+    if not len(table):
+        zero = np.zeros(len(rows), dtype=np.int64)
+        return zero, zero
+    prices = table.prices.take(np.where(charged, rows, 0))
+    return np.where(charged, charged_seconds_array(seconds, prices), 0), np.where(
+        charged, cost_array(seconds, prices), 0
+    )
 
 
 def _class_codes(plan: Plan, rules: ExtensionRules | None) -> IntArray:

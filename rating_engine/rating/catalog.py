@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TariffError, TariffErrors
-from .deck import load_deck
+from .deck import Deck, load_deck
 from .plan import Plan, load_plan
+from .rates import PlanRates
 from .table import RateTable
 
 
@@ -30,6 +31,8 @@ class Tariffs:
     tables: dict[Path, RateTable]
     by_plan: dict[str, RateTable]
     """Each plan's table, found once at load: `Path.resolve()` at every call is file system calls."""
+    rates: dict[str, PlanRates]
+    """Each plan's tables with its time bands (one table when it has none)."""
 
     def plan(self, name: str) -> Plan:
         try:
@@ -42,6 +45,11 @@ class Tariffs:
         if self.plans.get(plan.name) is plan:
             return self.by_plan[plan.name]
         return self.tables[plan.deck.resolve()]
+
+    def rates_for(self, plan: Plan) -> PlanRates:
+        if self.plans.get(plan.name) is plan:
+            return self.rates[plan.name]
+        return _rates(plan, self.tables)
 
 
 def load_tariffs(plan_paths: Iterable[str | Path]) -> Tariffs:
@@ -59,15 +67,47 @@ def load_tariffs(plan_paths: Iterable[str | Path]) -> Tariffs:
             errors.append(TariffError(f"plan name {plan.name!r} is used twice", str(path)))
             continue
         plans[plan.name] = plan
-        key = plan.deck.resolve()
-        if key not in tables:
-            try:
-                tables[key] = RateTable(load_deck(plan.deck))
-            except TariffErrors as exc:
-                errors.extend(exc.errors)
+        for deck in (plan.deck, *plan.band_decks):
+            key = deck.resolve()
+            if key not in tables:
+                try:
+                    tables[key] = RateTable(load_deck(deck))
+                except TariffErrors as exc:
+                    errors.extend(exc.errors)
+                    tables[key] = RateTable(Deck())  # reported; keeps the other checks going
+    for plan in plans.values():
+        errors.extend(_same_prefixes(plan, tables))
     if errors:
         raise TariffErrors(errors)
-    return Tariffs(plans, tables, {name: tables[plan.deck.resolve()] for name, plan in plans.items()})
+    by_plan = {name: tables[plan.deck.resolve()] for name, plan in plans.items()}
+    return Tariffs(plans, tables, by_plan, {name: _rates(plan, tables) for name, plan in plans.items()})
+
+
+def _rates(plan: Plan, tables: dict[Path, RateTable]) -> PlanRates:
+    if plan.bands is None:
+        return PlanRates((tables[plan.deck.resolve()],), None, plan.timezone)
+    return PlanRates(tuple(tables[d.resolve()] for d in plan.band_decks), plan.bands, plan.timezone)
+
+
+def _same_prefixes(plan: Plan, tables: dict[Path, RateTable]) -> list[TariffError]:
+    """Every band's deck prices the same prefixes: a call crossing bands finds its number in each."""
+    if plan.bands is None:
+        return []
+    out: list[TariffError] = []
+    decks = [tables[d.resolve()].deck for d in plan.band_decks]
+    sets = [set(zip(d.columns.prefix_len.tolist(), d.columns.prefix_value.tolist(), strict=True)) for d in decks]
+    for deck, have in zip(decks, sets, strict=True):
+        for other_band, other, theirs in zip(plan.bands.names, decks, sets, strict=True):
+            missing = sorted(have - theirs)
+            if missing and deck is not other:
+                length, value = missing[0]
+                line = next(r.line for r in deck.rows if r.prefix == str(value).zfill(length))
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                out.append(TariffError(
+                    f"prefix {str(value).zfill(length)} has no price in band {other_band!r} ({other.source}){more}",
+                    deck.source, line,
+                ))  # fmt: skip
+    return out
 
 
 class TariffStore:

@@ -14,7 +14,8 @@ from ..contract import ALL_CLASSES, DestinationClass, Reason, Treatment
 from ..numbering import Classification, Kind, classify
 from .deck import RateRow
 from .plan import Plan
-from .price import UNLIMITED_SECONDS, cost, max_seconds
+from .price import UNLIMITED_SECONDS, Fare
+from .rates import PlanRates
 from .table import RateTable
 
 
@@ -52,6 +53,10 @@ class Decision:
     """Seconds the budget pays for; None when the call is free (no limit from money)."""
     minimum_cost: int = 0
     """Cost of the shortest billable call: what must be available to allow it."""
+    fare: Fare | None = None
+    """The price from `at` on, cut at the time bands the call would cross."""
+    band: str = ""
+    """The time band at `at` (empty when the plan has none)."""
 
     @property
     def charged(self) -> bool:
@@ -73,38 +78,45 @@ def rating_digits(c: Classification, plan: Plan) -> str:
 
 def decide(
     plan: Plan,
-    table: RateTable,
+    table: RateTable | PlanRates,
     dialed: str,
     at: int,
     rules: ExtensionRules | None = None,
     budget: int | None = None,
+    tz: str | None = None,
 ) -> Decision:
-    """Decide one call placed at unix time `at`; with a budget, how long it may last."""
-    return decide_classified(plan, table, classify(dialed, plan.country), at, rules, budget)
+    """Decide one call placed at unix time `at`; with a budget, how long it may last. Time bands
+    are read in `tz` (the account's zone), else the plan's."""
+    return decide_classified(plan, table, classify(dialed, plan.country), at, rules, budget, tz)
 
 
 def decide_classified(
     plan: Plan,
-    table: RateTable,
+    table: RateTable | PlanRates,
     c: Classification,
     at: int,
     rules: ExtensionRules | None = None,
     budget: int | None = None,
+    tz: str | None = None,
 ) -> Decision:
     settled = decide_without_rate(plan, c, rules)
     if settled is not None:
         return settled
-    index = table.lookup_index(rating_digits(c, plan), at)
+    rates = table if isinstance(table, PlanRates) else PlanRates.single(table)
+    digits = rating_digits(c, plan)
+    band, index = rates.lookup(digits, at, tz)
     if index < 0:
         return Decision(False, Reason.NO_RATE, c)
-    row = table.rows[index]
-    first = cost(1, row.price)
+    row = rates.tables[band].rows[index]
+    fare = rates.fare(digits, at, index, tz)
+    first = fare.cost(1)
+    name = rates.band_name(band)
     if budget is None:
-        return Decision(True, Reason.CHARGED, c, row, index, None, first)
-    seconds = max_seconds(budget, row.price)
+        return Decision(True, Reason.CHARGED, c, row, index, None, first, fare, name)
+    seconds = fare.max_seconds(budget)
     if seconds <= 0:
-        return Decision(False, Reason.INSUFFICIENT_FUNDS, c, row, index, 0, first)
-    return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), first)
+        return Decision(False, Reason.INSUFFICIENT_FUNDS, c, row, index, 0, first, fare, name)
+    return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), first, fare, name)
 
 
 def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | None = None) -> Decision | None:

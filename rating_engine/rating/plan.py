@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from ..contract import Treatment
 from ..errors import TariffError, TariffErrors
 from ..money import MINOR_UNITS
 from ..numbering import Kind
+from .bands import Bands, parse_bands, zone_info
 
 KINDS = frozenset(k.value for k in Kind) - {Kind.INVALID.value}
 REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
@@ -46,6 +49,11 @@ class Plan:
     short_codes: Treatment = Treatment.CHARGE
     source: str = ""
     description: str = ""
+    timezone: str = "UTC"
+    """Where time bands are read for an account that has no time zone of its own."""
+    bands: Bands | None = None
+    band_decks: tuple[Path, ...] = ()
+    """The deck of each band, in the order of `bands.names`."""
     _cache: dict[str, frozenset[Kind]] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def is_included(self, region: str, kind: Kind) -> bool:
@@ -115,6 +123,8 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
         "blocked",
         "premium",
         "short_codes",
+        "timezone",
+        "bands",
     }
     for key in sorted(set(data) - known):
         fail(f"unknown key `{key}`")
@@ -129,6 +139,16 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
     deck = (base / deck_name) if base is not None else Path(deck_name)
     if deck_name and base is not None and not deck.is_file():
         fail(f"deck file not found: {deck}")
+    timezone = data.get("timezone", "UTC")
+    if not isinstance(timezone, str):
+        fail("`timezone` must be a zone name such as Europe/Paris")
+        timezone = "UTC"
+    else:
+        try:
+            zone_info(timezone)
+        except TariffError as exc:
+            fail(f"`timezone`: {exc.message} (a name such as Europe/Paris)")
+    bands, band_decks = _bands(data.get("bands"), source, base, deck, fail, errors)
     included = []
     rules = data.get("included", [])
     if not isinstance(rules, list):
@@ -182,4 +202,73 @@ def parse_plan(data: dict[str, Any], source: str = "<plan>", base: Path | None =
         short_codes=policies["short_codes"],
         source=source,
         description=str(data.get("description", "")),
+        timezone=timezone,
+        bands=bands,
+        band_decks=band_decks,
     )
+
+
+def _bands(
+    section: Any, source: str, base: Path | None, deck: Path, fail: Callable[[str], None], errors: list[TariffError]
+) -> tuple[Bands | None, tuple[Path, ...]]:
+    """`[bands]`: the calendar file, the public holidays, and a deck per band (else `deck`)."""
+    if section is None:
+        return None, ()
+    if not isinstance(section, dict):
+        fail("`bands` must be a table with `file`, `holidays` and `decks`")
+        return None, ()
+    for key in sorted(set(section) - {"file", "holidays", "decks"}):
+        fail(f"bands: unknown key `{key}`")
+    holidays: list[date] = []
+    listed = section.get("holidays", [])
+    if not isinstance(listed, list):
+        fail("bands: `holidays` must be a list of dates such as 2026-12-25")
+        listed = []
+    for value in listed:
+        try:
+            holidays.append(value if isinstance(value, date) else date.fromisoformat(str(value)))
+        except ValueError:
+            why = f"bands: holiday {value!r} is not a date (YYYY-MM-DD)"
+            errors.append(TariffError(why, source, _line_of(source, value)))
+    name = section.get("file")
+    if not isinstance(name, str) or not name:
+        fail("bands: `file` must name the bands file (CSV: band,days,from,until)")
+        return None, ()
+    path = (base / name) if base is not None else Path(name)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"bands: cannot read {path}: {exc.strerror}")
+        return None, ()
+    except UnicodeDecodeError:
+        fail(f"bands: {path} is not UTF-8 text")
+        return None, ()
+    try:
+        bands = parse_bands(text.splitlines(), str(path), holidays)
+    except TariffErrors as exc:
+        errors.extend(exc.errors)
+        return None, ()
+    decks = section.get("decks", {})
+    if not isinstance(decks, dict) or not all(isinstance(v, str) and v for v in decks.values()):
+        fail("bands: `decks` must map band names to deck files")
+        decks = {}
+    for band in sorted(set(decks) - set(bands.names)):
+        fail(f"bands.decks: no band {band!r} in {path} (bands: {', '.join(bands.names)})")
+    paths = tuple(
+        ((base / decks[b]) if base is not None else Path(decks[b])) if b in decks else deck for b in bands.names
+    )
+    for b, p in zip(bands.names, paths, strict=True):
+        if b in decks and base is not None and not p.is_file():
+            fail(f"bands.decks: deck file for {b!r} not found: {p}")
+    return bands, paths
+
+
+def _line_of(source: str, value: object) -> int:
+    """The line of a plan where a value is written (TOML parsers do not say)."""
+    try:
+        for number, line in enumerate(Path(source).read_text(encoding="utf-8").splitlines(), start=1):
+            if str(value) in line:
+                return number
+    except (OSError, UnicodeDecodeError):
+        pass
+    return 0

@@ -133,3 +133,86 @@ def max_seconds_array(budget: IntArray, p: PriceColumns) -> IntArray:
     result = np.minimum(p.initial + steps * p.increment, UNLIMITED_SECONDS)
     result = np.where(free, UNLIMITED_SECONDS, result)
     return np.where(b < first, 0, result).astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One piece of a priced call: `seconds` from `offset` at `price`, rounded on their own."""
+
+    offset: int
+    seconds: int
+    price: Price
+    charged: int
+    money: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fare:
+    """A call's price from its start: (offset, Price) pieces, the first at 0, each until the next.
+
+    One piece is today's `cost` exactly. Where the price changes during the call (a time band
+    ends), the call is cut there, as CGRateS cuts a call into rating intervals: each segment is
+    rounded up to its own increments (the first one from the initial increment, the later ones
+    from their band's increment) and priced at its own rate, rounded up to the micro-unit; the
+    connect fee and the minimum are the first segment's, once per call. Each extra second
+    either lengthens the last segment or starts one, so the cost never falls as seconds grow, and
+    `max_seconds` walks the segments to invert it exactly.
+    """
+
+    pieces: tuple[tuple[int, Price], ...]
+
+    @classmethod
+    def flat(cls, p: Price) -> Fare:
+        return cls(((0, p),))
+
+    @property
+    def first(self) -> Price:
+        return self.pieces[0][1]
+
+    def segments(self, seconds: int) -> list[Segment]:
+        out: list[Segment] = []
+        for k, (offset, p) in enumerate(self.pieces):
+            if offset >= seconds:
+                break
+            end = self.pieces[k + 1][0] if k + 1 < len(self.pieces) else seconds
+            length = min(end, seconds) - offset
+            charged = self._charged(k, length, p)
+            out.append(Segment(offset, length, p, charged, -(-(charged * p.per_minute) // 60)))
+        return out
+
+    def cost(self, seconds: int) -> int:
+        if seconds <= 0:
+            return 0
+        if len(self.pieces) == 1:
+            return cost(seconds, self.first)
+        p = self.first
+        return max(p.minimum, p.connect_fee + sum(s.money for s in self.segments(seconds)))
+
+    def max_seconds(self, budget: int) -> int:
+        """The largest s with cost(s) ≤ budget (capped at UNLIMITED_SECONDS)."""
+        if len(self.pieces) == 1:
+            return max_seconds(budget, self.first)
+        if budget < self.cost(1):
+            return 0
+        spent = self.first.connect_fee
+        for k, (offset, p) in enumerate(self.pieces):
+            if offset >= UNLIMITED_SECONDS:
+                return UNLIMITED_SECONDS
+            window = (self.pieces[k + 1][0] if k + 1 < len(self.pieces) else UNLIMITED_SECONDS) - offset
+            whole = self._charged(k, window, p)
+            money = -(-(whole * p.per_minute) // 60)
+            if spent + money <= budget:
+                spent += money
+                continue
+            # ceil(C·ppm/60) ≤ left  ⇔  C ≤ floor(60·left/ppm); then the longest segment charged ≤ C
+            most = 60 * (budget - spent) // p.per_minute
+            if k == 0:
+                length = p.initial + (most - p.initial) // p.increment * p.increment if most >= p.initial else 0
+            else:
+                length = most // p.increment * p.increment
+            return min(offset + min(length, window - 1), UNLIMITED_SECONDS)
+        return UNLIMITED_SECONDS
+
+    @staticmethod
+    def _charged(k: int, length: int, p: Price) -> int:
+        return charged_seconds(length, p) if k == 0 else -(-length // p.increment) * p.increment
