@@ -27,8 +27,8 @@ from .ledger import Account, CallDetails, Extension, Ledger, LedgerError, Settle
 from .ledger.models import zone
 from .numbering import Kind, classify
 from .rating.catalog import TariffStore
-from .rating.decision import ExtensionRules, decide, destination_classes
-from .rating.price import Price, cost, max_seconds
+from .rating.decision import ExtensionRules, decide, destination_classes, rating_digits
+from .rating.price import Fare, Price
 from .spool import Pending, Spool
 
 log = logging.getLogger("rating_engine.engine")
@@ -63,7 +63,8 @@ class Call:
     e164: str
     kind: str
     destination: str
-    price: Price
+    fare: Fare
+    """The price from the start of billing on (the authorization's estimate, then the answer)."""
     granted: int
     reserved: int
     started_at: float
@@ -77,13 +78,15 @@ class Call:
     answered_at: float | None = None
     cdr_billable: int | None = None
     follower: asyncio.Task[None] | None = field(default=None, repr=False)
+    fare_at: Callable[[int], Fare | None] | None = field(default=None, repr=False)
+    """The fare for a billing start, where time bands make it depend on the answer's time."""
 
     @property
     def deadline(self) -> float:
         return (self.answered_at or self.started_at) + self.granted
 
     def details(self, node: str) -> str:
-        p = self.price
+        p = self.fare.first
         return json.dumps(
             {
                 "node": node,
@@ -95,12 +98,17 @@ class Call:
                 "e164": self.e164,
                 "kind": self.kind,
                 "destination": self.destination,
-                "price": [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum],
+                "price": _price_list(p),
+                "fare": [[o, *_price_list(q)] for o, q in self.fare.pieces],
                 "granted": self.granted,
                 "answered_at": self.answered_at,
                 "started_at": self.started_at,
             }
         )
+
+
+def _price_list(p: Price) -> list[int]:
+    return [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum]
 
 
 @dataclass(slots=True)
@@ -174,7 +182,7 @@ class Engine:
                 plan = tariffs.plan(known[0])
             except TariffError:  # the plan is gone since (a reload): nothing is known to be free
                 return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
-            d = decide(plan, tariffs.table_for(plan), request.dialed, self.clock.now_int(), known[1])
+            d = decide(plan, tariffs.rates_for(plan), request.dialed, self.clock.now_int(), known[1])
             if d.reason is Reason.INCLUDED:
                 return Authorization(Status.ALLOW, Reason.INCLUDED, d.number.e164)
         return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
@@ -199,16 +207,17 @@ class Engine:
             return allow(Reason.EMERGENCY, c.e164) if c.kind is Kind.EMERGENCY else deny(Reason.UNKNOWN_ACCOUNT, c.e164)
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
-        table = tariffs.table_for(plan)
+        rates = tariffs.rates_for(plan)
         rules = _rules(extension, account)
         if len(self._known) >= KNOWN_MAX:
             self._known.clear()
         self._known[(account_id, ext)] = (account.settings.plan, rules)
-        d = decide(plan, table, dialed, int(now), rules)
+        tz = account.settings.timezone
+        d = decide(plan, rates, dialed, int(now), rules, tz=tz)
         e164 = d.number.e164
         if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
             return allow(d.reason, e164)
-        if not d.allowed or d.row is None:
+        if not d.allowed or d.row is None or d.fare is None:
             return deny(d.reason, e164)
         if not self.accepting or not uid or len(uid) > MAX_UID or (self.pbx is not None and not self.pbx.connected):
             # Shutting down, a channel AMI could not name, or the AMI link is down: a charged call
@@ -220,20 +229,23 @@ class Engine:
         if previous is not None and previous in self.calls:
             # The channel is back in the dialplan: its previous Dial is over.
             await self._finish(self._forget(self.calls[previous]), now)
-        price = d.row.price
+        fare = d.fare
         call = Call(
-            call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, price, 0, 0, now, uid
+            call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, fare, 0, 0, now, uid
         )
+        if rates.bands is not None:
+            digits = rating_digits(d.number, plan)
+            call.fare_at = lambda at: rates.fare_at(digits, at, tz)
         for attempt in range(2):
-            seconds = min(s.quota_seconds, max_seconds(_budget(account, extension, int(now)), price))
+            seconds = min(s.quota_seconds, fare.max_seconds(_budget(account, extension, int(now))))
             if seconds <= 0:
                 reason = (
                     Reason.CAP_REACHED
                     if _cap_binding(account, extension, int(now))
-                    else _refusal_reason(account.shortfall(cost(1, price)))
+                    else _refusal_reason(account.shortfall(fare.cost(1)))
                 )
                 return deny(reason, e164)
-            call.granted, call.reserved = seconds, cost(seconds, price)
+            call.granted, call.reserved = seconds, fare.cost(seconds)
             held = await self.ledger.reserve(
                 call_id,
                 account_id,
@@ -303,6 +315,7 @@ class Engine:
         if isinstance(event, Answered):
             if call.answered_at is None:
                 call.answered_at = self._when(event.at)
+                self._bill_from_answer(call)
                 call.channel = event.channel or call.channel
                 call.dest_channel, call.dest_uid = event.called_channel, event.called_uniqueid
                 if call.dest_uid:
@@ -316,6 +329,17 @@ class Engine:
             # Whichever leg hangs up first ends the bridge: the caller's, or the called channel's
             # (its paid deadline, set by U(), ends it there).
             await self._finish(self._forget(call), self._when(event.at))
+
+    @staticmethod
+    def _bill_from_answer(call: Call) -> None:
+        """With time bands, the fare starts at the answer, not at the authorization: the granted
+        time shrinks to what the reservation pays at that fare (never more than was held)."""
+        if call.fare_at is None or call.answered_at is None:
+            return
+        fare = call.fare_at(math.floor(call.answered_at))
+        if fare is not None:
+            call.fare = fare
+            call.granted = max(1, min(call.granted, fare.max_seconds(call.reserved)))
 
     async def _follow(self, call: Call) -> None:
         """Hold the deadline in Asterisk and move it forward while the account can pay.
@@ -424,10 +448,10 @@ class Engine:
                 return False
             account = found
             budget = call.reserved + _budget(account, extension, self.clock.now_int())
-            more = min(s.quota_seconds, max_seconds(budget, call.price) - call.granted)
+            more = min(s.quota_seconds, call.fare.max_seconds(budget) - call.granted)
             if more <= 0:
                 return False
-            amount = cost(call.granted + more, call.price) - call.reserved
+            amount = call.fare.cost(call.granted + more) - call.reserved
             if amount <= 0:  # the next seconds are already paid for by the billing increment
                 call.granted += more
                 return True
@@ -466,7 +490,7 @@ class Engine:
                 "Cdr BillableSeconds differs from answer-to-hangup",
                 extra={"call_id": call.call_id, "cdr": call.cdr_billable, "ours": billable},
             )
-        amount = cost(billable, call.price)
+        amount = call.fare.cost(billable)
         details = CallDetails(
             int(call.started_at),
             int(ended_at),
@@ -658,7 +682,8 @@ def _refusal_reason(refusal: Refusal | None) -> Reason:
 
 def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dict[str, Any]) -> Call:
     """Rebuild a call from its reservation after a restart (the price it started with)."""
-    price = Price(*(int(x) for x in info.get("price") or [0, 0, 1, 1, 0]))
+    pieces = info.get("fare") or [[0, *(info.get("price") or [0, 0, 1, 1, 0])]]
+    fare = Fare(tuple((int(p[0]), Price(*(int(x) for x in p[1:]))) for p in pieces))
     answered = info.get("answered_at")
     call = Call(
         call_id,
@@ -668,7 +693,7 @@ def _call_from(call_id: str, account_id: str, ext: str, reserved: int, info: dic
         str(info.get("e164", "")),
         str(info.get("kind", "")),
         str(info.get("destination", "")),
-        price,
+        fare,
         int(info.get("granted", 0)),
         reserved,
         float(info.get("started_at", 0)),

@@ -888,7 +888,7 @@ async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_cor
         engine = Engine(TariffStore([OFFICE_FR]), ledger, ManualClock(), EngineSection(node="pbx1"))
         engine.spool = Spool(disk / "ledger.sqlite3.pbx1.spool.jsonl")  # beside the ledger: full too
         first = await engine.authorize(AuthorizeRequest("1795535109.1", "0899123456", "201", "acme"))
-        price = engine.calls[first.call_id].price
+        price = engine.calls[first.call_id].fare.first
         await engine.handle(answered("1795535109.1", T0))
         filler = _fill(disk)
         held, error = [], None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -14,14 +16,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rating_engine.calls import Answered, AuthorizeRequest, HungUp
+from rating_engine.config import EngineSection
+from rating_engine.contract import Reason
+from rating_engine.engine import Engine
 from rating_engine.errors import TariffErrors
+from rating_engine.ledger import AccountSettings, Ledger, make_ledger
 from rating_engine.rating.bands import parse_bands
 from rating_engine.rating.batch import rate_batch
-from rating_engine.rating.catalog import load_tariffs
+from rating_engine.rating.catalog import TariffStore, load_tariffs
 from rating_engine.rating.decision import decide
 from rating_engine.rating.price import UNLIMITED_SECONDS, Fare, Price, cost, max_seconds
 
-from .helpers import reference_cost
+from .helpers import EUR, reference_cost
+from .test_engine import FakePbx, ManualClock
 
 ROOT = Path(__file__).resolve().parent.parent
 PARIS = ZoneInfo("Europe/Paris")
@@ -268,3 +276,68 @@ def test_batch_equals_one_by_one_across_bands(banded, calls, tz) -> None:  # typ
         assert int(res.costs[i]) == want, (number, at, secs)
         if d.charged and d.fare is not None:
             assert int(res.charged_seconds[i]) == sum(s.charged for s in d.fare.segments(secs))
+            assert rates.band_name(int(res.bands[i])) == d.band
+
+
+# --- the engine: a call priced from its answer, never beyond what it holds ---------------------
+
+
+@asynccontextmanager
+async def banded_engine(balance: int, start: float) -> AsyncIterator[tuple[Engine, Ledger, ManualClock, FakePbx]]:
+    ledger = make_ledger("sqlite:///")
+    await ledger.open()
+    await ledger.create_account("acme", AccountSettings("office-fr-bands", "EUR", timezone="Europe/Paris"))
+    await ledger.topup("acme", balance, "opening")
+    clock, pbx = ManualClock(start), FakePbx()
+    settings = EngineSection(quota_seconds=60, renew_margin=10, warning_seconds=30, final_warning_seconds=10)
+    engine = Engine(TariffStore([ROOT / "tariffs" / "office-fr-bands.toml"]), ledger, clock, settings, pbx)  # type: ignore[arg-type]
+    try:
+        yield engine, ledger, clock, pbx
+    finally:
+        await ledger.close()
+
+
+async def test_a_call_across_19_00_is_billed_per_segment_from_its_answer(banded) -> None:  # type: ignore[no-untyped-def]
+    _plan, rates, _t = banded
+    start = _local(2026, 12, 3, 18, 58, 50)
+    async with banded_engine(10 * EUR, start) as (engine, ledger, clock, pbx):
+        uid = "1796000000.1"
+        a = await engine.authorize(AuthorizeRequest(uid, "+12125550100", "201", "acme"))
+        assert a.reason is Reason.CHARGED
+        clock.advance(20)  # answered at 18:59:10: 50 s of peak, then off-peak
+        await engine.handle(Answered(uid, start + 20, f"PJSIP/201-{uid}", f"PJSIP/trunk-{uid}", f"{uid}-b"))
+        await pbx.next(), await pbx.next()
+        clock.advance(45)
+        assert (await pbx.next())[0] == "timeout"  # renewed across the change
+        await pbx.next()
+        clock.advance(55)
+        await engine.handle(HungUp(uid, start + 120))
+        [row] = await ledger.activity("acme")
+        fare = rates.fare_at("12125550100", start + 20, "Europe/Paris")
+        assert fare is not None and row.billable_seconds == 100 and row.cost == fare.cost(100)
+        assert [s.seconds for s in fare.segments(100)] == [50, 50]
+        assert row.cost < cost(100, fare.first)  # the off-peak minutes are cheaper
+        assert (await ledger.account("acme")).balance == 10 * EUR - row.cost and await ledger.check() == []
+
+
+async def test_answered_in_a_dearer_band_the_call_gets_what_its_reservation_pays(banded) -> None:  # type: ignore[no-untyped-def]
+    _plan, rates, _t = banded
+    start = _local(2026, 12, 3, 7, 59, 30)  # off-peak; the answer comes at peak
+    fare_then = rates.fare_at("447911123456", start, "Europe/Paris")
+    assert fare_then is not None
+    balance = fare_then.cost(60)  # pays a minute at the authorization's fare
+    async with banded_engine(balance, start) as (engine, ledger, clock, pbx):
+        uid = "1796000000.2"
+        a = await engine.authorize(AuthorizeRequest(uid, "+447911123456", "201", "acme"))
+        assert a.reason is Reason.CHARGED and a.quota_seconds == 60
+        clock.advance(40)
+        await engine.handle(Answered(uid, start + 40, f"PJSIP/201-{uid}", f"PJSIP/trunk-{uid}", f"{uid}-b"))
+        call = engine.calls[a.call_id]
+        peak = rates.fare_at("447911123456", start + 40, "Europe/Paris")
+        assert peak is not None and call.fare == peak
+        assert call.granted < 60 and peak.cost(call.granted) <= call.reserved < peak.cost(call.granted + 1)
+        assert {(await pbx.next())[2], (await pbx.next())[2]} == {call.granted}
+        clock.advance(call.granted)
+        await engine.handle(HungUp(uid, start + 40 + call.granted))
+        [row] = await ledger.activity("acme")
+        assert row.cost <= balance and not row.overdraft and await ledger.check() == []

@@ -113,3 +113,38 @@ def test_rate_file_rates_good_rows_and_rejects_bad_ones_with_their_line(capsys, 
     rejects = list(csv.DictReader((tmp_path / "out.csv.rejects.csv").open()))
     assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5")]
     assert f"{src}:5: start:" in err and f"{src}:6: billsec" in err
+
+
+BANDS_PLAN = str(ROOT / "tariffs/office-fr-bands.toml")
+
+
+def test_rate_explains_the_segments_of_a_call_across_a_band_change(capsys) -> None:  # type: ignore[no-untyped-def]
+    argv = ("rate", "--plan", BANDS_PLAN, "+12125550100", "--at", "2026-12-03T18:59:30+01:00", "--seconds", "125")
+    code, out, _ = run(capsys, *argv, "--json")
+    o = json.loads(out)
+    assert code == 0 and (o["band"], o["timezone"]) == ("peak", "Europe/Paris")
+    assert [(g["band"], g["seconds"], g["charged_seconds"]) for g in o["segments"]] == [("peak", 30, 30), ("offpeak", 95, 95)]  # fmt: skip
+    assert o["segments"][1]["from"] == "2026-12-03T19:00:00+01:00" and o["cost"] == "0.0174"
+    code, out, _ = run(capsys, *argv)
+    assert "from 2026-12-03T19:00:00+01:00  offpeak: 95 s" in out and "connect fee and minimum once per call" in out
+    code, out, _ = run(capsys, *argv, "--tz", "America/New_York", "--json")  # 12:59 there: peak throughout
+    assert [g["band"] for g in json.loads(out)["segments"]] == ["peak"]
+
+
+def test_rate_refuses_an_unknown_time_zone(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = run(capsys, "rate", "--plan", BANDS_PLAN, "+12125550100", "--tz", "Mars/Olympus")
+    assert code != 0 and "--tz: unknown time zone 'Mars/Olympus'" in err
+
+
+def test_rate_file_names_each_call_s_band(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "calls.csv"
+    src.write_text(
+        "call_id,extension,dialed,start,billsec\n"
+        "c1,201,+12125550100,2026-12-03T18:59:30+01:00,125\n"
+        "c2,201,+12125550100,2026-12-05T12:00:00+01:00,125\n"
+        "c3,201,0612345678,2026-12-03T12:00:00+01:00,60\n"
+    )
+    out = tmp_path / "out.csv"
+    code, _, _ = run(capsys, "rate-file", "--plan", BANDS_PLAN, str(src), "-o", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert code == 0 and [(r["band"], r["cost"]) for r in rows] == [("peak", "0.0174"), ("weekend", "0.015")] + [("", "0.00")]  # fmt: skip

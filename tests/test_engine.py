@@ -130,7 +130,7 @@ async def test_a_charged_call_is_answered_renewed_and_settled_on_the_clock() -> 
     async with rig() as r:
         a = await r.engine.authorize(request())
         assert (a.status, a.reason, a.quota_seconds, a.guard_seconds) == (Status.ALLOW, Reason.CHARGED, 60, 120)
-        price = r.engine.calls[a.call_id].price
+        price = r.engine.calls[a.call_id].fare.first
         r.clock.advance(4)  # ringing
         await r.engine.handle(answered("1795535109.7", T0 + 4))
         # at the answer the deadline is set on both legs: the caller's and the called channel

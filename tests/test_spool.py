@@ -129,7 +129,7 @@ async def test_a_call_ending_while_postgresql_is_cut_is_billed_once_when_it_is_b
         engine = await funded_engine(url, spool_file, clock)
         a = await engine.authorize(AuthorizeRequest("1795535109.1", PREMIUM, "201", "acme"))
         assert a.status is Status.ALLOW and a.reason is Reason.CHARGED
-        price = engine.calls[a.call_id].price
+        price = engine.calls[a.call_id].fare.first
         await engine.handle(Answered("1795535109.1", T0 + 5, "PJSIP/201-1", "PJSIP/out-1", "1795535109.2"))
         await proxy.cut()
         clock.advance(50)

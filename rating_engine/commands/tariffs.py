@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,12 +19,14 @@ import numpy as np
 from .. import number_cache
 from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
+from ..rating.bands import zone_info
 from ..rating.batch import rate_batch
 from ..rating.catalog import Tariffs, load_tariffs
 from ..rating.decision import decide
 from ..rating.deck import FOREVER, SINCE_EVER, load_deck
 from ..rating.plan import Plan
-from ..rating.price import MAX_BILLSEC, charged_seconds, cost
+from ..rating.price import MAX_BILLSEC, Segment
+from ..rating.rates import PlanRates
 from .common import Progress, iso, parse_time, print_json, table
 
 IN_COLUMNS = ("call_id", "extension", "dialed", "start", "billsec")
@@ -37,6 +40,7 @@ OUT_COLUMNS = (
     "destination",
     "charged_seconds",
     "cost",
+    "band",
 )
 CHUNK = 100_000
 
@@ -58,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--at", help="call start, ISO 8601 or unix seconds (default: now; no zone = UTC)")
     r.add_argument("--seconds", type=int, help="price a call of this many billable seconds")
     r.add_argument("--budget", help="how long this amount pays for (decimal, plan currency)")
+    r.add_argument("--tz", help="the account's time zone, for time bands (default: the plan's)")
     r.add_argument("--json", action="store_true", help="machine-readable output")
     r.set_defaults(handler=cmd_rate)
 
@@ -66,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("-o", "--output", required=True, metavar="OUT.csv")
     f.add_argument("--plan", required=True, help="the calling plan (.toml)")
     f.add_argument("--rejects", metavar="FILE", help="bad rows go here (default: OUT.rejects.csv)")
+    f.add_argument("--tz", help="the account's time zone, for time bands (default: the plan's)")
     f.set_defaults(handler=cmd_rate_file)
 
 
@@ -134,7 +140,9 @@ def cmd_rate(args: argparse.Namespace) -> int:
     if args.seconds is not None and not 0 <= args.seconds <= MAX_BILLSEC:
         raise ConfigError(f"--seconds: from 0 to {MAX_BILLSEC}")
     budget = parse_amount(args.budget) if args.budget is not None else None
-    d = decide(plan, tariffs.table_for(plan), args.number, at, budget=budget)
+    tz = _zone(args.tz)
+    rates = tariffs.rates_for(plan)
+    d = decide(plan, rates, args.number, at, budget=budget, tz=tz)
     c, cur = d.number, plan.currency
     out: dict[str, Any] = {
         "dialed": args.number,
@@ -161,10 +169,16 @@ def cmd_rate(args: argparse.Namespace) -> int:
             "minimum": format_amount(p.minimum, cur),
             "deck_line": d.row.line,
         }
-        if args.seconds is not None:
+        if d.band:
+            out["band"] = d.band
+            out["timezone"] = rates.zone(tz)
+        if args.seconds is not None and d.fare is not None:
+            segments = d.fare.segments(args.seconds)
             out["seconds"] = args.seconds
-            out["charged_seconds"] = charged_seconds(args.seconds, p)
-            out["cost"] = format_amount(cost(args.seconds, p), cur)
+            out["charged_seconds"] = sum(g.charged for g in segments)
+            out["cost"] = format_amount(d.fare.cost(args.seconds), cur)
+            if rates.bands is not None:
+                out["segments"] = [_segment(g, at, rates, tz, cur) for g in segments]
     elif args.seconds is not None:
         out["seconds"], out["cost"] = args.seconds, format_amount(0, cur)
     if budget is not None:
@@ -175,6 +189,28 @@ def cmd_rate(args: argparse.Namespace) -> int:
         return 0
     _explain(out, cur)
     return 0
+
+
+def _zone(tz: str | None) -> str | None:
+    if tz is not None:
+        try:
+            zone_info(tz)
+        except TariffError as exc:
+            raise ConfigError(f"--tz: {exc.message}") from None
+    return tz
+
+
+def _segment(g: Segment, at: int, rates: PlanRates, tz: str | None, cur: str) -> dict[str, Any]:
+    zone = zone_info(rates.zone(tz))
+    return {
+        "from": datetime.fromtimestamp(at + g.offset, zone).isoformat(),
+        "band": rates.band_name(rates.band_at(at + g.offset, tz)),
+        "seconds": g.seconds,
+        "charged_seconds": g.charged,
+        "per_minute": format_amount(g.price.per_minute, cur),
+        "increments": f"{g.price.initial}/{g.price.increment}" if g.offset == 0 else f"{g.price.increment}",
+        "cost": format_amount(g.money, cur),
+    }
 
 
 def _explain(o: dict[str, Any], currency: str) -> None:
@@ -192,10 +228,18 @@ def _explain(o: dict[str, Any], currency: str) -> None:
             f"{r['per_minute']} {currency}/min, connect {r['connect_fee']}, "
             f"increments {r['increments']} s, minimum {r['minimum']}"
         )
+    if "band" in o:
+        print(f"band at the start: {o['band']} ({o['timezone']})")
+    for g in o.get("segments", []):
+        print(
+            f"  from {g['from']}  {g['band']}: {g['seconds']} s billed as {g['charged_seconds']} s "
+            f"(increments {g['increments']}) at {g['per_minute']} {currency}/min = {g['cost']}"
+        )
     if "cost" in o:
         print(
             f"cost of {o['seconds']} s: {o['cost']} {currency}"
             + (f" (billed as {o['charged_seconds']} s)" if "charged_seconds" in o else "")
+            + (", connect fee and minimum once per call" if len(o.get("segments", [])) > 1 else "")
         )
     if "max_seconds" in o:
         limit = "no limit from money" if o["max_seconds"] is None else f"{o['max_seconds']} s"
@@ -206,7 +250,8 @@ def cmd_rate_file(args: argparse.Namespace) -> int:
     """Rate a CSV into OUT and OUT.rejects.csv; both appear only complete (written to temporary
     files beside them, renamed at the end), and neither may be the input."""
     tariffs, plan = _single_plan(args.plan)
-    table_ = tariffs.table_for(plan)
+    rates = tariffs.rates_for(plan)
+    tz = _zone(args.tz)
     number_cache.install()
     src = Path(args.input)
     out_path = Path(args.output)
@@ -225,7 +270,7 @@ def cmd_rate_file(args: argparse.Namespace) -> int:
             _temporary(out_path, temps) as fout,
             _temporary(rejects_path, temps) as frej,
         ):
-            good, bad = _rate_stream(plan, table_, src, fin, fout, frej, progress)
+            good, bad = _rate_stream(plan, rates, tz, src, fin, fout, frej, progress)
         os.replace(temps[0], out_path)
         os.replace(temps[1], rejects_path)
     except UnicodeDecodeError as exc:
@@ -262,7 +307,14 @@ def _temporary(final: Path, temps: list[Path]) -> Iterator[TextIO]:
 
 
 def _rate_stream(
-    plan: Plan, table_: Any, src: Path, fin: TextIO, fout: TextIO, frej: TextIO, progress: Progress
+    plan: Plan,
+    rates: PlanRates,
+    tz: str | None,
+    src: Path,
+    fin: TextIO,
+    fout: TextIO,
+    frej: TextIO,
+    progress: Progress,
 ) -> tuple[int, int]:
     good = bad = 0
     reader = csv.reader(fin)
@@ -285,10 +337,10 @@ def _rate_stream(
         assert row is not None
         chunk.append(row)
         if len(chunk) >= CHUNK:
-            good += _rate_chunk(plan, table_, chunk, out)
+            good += _rate_chunk(plan, rates, tz, chunk, out)
             chunk = []
             progress.update(good + bad)
-    good += _rate_chunk(plan, table_, chunk, out)
+    good += _rate_chunk(plan, rates, tz, chunk, out)
     progress.update(good + bad)
     return good, bad
 
@@ -308,21 +360,22 @@ def _check_row(cells: list[str]) -> tuple[tuple[list[str], int, int] | None, str
     return (cells, start, int(cells[4])), ""
 
 
-def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out: Any) -> int:
+def _rate_chunk(plan: Plan, rates: PlanRates, tz: str | None, chunk: list[tuple[list[str], int, int]], out: Any) -> int:
     if not chunk:
         return 0
     res = rate_batch(
         plan,
-        t,
+        rates,
         [c[0][2] for c in chunk],
         np.array([c[1] for c in chunk], dtype=np.int64),
         np.array([c[2] for c in chunk], dtype=np.int64),
+        tz=tz,
     )
     cur = plan.currency
     for i, (cells, _, _) in enumerate(chunk):
         num = res.number(i)
-        r = int(res.rows[i])
-        row = t.rows[r] if r >= 0 else None
+        r, band = int(res.rows[i]), int(res.bands[i])
+        row = rates.tables[band].rows[r] if r >= 0 else None
         out.writerow(
             (
                 *cells,
@@ -334,6 +387,7 @@ def _rate_chunk(plan: Plan, t: Any, chunk: list[tuple[list[str], int, int]], out
                 row.destination if row else "",
                 int(res.charged_seconds[i]),
                 format_amount(int(res.costs[i]), cur),
+                rates.band_name(band) if row else "",
             )
         )
     return len(chunk)

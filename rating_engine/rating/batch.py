@@ -38,6 +38,8 @@ class BatchResult:
     """Rate row index per call, -1 when the call is not charged."""
     charged_seconds: IntArray
     costs: IntArray
+    bands: IntArray
+    """The time band at each call's start (0 when the plan has none): `rows` index its table."""
 
     def __len__(self) -> int:
         return len(self.reason_codes)
@@ -82,11 +84,11 @@ def rate_batch(
     if rates.bands is None:
         rows = rates.tables[0].lookup_batch(keys, lens, when)
         charged_s, costs = _flat_costs(rates.tables[0], rows, seconds)
+        start_band = np.zeros(len(rows), dtype=np.int64)
     else:
         by_band = [t.lookup_batch(keys, lens, when) for t in rates.tables]
-        edges, bands = rates.bands.timeline(
-            rates.zone(tz), int(when.min(initial=0)), int(np.ptp(when)) + 1 if len(when) else 1
-        )
+        first, span = (int(when.min()), int(np.ptp(when)) + 1) if len(when) else (0, 1)
+        edges, bands = rates.bands.timeline(rates.zone(tz), first, span)
         start_band = np.asarray(bands, dtype=np.int64)[np.searchsorted(edges, when, side="right") - 1]
         rows = np.choose(start_band, by_band) if len(by_band) > 1 else by_band[0]
         charged = rows != NO_ROW
@@ -94,7 +96,7 @@ def rate_batch(
         costs, charged_s = np.where(charged, costs, 0), np.where(charged, charged_s, 0)
     charged = rows != NO_ROW
     codes = np.where(to_rate, np.where(charged, _CHARGED, _NO_RATE), codes)
-    return BatchResult(col, codes, rows, charged_s, costs)
+    return BatchResult(col, codes, rows, charged_s, costs, start_band)
 
 
 def _flat_costs(table: RateTable, rows: IntArray, seconds: IntArray) -> tuple[IntArray, IntArray]:

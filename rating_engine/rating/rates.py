@@ -61,6 +61,11 @@ class PlanRates:
             pieces.append((offset, table.rows[i].price if i != NO_ROW else start_price))
         return Fare(tuple(pieces))
 
+    def fare_at(self, digits: str, at: int, tz: str | None = None) -> Fare | None:
+        """The fare of a call to `digits` whose billing starts at `at` (its answer), if it has a rate."""
+        _band, row = self.lookup(digits, at, tz)
+        return None if row == NO_ROW else self.fare(digits, at, row, tz)
+
     def segment_costs(
         self, rows: list[IntArray], start_band: IntArray, starts: IntArray, seconds: IntArray, tz: str | None
     ) -> tuple[IntArray, IntArray]:
