@@ -123,7 +123,8 @@ def test_rate_explains_the_segments_of_a_call_across_a_band_change(capsys) -> No
     code, out, _ = run(capsys, *argv, "--json")
     o = json.loads(out)
     assert code == 0 and (o["band"], o["timezone"]) == ("peak", "Europe/Paris")
-    assert [(g["band"], g["seconds"], g["charged_seconds"]) for g in o["segments"]] == [("peak", 30, 30), ("offpeak", 95, 95)]  # fmt: skip
+    segments = [(g["band"], g["seconds"], g["charged_seconds"]) for g in o["segments"]]
+    assert segments == [("peak", 30, 30), ("offpeak", 95, 95)]
     assert o["segments"][1]["from"] == "2026-12-03T19:00:00+01:00" and o["cost"] == "0.0174"
     code, out, _ = run(capsys, *argv)
     assert "from 2026-12-03T19:00:00+01:00  offpeak: 95 s" in out and "connect fee and minimum once per call" in out
@@ -147,4 +148,8 @@ def test_rate_file_names_each_call_s_band(capsys, tmp_path: Path) -> None:  # ty
     out = tmp_path / "out.csv"
     code, _, _ = run(capsys, "rate-file", "--plan", BANDS_PLAN, str(src), "-o", str(out))
     rows = list(csv.DictReader(out.open()))
-    assert code == 0 and [(r["band"], r["cost"]) for r in rows] == [("peak", "0.0174"), ("weekend", "0.015")] + [("", "0.00")]  # fmt: skip
+    assert code == 0 and [(r["band"], r["cost"]) for r in rows] == [
+        ("peak", "0.0174"),
+        ("weekend", "0.015"),
+        ("", "0.00"),
+    ]
