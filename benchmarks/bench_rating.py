@@ -22,6 +22,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import phonenumbers
@@ -188,6 +189,47 @@ def _against_phonenumbers(res: BatchResult, dialed: list[str], country: str) -> 
     return bad
 
 
+WEEK_START = 1_796_425_200  # Monday 2026-12-07 00:00 in Paris
+
+
+def _band_workload(  # type: ignore[no-untyped-def]
+    tariffs, dialed: list[str], billsec: np.ndarray, repeat: int, sample: int, rng: random.Random, log
+) -> dict[str, Any]:
+    """The same calls on the plan with time bands, started all over one week in Paris: the batch
+    against decide() + Fare one by one on a sample, and the two compared call by call."""
+    plan = tariffs.plan("office-fr-bands")
+    rates = tariffs.rates_for(plan)
+    starts = np.array([WEEK_START + rng.randrange(7 * 86400) for _ in dialed], dtype=np.int64)
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = rate_batch(plan, rates, dialed, starts, billsec)
+        best = min(best, time.perf_counter() - t0)
+    n = min(sample, len(dialed))
+    t0 = time.perf_counter()
+    one = []
+    crossing = 0
+    for i in range(n):
+        d = decide(plan, rates, dialed[i], int(starts[i]))
+        if d.charged and d.fare is not None:
+            one.append(d.fare.cost(int(billsec[i])))
+            crossing += len(d.fare.pieces) > 1 and d.fare.pieces[1][0] < billsec[i]
+        else:
+            one.append(0)
+    single_s = time.perf_counter() - t0
+    bad = sum(int(res.costs[i]) != one[i] for i in range(n))
+    log(f"bands: vectorized {best:.2f} s; one by one {n:,} calls in {single_s:.2f} s ({crossing} cross a band)")
+    return {
+        "calls": len(dialed),
+        "vectorized_seconds": round(best, 3),
+        "vectorized_calls_per_s": round(len(dialed) / best),
+        "one_by_one_calls": n,
+        "one_by_one_calls_per_s": round(n / single_s),
+        "mismatches": bad,
+        "sample_calls_crossing_a_band": int(crossing),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=1_000_000)
@@ -196,8 +238,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    ap.add_argument("--band-sample", type=int, default=50_000, help="calls priced one by one beside the batch")
+    args = ap.parse_args()
     rng = random.Random(7)
-    tariffs = load_tariffs([ROOT / "tariffs/office-fr.toml"])
+    tariffs = load_tariffs([ROOT / "tariffs/office-fr.toml", ROOT / "tariffs/office-fr-bands.toml"])
     plan = tariffs.plan("office-fr")
     table = tariffs.table_for(plan)
 
@@ -245,6 +289,8 @@ def main() -> None:
             if mismatches <= 5:
                 print(f"MISMATCH {dialed[i]!r}: ours {ours} naive {(reason, prefix, money)}", file=sys.stderr)
 
+    bands = _band_workload(tariffs, dialed, billsec, args.repeat, args.band_sample, rng, log)
+
     # One-call latency through the real-time entry point: first sight (cold) and cached (warm).
     _classify.cache_clear()
     sample = dialed[: args.latency_calls]
@@ -277,6 +323,7 @@ def main() -> None:
             "build_seconds": round(build_s, 3),
             "cache_read_seconds": round(load_s, 4),
         },
+        "bands": bands,
         "decide_latency_us": {
             "calls": len(sample),
             "p50": round(float(np.percentile(both, 50)), 2),
@@ -301,6 +348,13 @@ def main() -> None:
                 f"{naive_s / vector_s:.1f}x",
             ],
             ["naive per call (baseline)", f"{calls / naive_s:,.0f}", f"{naive_s:.2f}", "1.0x"],
+            [
+                "time bands, vectorized",
+                f"{bands['vectorized_calls_per_s']:,}",
+                f"{bands['vectorized_seconds']:.2f}",
+                f"{bands['vectorized_calls_per_s'] / bands['one_by_one_calls_per_s']:.1f}x",
+            ],
+            ["time bands, one by one (baseline)", f"{bands['one_by_one_calls_per_s']:,}", "", "1.0x"],
             ["decide() p50 / p99 µs", f"{lat['p50']} / {lat['p99']}", "", ""],
             ["  cold p50 / p99 µs", f"{lat['cold_p50']} / {lat['cold_p99']}", f"({lat['cold_calls']:,})", ""],
             ["  warm p50 / p99 µs", f"{lat['warm_p50']} / {lat['warm_p99']}", f"({lat['warm_calls']:,})", ""],
@@ -310,6 +364,7 @@ def main() -> None:
         data,
         args.json,
     )
+    mismatches += bands["mismatches"]
     if mismatches or class_mismatches:
         print(f"{mismatches} call(s) and {class_mismatches} number(s) disagree", file=sys.stderr)
         sys.exit(1)

@@ -287,6 +287,10 @@ def table() -> NumberTable:
     return _table
 
 
+def installed() -> bool:
+    return _table is not None
+
+
 def install(t: NumberTable) -> None:
     global _table
     _table = t

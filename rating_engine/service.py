@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any
 
-from . import number_cache
+from . import number_cache, number_table
 from .asterisk.agent import Agent
 from .asterisk.ami_client import AmiClient
 from .asterisk.cdr import CdrRecords
@@ -136,6 +136,11 @@ class Service:
             except (OSError, ConnectionError) as exc:
                 raise StartupError(f"cannot open the ledger: {exc}") from None
             self._ledger_open = True
+        if not number_table.installed():  # before the first call: building it would stall the loop
+            started = time.perf_counter()
+            numbers = number_cache.install()
+            took = round(time.perf_counter() - started, 3)
+            log.info("number table ready", extra={"ranges": len(numbers), "seconds": took})
         spool = self.engine.spool
         if spool is not None and spool.load():
             written = await self.engine.flush_spool()
@@ -298,9 +303,6 @@ def raise_fd_limit() -> int:
 def run(config: Config) -> None:
     """Run on uvloop where it is installed, plain asyncio otherwise."""
     log.info("open files limit", extra={"nofile": raise_fd_limit()})
-    started = time.perf_counter()
-    numbers = number_cache.install()
-    log.info("number table ready", extra={"ranges": len(numbers), "seconds": round(time.perf_counter() - started, 3)})
     try:
         import uvloop
 

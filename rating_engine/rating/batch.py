@@ -86,7 +86,9 @@ def rate_batch(
         charged_s, costs = _flat_costs(rates.tables[0], rows, seconds)
         start_band = np.zeros(len(rows), dtype=np.int64)
     else:
-        by_band = [t.lookup_batch(keys, lens, when) for t in rates.tables]
+        slots = rates.table_slots()
+        looked = {slot: rates.tables[b].lookup_batch(keys, lens, when) for b, slot in reversed(list(enumerate(slots)))}
+        by_band = [looked[slot] for slot in slots]
         first, span = (int(when.min()), int(np.ptp(when)) + 1) if len(when) else (0, 1)
         edges, bands = rates.bands.timeline(rates.zone(tz), first, span)
         start_band = np.asarray(bands, dtype=np.int64)[np.searchsorted(edges, when, side="right") - 1]

@@ -82,31 +82,39 @@ class PlanRates:
         edges_l, bands_l = self.bands.timeline(self.zone(tz), t0, t1 - t0 + 1)
         edges = np.array([*edges_l, 2**62], dtype=np.int64)
         bands = np.array([*bands_l, 0], dtype=np.int64)
-        own = [t.prices.take(np.maximum(r, 0)) for t, r in zip(self.tables, rows, strict=True)]
-        start_price = self._price_of(own, start_band)  # never missing: the call was priced in it
-        columns = [_or(start_price, p, r == NO_ROW) for p, r in zip(own, rows, strict=True)]
-        first = start_price
+        # Bands that share a deck share its columns: the choice is among distinct tables.
+        slot = self.table_slots()
+        distinct = {slot[b]: b for b in range(len(self.tables))}
+        own = [self.tables[b].prices.take(np.maximum(rows[b], 0)) for b in distinct.values()]
+        band_slot = np.array(slot, dtype=np.int64)
+        start_price = self._price_of(own, band_slot[start_band])  # never missing: the call was priced in it
+        columns = [_or(start_price, p, rows[b] == NO_ROW) for p, b in zip(own, distinct.values(), strict=True)]
         piece = np.searchsorted(edges, starts, side="right") - 1
-        pos = np.zeros(n, dtype=np.int64)
         money = np.zeros(n, dtype=np.int64)
-        k = 0
-        active = seconds > pos
-        while active.any():
-            band = bands[piece]
-            length = np.where(active, np.minimum(edges[piece + 1] - (starts + pos), seconds - pos), 0)
-            p = self._price_of(columns, band)
-            if k == 0:
-                charged = charged_seconds_array(length, p)
-            else:
-                charged = np.where(length > 0, -(-length // p.increment) * p.increment, 0)
-            money += -(-(charged * p.per_minute) // 60)
-            charged_total += charged
+        at = np.flatnonzero(seconds > 0)  # the calls still running, segment after segment
+        pos = np.zeros(len(at), dtype=np.int64)
+        piece = piece[at]
+        first_segment = True
+        while len(at):
+            cols = [_take(c, at) for c in columns] if not first_segment or len(at) < n else columns
+            p = self._price_of(cols, band_slot[bands[piece]])
+            end = seconds[at]
+            length = np.minimum(edges[piece + 1] - (starts[at] + pos), end - pos)
+            # the call's first segment starts with the initial increment; a later one with its own
+            charged = charged_seconds_array(length, p) if first_segment else -(-length // p.increment) * p.increment
+            money[at] += -(-(charged * p.per_minute) // 60)
+            charged_total[at] += charged
             pos += length
-            piece = np.minimum(piece + 1, len(edges) - 2)
-            k += 1
-            active = seconds > pos
-        cost = np.where(seconds > 0, np.maximum(first.minimum, first.connect_fee + money), 0)
+            going = pos < end
+            at, pos, piece = at[going], pos[going], np.minimum(piece[going] + 1, len(edges) - 2)
+            first_segment = False
+        cost = np.where(seconds > 0, np.maximum(start_price.minimum, start_price.connect_fee + money), 0)
         return cost.astype(np.int64), charged_total
+
+    def table_slots(self) -> list[int]:
+        """Per band, the index of its table among the distinct ones (bands often share a deck)."""
+        seen: dict[int, int] = {}
+        return [seen.setdefault(id(t), len(seen)) for t in self.tables]
 
     @staticmethod
     def _price_of(columns: list[PriceColumns], band: IntArray) -> PriceColumns:
@@ -116,6 +124,10 @@ class PlanRates:
 
 
 _FIELDS = ("per_minute", "connect_fee", "initial", "increment", "minimum")
+
+
+def _take(p: PriceColumns, at: IntArray) -> PriceColumns:
+    return PriceColumns(*(getattr(p, f)[at] for f in _FIELDS))
 
 
 def _or(fallback: PriceColumns, own: PriceColumns, missing: IntArray) -> PriceColumns:
