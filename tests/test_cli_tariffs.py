@@ -153,3 +153,12 @@ def test_rate_file_names_each_call_s_band(capsys, tmp_path: Path) -> None:  # ty
         ("weekend", "0.015"),
         ("", "0.00"),
     ]
+
+
+def test_validate_reads_a_bands_file_and_names_its_gaps(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "tariffs", "validate", str(ROOT / "tariffs/bands-fr.csv"), BANDS_PLAN)
+    assert code == 0 and "ok: 2 file(s)" in out
+    bad = tmp_path / "bands.csv"
+    bad.write_text("band,days,from,until\npeak,mon-sun,08:00,19:00\noff,mon-sun,00:00,08:00\n")
+    code, _, err = run(capsys, "tariffs", "validate", str(bad))
+    assert code == 1 and f"{bad}:2: mon: no band from 19:00 to 24:00" in err

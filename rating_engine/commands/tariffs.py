@@ -19,7 +19,8 @@ import numpy as np
 from .. import number_cache
 from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
-from ..rating.bands import zone_info
+from ..rating.bands import HEADER as BANDS_HEADER
+from ..rating.bands import parse_bands, zone_info
 from ..rating.batch import rate_batch
 from ..rating.catalog import Tariffs, load_tariffs
 from ..rating.decision import decide
@@ -48,7 +49,7 @@ CHUNK = 100_000
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     t = sub.add_parser("tariffs", help="validate and inspect rate decks and plans")
     tsub = t.add_subparsers(dest="tariffs_command", metavar="ACTION", required=True)
-    v = tsub.add_parser("validate", help="check decks (.csv) and plans (.toml); exit 1 on problems")
+    v = tsub.add_parser("validate", help="check decks and bands files (.csv) and plans (.toml); exit 1 on problems")
     v.add_argument("files", nargs="+", metavar="FILE")
     v.set_defaults(handler=cmd_validate)
     s = tsub.add_parser("show", help="a plan's settings and its rate rows")
@@ -80,12 +81,26 @@ def _single_plan(path: str) -> tuple[Tariffs, Plan]:
     return tariffs, next(iter(tariffs.plans.values()))
 
 
+def _is_bands_file(name: str) -> bool:
+    """A bands file is told from a deck by its header (band,days,from,until)."""
+    try:
+        with open(name, encoding="utf-8") as f:
+            for line in f:
+                if line.strip() and not line.lstrip().startswith("#"):
+                    return tuple(c.strip().lower() for c in line.split(",")) == BANDS_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+    return False
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[TariffError] = []
     for name in args.files:
         try:
             if name.endswith(".toml"):
                 load_tariffs([name])
+            elif _is_bands_file(name):
+                parse_bands(Path(name).read_text(encoding="utf-8").splitlines(), name)
             else:
                 load_deck(name)
         except TariffErrors as exc:
