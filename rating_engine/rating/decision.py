@@ -108,7 +108,7 @@ def decide_classified(
     if index < 0:
         return Decision(False, Reason.NO_RATE, c)
     row = rates.tables[band].rows[index]
-    fare = rates.fare(digits, at, index, tz)
+    fare = Fare.flat(row.price) if rates.bands is None else rates.fare(digits, at, index, tz)
     first = fare.cost(1)
     name = rates.band_name(band)
     if budget is None:
