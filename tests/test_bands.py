@@ -30,19 +30,11 @@ from rating_engine.rating.price import UNLIMITED_SECONDS, Fare, Price, cost, max
 
 from .helpers import EUR, reference_cost
 from .test_engine import FakePbx, ManualClock
+from .test_price import prices
 
 ROOT = Path(__file__).resolve().parent.parent
 PARIS = ZoneInfo("Europe/Paris")
 SAMPLE_BANDS = (ROOT / "tariffs" / "bands-fr.csv").read_text(encoding="utf-8").splitlines()
-
-prices = st.builds(
-    Price,
-    per_minute=st.integers(0, 5_000_000),
-    connect_fee=st.integers(0, 2_000_000),
-    initial=st.sampled_from([1, 6, 30, 60, 90]),
-    increment=st.sampled_from([1, 6, 30, 60]),
-    minimum=st.integers(0, 3_000_000),
-)
 
 
 @st.composite
