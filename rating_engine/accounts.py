@@ -110,10 +110,11 @@ class Accounts:
 
     @staticmethod
     def new_settings(plan: Plan, /, **settings: Any) -> AccountSettings:
-        """The settings of a new account on `plan` (its currency), the others as given, else the
-        defaults; checked without touching the ledger."""
+        """The settings of a new account on `plan` (its currency, and its time zone unless one is
+        given), the others as given, else the defaults; checked without touching the ledger."""
         _only_settings(settings)
-        checked: AccountSettings = _checked(AccountSettings, {**settings, "plan": plan.name, "currency": plan.currency})
+        chosen = {"timezone": plan.timezone, **settings, "plan": plan.name, "currency": plan.currency}
+        checked: AccountSettings = _checked(AccountSettings, chosen)
         return checked
 
     async def create(self, account_id: str, chosen: AccountSettings) -> Account:

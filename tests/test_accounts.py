@@ -35,6 +35,17 @@ async def test_an_account_is_created_on_its_plan_in_the_plans_currency(accounts:
         Accounts.new_settings(PLAN, plan="other", threshold_x=1)
 
 
+def test_a_new_account_takes_its_plan_s_time_zone_unless_given_one() -> None:
+    from rating_engine.rating.plan import load_plan
+
+    from .conftest import ROOT
+
+    bands = load_plan(ROOT / "tariffs" / "office-fr-bands.toml")
+    assert Accounts.new_settings(bands).timezone == "Europe/Paris"  # its time bands are read there
+    assert Accounts.new_settings(bands, timezone="America/Martinique").timezone == "America/Martinique"
+    assert Accounts.new_settings(PLAN).timezone == "UTC"  # a plan without a zone
+
+
 async def test_a_change_keeps_what_it_does_not_name_and_says_what_changed(accounts: Accounts) -> None:
     await accounts.create("acme", Accounts.new_settings(PLAN, threshold=2 * EUR, max_calls=4))
     changed = await accounts.change("acme", {"on_low": OnLow.TOPUP, "topup_amount": 20 * EUR}, actor="admin")

@@ -132,7 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _limits(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("fraud limits (each: a value, or none)")
-    g.add_argument("--timezone", help="IANA time zone of the office (caps' days and months, office hours); default UTC")
+    g.add_argument(
+        "--timezone",
+        help="IANA time zone of the office (caps' days and months, office hours, time bands); "
+        "default: the plan's, else UTC",
+    )
     g.add_argument("--max-calls", help="at most this many chargeable calls at once; beyond: too_many_calls")
     g.add_argument("--max-attempts", help="at most this many chargeable call attempts per minute: rate_limited")
     g.add_argument("--velocity", help="at most this much spending per rolling hour (decimal): velocity_limit")
