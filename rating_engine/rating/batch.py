@@ -87,7 +87,8 @@ def rate_batch(
         start_band = np.zeros(len(rows), dtype=np.int64)
     else:
         slots = rates.table_slots()
-        looked = {slot: rates.tables[b].lookup_batch(keys, lens, when) for b, slot in reversed(list(enumerate(slots)))}
+        first_band_of = {slot: b for b, slot in reversed(list(enumerate(slots)))}
+        looked = {slot: rates.tables[b].lookup_batch(keys, lens, when) for slot, b in first_band_of.items()}
         by_band = [looked[slot] for slot in slots]
         first, span = (int(when.min()), int(np.ptp(when)) + 1) if len(when) else (0, 1)
         edges, bands = rates.bands.timeline(rates.zone(tz), first, span)

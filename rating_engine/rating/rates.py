@@ -96,8 +96,10 @@ class PlanRates:
         piece = piece[at]
         first_segment = True
         while len(at):
-            cols = [_take(c, at) for c in columns] if not first_segment or len(at) < n else columns
-            p = self._price_of(cols, band_slot[bands[piece]])
+            if first_segment:  # the start band's price, already chosen
+                p = start_price if len(at) == n else _take(start_price, at)
+            else:
+                p = self._price_of([_take(c, at) for c in columns], band_slot[bands[piece]])
             end = seconds[at]
             length = np.minimum(edges[piece + 1] - (starts[at] + pos), end - pos)
             # the call's first segment starts with the initial increment; a later one with its own
