@@ -333,13 +333,21 @@ class Engine:
     @staticmethod
     def _bill_from_answer(call: Call) -> None:
         """With time bands, the fare starts at the answer, not at the authorization: the granted
-        time shrinks to what the reservation pays at that fare (never more than was held)."""
+        time shrinks to what the reservation pays at that fare (never more than was held). If the
+        reservation cannot pay even the first increment at the answer's fare, the call keeps the
+        fare it was authorized at: an account is never overdrawn by a band change during ringing."""
         if call.fare_at is None or call.answered_at is None:
             return
         fare = call.fare_at(math.floor(call.answered_at))
-        if fare is not None:
-            call.fare = fare
-            call.granted = max(1, min(call.granted, fare.max_seconds(call.reserved)))
+        if fare is None:
+            return
+        paid = fare.max_seconds(call.reserved)
+        if paid < 1:
+            log.info("answered in a dearer band than the reservation pays: the authorized fare kept",
+                     extra={"call_id": call.call_id})  # fmt: skip
+            return
+        call.fare = fare
+        call.granted = min(call.granted, paid)
 
     async def _follow(self, call: Call) -> None:
         """Hold the deadline in Asterisk and move it forward while the account can pay.

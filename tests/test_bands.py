@@ -333,3 +333,24 @@ async def test_answered_in_a_dearer_band_the_call_gets_what_its_reservation_pays
         await engine.handle(HungUp(uid, start + 40 + call.granted))
         [row] = await ledger.activity("acme")
         assert row.cost <= balance and not row.overdraft and await ledger.check() == []
+
+
+async def test_a_reservation_that_cannot_pay_the_answer_s_first_increment_keeps_its_fare(banded) -> None:  # type: ignore[no-untyped-def]
+    _plan, rates, _t = banded
+    start = _local(2026, 12, 3, 7, 59, 50)
+    before = rates.fare_at("447911123456", start, "Europe/Paris")
+    after = rates.fare_at("447911123456", start + 20, "Europe/Paris")
+    assert before is not None and after is not None and after.cost(1) > before.cost(1)
+    async with banded_engine(before.cost(1), start) as (engine, ledger, clock, pbx):  # one off-peak increment
+        uid = "1796000000.3"
+        a = await engine.authorize(AuthorizeRequest(uid, "+447911123456", "201", "acme"))
+        assert a.reason is Reason.CHARGED
+        clock.advance(20)
+        await engine.handle(Answered(uid, start + 20, f"PJSIP/201-{uid}", f"PJSIP/trunk-{uid}", f"{uid}-b"))
+        call = engine.calls[a.call_id]
+        assert call.fare == before and call.fare.cost(call.granted) <= call.reserved
+        await pbx.next(), await pbx.next()
+        clock.advance(call.granted)
+        await engine.handle(HungUp(uid, start + 20 + call.granted))
+        [row] = await ledger.activity("acme")
+        assert not row.overdraft and (await ledger.account("acme")).balance >= 0
