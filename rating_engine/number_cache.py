@@ -28,7 +28,14 @@ log = logging.getLogger("rating_engine.numbers")
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    """$XDG_CACHE_HOME/rating-engine, else ~/.cache/rating-engine (a service user without a home:
+    the system's temporary directory)."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):
+            base = tempfile.gettempdir()
     return Path(base) / "rating-engine"
 
 

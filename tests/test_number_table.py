@@ -262,3 +262,13 @@ def test_the_live_and_batch_paths_read_the_one_table_installed() -> None:
         number_table.install(real)
         _classify.cache_clear()
     assert classify("0612345678", "FR").kind is Kind.MOBILE
+
+
+def test_the_cache_goes_where_xdg_says_else_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert number_cache.default_dir() == tmp_path / "rating-engine"
+    number_cache.install()  # built or read, and written there
+    assert (tmp_path / "rating-engine" / number_cache.file_name()).is_file()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert number_cache.default_dir() == tmp_path / "home" / ".cache" / "rating-engine"
