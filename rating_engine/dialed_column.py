@@ -106,9 +106,10 @@ def _fast(b: np.ndarray, size: IntArray, country: str, cls: IntArray, value: Int
         return out
 
     digit = (b >= 48) & (b <= 57)
-    odd = np.count_nonzero(~digit & (b != 0), axis=1)
+    odd = ~digit & (b != 0)  # neither a digit nor padding
     plus = char(0) == 43
-    clean = (size > 0) & ((odd == 0) | ((odd == 1) & plus))
+    odd[rows, np.minimum(first, width - 1)] &= ~plus  # a leading "+" is allowed
+    clean = (size > 0) & ~_any_per_row(odd)
     dialing = _dialing(country)
     idd = _starts_with(char, dialing.idd) & ~plus
     national = _starts_with(char, dialing.national) & ~plus & ~idd
@@ -118,16 +119,16 @@ def _fast(b: np.ndarray, size: IntArray, country: str, cls: IntArray, value: Int
     lead = b[rows, np.minimum(first + skip, width - 1)]  # the first digit after the prefix
     ok = clean & (plus | idd | national) & ~short & (count >= 1) & (count <= KEY_DIGITS) & (lead != 48)
     # Leading zeros and the '+' (taken as 0) do not change the integer: the last 18 bytes hold it.
-    tail = b[:, -KEY_DIGITS:]
-    v = np.where(digit[:, -KEY_DIGITS:], tail - 48, 0).astype(np.int64) @ _P10[tail.shape[1] - 1 :: -1]
+    v = _integers(np.where(digit, b, 48).astype(np.uint8))
     intl = ok & ~national
     # The country code: the first 1, 2 or 3 digits that are one (country codes are prefix-free).
     cc = np.zeros(m, dtype=np.int64)
     cc_len = np.zeros(m, dtype=np.int64)
+    three = v // _P10[np.clip(count - 3, 0, KEY_DIGITS)]  # the first three digits (or all, if fewer)
+    heads = [three // 100, three // 10, three]
     for n in (3, 2, 1):
-        head = v // _P10[np.clip(count - n, 0, KEY_DIGITS)]
-        hit = intl & (count >= n) & _IS_CC[np.clip(head, 0, 999)]
-        cc = np.where(hit, head, cc)
+        hit = intl & (count >= n) & _IS_CC[np.clip(heads[n - 1], 0, 999)]
+        cc = np.where(hit, heads[n - 1], cc)
         cc_len = np.where(hit, n, cc_len)
     intl &= cc_len > 0
     home = phonenumbers.country_code_for_region(country)
@@ -140,10 +141,42 @@ def _fast(b: np.ndarray, size: IntArray, country: str, cls: IntArray, value: Int
     good &= ~_parse_may_strip(cc, nsn, nsn_len, good)
     total = _len_of_cc(cc) + nsn_len
     e164 = cc * _P10[np.clip(nsn_len, 0, KEY_DIGITS)] + nsn
-    got = number_table.table().class_ids(np.where(good, e164, 0), np.where(good, total, 0))
+    got = number_table.table().class_ids(e164, total, good)
     good &= got >= 0
     cls[good], value[good], length[good] = got[good], e164[good], total[good]
     return good
+
+
+def _any_per_row(flags: BoolArray) -> BoolArray:
+    """`flags.any(axis=1)`, eight flags at a time (the rows read as 64-bit words)."""
+    m, width = flags.shape
+    pad = (-width) % 8
+    if pad:
+        flags = np.concatenate((np.zeros((m, pad), dtype=bool), flags), axis=1)
+    words = np.ascontiguousarray(flags).view("<u8")
+    out: BoolArray = words[:, 0] != 0
+    for k in range(1, words.shape[1]):
+        out |= words[:, k] != 0
+    return out
+
+
+def _integers(digits: np.ndarray) -> IntArray:
+    """Each row of ASCII digits (non-digits already made '0') as an integer, eight bytes at a time
+    by the SWAR method (three multiplies per eight digits, no division); only the last 24 digits
+    count, and only rows of at most 18 significant digits are used (the rest may wrap)."""
+    m, width = digits.shape
+    pad = (-width) % 8
+    if pad:
+        digits = np.concatenate((np.full((m, pad), 48, dtype=np.uint8), digits), axis=1)
+    words = np.ascontiguousarray(digits).view("<u8")
+    with np.errstate(over="ignore"):
+        x = (words & np.uint64(0x0F0F0F0F0F0F0F0F)) * np.uint64(2561) >> np.uint64(8)
+        x = (x & np.uint64(0x00FF00FF00FF00FF)) * np.uint64(6553601) >> np.uint64(16)
+        x = ((x & np.uint64(0x0000FFFF0000FFFF)) * np.uint64(42949672960001) >> np.uint64(32)) & np.uint64(0xFFFFFFFF)
+        out = np.zeros(m, dtype=np.uint64)
+        for k in range(max(0, x.shape[1] - 3), x.shape[1]):
+            out = out * np.uint64(10**8) + x[:, k]
+    return out.astype(np.int64)
 
 
 def _len_of_cc(cc: IntArray) -> IntArray:

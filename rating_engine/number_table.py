@@ -227,10 +227,12 @@ class NumberTable:
         i = bisect_right(starts, int(digits[:KEY_DIGITS])) - 1
         return self._ids_list[n][i] if i >= 0 else NO_CLASS
 
-    def class_ids(self, keys: IntArray, lengths: IntArray) -> IntArray:
-        """`class_id` per number: `keys` are the digits as integers cut to KEY_DIGITS, `lengths` their counts."""
-        if len(lengths) and lengths.min() > 0 and lengths.max() <= KEY_DIGITS:
+    def class_ids(self, keys: IntArray, lengths: IntArray, where: npt.NDArray[np.bool_] | None = None) -> IntArray:
+        """`class_id` per number: `keys` are the digits as integers cut to KEY_DIGITS, `lengths` their
+        counts. With `where` (rows of 1 to KEY_DIGITS digits), one searchsorted; NO_CLASS elsewhere."""
+        if where is not None:
             joined = keys.astype(np.uint64) + (lengths - 1).astype(np.uint64) * np.uint64(10**KEY_DIGITS)
+            joined[~where] = 0  # before every start: NO_CLASS
             return self._all_ids[np.searchsorted(self._all_starts, joined, side="right") - 1]
         out = np.full(keys.shape, NO_CLASS, dtype=np.int64)
         for n in np.unique(lengths).tolist():
