@@ -82,7 +82,7 @@ def rate_batch(
     when = np.broadcast_to(np.asarray(starts, dtype=np.int64), seconds.shape)
     lens = np.where(to_rate, key_len, 0)
     if rates.bands is None:
-        rows = rates.tables[0].lookup_batch(keys, lens, when)
+        rows = rates.tables[0].lookup_batch(keys, lens, starts)
         charged_s, costs = _flat_costs(rates.tables[0], rows, seconds)
         start_band = np.zeros(len(rows), dtype=np.int64)
     else:

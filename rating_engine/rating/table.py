@@ -157,20 +157,24 @@ class RateTable:
         out = np.full(keys.shape, NO_ROW, dtype=np.int64)
         if len(self.rows) == 0 or keys.size == 0:
             return out
-        when = np.broadcast_to(np.asarray(at, dtype=np.int64), keys.shape)
-        epoch_of = np.searchsorted(self._boundaries_arr, when, side="right")
-        for ei in np.unique(epoch_of):
-            e = self._epochs[int(ei)]
+        when = np.asarray(at, dtype=np.int64)
+        if when.ndim == 0 or not self.boundaries or when.min() == when.max():  # one epoch: no masks
+            first = when if when.ndim == 0 else when.flat[0]
+            return self._in_epoch(self._epoch_at(int(first)), keys, lengths)
+        epoch_of = np.searchsorted(self._boundaries_arr, np.broadcast_to(when, keys.shape), side="right")
+        for ei in np.flatnonzero(np.bincount(epoch_of)).tolist():
             mask = epoch_of == ei
-            rows = e.rows[np.searchsorted(e.starts, keys[mask], side="right") - 1]
-            lens = lengths[mask]
-            while True:
-                too_long = (rows != NO_ROW) & (self.prefix_len[rows] > lens)
-                if not too_long.any():
-                    break
-                rows = np.where(too_long, e.parent[rows], rows)
-            out[mask] = np.where(lens > 0, rows, NO_ROW)
+            out[mask] = self._in_epoch(self._epochs[ei], keys[mask], lengths[mask])
         return out
+
+    def _in_epoch(self, e: _Epoch, keys: IntArray, lens: IntArray) -> IntArray:
+        rows = e.rows[np.searchsorted(e.starts, keys, side="right") - 1]
+        while True:
+            too_long = (rows != NO_ROW) & (self.prefix_len[rows] > lens)
+            if not too_long.any():
+                break
+            rows = np.where(too_long, e.parent[rows], rows)
+        return np.where(lens > 0, rows, NO_ROW)
 
     @staticmethod
     def keys_of(numbers: Sequence[str]) -> tuple[IntArray, IntArray]:
