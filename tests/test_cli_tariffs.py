@@ -162,3 +162,11 @@ def test_validate_reads_a_bands_file_and_names_its_gaps(capsys, tmp_path: Path) 
     bad.write_text("band,days,from,until\npeak,mon-sun,08:00,19:00\noff,mon-sun,00:00,08:00\n")
     code, _, err = run(capsys, "tariffs", "validate", str(bad))
     assert code == 1 and f"{bad}:2: mon: no band from 19:00 to 24:00" in err
+
+
+def test_show_lists_a_plan_s_bands_and_their_hours(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run(capsys, "tariffs", "show", BANDS_PLAN, "--prefix", "1")
+    assert code == 0 and "in Europe/Paris" in out and "12 holiday(s)" in out
+    assert "peak      world.csv: mon-fri 08:00-19:00" in out
+    assert "offpeak   world-offpeak.csv: mon-fri 00:00-08:00, 19:00-24:00" in out
+    assert "weekend   world-offpeak.csv: sat-sun 00:00-24:00" in out

@@ -19,8 +19,8 @@ import numpy as np
 from .. import number_cache
 from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
+from ..rating.bands import DAYS, HOLIDAY, Bands, parse_bands, zone_info
 from ..rating.bands import HEADER as BANDS_HEADER
-from ..rating.bands import parse_bands, zone_info
 from ..rating.batch import rate_batch
 from ..rating.catalog import Tariffs, load_tariffs
 from ..rating.decision import decide
@@ -126,7 +126,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"blocked   kinds: {', '.join(sorted(plan.blocked_kinds)) or '-'}; "
         f"prefixes: {', '.join(plan.blocked_prefixes) or '-'}"
     )
-    print(f"premium   {plan.premium}    short codes {plan.short_codes}\n")
+    print(f"premium   {plan.premium}    short codes {plan.short_codes}")
+    if plan.bands is not None:
+        holidays = len(plan.bands.holidays)
+        print(f"bands     {plan.bands.source} in {plan.timezone} (an account's own zone wins); {holidays} holiday(s)")
+        for name, deck in zip(plan.bands.names, plan.band_decks, strict=True):
+            print(f"  {name:<9} {deck.name}: {_hours_of(plan.bands, name)}")
+    print()
     rows = [r for r in t.rows if not args.prefix or r.prefix.startswith(args.prefix)]
     c = plan.currency
     table(
@@ -146,6 +152,26 @@ def cmd_show(args: argparse.Namespace) -> int:
         ["prefix", "destination", "per_min", "connect", "incr", "minimum", "from", "until"],
     )
     return 0
+
+
+def _hours_of(bands: Bands, name: str) -> str:
+    """A band's hours, consecutive days with the same hours joined: "mon-fri 08:00-19:00"."""
+    band = bands.names.index(name)
+    spans = [
+        ", ".join(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}" for a, b, x in bands.days[d] if x == band)
+        for d in range(8)
+    ]
+    out: list[str] = []
+    d = 0
+    while d < 8:
+        end = d
+        while end + 1 < HOLIDAY and d < HOLIDAY and spans[end + 1] == spans[d]:
+            end += 1
+        if spans[d]:
+            days = "holiday" if d == HOLIDAY else DAYS[d] if end == d else f"{DAYS[d]}-{DAYS[end]}"
+            out.append(f"{days} {spans[d]}")
+        d = end + 1
+    return "; ".join(out)
 
 
 def cmd_rate(args: argparse.Namespace) -> int:
