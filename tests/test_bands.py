@@ -354,3 +354,19 @@ async def test_a_reservation_that_cannot_pay_the_answer_s_first_increment_keeps_
         await engine.handle(HungUp(uid, start + 20 + call.granted))
         [row] = await ledger.activity("acme")
         assert not row.overdraft and (await ledger.account("acme")).balance >= 0
+
+
+def test_a_call_s_fare_survives_a_restart_in_its_reservation_details(banded) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from rating_engine.engine import Call, _call_from
+
+    _plan, rates, _t = banded
+    fare = rates.fare_at("12125550100", _local(2026, 12, 3, 18, 59, 30), "Europe/Paris")
+    assert fare is not None and len(fare.pieces) > 2
+    call = Call("n:1:2", "acme", "201", "+12125550100", "+12125550100", "fixed_or_mobile", "USA", fare, 60, 900, 1.0)
+    back = _call_from("n:1:2", "acme", "201", 900, json.loads(call.details("n")))
+    assert back.fare == fare and back.fare.cost(125) == fare.cost(125)
+    old = json.loads(call.details("n"))
+    del old["fare"]  # a reservation written before fares: its flat price
+    assert _call_from("n:1:2", "acme", "201", 900, old).fare.pieces == ((0, fare.first),)
