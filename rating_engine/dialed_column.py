@@ -124,8 +124,9 @@ def _fast(b: np.ndarray, size: IntArray, country: str, cls: IntArray, value: Int
     # The country code: the first 1, 2 or 3 digits that are one (country codes are prefix-free).
     cc = np.zeros(m, dtype=np.int64)
     cc_len = np.zeros(m, dtype=np.int64)
-    three = v // _P10[np.clip(count - 3, 0, KEY_DIGITS)]  # the first three digits (or all, if fewer)
-    heads = [three // 100, three // 10, three]
+    three = v // _P10[np.clip(count - 3, 0, KEY_DIGITS)]  # the first three digits (all, if fewer)
+    two = np.where(count >= 3, three // 10, three)
+    heads = [np.where(count >= 2, two // 10, two), two, three]  # the first one, two and three digits
     for n in (3, 2, 1):
         hit = intl & (count >= n) & _IS_CC[np.clip(heads[n - 1], 0, 999)]
         cc = np.where(hit, heads[n - 1], cc)
