@@ -370,3 +370,11 @@ def test_a_call_s_fare_survives_a_restart_in_its_reservation_details(banded) -> 
     old = json.loads(call.details("n"))
     del old["fare"]  # a reservation written before fares: its flat price
     assert _call_from("n:1:2", "acme", "201", 900, old).fare.pieces == ((0, fare.first),)
+
+
+def test_a_calendar_of_one_band_prices_like_no_bands() -> None:
+    """One band all week: a single change ever (its timeline once looped for ever looking for the next)."""
+    bands = parse_bands(["all,mon-sun,00:00,24:00"], "b.csv")
+    edges, names = bands.timeline("Europe/Paris", _local(2026, 12, 3, 12), 8 * 86400)
+    assert names == [0] and len(edges) == 1 and edges[0] < _local(2026, 12, 3, 12)
+    assert bands.band_at(_local(2027, 6, 1, 3), "Asia/Tokyo") == 0

@@ -49,7 +49,7 @@ class Bands:
     """Eight entries; the holiday entry is empty when holidays are ordinary days."""
     holidays: frozenset[date] = frozenset()
     source: str = ""
-    _timelines: dict[tuple[str, int], tuple[list[int], list[int]]] = field(
+    _timelines: dict[tuple[str, int], tuple[list[int], list[int], int]] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
 
@@ -66,18 +66,22 @@ class Bands:
         week = (t // (7 * 86400)) - 1
         key = (tz, week)
         got = self._timelines.get(key)
-        if got is None or got[0][-1] < t + span:
+        if got is None or got[2] < t + span:
             if len(self._timelines) > 1024:
                 self._timelines.clear()
             got = self._timelines[key] = self._build(tz, week * 7 * 86400, t + span + 86400)
-        return got
+        return got[0], got[1]
 
-    def _build(self, tz: str, t0: int, t1: int) -> tuple[list[int], list[int]]:
+    def _build(self, tz: str, t0: int, t1: int) -> tuple[list[int], list[int], int]:
+        """(edges, bands, until): the changes from before t0 to `until` ≥ t1, day by local day."""
         zone = zone_info(tz)
         day = datetime.fromtimestamp(t0, zone).date() - timedelta(days=1)
         edges: list[int] = []
         bands: list[int] = []
         while True:
+            midnight = local_instant(day, 0, zone)
+            if midnight > t1:
+                return edges, bands, midnight  # a calendar of one band has one edge: still done
             for start, _until, band in self.days[self.day_type(day)]:
                 at = local_instant(day, start, zone)
                 if edges and at <= edges[-1]:  # a DST gap or fold ate the previous piece
@@ -86,8 +90,6 @@ class Bands:
                 if not bands or bands[-1] != band:
                     edges.append(at)
                     bands.append(band)
-            if edges and edges[-1] > t1 and local_instant(day, 0, zone) > t1:
-                return edges, bands
             day += timedelta(days=1)
 
 
