@@ -9,7 +9,7 @@ back from its cache) before the timed runs, as the engine does at start; the vec
 the best of --repeat runs, the naive one is timed once (40 s is long enough to average). Also:
 one-call decision latency (p50/p99) through `decide`, cold (first sight of a number) and warm.
 
-    python benchmarks/bench_rating.py [--calls N] [--distinct D] [--repeat R] [--json]
+    python benchmarks/bench_rating.py [--calls N] [--distinct D] [--repeat R] [--band-sample S] [--json]
 """
 
 from __future__ import annotations
@@ -236,9 +236,8 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=100_000)
     ap.add_argument("--latency-calls", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
     ap.add_argument("--band-sample", type=int, default=50_000, help="calls priced one by one beside the batch")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rng = random.Random(7)
     tariffs = load_tariffs([ROOT / "tariffs/office-fr.toml", ROOT / "tariffs/office-fr-bands.toml"])
