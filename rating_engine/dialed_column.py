@@ -22,11 +22,11 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from . import number_table
 from .digit_ranges import Unreducible, ranges
-from .number_table import KEY_DIGITS, IntArray
-from .numbering import MAX_SHORT_LENGTH, Classification, _country, _dialing, classify, views
+from .number_table import KEY_DIGITS, POWERS_OF_TEN, IntArray
+from .numbering import MAX_SHORT_LENGTH, Classification, _country, _dialing, classify, of_class
 
 BoolArray = npt.NDArray[np.bool_]
-_P10 = np.array([10**k for k in range(KEY_DIGITS + 1)], dtype=np.int64)
+_P10 = POWERS_OF_TEN
 _IS_CC = np.zeros(1000, dtype=bool)
 _IS_CC[[cc for cc in COUNTRY_CODE_TO_REGION_CODE if cc < 1000]] = True
 
@@ -51,13 +51,13 @@ class Column:
         got = self.slow.get(i)
         if got is not None:
             return got
-        region, kind, reason = views(number_table.table())[int(self.cls[i])]
-        return Classification(str(self.dialed[i]), f"+{int(self.value[i])}", region, kind, reason)
+        return of_class(int(self.cls[i]), str(self.dialed[i]), str(int(self.value[i])))
 
 
 def _matrix(dialed: Sequence[str]) -> tuple[np.ndarray, IntArray] | None:
     """The strings as rows of bytes, right-aligned (NUL on the left, so that the digits' integer
-    is read by one dot product), and their lengths; None if newlines or NULs are inside them."""
+    is read from the last bytes of every row alike), and their lengths; None if newlines or NULs
+    are inside them."""
     if not dialed:
         return np.zeros((0, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64)
     text = "\n".join(dialed).encode()
@@ -118,7 +118,7 @@ def _fast(b: np.ndarray, size: IntArray, country: str, cls: IntArray, value: Int
     count = size - skip
     lead = b[rows, np.minimum(first + skip, width - 1)]  # the first digit after the prefix
     ok = clean & (plus | idd | national) & ~short & (count >= 1) & (count <= KEY_DIGITS) & (lead != 48)
-    # Leading zeros and the '+' (taken as 0) do not change the integer: the last 18 bytes hold it.
+    # Leading zeros and the '+' (taken as 0) do not change the integer: the last bytes hold it.
     v = _integers(np.where(digit, b, 48).astype(np.uint8))
     intl = ok & ~national
     # The country code: the first 1, 2 or 3 digits that are one (country codes are prefix-free).

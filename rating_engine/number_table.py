@@ -39,6 +39,8 @@ KEY_DIGITS = 18
 MIN_NSN, MAX_NSN = 2, 17
 """The national numbers phonenumbers.parse can return (shorter or longer raise)."""
 MAX_DIGITS = 3 + MAX_NSN
+POWERS_OF_TEN = np.array([10**k for k in range(KEY_DIGITS + 1)], dtype=np.int64)
+"""10^0 … 10^18, for the vectorized digit arithmetic of the batch paths."""
 NO_CLASS = -1
 """Not any country code: nothing phonenumbers could have parsed."""
 ASK = -2

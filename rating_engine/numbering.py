@@ -122,11 +122,12 @@ def of_number(dialed: str, number: phonenumbers.PhoneNumber) -> Classification:
     digits = f"{number.country_code}{_national(number)}"
     cid = number_table.table().class_id(digits)
     if cid >= 0:
-        return _of_class(cid, dialed, digits)
+        return of_class(cid, dialed, digits)
     return _asked(dialed, number, digits)  # outside the table (ASK, or lengths parse never gives)
 
 
-def _of_class(cid: int, dialed: str, digits: str) -> Classification:
+def of_class(cid: int, dialed: str, digits: str) -> Classification:
+    """The classification of E.164 `digits` (no '+') whose class in the table in use is `cid`."""
     region, kind, reason = views(number_table.table())[cid]
     return Classification(dialed, f"+{digits}", region, kind, reason)
 

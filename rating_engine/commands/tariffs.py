@@ -19,7 +19,7 @@ import numpy as np
 from .. import number_cache
 from ..errors import ConfigError, TariffError, TariffErrors
 from ..money import format_amount, parse_amount
-from ..rating.bands import DAYS, HOLIDAY, Bands, parse_bands, zone_info
+from ..rating.bands import DAYS, HOLIDAY, Bands, hhmm, parse_bands, zone_info
 from ..rating.bands import HEADER as BANDS_HEADER
 from ..rating.batch import rate_batch
 from ..rating.catalog import Tariffs, load_tariffs
@@ -157,10 +157,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _hours_of(bands: Bands, name: str) -> str:
     """A band's hours, consecutive days with the same hours joined: "mon-fri 08:00-19:00"."""
     band = bands.names.index(name)
-    spans = [
-        ", ".join(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}" for a, b, x in bands.days[d] if x == band)
-        for d in range(8)
-    ]
+    spans = [", ".join(f"{hhmm(a)}-{hhmm(b)}" for a, b, x in bands.days[d] if x == band) for d in range(8)]
     out: list[str] = []
     d = 0
     while d < 8:

@@ -176,13 +176,13 @@ def parse_bands(lines: Iterable[str], source: str, holidays: Iterable[date] = ()
         last_line = 0
         for a, b, _band, line in day:
             if a < reached:
-                errors.append(TariffError(f"{name}: overlaps line {last_line} from {_hhmm(a)}", source, line))
+                errors.append(TariffError(f"{name}: overlaps line {last_line} from {hhmm(a)}", source, line))
             elif a > reached:
-                errors.append(TariffError(f"{name}: no band from {_hhmm(reached)} to {_hhmm(a)}", source, line))
+                errors.append(TariffError(f"{name}: no band from {hhmm(reached)} to {hhmm(a)}", source, line))
             if b > reached:
                 reached, last_line = b, line
         if reached < MINUTES:
-            errors.append(TariffError(f"{name}: no band from {_hhmm(reached)} to 24:00", source, last_line))
+            errors.append(TariffError(f"{name}: no band from {hhmm(reached)} to 24:00", source, last_line))
     if not names and not errors:
         errors.append(TariffError("no bands", source))
     listed = frozenset(holidays)
@@ -194,5 +194,5 @@ def parse_bands(lines: Iterable[str], source: str, holidays: Iterable[date] = ()
     return Bands(tuple(names), days_out, listed, source)
 
 
-def _hhmm(minute: int) -> str:
+def hhmm(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..contract import Reason
 from ..dialed_column import Column, classify_column
+from ..number_table import POWERS_OF_TEN
 from ..number_table import table as number_table
 from ..numbering import Classification, views
 from .decision import ExtensionRules, decide_without_rate, rating_digits
@@ -25,7 +26,7 @@ _CODE = {r: i for i, r in enumerate(REASONS)}
 _CHARGED, _NO_RATE = _CODE[Reason.CHARGED], _CODE[Reason.NO_RATE]
 _INVALID, _BLOCKED = _CODE[Reason.INVALID_NUMBER], _CODE[Reason.BLOCKED_DESTINATION]
 _RATE = -1
-_P10 = np.array([10**k for k in range(19)], dtype=np.int64)
+_P10 = POWERS_OF_TEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +87,11 @@ def rate_batch(
         charged_s, costs = _flat_costs(rates.tables[0], rows, seconds)
         start_band = np.zeros(len(rows), dtype=np.int64)
     else:
-        slots = rates.table_slots()
-        first_band_of = {slot: b for b, slot in reversed(list(enumerate(slots)))}
-        looked = {slot: rates.tables[b].lookup_batch(keys, lens, when) for slot, b in first_band_of.items()}
-        by_band = [looked[slot] for slot in slots]
+        looked: dict[int, IntArray] = {}  # bands that share a deck share its lookup
+        for b, slot in enumerate(rates.table_slots()):
+            if slot not in looked:
+                looked[slot] = rates.tables[b].lookup_batch(keys, lens, when)
+        by_band = [looked[slot] for slot in rates.table_slots()]
         first, span = (int(when.min()), int(np.ptp(when)) + 1) if len(when) else (0, 1)
         edges, bands = rates.bands.timeline(rates.zone(tz), first, span)
         start_band = np.asarray(bands, dtype=np.int64)[np.searchsorted(edges, when, side="right") - 1]
@@ -108,9 +110,8 @@ def _flat_costs(table: RateTable, rows: IntArray, seconds: IntArray) -> tuple[In
         zero = np.zeros(len(rows), dtype=np.int64)
         return zero, zero
     prices = table.prices.take(np.where(charged, rows, 0))
-    return np.where(charged, charged_seconds_array(seconds, prices), 0), np.where(
-        charged, cost_array(seconds, prices), 0
-    )
+    billed = charged_seconds_array(seconds, prices)
+    return np.where(charged, billed, 0), np.where(charged, cost_array(seconds, prices, billed), 0)
 
 
 def _class_codes(plan: Plan, rules: ExtensionRules | None) -> IntArray:

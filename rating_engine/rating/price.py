@@ -113,10 +113,12 @@ def charged_seconds_array(seconds: IntArray, p: PriceColumns) -> IntArray:
     return np.where(s > 0, charged, 0).astype(np.int64)
 
 
-def cost_array(seconds: IntArray, p: PriceColumns) -> IntArray:
-    """Vectorized `cost`: seconds[i] priced with row i of `p`."""
+def cost_array(seconds: IntArray, p: PriceColumns, charged: IntArray | None = None) -> IntArray:
+    """Vectorized `cost`: seconds[i] priced with row i of `p` (`charged`: their charged seconds,
+    when the caller has them already)."""
     s = np.asarray(seconds, dtype=np.int64)
-    charged = charged_seconds_array(s, p)
+    if charged is None:
+        charged = charged_seconds_array(s, p)
     priced = np.maximum(p.minimum, p.connect_fee + _ceil_div(charged * p.per_minute, 60))
     return np.where(s > 0, priced, 0).astype(np.int64)
 

@@ -97,9 +97,9 @@ class PlanRates:
         first_segment = True
         while len(at):
             if first_segment:  # the start band's price, already chosen
-                p = start_price if len(at) == n else _take(start_price, at)
+                p = start_price if len(at) == n else start_price.take(at)
             else:
-                p = self._price_of([_take(c, at) for c in columns], band_slot[bands[piece]])
+                p = self._price_of([c.take(at) for c in columns], band_slot[bands[piece]])
             end = seconds[at]
             length = np.minimum(edges[piece + 1] - (starts[at] + pos), end - pos)
             # the call's first segment starts with the initial increment; a later one with its own
@@ -126,10 +126,6 @@ class PlanRates:
 
 
 _FIELDS = ("per_minute", "connect_fee", "initial", "increment", "minimum")
-
-
-def _take(p: PriceColumns, at: IntArray) -> PriceColumns:
-    return PriceColumns(*(getattr(p, f)[at] for f in _FIELDS))
 
 
 def _or(fallback: PriceColumns, own: PriceColumns, missing: IntArray) -> PriceColumns:
