@@ -10,11 +10,20 @@ and its program runs there, in a savepoint, before the function goes on with the
 rules stay in `programs.py`; the function repeats only what they write when every check passes,
 and the contract suite runs both against the same tests.
 
-Checks before writes: the function first locks every extension row, then every account row, the
-batch touches, each set in key order (the programs' own order, extension before account), so
-that two batches, of two writers or of two engines, cannot deadlock; with the rows locked, a
-check that passes still holds at the write. No subtransactions: PostgreSQL slows every session
+Checks before writes: the function first locks and reads every extension row, then every
+account row, the batch touches, each set in key order (the programs' own order, extension before
+account), so that two batches, of two writers or of two engines, cannot deadlock; with the rows
+locked, a check that passes still holds at the write. Then the operations run on that state held in
+the function's own arrays, and what they changed is written once at the end of the batch (or before
+it hands an operation back): one UPDATE for the accounts, one for the extensions, one INSERT each
+for the reservations, the journal and the activity. Row by row, PostgreSQL pays a new row version
+and its WAL for each UPDATE; a hot account updated a hundred times in one transaction also makes
+every later UPDATE walk the versions before it. No subtransactions: PostgreSQL slows every session
 down once a transaction holds more than 64.
+
+Every statement in it reads rows by their keys, but PL/pgSQL plans once for any batch size: a
+generic plan chose to scan the whole extensions table and hash it, so the function turns off
+sequential scans and hash and merge joins for itself.
 
 Dates are the engine's: the day and month a cap counts in are computed here in Python, by
 `periods`, for the time zone this engine read from the account; if the account's zone is not
@@ -30,7 +39,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v1"
+FUNCTION = "rating_engine_batch_v2"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 COLUMNS = (
@@ -61,120 +70,172 @@ CALL = (
     + ")"
 )
 
-_SLOW = "o_i := q.k; o_fast := false; RETURN NEXT; RETURN;"
-_FORGET = (  # handed back as it came: the row made for it goes too
-    "IF v_created THEN DELETE FROM extensions WHERE account_id = v_account AND ext = v_extension; END IF;"
-)
-_NOT_MY_ZONE = "o_i := q.k; o_fast := false; o_tz := v_acc.timezone; o_account := v_account; RETURN NEXT; RETURN;"
-# The programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), read before writing.
-_EXTENSION_FITS = """SELECT x.chargeable = 1
-                AND (x.daily_cap IS NULL
-                     OR (CASE WHEN x.day = q.day THEN x.day_spent ELSE 0 END) + x.reserved + q.amount <= x.daily_cap)
-                AND (x.monthly_cap IS NULL
-                     OR (CASE WHEN x.month = q.month THEN x.month_spent ELSE 0 END) + x.reserved + q.amount
-                        <= x.monthly_cap)
-                AND (q.op = 'extend' OR (
-                    (x.max_calls IS NULL OR x.live_calls < x.max_calls)
-                    AND (x.max_attempts IS NULL OR x.attempt_minute <> v_minute OR x.attempts < x.max_attempts)))
-            INTO v_fits FROM extensions x WHERE x.account_id = v_account AND x.ext = v_extension"""
-_ACCOUNT_FITS = """a.balance - a.reserved - a.floor >= q.amount
-                AND (q.op = 'extend' OR (
-                    (a.max_calls IS NULL OR a.live_calls < a.max_calls)
-                    AND (a.max_attempts IS NULL OR a.attempt_minute <> v_minute OR a.attempts < a.max_attempts)))
-                AS fits"""
-
-CREATE = f"""
-CREATE OR REPLACE FUNCTION {FUNCTION}(p_start integer, {", ".join(f"p_{name} {kind}[]" for name, kind in COLUMNS)})
-RETURNS TABLE (o_i integer, o_fast boolean, o_a bigint, o_b bigint, o_c bigint, o_tz text, o_account text)
-LANGUAGE plpgsql AS $fn$
+_BODY = """
 DECLARE
     q record;
-    v_acc record;
+    v_row extensions%ROWTYPE;
+    v_stop integer;
+    v_stop_tz text;
+    v_stop_account text;
     v_account text;
-    v_extension text;
+    v_key text;
     v_held bigint;
     v_fits boolean;
     v_minute bigint;
     v_spent bigint;
     v_balance bigint;
     v_created boolean;
+    v_ended bigint;
+    ai integer;
+    ei integer;
+    ri integer;
+    -- each account the batch touches, locked, one slot per account
+    a_id text[]; a_tz text[]; a_balance bigint[]; a_reserved bigint[]; a_floor bigint[]; a_threshold bigint[];
+    a_on_low text[]; a_pending text[]; a_velocity bigint[]; a_max_calls integer[]; a_max_att integer[];
+    a_live integer[]; a_att integer[]; a_att_min bigint[]; a_dirty boolean[];
+    -- each extension, by "account ext" (a space is in neither)
+    e_key text[]; e_account text[]; e_ext text[]; e_chargeable integer[]; e_daily bigint[]; e_monthly bigint[];
+    e_max_calls integer[]; e_max_att integer[]; e_reserved bigint[]; e_live integer[]; e_att integer[];
+    e_att_min bigint[]; e_day text[]; e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[];
+    -- the reservations of the batch's calls; r_state: 0 stored, 1 stored and changed, 2 new, 3 stored and gone,
+    -- 4 new and gone again
+    r_call text[]; r_account text[]; r_ext text[]; r_amount bigint[]; r_created bigint[]; r_updated bigint[];
+    r_deadline bigint[]; r_details text[]; r_state smallint[];
+    v_done text[];  -- calls of the batch already settled (stored, or settled in it)
+    -- written once at the end: the journal's debits and the activity rows
+    j_account text[]; j_at bigint[]; j_amount bigint[]; j_call text[]; j_balance bigint[];
+    t_call text[]; t_account text[]; t_ext text[]; t_started bigint[]; t_ended bigint[]; t_dialed text[];
+    t_e164 text[]; t_destination text[]; t_kind text[]; t_billable bigint[]; t_cost bigint[]; t_reserved bigint[];
+    t_balance bigint[]; t_estimated integer[]; t_overdraft integer[]; t_day text[];
 BEGIN
-    -- Every extension row, then every account row, this batch touches: locked in key order.
-    PERFORM 1 FROM extensions x WHERE (x.account_id, x.ext) IN (
+    -- Every extension row, then every account row, this batch touches: locked in key order, and read.
+    SELECT array_agg(s.account_id || ' ' || s.ext), array_agg(s.account_id), array_agg(s.ext), array_agg(s.chargeable),
+        array_agg(s.daily_cap), array_agg(s.monthly_cap), array_agg(s.max_calls), array_agg(s.max_attempts),
+        array_agg(s.reserved), array_agg(s.live_calls), array_agg(s.attempts), array_agg(s.attempt_minute),
+        array_agg(s.day), array_agg(s.day_spent), array_agg(s.month), array_agg(s.month_spent), array_agg(false)
+    INTO e_key, e_account, e_ext, e_chargeable, e_daily, e_monthly, e_max_calls, e_max_att, e_reserved, e_live,
+        e_att, e_att_min, e_day, e_day_spent, e_month, e_month_spent, e_dirty
+    FROM (SELECT * FROM extensions x WHERE (x.account_id, x.ext) IN (
         SELECT w.a, w.e FROM unnest(p_account[p_start:], p_ext[p_start:]) AS w(a, e) WHERE w.a IS NOT NULL
         UNION SELECT r.account_id, r.ext FROM reservations r WHERE r.call_id = ANY (p_call[p_start:])
-    ) ORDER BY x.account_id, x.ext FOR UPDATE;
-    PERFORM 1 FROM accounts y WHERE y.id IN (
+    ) ORDER BY x.account_id, x.ext FOR UPDATE) s;
+    SELECT array_agg(s.id), array_agg(s.timezone), array_agg(s.balance), array_agg(s.reserved), array_agg(s.floor),
+        array_agg(s.threshold), array_agg(s.on_low), array_agg(s.topup_pending), array_agg(s.velocity_limit),
+        array_agg(s.max_calls), array_agg(s.max_attempts), array_agg(s.live_calls), array_agg(s.attempts),
+        array_agg(s.attempt_minute), array_agg(false)
+    INTO a_id, a_tz, a_balance, a_reserved, a_floor, a_threshold, a_on_low, a_pending, a_velocity, a_max_calls,
+        a_max_att, a_live, a_att, a_att_min, a_dirty
+    FROM (SELECT * FROM accounts y WHERE y.id IN (
         SELECT w.a FROM unnest(p_account[p_start:]) AS w(a) WHERE w.a IS NOT NULL
         UNION SELECT r.account_id FROM reservations r WHERE r.call_id = ANY (p_call[p_start:])
-    ) ORDER BY y.id FOR UPDATE;
-    FOR q IN SELECT * FROM unnest({", ".join(f"p_{name}" for name, _kind in COLUMNS)}) WITH ORDINALITY
-        AS u({", ".join(name for name, _kind in COLUMNS)}, k) WHERE u.k >= p_start ORDER BY u.k LOOP
+    ) ORDER BY y.id FOR UPDATE) s;
+    SELECT array_agg(r.call_id), array_agg(r.account_id), array_agg(r.ext), array_agg(r.amount),
+        array_agg(r.created_at), array_agg(r.updated_at), array_agg(r.deadline), array_agg(r.details),
+        array_agg(0::smallint)
+    INTO r_call, r_account, r_ext, r_amount, r_created, r_updated, r_deadline, r_details, r_state
+    FROM reservations r WHERE r.call_id = ANY (p_call[p_start:]);
+    SELECT array_agg(t.call_id) INTO v_done FROM activity t
+    WHERE t.call_id = ANY (SELECT w.c FROM unnest(p_op[p_start:], p_call[p_start:]) AS w(o, c) WHERE w.o = 'reserve');
+
+    FOR q IN SELECT * FROM unnest(__NAMES__) WITH ORDINALITY AS u(__COLUMNS__, k) WHERE u.k >= p_start ORDER BY u.k LOOP
         o_i := q.k; o_fast := true; o_a := 0; o_b := 0; o_c := 0; o_tz := NULL; o_account := NULL;
         v_minute := q.now / 60;
+        ri := array_position(r_call, q.call);
         IF q.op = 'annotate' THEN
-            UPDATE reservations SET deadline = q.deadline, details = q.details WHERE call_id = q.call;
-            o_a := CASE WHEN FOUND THEN 1 ELSE 0 END;
+            IF ri IS NOT NULL AND r_state[ri] < 3 THEN
+                r_deadline[ri] := q.deadline; r_details[ri] := q.details;
+                IF r_state[ri] = 0 THEN r_state[ri] := 1; END IF;
+                o_a := 1;
+            END IF;
             RETURN NEXT;
             CONTINUE;
         END IF;
         IF q.op = 'reserve' THEN
-            v_account := q.account; v_extension := q.ext; v_held := 0;
-            SELECT a.timezone, a.reserved, a.velocity_limit, {_ACCOUNT_FITS},
-                EXISTS (SELECT 1 FROM reservations WHERE call_id = q.call)
-                OR EXISTS (SELECT 1 FROM activity WHERE call_id = q.call) AS taken
-            INTO v_acc FROM accounts a WHERE a.id = q.account;
-            IF NOT FOUND OR v_acc.taken THEN {_SLOW} END IF;
+            -- a call already held or settled, or an account not here, is the program's to answer
+            IF ri IS NOT NULL OR q.call = ANY (v_done) THEN v_stop := q.k; EXIT; END IF;
+            v_account := q.account; v_key := q.account || ' ' || q.ext; v_held := 0;
         ELSE
-            SELECT r.account_id, r.ext, r.amount, a.timezone, a.reserved, a.velocity_limit, a.balance, a.threshold,
-                a.on_low, a.topup_pending, {_ACCOUNT_FITS}
-            INTO v_acc FROM reservations r JOIN accounts a ON a.id = r.account_id WHERE r.call_id = q.call;
-            IF NOT FOUND THEN
+            IF ri IS NULL OR r_state[ri] >= 3 THEN
                 IF q.op = 'release' THEN RETURN NEXT; CONTINUE; END IF;
-                {_SLOW}
+                v_stop := q.k; EXIT;
             END IF;
-            v_account := v_acc.account_id; v_extension := v_acc.ext; v_held := v_acc.amount;
+            v_account := r_account[ri]; v_key := v_account || ' ' || r_ext[ri]; v_held := r_amount[ri];
         END IF;
-        IF v_acc.timezone IS DISTINCT FROM q.tz THEN {_NOT_MY_ZONE} END IF;
+        ai := array_position(a_id, v_account);
+        IF ai IS NULL THEN v_stop := q.k; EXIT; END IF;
+        IF a_tz[ai] IS DISTINCT FROM q.tz THEN
+            v_stop := q.k; v_stop_tz := a_tz[ai]; v_stop_account := v_account; EXIT;
+        END IF;
+        ei := array_position(e_key, v_key);
 
         IF q.op IN ('reserve', 'extend') THEN
             v_created := false;
-            {_EXTENSION_FITS};
-            IF NOT FOUND AND q.op = 'reserve' THEN
+            IF ei IS NULL THEN
+                IF q.op = 'extend' THEN v_stop := q.k; EXIT; END IF;
                 -- the first call of this extension: its row, with the default rules
-                INSERT INTO extensions (account_id, ext) VALUES (v_account, v_extension) ON CONFLICT DO NOTHING;
+                INSERT INTO extensions (account_id, ext) VALUES (v_account, q.ext) ON CONFLICT DO NOTHING;
                 v_created := FOUND;
-                {_EXTENSION_FITS};
+                SELECT * INTO v_row FROM extensions WHERE account_id = v_account AND ext = q.ext FOR UPDATE;
+                e_key := e_key || v_key; e_account := e_account || v_row.account_id; e_ext := e_ext || v_row.ext;
+                e_chargeable := e_chargeable || v_row.chargeable; e_daily := e_daily || v_row.daily_cap;
+                e_monthly := e_monthly || v_row.monthly_cap; e_max_calls := e_max_calls || v_row.max_calls;
+                e_max_att := e_max_att || v_row.max_attempts; e_reserved := e_reserved || v_row.reserved;
+                e_live := e_live || v_row.live_calls; e_att := e_att || v_row.attempts;
+                e_att_min := e_att_min || v_row.attempt_minute; e_day := e_day || v_row.day;
+                e_day_spent := e_day_spent || v_row.day_spent; e_month := e_month || v_row.month;
+                e_month_spent := e_month_spent || v_row.month_spent; e_dirty := e_dirty || false;
+                ei := array_length(e_key, 1);
             END IF;
-            IF v_fits IS NOT TRUE OR v_acc.fits IS NOT TRUE THEN {_FORGET} {_SLOW} END IF;
-            IF v_acc.velocity_limit IS NOT NULL THEN
+            -- the programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), on the rows as they now stand
+            v_fits := e_chargeable[ei] = 1
+                AND (e_daily[ei] IS NULL OR (CASE WHEN e_day[ei] = q.day THEN e_day_spent[ei] ELSE 0 END)
+                    + e_reserved[ei] + q.amount <= e_daily[ei])
+                AND (e_monthly[ei] IS NULL OR (CASE WHEN e_month[ei] = q.month THEN e_month_spent[ei] ELSE 0 END)
+                    + e_reserved[ei] + q.amount <= e_monthly[ei])
+                AND (q.op = 'extend' OR (
+                    (e_max_calls[ei] IS NULL OR e_live[ei] < e_max_calls[ei])
+                    AND (e_max_att[ei] IS NULL OR e_att_min[ei] <> v_minute OR e_att[ei] < e_max_att[ei])))
+                AND a_balance[ai] - a_reserved[ai] - a_floor[ai] >= q.amount
+                AND (q.op = 'extend' OR (
+                    (a_max_calls[ai] IS NULL OR a_live[ai] < a_max_calls[ai])
+                    AND (a_max_att[ai] IS NULL OR a_att_min[ai] <> v_minute OR a_att[ai] < a_max_att[ai])));
+            IF v_fits AND a_velocity[ai] IS NOT NULL THEN
                 SELECT COALESCE(SUM(cost), 0) INTO v_spent FROM activity
                 WHERE account_id = v_account AND ended_at > q.now - 3600;
-                IF v_spent + v_acc.reserved + q.amount > v_acc.velocity_limit THEN {_FORGET} {_SLOW} END IF;
+                v_spent := v_spent + COALESCE((SELECT SUM(w.c) FROM unnest(t_account, t_cost, t_ended) AS w(a, c, e)
+                    WHERE w.a = v_account AND w.e > q.now - 3600), 0);
+                v_fits := v_spent + a_reserved[ai] + q.amount <= a_velocity[ai];
             END IF;
+            IF v_fits IS NOT TRUE THEN
+                IF v_created THEN  -- handed back as it came: the row made for it goes too
+                    DELETE FROM extensions WHERE account_id = v_account AND ext = q.ext;
+                    e_key[ei] := NULL;
+                END IF;
+                v_stop := q.k; EXIT;
+            END IF;
+            e_reserved[ei] := e_reserved[ei] + q.amount;
+            e_day_spent[ei] := CASE WHEN e_day[ei] = q.day THEN e_day_spent[ei] ELSE 0 END; e_day[ei] := q.day;
+            e_month_spent[ei] := CASE WHEN e_month[ei] = q.month THEN e_month_spent[ei] ELSE 0 END;
+            e_month[ei] := q.month;
+            e_dirty[ei] := true;
+            a_reserved[ai] := a_reserved[ai] + q.amount;
+            a_dirty[ai] := true;
             IF q.op = 'reserve' THEN
-                INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)
-                VALUES (q.call, v_account, v_extension, q.amount, q.now, q.now, q.deadline, q.details);
-                UPDATE extensions SET reserved = reserved + q.amount, live_calls = live_calls + 1,
-                    attempts = CASE WHEN attempt_minute = v_minute THEN attempts + 1 ELSE 1 END,
-                    attempt_minute = v_minute,
-                    day_spent = CASE WHEN day = q.day THEN day_spent ELSE 0 END, day = q.day,
-                    month_spent = CASE WHEN month = q.month THEN month_spent ELSE 0 END, month = q.month
-                WHERE account_id = v_account AND ext = v_extension;
-                UPDATE accounts SET reserved = reserved + q.amount, live_calls = live_calls + 1,
-                    attempts = CASE WHEN attempt_minute = v_minute THEN attempts + 1 ELSE 1 END,
-                    attempt_minute = v_minute
-                WHERE id = v_account;
+                e_live[ei] := e_live[ei] + 1;
+                e_att[ei] := CASE WHEN e_att_min[ei] = v_minute THEN e_att[ei] + 1 ELSE 1 END;
+                e_att_min[ei] := v_minute;
+                a_live[ai] := a_live[ai] + 1;
+                a_att[ai] := CASE WHEN a_att_min[ai] = v_minute THEN a_att[ai] + 1 ELSE 1 END;
+                a_att_min[ai] := v_minute;
+                r_call := r_call || q.call; r_account := r_account || v_account; r_ext := r_ext || q.ext;
+                r_amount := r_amount || q.amount; r_created := r_created || q.now; r_updated := r_updated || q.now;
+                r_deadline := r_deadline || q.deadline; r_details := r_details || q.details;
+                r_state := r_state || 2::smallint;
                 o_a := q.amount;
             ELSE
-                UPDATE extensions SET reserved = reserved + q.amount,
-                    day_spent = CASE WHEN day = q.day THEN day_spent ELSE 0 END, day = q.day,
-                    month_spent = CASE WHEN month = q.month THEN month_spent ELSE 0 END, month = q.month
-                WHERE account_id = v_account AND ext = v_extension;
-                UPDATE accounts SET reserved = reserved + q.amount WHERE id = v_account;
-                UPDATE reservations SET amount = amount + q.amount, updated_at = q.now,
-                    deadline = CASE WHEN q.deadline > deadline THEN q.deadline ELSE deadline END
-                WHERE call_id = q.call;
+                r_amount[ri] := v_held + q.amount; r_updated[ri] := q.now;
+                IF q.deadline > r_deadline[ri] THEN r_deadline[ri] := q.deadline; END IF;
+                IF r_state[ri] = 0 THEN r_state[ri] := 1; END IF;
                 o_a := v_held + q.amount;
             END IF;
             RETURN NEXT;
@@ -182,39 +243,95 @@ BEGIN
         END IF;
 
         -- release (spent nothing) or settle (spent q.amount): the reservation goes back.
-        v_balance := v_acc.balance - q.amount;
-        IF q.op = 'settle' AND ((v_balance < v_acc.threshold AND v_acc.threshold <= v_acc.balance)
-            OR (v_acc.on_low = 'topup' AND v_balance < v_acc.threshold AND v_acc.topup_pending IS NULL)) THEN
-            {_SLOW}
+        v_balance := a_balance[ai] - q.amount;
+        IF q.op = 'settle' AND ((v_balance < a_threshold[ai] AND a_threshold[ai] <= a_balance[ai])
+            OR (a_on_low[ai] = 'topup' AND v_balance < a_threshold[ai] AND a_pending[ai] IS NULL)) THEN
+            v_stop := q.k; EXIT;  -- a notice or an automatic top-up: the program's
         END IF;
-        DELETE FROM reservations WHERE call_id = q.call;
-        UPDATE extensions SET reserved = reserved - v_held, live_calls = live_calls - 1,
-            day_spent = CASE WHEN day = q.day THEN day_spent ELSE 0 END + q.amount, day = q.day,
-            month_spent = CASE WHEN month = q.month THEN month_spent ELSE 0 END + q.amount, month = q.month
-        WHERE account_id = v_account AND ext = v_extension;
+        r_state[ri] := CASE WHEN r_state[ri] = 2 THEN 4 ELSE 3 END;
+        e_reserved[ei] := e_reserved[ei] - v_held; e_live[ei] := e_live[ei] - 1;
+        e_day_spent[ei] := CASE WHEN e_day[ei] = q.day THEN e_day_spent[ei] ELSE 0 END + q.amount;
+        e_day[ei] := q.day;
+        e_month_spent[ei] := CASE WHEN e_month[ei] = q.month THEN e_month_spent[ei] ELSE 0 END + q.amount;
+        e_month[ei] := q.month;
+        e_dirty[ei] := true;
+        a_reserved[ai] := a_reserved[ai] - v_held; a_live[ai] := a_live[ai] - 1;
+        a_dirty[ai] := true;
         IF q.op = 'release' THEN
-            UPDATE accounts SET reserved = reserved - v_held, live_calls = live_calls - 1 WHERE id = v_account;
             o_a := 1;
             RETURN NEXT;
             CONTINUE;
         END IF;
-        UPDATE accounts SET balance = balance - q.amount, reserved = reserved - v_held, live_calls = live_calls - 1
-        WHERE id = v_account;
+        a_balance[ai] := v_balance;
         IF q.amount > 0 THEN
-            INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)
-            VALUES (v_account, q.now, 'debit', -q.amount, q.call, v_balance);
+            j_account := j_account || v_account; j_at := j_at || q.now; j_amount := j_amount || -q.amount;
+            j_call := j_call || q.call; j_balance := j_balance || v_balance;
         END IF;
-        INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,
-            billable_seconds, cost, reserved, balance_after, estimated, overdraft, day)
-        VALUES (q.call, v_account, v_extension, q.started, CASE WHEN q.ended <> 0 THEN q.ended ELSE q.now END,
-            q.dialed, q.e164, q.destination, q.kind, q.billable, q.amount, v_held, v_balance, q.estimated,
-            CASE WHEN q.amount > v_held THEN 1 ELSE 0 END, q.end_day);
+        v_ended := CASE WHEN q.ended <> 0 THEN q.ended ELSE q.now END;
+        t_call := t_call || q.call; t_account := t_account || v_account; t_ext := t_ext || r_ext[ri];
+        t_started := t_started || q.started; t_ended := t_ended || v_ended; t_dialed := t_dialed || q.dialed;
+        t_e164 := t_e164 || q.e164; t_destination := t_destination || q.destination; t_kind := t_kind || q.kind;
+        t_billable := t_billable || q.billable; t_cost := t_cost || q.amount; t_reserved := t_reserved || v_held;
+        t_balance := t_balance || v_balance; t_estimated := t_estimated || q.estimated;
+        t_overdraft := t_overdraft || CASE WHEN q.amount > v_held THEN 1 ELSE 0 END;
+        t_day := t_day || q.end_day;
+        v_done := v_done || q.call;
         o_a := q.amount; o_b := v_held; o_c := v_balance;
         RETURN NEXT;
     END LOOP;
+
+    -- What the operations did, written once.
+    UPDATE extensions x SET reserved = u.reserved, live_calls = u.live, attempts = u.att, attempt_minute = u.att_min,
+        day = u.day, day_spent = u.day_spent, month = u.month, month_spent = u.month_spent
+    FROM unnest(e_account, e_ext, e_reserved, e_live, e_att, e_att_min, e_day, e_day_spent, e_month, e_month_spent,
+        e_dirty, e_key)
+        AS u(account_id, ext, reserved, live, att, att_min, day, day_spent, month, month_spent, dirty, k)
+    WHERE u.dirty AND u.k IS NOT NULL AND x.account_id = u.account_id AND x.ext = u.ext;
+    UPDATE accounts y SET balance = u.balance, reserved = u.reserved, live_calls = u.live, attempts = u.att,
+        attempt_minute = u.att_min
+    FROM unnest(a_id, a_balance, a_reserved, a_live, a_att, a_att_min, a_dirty)
+        AS u(id, balance, reserved, live, att, att_min, dirty)
+    WHERE u.dirty AND y.id = u.id;
+    IF r_call IS NOT NULL THEN
+        DELETE FROM reservations r USING unnest(r_call, r_state) AS u(c, s) WHERE u.s = 3 AND r.call_id = u.c;
+        UPDATE reservations r SET amount = u.amount, updated_at = u.updated, deadline = u.deadline, details = u.details
+        FROM unnest(r_call, r_amount, r_updated, r_deadline, r_details, r_state)
+            AS u(c, amount, updated, deadline, details, s)
+        WHERE u.s = 1 AND r.call_id = u.c;
+        INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)
+        SELECT u.c, u.a, u.e, u.amount, u.created, u.updated, u.deadline, u.details
+        FROM unnest(r_call, r_account, r_ext, r_amount, r_created, r_updated, r_deadline, r_details, r_state)
+            AS u(c, a, e, amount, created, updated, deadline, details, s)
+        WHERE u.s = 2;
+    END IF;
+    IF j_call IS NOT NULL THEN
+        INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)
+        SELECT u.a, u.t, 'debit', u.m, u.c, u.b FROM unnest(j_account, j_at, j_amount, j_call, j_balance)
+            WITH ORDINALITY AS u(a, t, m, c, b, k) ORDER BY u.k;
+    END IF;
+    IF t_call IS NOT NULL THEN
+        INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,
+            billable_seconds, cost, reserved, balance_after, estimated, overdraft, day)
+        SELECT * FROM unnest(t_call, t_account, t_ext, t_started, t_ended, t_dialed, t_e164, t_destination, t_kind,
+            t_billable, t_cost, t_reserved, t_balance, t_estimated, t_overdraft, t_day);
+    END IF;
+    IF v_stop IS NOT NULL THEN  -- handed back as it came, and the function ends there
+        o_i := v_stop; o_fast := false; o_a := 0; o_b := 0; o_c := 0; o_tz := v_stop_tz; o_account := v_stop_account;
+        RETURN NEXT;
+    END IF;
 END
-$fn$
 """
+
+CREATE = (
+    f"CREATE OR REPLACE FUNCTION {FUNCTION}(p_start integer, "
+    + ", ".join(f"p_{name} {kind}[]" for name, kind in COLUMNS)
+    + ")\nRETURNS TABLE (o_i integer, o_fast boolean, o_a bigint, o_b bigint, o_c bigint, o_tz text, o_account text)"
+    + "\nLANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $fn$"
+    + _BODY.replace("__NAMES__", ", ".join(f"p_{name}" for name, _kind in COLUMNS)).replace(
+        "__COLUMNS__", ", ".join(name for name, _kind in COLUMNS)
+    )
+    + "$fn$"
+)
 
 FAST_PROGRAMS: dict[Callable[..., Any], str] = {
     P.reserve: "reserve",

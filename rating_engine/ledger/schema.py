@@ -237,6 +237,22 @@ CREATE INDEX notices_due ON notices (sent_at, next_at);
 """
 
 
+# Version 6 (PostgreSQL): the daily sums are kept once per INSERT into activity, not once per row:
+# the call path's batch writes its calls' activity in one statement, and one upsert per account,
+# day and extension follows it. SQLite's trigger stays per row (it has no transition tables).
+_DAYS_PER_STATEMENT = (
+    "DROP TRIGGER activity_days_sum ON activity;"
+    "DROP FUNCTION activity_days_sum();"
+    "CREATE FUNCTION activity_days_sum() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " INSERT INTO activity_days (account_id, day, ext, calls, seconds, cost)"
+    " SELECT account_id, day, ext, COUNT(*), SUM(billable_seconds), SUM(cost) FROM added GROUP BY 1, 2, 3"
+    " ON CONFLICT (account_id, day, ext) DO UPDATE SET calls = activity_days.calls + excluded.calls,"
+    " seconds = activity_days.seconds + excluded.seconds, cost = activity_days.cost + excluded.cost;"
+    " RETURN NULL; END $$;"
+    "CREATE TRIGGER activity_days_sum AFTER INSERT ON activity REFERENCING NEW TABLE AS added"
+    " FOR EACH STATEMENT EXECUTE FUNCTION activity_days_sum();"
+)
+
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
 _INTEGER_MONEY = {
@@ -270,10 +286,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (3, _integer_triggers() if dialect == "sqlite" else ""),  # PostgreSQL's BIGINT refuses by itself
         (4, _USERS + _ACTIVITY_DAYS[dialect]),
         (5, _CARDS + _NOTICES[dialect] + _NOTICES_REST),
+        (6, _DAYS_PER_STATEMENT if dialect == "postgres" else ""),
     ]
 
 
-LATEST = 5
+LATEST = 6
 
 
 def refuse_newer(current: int) -> None:
