@@ -227,7 +227,8 @@ BEGIN
                 a_att[ai] := CASE WHEN a_att_min[ai] = v_minute THEN a_att[ai] + 1 ELSE 1 END;
                 a_att_min[ai] := v_minute;
                 r_call := r_call || p_call[k]; r_account := r_account || v_account; r_ext := r_ext || p_ext[k];
-                r_amount := r_amount || p_amount[k]; r_created := r_created || p_now[k]; r_updated := r_updated || p_now[k];
+                r_amount := r_amount || p_amount[k]; r_created := r_created || p_now[k];
+                r_updated := r_updated || p_now[k];
                 r_deadline := r_deadline || p_deadline[k]; r_details := r_details || p_details[k];
                 r_state := r_state || 2::smallint;
                 o_a := p_amount[k];
@@ -269,7 +270,8 @@ BEGIN
         v_ended := CASE WHEN p_ended[k] <> 0 THEN p_ended[k] ELSE p_now[k] END;
         t_call := t_call || p_call[k]; t_account := t_account || v_account; t_ext := t_ext || r_ext[ri];
         t_started := t_started || p_started[k]; t_ended := t_ended || v_ended; t_dialed := t_dialed || p_dialed[k];
-        t_e164 := t_e164 || p_e164[k]; t_destination := t_destination || p_destination[k]; t_kind := t_kind || p_kind[k];
+        t_e164 := t_e164 || p_e164[k]; t_destination := t_destination || p_destination[k];
+        t_kind := t_kind || p_kind[k];
         t_billable := t_billable || p_billable[k]; t_cost := t_cost || p_amount[k]; t_reserved := t_reserved || v_held;
         t_balance := t_balance || v_balance; t_estimated := t_estimated || p_estimated[k];
         t_overdraft := t_overdraft || CASE WHEN p_amount[k] > v_held THEN 1 ELSE 0 END;
