@@ -22,7 +22,7 @@ import asyncpg
 from . import pg_batch
 from . import programs as P
 from .base import Ledger
-from .models import Account, Extension, LedgerError
+from .models import Account, AccountSettings, Extension, LedgerError
 from .schema import upgrade_steps
 
 T = TypeVar("T")
@@ -178,6 +178,20 @@ class PostgresLedger(Ledger):
             if self._running == 0 and self._idle is not None:
                 self._idle.set()
 
+    async def create_account(self, account_id: str, settings: AccountSettings, now: int | None = None) -> Account:
+        return self._zone_of(await super().create_account(account_id, settings, now))
+
+    async def update_settings(
+        self, account_id: str, settings: AccountSettings, actor: str = "", now: int | None = None
+    ) -> Account:
+        return self._zone_of(await super().update_settings(account_id, settings, actor, now))
+
+    def _zone_of(self, account: Account) -> Account:
+        """Learn an account's zone as soon as it is seen: an operation sent with the wrong one costs
+        its batch a second call of the function."""
+        self.zones.learn(account.id, account.settings.timezone)
+        return account
+
     async def caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
         """Every authorization reads its account and extension first: the reads waiting at one
         moment go together, two statements and no transaction for all of them, instead of four
@@ -225,7 +239,10 @@ class PostgresLedger(Ledger):
     ) -> dict[tuple[str, str], tuple[Account | None, Extension | None]]:
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            accounts = {r["id"]: P._account(r) for r in await conn.fetch(_READ_ACCOUNTS, list({a for a, _ in pairs}))}
+            accounts = {
+                r["id"]: self._zone_of(P._account(r))
+                for r in await conn.fetch(_READ_ACCOUNTS, list({a for a, _ in pairs}))
+            }
             keys = list(pairs)
             rows = await conn.fetch(_READ_EXTENSIONS, [a for a, _ in keys], [e for _, e in keys])
         extensions = {(r["account_id"], r["ext"]): P._extension(r) for r in rows}
@@ -272,9 +289,9 @@ class PostgresLedger(Ledger):
     def _learn(self, job: _Job, outcome: Any) -> None:
         """Whose call is whose, for the next operations of the call to go the fast way."""
         if job.op == "reserve" and outcome.ok:
-            self.zones.called(job.args[0], job.args[1])
+            self.zones.called(job.args[0], job.args[1], job.args[2])
         elif job.op in ("settle", "release"):
-            self.zones.account_of_call.pop(job.args[0], None)
+            self.zones.of_call.pop(job.args[0], None)
 
     async def _write(self, jobs: list[_Job]) -> list[Any]:
         assert self._pool is not None
@@ -303,8 +320,8 @@ class PostgresLedger(Ledger):
             return _Failed(exc)
 
     async def _write_on(self, conn: Any, jobs: list[_Job]) -> list[Any]:
-        rows = [pg_batch.row(job.op, job.args, self.zones) for job in jobs]
-        cols = pg_batch.columns(rows)
+        ops = [(job.op, job.args) for job in jobs]
+        cols = pg_batch.encode(ops, self.zones)
         outcomes: list[Any] = [None] * len(jobs)
         start, zoned = 1, set()
         while start <= len(jobs):
@@ -315,13 +332,13 @@ class PostgresLedger(Ledger):
                 job = jobs[k]
                 if r["o_fast"]:
                     outcomes[k] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
-                elif r["o_tz"] is not None and k not in zoned:  # now the account's zone is known: again
+                elif r["o_account"] is not None and k not in zoned:  # now its zone or account is known: again
                     zoned.add(k)
-                    self.zones.learn(r["o_account"], r["o_tz"])
+                    if r["o_tz"] is not None:
+                        self.zones.learn(r["o_account"], r["o_tz"])
                     if job.op != "reserve":
-                        self.zones.called(job.args[0], r["o_account"])
-                    rows[k] = pg_batch.row(job.op, job.args, self.zones)
-                    cols = pg_batch.columns(rows)
+                        self.zones.called(job.args[0], r["o_account"], r["o_ext"])
+                    cols = pg_batch.encode(ops, self.zones)
                     start = k + 1
                 else:
                     self.slow += 1
