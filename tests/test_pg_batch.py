@@ -192,10 +192,12 @@ def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
     assert pg.batches >= 40
 
 
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    texts=st.lists(st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
-                                                  max_size=12))),  # fmt: skip
+    texts=st.lists(st.one_of(st.none(), _TEXT)),
     numbers=st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1))),
 )
 def test_the_columns_reach_postgresql_as_they_were(

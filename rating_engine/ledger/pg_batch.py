@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v1`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v3`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -10,16 +10,19 @@ and its program runs there, in a savepoint, before the function goes on with the
 rules stay in `programs.py`; the function repeats only what they write when every check passes,
 and the contract suite runs both against the same tests.
 
-Checks before writes: the function first locks and reads every extension row, then every
-account row, the batch touches, each set in key order (the programs' own order, extension before
-account), so that two batches, of two writers or of two engines, cannot deadlock; with the rows
-locked, a check that passes still holds at the write. Then the operations run on that state held in
-the function's own arrays, and what they changed is written once at the end of the batch (or before
-it hands an operation back): one UPDATE for the accounts, one for the extensions, one INSERT each
-for the reservations, the journal and the activity. Row by row, PostgreSQL pays a new row version
-and its WAL for each UPDATE; a hot account updated a hundred times in one transaction also makes
-every later UPDATE walk the versions before it. No subtransactions: PostgreSQL slows every session
-down once a transaction holds more than 64.
+Checks before writes: the function first locks every extension row, then every account row, the
+batch names, each set in key order (the programs' own order, extension before account), so that
+two batches, of two writers or of two engines, cannot deadlock; with the rows locked, a check that
+passes still holds at the write. Python names each call, account and extension of the batch by a
+slot (`encode`); the function reads the rows slot by slot into arrays of its own, runs the
+operations on that state, finding each one's rows by index, and writes what changed once at the
+end of the batch (or before it hands an operation back): one UPDATE for the accounts, one for the
+extensions, one statement each for the reservations, the journal and the activity. Row by row,
+PostgreSQL pays a new row version and its WAL for each UPDATE, and a hot account updated a hundred
+times in one transaction makes every later UPDATE walk the versions before it. A call whose
+account or extension this engine did not know (another engine reserved it, or this one restarted)
+is handed back with its account and extension, and sent again in the right slots. No
+subtransactions: PostgreSQL slows every session down once a transaction holds more than 64.
 
 Every statement in it reads rows by their keys, but PL/pgSQL plans once for any batch size: a
 generic plan chose to scan the whole extensions table and hash it, so the function turns off
