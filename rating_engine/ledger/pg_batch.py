@@ -399,6 +399,7 @@ def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
     extensions: dict[tuple[str, str], int] = {}
     named: dict[str, tuple[str, str]] = {}  # calls reserved earlier in this batch
     rows = []
+    whose: tuple[str, str] | None
     for op, args in ops:
         call_id = args[0]
         rslot = calls.setdefault(call_id, len(calls) + 1)
@@ -406,13 +407,14 @@ def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
             check.append(False)
         if op == "reserve":
             check[rslot - 1] = True
-            account_id, ext = args[1], args[2]
-            named[call_id] = (account_id, ext)
+            whose = named[call_id] = (args[1], args[2])
         else:
-            account_id, ext = named.get(call_id) or zones.of_call.get(call_id, (None, None))
-        if account_id is None:
-            aslot = eslot = tz = None
-        else:
+            whose = named.get(call_id) or zones.of_call.get(call_id)
+        aslot: int | None = None
+        eslot: int | None = None
+        tz: str | None = None
+        if whose is not None:
+            account_id, ext = whose
             aslot = accounts.setdefault(account_id, len(accounts) + 1)
             eslot = extensions.setdefault((account_id, ext), len(extensions) + 1)
             tz = zones.of_account.get(account_id)
