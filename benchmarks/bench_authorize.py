@@ -204,6 +204,8 @@ async def processes(url: str, count: int, requests: int, offset: int) -> list[di
     label = f"ours: PostgreSQL, {count} process{'es' if count > 1 else ''} (reuse_port)"
     rows = []
     try:
+        await measure(port, 50, 300, offset)  # warm-up, not counted: a fresh process's first calls
+        offset += 300
         for c in (50, 500):
             m = await measure(port, c, requests, offset)
             offset += requests
