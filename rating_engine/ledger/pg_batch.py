@@ -96,6 +96,10 @@ DECLARE
     v_balance bigint;
     v_created boolean;
     v_ended bigint;
+    v_new integer := 0;  -- reservations to insert, update and delete at the end; rows to update
+    v_changed integer := 0;
+    v_gone integer := 0;
+    v_dirty boolean := false;
     ai integer;
     ei integer;
     ri integer;
@@ -153,7 +157,7 @@ BEGIN
         IF p_op[k] = 'annotate' THEN
             IF r_state[ri] IN (1, 2, 3) THEN
                 r_deadline[ri] := p_deadline[k]; r_details[ri] := p_details[k];
-                IF r_state[ri] = 1 THEN r_state[ri] := 2; END IF;
+                IF r_state[ri] = 1 THEN r_state[ri] := 2; v_changed := v_changed + 1; END IF;
                 o_a := 1;
             END IF;
             RETURN NEXT;
@@ -227,7 +231,7 @@ BEGIN
             e_month[ei] := p_month[k];
             e_dirty[ei] := true;
             a_reserved[ai] := a_reserved[ai] + p_amount[k];
-            a_dirty[ai] := true;
+            a_dirty[ai] := true; v_dirty := true;
             IF p_op[k] = 'reserve' THEN
                 e_live[ei] := e_live[ei] + 1;
                 e_att[ei] := CASE WHEN e_att_min[ei] = v_minute THEN e_att[ei] + 1 ELSE 1 END;
@@ -235,14 +239,14 @@ BEGIN
                 a_live[ai] := a_live[ai] + 1;
                 a_att[ai] := CASE WHEN a_att_min[ai] = v_minute THEN a_att[ai] + 1 ELSE 1 END;
                 a_att_min[ai] := v_minute;
-                r_state[ri] := 3; r_account[ri] := p_accounts[ai]; r_ext[ri] := p_eext[ei];
+                r_state[ri] := 3; v_new := v_new + 1; r_account[ri] := p_accounts[ai]; r_ext[ri] := p_eext[ei];
                 r_amount[ri] := p_amount[k]; r_created[ri] := p_now[k]; r_updated[ri] := p_now[k];
                 r_deadline[ri] := p_deadline[k]; r_details[ri] := p_details[k];
                 o_a := p_amount[k];
             ELSE
                 r_amount[ri] := v_held + p_amount[k]; r_updated[ri] := p_now[k];
                 IF p_deadline[k] > r_deadline[ri] THEN r_deadline[ri] := p_deadline[k]; END IF;
-                IF r_state[ri] = 1 THEN r_state[ri] := 2; END IF;
+                IF r_state[ri] = 1 THEN r_state[ri] := 2; v_changed := v_changed + 1; END IF;
                 o_a := v_held + p_amount[k];
             END IF;
             RETURN NEXT;
@@ -256,7 +260,12 @@ BEGIN
             OR (a_on_low[ai] = 'topup' AND v_balance < a_threshold[ai] AND a_pending[ai] IS NULL)) THEN
             v_stop := k; EXIT;  -- a notice or an automatic top-up: the program's
         END IF;
-        r_state[ri] := CASE WHEN r_state[ri] = 3 THEN 5 ELSE 4 END;
+        IF r_state[ri] = 3 THEN
+            r_state[ri] := 5; v_new := v_new - 1;
+        ELSE
+            IF r_state[ri] = 2 THEN v_changed := v_changed - 1; END IF;
+            r_state[ri] := 4; v_gone := v_gone + 1;
+        END IF;
         e_reserved[ei] := e_reserved[ei] - v_held; e_live[ei] := e_live[ei] - 1;
         e_day_spent[ei] := CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END + p_amount[k];
         e_day[ei] := p_day[k];
@@ -264,7 +273,7 @@ BEGIN
         e_month[ei] := p_month[k];
         e_dirty[ei] := true;
         a_reserved[ai] := a_reserved[ai] - v_held; a_live[ai] := a_live[ai] - 1;
-        a_dirty[ai] := true;
+        a_dirty[ai] := true; v_dirty := true;
         IF p_op[k] = 'release' THEN
             o_a := 1;
             RETURN NEXT;
@@ -291,31 +300,41 @@ BEGIN
 
     -- What the operations did, written once; a row that is not as it was read undoes the batch (it is
     -- sent again), which the locks taken first make impossible but which must never be written over.
-    UPDATE extensions x SET reserved = u.reserved, live_calls = u.live, attempts = u.att, attempt_minute = u.att_min,
-        day = u.day, day_spent = u.day_spent, month = u.month, month_spent = u.month_spent
-    FROM unnest(p_eacc, p_eext, e_reserved, e_live, e_att, e_att_min, e_day, e_day_spent, e_month, e_month_spent,
-        e_dirty, e_found)
-        AS u(account_id, ext, reserved, live, att, att_min, day, day_spent, month, month_spent, dirty, found)
-    WHERE u.dirty AND u.found AND x.account_id = u.account_id AND x.ext = u.ext;
-    UPDATE accounts y SET balance = u.balance, reserved = u.reserved, live_calls = u.live, attempts = u.att,
-        attempt_minute = u.att_min
-    FROM unnest(p_accounts, a_balance, a_reserved, a_live, a_att, a_att_min, a_dirty)
-        AS u(id, balance, reserved, live, att, att_min, dirty)
-    WHERE u.dirty AND y.id = u.id;
-    DELETE FROM reservations r USING unnest(p_calls, r_state) AS u(c, s) WHERE u.s = 4 AND r.call_id = u.c;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    IF v_n <> (SELECT count(*) FROM unnest(r_state) AS u(s) WHERE u.s = 4) THEN
-        RAISE EXCEPTION 'a reservation of the batch changed under it' USING ERRCODE = 'serialization_failure';
+    IF v_dirty THEN  -- every operation that wrote changed both an extension and an account
+        UPDATE extensions x SET reserved = u.reserved, live_calls = u.live, attempts = u.att,
+            attempt_minute = u.att_min, day = u.day, day_spent = u.day_spent, month = u.month,
+            month_spent = u.month_spent
+        FROM unnest(p_eacc, p_eext, e_reserved, e_live, e_att, e_att_min, e_day, e_day_spent, e_month,
+            e_month_spent, e_dirty, e_found)
+            AS u(account_id, ext, reserved, live, att, att_min, day, day_spent, month, month_spent, dirty, found)
+        WHERE u.dirty AND u.found AND x.account_id = u.account_id AND x.ext = u.ext;
+        UPDATE accounts y SET balance = u.balance, reserved = u.reserved, live_calls = u.live, attempts = u.att,
+            attempt_minute = u.att_min
+        FROM unnest(p_accounts, a_balance, a_reserved, a_live, a_att, a_att_min, a_dirty)
+            AS u(id, balance, reserved, live, att, att_min, dirty)
+        WHERE u.dirty AND y.id = u.id;
     END IF;
-    UPDATE reservations r SET amount = u.amount, updated_at = u.updated, deadline = u.deadline, details = u.details
-    FROM unnest(p_calls, r_amount, r_updated, r_deadline, r_details, r_state)
-        AS u(c, amount, updated, deadline, details, s)
-    WHERE u.s = 2 AND r.call_id = u.c;
-    INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)
-    SELECT u.c, u.a, u.e, u.amount, u.created, u.updated, u.deadline, u.details
-    FROM unnest(p_calls, r_account, r_ext, r_amount, r_created, r_updated, r_deadline, r_details, r_state)
-        AS u(c, a, e, amount, created, updated, deadline, details, s)
-    WHERE u.s = 3;
+    IF v_gone > 0 THEN
+        DELETE FROM reservations r USING unnest(p_calls, r_state) AS u(c, s) WHERE u.s = 4 AND r.call_id = u.c;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n <> v_gone THEN
+            RAISE EXCEPTION 'a reservation of the batch changed under it' USING ERRCODE = 'serialization_failure';
+        END IF;
+    END IF;
+    IF v_changed > 0 THEN
+        UPDATE reservations r
+        SET amount = u.amount, updated_at = u.updated, deadline = u.deadline, details = u.details
+        FROM unnest(p_calls, r_amount, r_updated, r_deadline, r_details, r_state)
+            AS u(c, amount, updated, deadline, details, s)
+        WHERE u.s = 2 AND r.call_id = u.c;
+    END IF;
+    IF v_new > 0 THEN
+        INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)
+        SELECT u.c, u.a, u.e, u.amount, u.created, u.updated, u.deadline, u.details
+        FROM unnest(p_calls, r_account, r_ext, r_amount, r_created, r_updated, r_deadline, r_details, r_state)
+            AS u(c, a, e, amount, created, updated, deadline, details, s)
+        WHERE u.s = 3;
+    END IF;
     IF j_call IS NOT NULL THEN
         INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)
         SELECT u.a, u.t, 'debit', u.m, u.c, u.b FROM unnest(j_account, j_at, j_amount, j_call, j_balance)
