@@ -25,7 +25,7 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import report
+from benchmarks.common import cpu_seconds, report
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledger
 from rating_engine.ledger.postgres import PostgresLedger
 
@@ -40,7 +40,11 @@ def skewed(rng: random.Random) -> str:
     return f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(MANY)}"
 
 
-async def ours(ledger: Ledger, pairs: int, tasks: int, accounts: int = 1) -> float:
+CPU: dict[str, tuple[float, float | None]] = {}
+"""Per run: this process's CPU and PostgreSQL's, µs per pair (where the time goes, beside the rate)."""
+
+
+async def ours(ledger: Ledger, pairs: int, tasks: int, accounts: int = 1, label: str = "") -> float:
     names = ["acme"] if accounts == 1 else [f"a{i}" for i in range(accounts)]
     for name in names:
         await ledger.create_account(name, AccountSettings("office-fr", "EUR"))
@@ -56,11 +60,18 @@ async def ours(ledger: Ledger, pairs: int, tasks: int, accounts: int = 1) -> flo
             assert held.ok
             await ledger.settle(call, 123_456, CallDetails(dialed="0899123456"), now=NOW + 60)
 
+    client0, server0 = cpu_seconds()
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(tasks)))
     elapsed = time.perf_counter() - t0
+    client1, server1 = cpu_seconds()
+    done = per_task * tasks
+    server_us = None
+    if ledger.dialect == "postgres" and server0 is not None and server1 is not None:
+        server_us = 1e6 * (server1 - server0) / done
+    CPU[label] = (1e6 * (client1 - client0) / done, server_us)
     assert await ledger.check() == []
-    return per_task * tasks / elapsed
+    return done / elapsed
 
 
 async def naive_sqlite(path: str, pairs: int, tasks: int) -> float:
@@ -122,7 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ledger = make_ledger(f"sqlite:///{d}/many.db")
         await ledger.open()
         try:
-            results["ours_sqlite_full/many"] = await ours(ledger, args.pairs, 100, MANY)
+            results["ours_sqlite_full/many"] = await ours(ledger, args.pairs, 100, MANY, "ours_sqlite_full/many")
         finally:
             await ledger.close()
     if not args.no_postgres:
@@ -133,7 +144,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ledger = PostgresLedger(url, batched=batched)
                 await ledger.open()
                 try:
-                    results[f"{name}/many"] = await ours(ledger, args.pairs // (2 if batched else 10), 100, MANY)
+                    results[f"{name}/many"] = await ours(
+                        ledger, args.pairs // (2 if batched else 10), 100, MANY, f"{name}/many"
+                    )
                 finally:
                     await ledger.close()
     for tasks in (1, 100):
@@ -143,7 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ledger = make_ledger(f"sqlite:///{d}/ours.db")
             await ledger.open()
             try:  # a failed check must end the run, not leave aiosqlite's thread holding the process
-                results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks)
+                results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks, 1, f"ours_sqlite_full/{tasks}")
             finally:
                 await ledger.close()
         if not args.no_postgres:
@@ -156,7 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await ledger.open()
                 try:
                     share = (2 if tasks > 1 else 4) if batched else 10
-                    results[f"{name}/{tasks}"] = await ours(ledger, pairs // share, tasks)
+                    results[f"{name}/{tasks}"] = await ours(ledger, pairs // share, tasks, 1, f"{name}/{tasks}")
                 finally:
                     await ledger.close()
     return results
@@ -188,18 +201,26 @@ def main() -> None:
                 continue
             v = r.get(f"{name}/{tasks}")
             base = r[f"naive_sqlite_full/{100 if tasks == 'many' else tasks}"]
+            client, server = CPU.get(f"{name}/{tasks}", (None, None))
             rows.append(
                 [
                     label,
                     f"100, {MANY:,} accounts (skewed)" if tasks == "many" else f"{tasks}, one account",
                     "skipped (no server)" if v is None and "postgres" in name else f"{v:,.0f}" if v else "-",
                     f"{v / base:.1f}x" if v else "-",
+                    f"{client:,.0f}" if client is not None else "-",
+                    f"{server:,.0f}" if server is not None else "-",
                 ]
             )
-    data = {"loop": loop_name, "pairs_per_s": {k: (round(v) if v else None) for k, v in r.items()}}
-    report(
-        "bench_ledger (reserve+settle pairs/s)", ["backend", "tasks", "pairs/s", "vs baseline"], rows, data, args.json
-    )
+    data = {
+        "loop": loop_name,
+        "pairs_per_s": {k: (round(v) if v else None) for k, v in r.items()},
+        "cpu_us_per_pair": {
+            k: {"this_process": round(c), "postgresql": None if p is None else round(p)} for k, (c, p) in CPU.items()
+        },
+    }
+    header = ["backend", "tasks", "pairs/s", "vs baseline", "CPU µs/pair: here", "PostgreSQL"]
+    report("bench_ledger (reserve+settle pairs/s)", header, rows, data, args.json)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,31 @@ import sys
 from typing import Any
 
 
+def cpu_seconds() -> tuple[float, float | None]:
+    """CPU time used so far by this process (its threads included) and by the PostgreSQL server's
+    processes on this machine (None where /proc cannot tell): the benchmark's two sides of a run."""
+    import os
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    server = 0.0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return me.ru_utime + me.ru_stime, None
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                name, rest = f.read().split(") ", 1)
+        except OSError:
+            continue
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            server += (int(fields[11]) + int(fields[12])) / tick
+    return me.ru_utime + me.ru_stime, server
+
+
 def machine() -> dict[str, Any]:
     import os
 
