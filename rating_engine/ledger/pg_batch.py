@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v3`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v4`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -44,7 +44,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v3"
+FUNCTION = "rating_engine_batch_v4"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -77,9 +77,11 @@ KEYS = (  # one row per slot: the calls, the accounts and the extensions the ope
     ("eext", "text"),
 )
 COLUMNS = OPERATIONS + KEYS
+HANDED_BACK = "RE001"
+"""Raised by the function asked for the whole batch or nothing (`p_whole`) when it would hand one back."""
 CALL = (
-    f"SELECT o_i, o_fast, o_a, o_b, o_c, o_tz, o_account, o_ext FROM {FUNCTION}($1, "
-    + ", ".join(f"${n}::text::{kind}[]" for n, (_name, kind) in enumerate(COLUMNS, start=2))
+    f"SELECT o_i, o_fast, o_a, o_b, o_c, o_tz, o_account, o_ext FROM {FUNCTION}($1, $2, "
+    + ", ".join(f"${n}::text::{kind}[]" for n, (_name, kind) in enumerate(COLUMNS, start=3))
     + ")"
 )
 
@@ -300,6 +302,9 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
+    IF v_stop IS NOT NULL AND p_whole THEN  -- all or nothing was asked: nothing, and the driver says how
+        RAISE EXCEPTION 'an operation of the batch is handed back' USING ERRCODE = 'RE001';
+    END IF;
     -- What the operations did, written once; a row that is not as it was read undoes the batch (it is
     -- sent again), which the locks taken first make impossible but which must never be written over.
     IF v_dirty THEN  -- every operation that wrote changed both an extension and an account
@@ -357,7 +362,7 @@ END
 """
 
 CREATE = (
-    f"CREATE OR REPLACE FUNCTION {FUNCTION}(p_start integer, "
+    f"CREATE OR REPLACE FUNCTION {FUNCTION}(p_start integer, p_whole boolean, "
     + ", ".join(f"p_{name} {kind}[]" for name, kind in COLUMNS)
     + ")\nRETURNS TABLE (o_i integer, o_fast boolean, o_a bigint, o_b bigint, o_c bigint, o_tz text, o_account text,"
     + " o_ext text)\nLANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"

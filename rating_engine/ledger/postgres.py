@@ -297,8 +297,13 @@ class PostgresLedger(Ledger):
         assert self._pool is not None
         for attempt in range(RETRIES):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    return await self._write_on(conn, jobs)
+                async with self._pool.acquire() as conn:
+                    cols = pg_batch.encode([(job.op, job.args) for job in jobs], self.zones)
+                    whole = await self._write_whole(conn, jobs, cols)
+                    if whole is not None:
+                        return whole
+                    async with conn.transaction():
+                        return await self._write_on(conn, jobs, cols)
             except RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -319,13 +324,30 @@ class PostgresLedger(Ledger):
         except Exception as exc:
             return _Failed(exc)
 
-    async def _write_on(self, conn: Any, jobs: list[_Job]) -> list[Any]:
+    async def _write_whole(self, conn: Any, jobs: list[_Job], cols: list[str]) -> list[Any] | None:
+        """The common batch, every operation the fast way, as one statement that is its own
+        transaction: one round trip instead of three (no BEGIN or COMMIT of ours), and the rows are
+        let go at the server's commit instead of after a round trip to the engine. If the function
+        would hand an operation back it undoes everything instead (None), and the batch goes again
+        in a transaction of ours, the handed-back operations as their programs in savepoints."""
+        try:
+            got = await conn.fetch(pg_batch.CALL, 1, True, *cols)
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == pg_batch.HANDED_BACK:
+                return None
+            raise
+        outcomes: list[Any] = [None] * len(jobs)
+        for r in got:
+            job = jobs[r["o_i"] - 1]
+            outcomes[r["o_i"] - 1] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+        return outcomes
+
+    async def _write_on(self, conn: Any, jobs: list[_Job], cols: list[str]) -> list[Any]:
         ops = [(job.op, job.args) for job in jobs]
-        cols = pg_batch.encode(ops, self.zones)
         outcomes: list[Any] = [None] * len(jobs)
         start, zoned = 1, set()
         while start <= len(jobs):
-            got = await conn.fetch(pg_batch.CALL, start, *cols)
+            got = await conn.fetch(pg_batch.CALL, start, False, *cols)
             start = len(jobs) + 1
             for r in got:  # the function stops at the first operation it hands back: the last row
                 k = r["o_i"] - 1
