@@ -417,9 +417,9 @@ def validate(op: str, args: tuple[Any, ...]) -> None:
 
 
 def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
-    """A batch as the function's arguments (after `p_start`): one row per operation, naming its call,
-    account and extension by slot, then the slots' keys. Python picks the slots, so the function
-    finds each row's state by index instead of searching its arrays (2.7 µs a search)."""
+    """A batch as the function's arguments (after `p_start` and `p_whole`): one row per operation,
+    naming its call, account and extension by slot, then the slots' keys. Python picks the slots, so
+    the function finds each row's state by index instead of searching its arrays (2.7 µs a search)."""
     calls: dict[str, int] = {}
     check: list[bool] = []
     accounts: dict[str, int] = {}

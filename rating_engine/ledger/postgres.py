@@ -304,12 +304,13 @@ class PostgresLedger(Ledger):
         for attempt in range(RETRIES):
             try:
                 async with self._pool.acquire() as conn:
-                    cols = pg_batch.encode([(job.op, job.args) for job in jobs], self.zones)
+                    ops = [(job.op, job.args) for job in jobs]
+                    cols = pg_batch.encode(ops, self.zones)
                     whole = await self._write_whole(conn, jobs, cols)
                     if whole is not None:
                         return whole
                     async with conn.transaction():
-                        return await self._write_on(conn, jobs, cols)
+                        return await self._write_on(conn, jobs, ops, cols)
             except RETRYABLE:
                 if attempt == RETRIES - 1:
                     raise
@@ -348,8 +349,9 @@ class PostgresLedger(Ledger):
             outcomes[r["o_i"] - 1] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
         return outcomes
 
-    async def _write_on(self, conn: Any, jobs: list[_Job], cols: list[str]) -> list[Any]:
-        ops = [(job.op, job.args) for job in jobs]
+    async def _write_on(
+        self, conn: Any, jobs: list[_Job], ops: list[tuple[str, tuple[Any, ...]]], cols: list[str]
+    ) -> list[Any]:
         outcomes: list[Any] = [None] * len(jobs)
         start, zoned = 1, set()
         while start <= len(jobs):
