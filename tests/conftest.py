@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rating_engine import number_cache
 from rating_engine.rating.catalog import Tariffs, load_tariffs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,13 @@ try:
     LOOPS = ["asyncio", "uvloop"]
 except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
     LOOPS = ["asyncio"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def installed_number_table() -> None:
+    """The compiled number table installed once, as a service does before it listens: else the
+    first test to classify builds it (3-4 s) inside its own `answer_timeout`, and fails alone."""
+    number_cache.install()
 
 
 @pytest.fixture(scope="session")
