@@ -157,3 +157,64 @@ async def test_engine_errors_deny_chargeable_calls_but_allow_emergency(tmp_path:
 def test_a_quoted_value_reads_back_as_itself(value: str) -> None:
     """What the engine writes in SET VARIABLE is what the simulator (and Asterisk) reads."""
     assert unquote(quote(value)) == value
+
+
+def _fixed_server(**timeouts: float) -> FastAgiServer:
+    fixed = [("RATING_STATUS", "ALLOW"), ("RATING_REASON", "charged"), ("RATING_CALLID", "pbx1:1.2:3")]
+
+    async def handler(_req: object) -> list[tuple[str, str]]:
+        return fixed
+
+    return FastAgiServer({"authorize": handler}, lambda _r, _w: fixed, **timeouts)
+
+
+async def test_each_conversation_is_counted_once_as_answered_or_hung_up() -> None:
+    server = _fixed_server()
+    port = await server.start("127.0.0.1", 0)
+    try:
+        assert len(await agi_request(port, ENV)) == 3
+        assert len(await agi_request(port, ENV, reply=b"511 Command Not Permitted\n")) == 1
+        assert len(await agi_request(port, ENV, reply=b"HANGUP\n")) == 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # gone after the first command
+        writer.write(("\n".join(ENV) + "\n\n").encode())
+        assert (await reader.readline()).startswith(b"SET VARIABLE RATING_STATUS")
+        writer.close()
+        for _ in range(100):
+            if server.stats.hangups == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert (server.stats.requests, server.stats.answered, server.stats.hangups) == (4, 1, 3)
+    finally:
+        await server.close()
+
+
+async def test_a_client_that_never_replies_is_let_go_after_reply_timeout() -> None:
+    server = _fixed_server(reply_timeout=0.2)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(("\n".join(ENV) + "\n\n").encode())
+        first = await reader.readline()
+        rest = await asyncio.wait_for(reader.read(), 2)  # the server closes: no second command
+        writer.close()
+        assert first.startswith(b"SET VARIABLE RATING_STATUS") and rest == b""
+        assert (server.stats.answered, server.stats.hangups) == (0, 0)
+    finally:
+        await server.close()
+
+
+async def test_close_lets_a_conversation_in_flight_end() -> None:
+    server = _fixed_server()
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\n".join(ENV) + "\n\n").encode())
+    commands = [await reader.readline()]
+    closing = asyncio.create_task(server.close())
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # the first command's reply is still awaited
+    while commands[-1]:
+        writer.write(b"200 result=1\n")
+        commands.append(await reader.readline())
+    await asyncio.wait_for(closing, 2)
+    writer.close()
+    assert len(commands) == 4 and server.stats.answered == 1

@@ -42,8 +42,9 @@ MAX_ENV_BYTES = 16_384
 def parse_env(block: bytes) -> AgiRequest:
     """Parse the environment block (without the final blank line)."""
     env: dict[str, str] = {}
-    for raw in block.split(b"\n"):
-        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+    # decoded once: "\n" is never inside a UTF-8 sequence, so this is the lines decoded one by one
+    for line in block.decode("utf-8", "replace").split("\n"):
+        line = line.rstrip("\r")
         if not line:
             continue
         name, sep, value = line.partition(":")
@@ -80,9 +81,16 @@ def unquote(text: str) -> str:
     return "".join(out)
 
 
+_NAMES_CHECKED: set[str] = set()
+"""The engine sets a handful of names: each is checked once, not at every call."""
+
+
 def set_variable(name: str, value: str) -> bytes:
-    if not name or not all(c.isalnum() or c == "_" for c in name):
-        raise ValueError(f"not a channel variable name: {name!r}")
+    if name not in _NAMES_CHECKED:
+        if not name or not all(c.isalnum() or c == "_" for c in name):
+            raise ValueError(f"not a channel variable name: {name!r}")
+        if len(_NAMES_CHECKED) < 1024:
+            _NAMES_CHECKED.add(name)
     return f"SET VARIABLE {name} {quote(value)}\n".encode()
 
 

@@ -94,21 +94,35 @@ class FastAgiServer:
 
 
 class _AgiConnection(asyncio.Protocol):
+    """One FastAGI conversation: the environment, the handler's task, then the SET VARIABLEs.
+
+    The commands go one at a time, each when the reply to the one before arrives, from
+    `data_received` itself: the exchange is a few callbacks and one timer per command, not a
+    coroutine woken through a queue with a timeout scope per reply (that was a third of the
+    server's CPU per request). The handler's task waits for `finished`, so `close()` still
+    lets conversations in flight end.
+    """
+
     def __init__(self, server: FastAgiServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.env_done = False
         self.reader = ReplyReader()
-        self.replies: asyncio.Queue[AgiReply | None] = asyncio.Queue()
         self.closed = False
-        self.hangup_signalled = False
-        self.env_timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        """The environment's deadline, then each reply's."""
         self.started = time.perf_counter()
+        self.uniqueid = ""
+        self.commands: list[tuple[str, bytes]] = []
+        """What is left to send, last first: (variable, its SET VARIABLE line)."""
+        self.waiting: str | None = None
+        """The variable whose reply is awaited."""
+        self.finished: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.env_timer = asyncio.get_running_loop().call_later(self.server.env_timeout, self._abort)
+        self.timer = asyncio.get_running_loop().call_later(self.server.env_timeout, self._abort)
 
     def _abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -130,8 +144,7 @@ class _AgiConnection(asyncio.Protocol):
         block, rest = bytes(self.buffer[:cut]), bytes(self.buffer[cut + skip :])
         self.buffer.clear()
         self.env_done = True
-        if self.env_timer is not None:
-            self.env_timer.cancel()
+        self._cancel_timer()
         try:
             request = parse_env(block)
         except AgiProtocolError as exc:
@@ -140,7 +153,10 @@ class _AgiConnection(asyncio.Protocol):
             self._abort()
             return
         self.server.stats.requests += 1
-        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self.uniqueid = request.uniqueid
+        loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
+        task = loop.create_task(self._serve(request))
         self.server._tasks.add(task)
         task.add_done_callback(self.server._tasks.discard)
         if rest:
@@ -161,44 +177,81 @@ class _AgiConnection(asyncio.Protocol):
             del self.buffer[: nl + 1]
             start = 0
             reply = self.reader.feed(line)
+            if self.waiting is None:
+                continue  # nothing asked yet (a HANGUP is remembered by the reader)
             if reply is not None:
-                self.replies.put_nowait(reply)
-            elif self.reader.hangup_seen and not self.hangup_signalled:
-                self.hangup_signalled = True  # wake the writer: it sends nothing more
-                self.replies.put_nowait(None)
+                self._replied(reply)
+            elif self.reader.hangup_seen:
+                self._end(hangup=True)  # it sends nothing more after Asterisk's HANGUP
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.env_timer is not None:
-            self.env_timer.cancel()
-        self.replies.put_nowait(None)
+        self._cancel_timer()
+        if self.waiting is not None:
+            self._end(hangup=True)  # else the handler is still at work: `_send` will see it closed
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     async def _serve(self, request: AgiRequest) -> None:
         variables, from_handler = await self.server.answer(request)
-        stats = self.server.stats
         if not from_handler:
-            stats.fallbacks += 1
-        elapsed = time.perf_counter() - self.started
+            self.server.stats.fallbacks += 1
         if self.server.on_latency is not None:
-            self.server.on_latency(elapsed)
+            self.server.on_latency(time.perf_counter() - self.started)
         try:
-            for name, value in variables:
-                if self.closed or self.reader.hangup_seen:
-                    stats.hangups += 1
-                    return
-                assert self.transport is not None
-                self.transport.write(set_variable(name, value))
-                try:
-                    async with asyncio.timeout(self.server.reply_timeout):
-                        reply = await self.replies.get()
-                except TimeoutError:
-                    log.warning("no AGI reply", extra={"uniqueid": request.uniqueid, "variable": name})
-                    return
-                if reply is None or reply.dead:
-                    stats.hangups += 1
-                    return
-                if not reply.ok:
-                    log.warning("AGI command refused", extra={"uniqueid": request.uniqueid, "code": reply.code})
+            self.commands = [(name, set_variable(name, value)) for name, value in reversed(variables)]
+        except ValueError:
+            log.exception("not a channel variable", extra={"uniqueid": request.uniqueid})
+            self._end(hangup=None)
+        else:
+            self._send()
+        assert self.finished is not None
+        await self.finished  # the conversation's end, for `close()`
+
+    def _send(self) -> None:
+        """The next command, or the end of the conversation."""
+        if self.closed or self.reader.hangup_seen:
+            self._end(hangup=bool(self.commands))
+            return
+        if not self.commands:
+            self._end(hangup=False)
+            return
+        name, line = self.commands.pop()
+        assert self.transport is not None
+        self.transport.write(line)
+        self.waiting = name
+        self.timer = asyncio.get_running_loop().call_later(self.server.reply_timeout, self._no_reply)
+
+    def _replied(self, reply: AgiReply) -> None:
+        self._cancel_timer()
+        if reply.dead:
+            self._end(hangup=True)
+            return
+        if not reply.ok:
+            log.warning("AGI command refused", extra={"uniqueid": self.uniqueid, "code": reply.code})
+        self.waiting = None
+        self._send()
+
+    def _no_reply(self) -> None:
+        self.timer = None
+        log.warning("no AGI reply", extra={"uniqueid": self.uniqueid, "variable": self.waiting})
+        self.commands.clear()
+        self._end(hangup=None)
+
+    def _end(self, *, hangup: bool | None) -> None:
+        """Count the conversation (answered, or hung up; None: neither) and close it, once."""
+        if self.finished is None or self.finished.done():
+            return
+        stats = self.server.stats
+        if hangup:
+            stats.hangups += 1
+        elif hangup is False:
             stats.answered += 1
-        finally:
-            self._abort()
+        self.waiting = None
+        self.commands.clear()
+        self._cancel_timer()
+        self.finished.set_result(None)
+        self._abort()
