@@ -33,11 +33,30 @@ WRITERS = 2
 """Batches in flight at once: one is written while the other waits for its commit."""
 READERS = 2
 """Batches of the authorization's read (account and extension) in flight at once."""
-_READ_ACCOUNTS = f"SELECT {P.ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::text[])"
-_READ_EXTENSIONS = (
-    "SELECT x.* FROM extensions x JOIN unnest($1::text[], $2::text[]) AS k(account_id, ext)"
-    " ON x.account_id = k.account_id AND x.ext = k.ext"
+_EXTENSION_COLUMNS = (
+    "chargeable",
+    "classes",
+    "daily_cap",
+    "monthly_cap",
+    "max_calls",
+    "max_attempts",
+    "name",
+    "reserved",
+    "day",
+    "day_spent",
+    "month",
+    "month_spent",
+    "live_calls",
 )
+_READ_CALLERS = (
+    "SELECT k.a AS k_account, k.e AS k_ext, "
+    + ", ".join(f"y.{c.strip()}" for c in P.ACCOUNT_COLUMNS.split(","))
+    + ", x.ext IS NOT NULL AS x_found, "
+    + ", ".join(f"x.{c} AS x_{c}" for c in _EXTENSION_COLUMNS)
+    + " FROM unnest($1::text[], $2::text[]) AS k(a, e) JOIN accounts y ON y.id = k.a"
+    " LEFT JOIN extensions x ON x.account_id = k.a AND x.ext = k.e"
+)
+"""The authorizations' reads of one moment, accounts and extensions together in one statement."""
 BATCH_MAX = 256
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 LOST = (
@@ -200,9 +219,9 @@ class PostgresLedger(Ledger):
 
     async def caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
         """Every authorization reads its account and extension first: the reads waiting at one
-        moment go together, two statements and no transaction for all of them, instead of four
-        round trips each (a transaction's BEGIN, two SELECTs, COMMIT). READ COMMITTED gave each
-        SELECT its own snapshot before too; the reserve that follows checks every limit again."""
+        moment go together, one statement and no transaction for all of them, instead of four
+        round trips each (a transaction's BEGIN, two SELECTs, COMMIT). The reserve that follows
+        checks every limit again."""
         if not self.batched:
             return await super().caller(account_id, ext)
         if self._pool is None or self._idle is not None or self._closing:
@@ -244,15 +263,19 @@ class PostgresLedger(Ledger):
         self, pairs: set[tuple[str, str]]
     ) -> dict[tuple[str, str], tuple[Account | None, Extension | None]]:
         assert self._pool is not None
+        keys = list(pairs)
         async with self._pool.acquire() as conn:
-            accounts = {
-                r["id"]: self._zone_of(P._account(r))
-                for r in await conn.fetch(_READ_ACCOUNTS, list({a for a, _ in pairs}))
-            }
-            keys = list(pairs)
-            rows = await conn.fetch(_READ_EXTENSIONS, [a for a, _ in keys], [e for _, e in keys])
-        extensions = {(r["account_id"], r["ext"]): P._extension(r) for r in rows}
-        return {(a, e): (accounts[a], extensions.get((a, e))) if a in accounts else (None, None) for a, e in pairs}
+            rows = await conn.fetch(_READ_CALLERS, [a for a, _ in keys], [e for _, e in keys])
+        found: dict[tuple[str, str], tuple[Account | None, Extension | None]] = dict.fromkeys(keys, (None, None))
+        for r in rows:
+            account, ext = r["k_account"], r["k_ext"]
+            extension = None
+            if r["x_found"]:
+                extension = P._extension(
+                    {"account_id": account, "ext": ext, **{c: r[f"x_{c}"] for c in _EXTENSION_COLUMNS}}
+                )
+            found[(account, ext)] = (self._zone_of(P._account(r)), extension)
+        return found
 
     async def _run_in_pool(self, pool: asyncpg.Pool, program: Callable[..., P.Program[T]], *args: Any) -> T:
         for attempt in range(RETRIES):
