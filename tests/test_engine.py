@@ -303,3 +303,21 @@ async def test_a_top_up_a_settle_asks_for_is_paid_aside_and_no_call_waits_for_it
         assert acc.balance == 10 * EUR - charged + (amount if behaviour == "ok" else 0)
         assert not acc.topup_failed  # a provider that never answers leaves the top-up pending, not failed
         assert (acc.topup_pending is None) is (behaviour == "ok")
+
+
+async def test_an_extension_s_own_rules_are_read_with_its_account() -> None:
+    """What an extension may call is its row's, read with the account at each authorization: a
+    reservation alone would let it call anything its account can pay for."""
+    from rating_engine.contract import DestinationClass
+    from rating_engine.ledger import ExtensionSettings
+
+    async with rig() as r:
+        await r.ledger.set_extension("acme", "201", ExtensionSettings(classes=frozenset({DestinationClass.NATIONAL})))
+        premium = await r.engine.authorize(request(PREMIUM, "1.1", "201"))
+        abroad = await r.engine.authorize(request("00447400123456", "1.2", "201"))  # a UK mobile
+        refused = (Status.DENY, Reason.EXTENSION_NOT_ALLOWED)
+        assert (premium.status, premium.reason) == (abroad.status, abroad.reason) == refused
+        assert (await r.ledger.account("acme")).reserved == 0
+        national = await r.engine.authorize(request("0123456789", "1.3", "201"))
+        other = await r.engine.authorize(request(PREMIUM, "1.4", "202"))  # no row of its own: every class
+        assert (national.status, other.status, other.reason) == (Status.ALLOW, Status.ALLOW, Reason.CHARGED)

@@ -33,28 +33,9 @@ WRITERS = 2
 """Batches in flight at once: one is written while the other waits for its commit."""
 READERS = 2
 """Batches of the authorization's read (account and extension) in flight at once."""
-_EXTENSION_COLUMNS = (
-    "chargeable",
-    "classes",
-    "daily_cap",
-    "monthly_cap",
-    "max_calls",
-    "max_attempts",
-    "name",
-    "reserved",
-    "day",
-    "day_spent",
-    "month",
-    "month_spent",
-    "live_calls",
-)
 _READ_CALLERS = (
-    "SELECT k.a AS k_account, k.e AS k_ext, "
-    + ", ".join(f"y.{c.strip()}" for c in P.ACCOUNT_COLUMNS.split(","))
-    + ", x.ext IS NOT NULL AS x_found, "
-    + ", ".join(f"x.{c} AS x_{c}" for c in _EXTENSION_COLUMNS)
-    + " FROM unnest($1::text[], $2::text[]) AS k(a, e) JOIN accounts y ON y.id = k.a"
-    " LEFT JOIN extensions x ON x.account_id = k.a AND x.ext = k.e"
+    f"SELECT k.e AS k_ext, {P.CALLER_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(a, e)"
+    " JOIN accounts y ON y.id = k.a LEFT JOIN extensions x ON x.account_id = k.a AND x.ext = k.e"
 )
 """The authorizations' reads of one moment, accounts and extensions together in one statement."""
 BATCH_MAX = 256
@@ -268,13 +249,8 @@ class PostgresLedger(Ledger):
             rows = await conn.fetch(_READ_CALLERS, [a for a, _ in keys], [e for _, e in keys])
         found: dict[tuple[str, str], tuple[Account | None, Extension | None]] = dict.fromkeys(keys, (None, None))
         for r in rows:
-            account, ext = r["k_account"], r["k_ext"]
-            extension = None
-            if r["x_found"]:
-                extension = P._extension(
-                    {"account_id": account, "ext": ext, **{c: r[f"x_{c}"] for c in _EXTENSION_COLUMNS}}
-                )
-            found[(account, ext)] = (self._zone_of(P._account(r)), extension)
+            account, extension = P.caller_of(r)
+            found[(account.id, r["k_ext"])] = (self._zone_of(account), extension)
         return found
 
     async def _run_in_pool(self, pool: asyncpg.Pool, program: Callable[..., P.Program[T]], *args: Any) -> T:
