@@ -151,14 +151,16 @@ def pg_url() -> Iterator[str]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=rounds)
-def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan: list[Any]) -> None:
+@given(plan=rounds, split=st.booleans())
+def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan: list[Any], split: bool) -> None:
+    """`split`: every batch of two operations or more is cut by account, its parts run side by side."""
     prefix = f"x{next(_examples)}"
     path = tmp_path / f"{prefix}.sqlite3"
 
     async def both() -> tuple[list[str], list[str], PostgresLedger]:
         sqlite = SqliteLedger(path)
-        pg = PostgresLedger(pg_url, writers=1)  # one writer: a round's operations run in the order given
+        # one writer: a round's operations run in the order given (each account's, when cut)
+        pg = PostgresLedger(pg_url, writers=1, split_from=2 if split else 10**6)
         async with sqlite, pg:
             ours = await _play(sqlite, await _setup(sqlite, prefix), prefix, plan)
             theirs = await _play(pg, await _setup(pg, prefix), prefix, plan)
@@ -220,3 +222,42 @@ def test_the_columns_reach_postgresql_as_they_were(
             await conn.close()
 
     assert asyncio.run(run()) == (texts, numbers)
+
+
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["reserve", "settle", "extend", "release"]), st.integers(0, 9), st.integers(0, 4)),
+        max_size=60,
+    ),
+    known=st.dictionaries(st.integers(0, 9), st.integers(0, 4)),
+    parts=st.integers(1, 3),
+)
+def test_a_batch_is_cut_where_no_account_or_call_links_its_parts(
+    ops: list[tuple[str, int, int]], known: dict[int, int], parts: int
+) -> None:
+    """The parts of a cut batch run side by side: none may name another's account or call, and each
+    keeps its operations in the batch's order; those whose account is unknown stay in the first."""
+    from rating_engine.ledger.pg_batch import Zones, split
+
+    zones = Zones()
+    for call, account in known.items():
+        zones.called(f"c{call}", f"a{account}", "201")
+    batch = [(op, (f"c{call}", f"a{account}", "201")) for op, call, account in ops]
+    groups = split(batch, zones, parts)
+    assert sorted(k for g in groups for k in g) == list(range(len(batch))) and len(groups) <= parts
+    assert all(g == sorted(g) and g for g in groups)
+    named: dict[str, str] = {}  # each call's account as the batch tells it: reserved in it, or known
+    owners: list[set[str]] = []
+    for g in groups:
+        calls = {batch[k][1][0] for k in g}
+        accounts = set()
+        for k in g:
+            op, (call, account, _) = batch[k]
+            if op == "reserve":
+                named[call] = account
+            mine = named.get(call) or zones.of_call.get(call, ("", ""))[0]
+            accounts.add(mine)
+            if not mine:
+                assert g is groups[0]
+        owners.append(calls | {a for a in accounts if a})
+    assert all(not (owners[i] & owners[j]) for i in range(len(owners)) for j in range(i + 1, len(owners)))

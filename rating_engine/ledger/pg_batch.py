@@ -406,6 +406,53 @@ class Zones:
         self.of_call[call_id] = (account_id, ext)
 
 
+def split(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones, parts: int) -> list[list[int]]:
+    """A batch's operations (their indexes, in order) in at most `parts` groups that name no account
+    and no call in common: each group can run in a transaction of its own, side by side with the
+    others, without waiting for their locks or writing the same reservation. An operation goes with
+    its call and its account (reserved earlier in the batch, or known to `zones`); those whose account
+    is unknown all go in the first group, which alone may then wait on another's locks. The sets of
+    linked operations are dealt largest first, each to the group with the fewest operations so far."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(key: tuple[str, str]) -> tuple[str, str]:
+        parent.setdefault(key, key)
+        while parent[key] != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    named: dict[str, str] = {}
+    keys: list[tuple[str, str]] = []
+    for op, args in ops:
+        if op == "reserve":
+            account = named[args[0]] = args[1]
+        else:
+            known = zones.of_call.get(args[0])
+            account = named.get(args[0]) or (known[0] if known else "")
+        call, owner = root(("call", args[0])), root(("account", account))
+        if call != owner:
+            parent[call] = owner
+        keys.append(("call", args[0]))
+    sets = [root(key) for key in keys]
+    sizes: dict[tuple[str, str], int] = {}
+    for r in sets:
+        sizes[r] = sizes.get(r, 0) + 1
+    loads = [0] * parts
+    group_of: dict[tuple[str, str], int] = {}
+    unknown = ("account", "")
+    if unknown in parent:
+        group_of[root(unknown)] = 0
+        loads[0] = sizes.pop(root(unknown))
+    for r, n in sorted(sizes.items(), key=lambda item: -item[1]):
+        g = group_of[r] = loads.index(min(loads))
+        loads[g] += n
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    for k, r in enumerate(sets):
+        groups[group_of[r]].append(k)
+    return [g for g in groups if g]
+
+
 def validate(op: str, args: tuple[Any, ...]) -> None:
     """The checks the program would make before its first statement, with the same errors."""
     if op == "reserve":
