@@ -307,8 +307,9 @@ class PostgresLedger(Ledger):
     async def _write(self, jobs: list[_Job]) -> list[Any]:
         """A batch, in one transaction or, from SPLIT_FROM operations, in one per group of accounts
         run side by side: the tasks waiting on a batch are all waiting on its latency, and the
-        server runs one transaction on one core. The groups share no account (and so no extension,
-        reservation or daily sum): they cannot wait on each other's locks."""
+        server runs one transaction on one core. The groups share no account or call (and so no
+        extension, reservation or daily sum), so they do not wait on each other's locks; only the
+        first, holding the calls this engine did not know, may wait for another (`pg_batch.split`)."""
         groups = [list(range(len(jobs)))]
         if len(jobs) >= self.split_from and self.parts > 1:
             groups = pg_batch.split([(job.op, job.args) for job in jobs], self.zones, self.parts)
