@@ -98,8 +98,8 @@ class _AgiConnection(asyncio.Protocol):
 
     The commands go one at a time, each when the reply to the one before arrives, from
     `data_received` itself: the exchange is a few callbacks and one timer per command, not a
-    coroutine woken through a queue with a timeout scope per reply (that was a third of the
-    server's CPU per request). The handler's task waits for `finished`, so `close()` still
+    coroutine woken through a queue with a timeout scope per reply (that cost the bare server a
+    fifth of its CPU per request). The handler's task waits for `finished`, so `close()` still
     lets conversations in flight end.
     """
 
