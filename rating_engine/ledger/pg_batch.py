@@ -406,6 +406,15 @@ class Zones:
         self.of_call[call_id] = (account_id, ext)
 
 
+def _whose(op: str, args: tuple[Any, ...], named: dict[str, tuple[str, str]], zones: Zones) -> tuple[str, str] | None:
+    """An operation's account and extension, as the batch tells them: a reservation names them (and
+    `named` keeps them for the call's later operations in the batch), else the call is known or not."""
+    if op == "reserve":
+        named[args[0]] = (args[1], args[2])
+        return named[args[0]]
+    return named.get(args[0]) or zones.of_call.get(args[0])
+
+
 def split(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones, parts: int) -> list[list[int]]:
     """A batch's operations (their indexes, in order) in at most `parts` groups that name no account
     and no call in common: each group can run in a transaction of its own, side by side with the
@@ -422,15 +431,11 @@ def split(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones, parts: int) -> l
             key = parent[key]
         return key
 
-    named: dict[str, str] = {}
+    named: dict[str, tuple[str, str]] = {}
     keys: list[tuple[str, str]] = []
     for op, args in ops:
-        if op == "reserve":
-            account = named[args[0]] = args[1]
-        else:
-            known = zones.of_call.get(args[0])
-            account = named.get(args[0]) or (known[0] if known else "")
-        call, owner = root(("call", args[0])), root(("account", account))
+        whose = _whose(op, args, named, zones)
+        call, owner = root(("call", args[0])), root(("account", whose[0] if whose else ""))
         if call != owner:
             parent[call] = owner
         keys.append(("call", args[0]))
@@ -481,9 +486,7 @@ def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
             check.append(False)
         if op == "reserve":
             check[rslot - 1] = True
-            whose = named[call_id] = (args[1], args[2])
-        else:
-            whose = named.get(call_id) or zones.of_call.get(call_id)
+        whose = _whose(op, args, named, zones)
         aslot: int | None = None
         eslot: int | None = None
         tz: str | None = None
