@@ -49,7 +49,7 @@ async def ours(ledger: Ledger, pairs: int, tasks: int, accounts: int = 1, label:
     for name in names:
         await ledger.create_account(name, AccountSettings("office-fr", "EUR"))
         await ledger.topup(name, 10**15, f"opening-{name}")
-    per_task = pairs // tasks
+    per_task = max(pairs // tasks, 1)  # a small --pairs still runs every task once
 
     async def worker(w: int) -> None:
         rng = random.Random(w)
@@ -83,7 +83,7 @@ async def naive_sqlite(path: str, pairs: int, tasks: int) -> float:
     await db.execute("CREATE TABLE activity (call_id TEXT PRIMARY KEY, account_id TEXT, cost BIGINT, dialed TEXT)")
     await db.execute("INSERT INTO accounts VALUES ('acme', ?, 0)", (10**15,))
     lock = asyncio.Lock()  # one connection: transactions must not interleave
-    per_task = pairs // tasks
+    per_task = max(pairs // tasks, 1)  # a small --pairs still runs every task once
 
     async def worker(w: int) -> None:
         for i in range(per_task):
