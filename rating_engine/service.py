@@ -130,6 +130,13 @@ class Service:
     async def _start(self) -> None:
         a = self.config.ami
         secret = self.ami_secret if self.ami_secret is not None else a.resolved_secret()
+        spool = self.engine.spool
+        if spool is not None and not spool.claim():
+            node = self.config.engine.node
+            raise StartupError(
+                f"another rating-engine runs as node {node!r} here (it holds {spool.lock_path}): give each"
+                " process its own [engine] node (and its own metrics port), e.g. one config file per process"
+            )
         if self._own_ledger:
             try:
                 await self.ledger.open()
@@ -141,7 +148,6 @@ class Service:
             numbers = number_cache.install()
             took = round(time.perf_counter() - started, 3)
             log.info("number table ready", extra={"ranges": len(numbers), "seconds": took})
-        spool = self.engine.spool
         if spool is not None and spool.load():
             written = await self.engine.flush_spool()
             log.info("spool read at start", extra={"written": written, "left": len(spool.entries)})
@@ -197,8 +203,13 @@ class Service:
                 await self._flusher
             self._flusher = None
 
+    def _let_go_of_node(self) -> None:
+        if self.engine.spool is not None:
+            self.engine.spool.let_go()
+
     async def _close_started(self) -> None:
         await self._stop_flusher()
+        self._let_go_of_node()
         for closing in (self.agi.close, self.metrics.close):
             with contextlib.suppress(Exception):
                 await closing()
@@ -264,6 +275,7 @@ class Service:
         if self._own_ledger and self._ledger_open:
             await self.ledger.close()
             self._ledger_open = False
+        self._let_go_of_node()
         self.stopped.set()
         log.info("engine stopped", extra={"live_calls_left": len(self.engine.calls)})
 

@@ -9,11 +9,17 @@ crash between the ledger's commit and this file's rewrite is still billed once.
 
 One JSON object per line. A torn last line (the engine killed mid-append) is the one entry that
 was never acknowledged: it is skipped, with a warning, and the call is reconciled from Asterisk.
+
+The file, like the reservations noted with its node, is one engine's alone: a running engine holds
+a lock beside it (`claim`), so a second process started as the same node — several processes on one
+port (`reuse_port`) sharing one config file, say — refuses to start instead of following, warning
+and renewing the first one's calls a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -55,6 +61,38 @@ class Spool:
         """Entries the ledger took since start."""
         self.unsaved = 0
         """Entries held in memory only, since the file could not be written."""
+        self._lock: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def claim(self) -> bool:
+        """Hold this spool's lock for as long as the process lives (the kernel lets it go even on
+        SIGKILL); False if another process holds it. If the lock file cannot be made at all (a
+        full or read-only disk), that is said and the engine goes on: the guard is not worth an
+        engine that cannot start."""
+        if self._lock is not None:
+            return True
+        try:
+            if not self.path.parent.exists():
+                self.path.parent.mkdir(parents=True, mode=0o700)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.error("spool lock cannot be made", extra={"file": str(self.lock_path), "error": str(exc)})
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock = fd
+        return True
+
+    def let_go(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def load(self) -> list[Pending]:
         """What an earlier run left waiting (the file is this engine's alone: one per node)."""

@@ -77,6 +77,8 @@ class World:
         await s.agi.close()
         await s.metrics.close()
         await s.ledger.close()
+        assert s.engine.spool is not None
+        s.engine.spool.let_go()  # as the kernel does for a process that dies
         self.service = None
 
     async def ledger(self) -> Ledger:

@@ -195,3 +195,30 @@ async def test_spooled_settlements_survive_a_restart_and_a_crash_before_the_rewr
         assert await third.ledger.reservations() == [] and await third.ledger.check() == []
         for e in (second, third):
             await e.ledger.close()
+
+
+def test_a_spool_is_claimed_by_one_process_at_a_time(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "spool" / "pbx1.spool.jsonl"
+    mine = Spool(path)
+    assert mine.claim() and mine.claim()  # made its directory; claiming again is harmless
+    holder = "import sys; from rating_engine.spool import Spool; print(Spool(sys.argv[1]).claim())"
+    other = subprocess.run([sys.executable, "-c", holder, str(path)], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == "False"  # another process: refused while this one holds it
+    mine.let_go()
+    other = subprocess.run([sys.executable, "-c", holder, str(path)], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == "True"
+    again = Spool(path)
+    assert again.claim()  # and the lock died with the process that held it
+    again.let_go()
+
+
+def test_a_spool_lock_that_cannot_be_made_does_not_stop_the_engine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    spool = Spool(tmp_path / "not-a-dir" / "pbx1.spool.jsonl")
+    assert spool.claim()
+    assert any(r.getMessage() == "spool lock cannot be made" for r in caplog.records)
