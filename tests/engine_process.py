@@ -33,14 +33,17 @@ class Engine:
         account: str = "shared",
         extra: str = "",
         metrics: bool = False,
+        agi_port: int = 0,
+        reuse_port: bool = False,
     ) -> None:
-        self.node, self.agi_port = node, free_port()
+        self.node, self.agi_port = node, agi_port or free_port()
         self.metrics_port = free_port() if metrics else 0
         self.config = tmp / f"{node}.toml"
         self.config.write_text(
             f'[engine]\nnode = "{node}"\nquota_seconds = 10\nrenew_margin = 3\nring_timeout = 3\n'
             f'warning_seconds = 0\nfinal_warning_seconds = 0\nspool_file = "{tmp}/{node}.spool"\n{extra}'
             f'[agi]\nbind = "127.0.0.1:{self.agi_port}"\naccount = "fixed:{account}"\n'
+            f"reuse_port = {'true' if reuse_port else 'false'}\n"
             f'[ami]\nport = {ami_port}\n[ledger]\nurl = "{url}"\n'
             f'[tariffs]\nplans = ["{OFFICE_FR}"]\n'
             f'[metrics]\nbind = "{f"127.0.0.1:{self.metrics_port}" if metrics else ""}"\n'
@@ -48,12 +51,27 @@ class Engine:
         self.proc: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
 
-    async def start(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         env = {**os.environ, "RATING_ENGINE_AMI_SECRET": SECRET}
-        self.proc = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rating_engine.cli", "run", "--config", str(self.config), cwd=ROOT, env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+
+    async def refused(self) -> tuple[int, list[str]]:
+        """Run it expecting it not to start: its exit code and the lines it printed that are not logs."""
+        proc = await self._spawn()
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode is not None
+        return proc.returncode, [x for x in err.decode().splitlines() if not x.startswith("{")]
+
+    async def start(self) -> None:
+        self.proc = await self._spawn()
         seen: set[object] = set()
         assert self.proc.stderr is not None
         while not {"engine started", "reconciled with Asterisk"} <= seen:
