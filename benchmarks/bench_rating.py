@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import report
 from rating_engine import number_cache, number_table
-from rating_engine.numbering import _classify
+from rating_engine.numbering import Kind, _classify
 from rating_engine.rating.batch import BatchResult, rate_batch
 from rating_engine.rating.catalog import load_tariffs
 from rating_engine.rating.decision import decide
@@ -111,7 +111,7 @@ def make_numbers(distinct: int, rng: random.Random) -> list[str]:
     return sorted(out)
 
 
-TYPES = {
+_TYPE_NAMES = {
     T.FIXED_LINE: "fixed",
     T.MOBILE: "mobile",
     T.FIXED_LINE_OR_MOBILE: "fixed_or_mobile",
@@ -124,6 +124,7 @@ TYPES = {
     T.PAGER: "pager",
     T.VOICEMAIL: "voicemail",
 }
+TYPES: dict[int, Kind] = {t: Kind(name) for t, name in _TYPE_NAMES.items()}
 
 
 def naive_rater(plan: Plan, table: RateTable):  # type: ignore[no-untyped-def]
@@ -145,7 +146,7 @@ def naive_rater(plan: Plan, table: RateTable):  # type: ignore[no-untyped-def]
         digits += str(n.national_number)
         if any(digits.startswith(p) for p in plan.blocked_prefixes):
             return "blocked_destination", "", 0
-        if plan.is_included(region, kind):
+        if plan.is_included(region or "", kind):
             return "included", "", 0
         for length in range(min(len(digits), longest), 0, -1):
             row = rates.get(digits[:length])
@@ -294,7 +295,8 @@ def main() -> None:
     _classify.cache_clear()
     sample = dialed[: args.latency_calls]
     seen: set[str] = set()
-    cold, warm = [], []
+    cold: list[int] = []
+    warm: list[int] = []
     for d in sample:
         t = time.perf_counter_ns()
         decide(plan, table, d, AT, budget=10_000_000)
@@ -306,7 +308,7 @@ def main() -> None:
         return float(np.percentile(np.array(xs) / 1000, q)) if xs else float("nan")
 
     calls = len(dialed)
-    data = {
+    data: dict[str, Any] = {
         "calls": calls,
         "distinct_numbers": len(numbers),
         "ranges": len(RANGES),
