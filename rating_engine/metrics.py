@@ -75,6 +75,8 @@ class Snapshot:
     spool_written_total: int = field(default=0, metadata=COUNTER)
     renew_failures_total: int = field(default=0, metadata=COUNTER)
     """Renewals of live calls the ledger could not take (each try; the deadline stood)."""
+    node_conflicts_total: int = field(default=0, metadata=COUNTER)
+    """Its node found held by another engine after the ledger's session was lost (PostgreSQL)."""
 
 
 class Metrics:

@@ -105,6 +105,7 @@ class Service:
             tariff_reload_failures_total=self.reload_failures,
             low_balances_total=s.low_balances,
             renew_failures_total=s.renew_failures,
+            node_conflicts_total=self.ledger.node_conflicts,
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
             spool_unsaved=self.engine.spool.unsaved if self.engine.spool else 0,
             spooled_total=self.engine.spool.spooled if self.engine.spool else 0,
@@ -143,6 +144,15 @@ class Service:
             except (OSError, ConnectionError) as exc:
                 raise StartupError(f"cannot open the ledger: {exc}") from None
             self._ledger_open = True
+        try:
+            holder = await self.ledger.hold_node(self.config.engine.node)
+        except (OSError, ConnectionError) as exc:
+            raise StartupError(f"cannot open the ledger: {exc}") from None
+        if holder:
+            raise StartupError(
+                f"another rating-engine runs as node {self.config.engine.node!r} on this ledger ({holder}):"
+                " give each PBX's engine its own [engine] node"
+            )
         if not number_table.installed():  # before the first call: building it would stall the loop
             started = time.perf_counter()
             numbers = number_cache.install()

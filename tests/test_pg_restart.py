@@ -76,6 +76,8 @@ async def test_a_postgresql_restart_under_a_running_engine(server: Server, tmp_p
         up = await engine.metrics()
         assert up["rating_spool_waiting"] == 0 and up["rating_spool_written_total"] == 1
         assert up['rating_authorizations_total{outcome="allow_charged"}'] >= 2
+        assert await engine.says("node held again", timeout=10)  # its node is its own again, checked every 5 s
+        assert up["rating_node_conflicts_total"] == 0
     finally:
         await engine.stop()
         await sim.close()

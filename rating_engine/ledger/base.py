@@ -58,6 +58,16 @@ class Ledger(ABC):
     async def close(self) -> None:
         await self._close()
 
+    async def hold_node(self, node: str) -> str:
+        """Hold `node` for this engine while the ledger is open: '' when held, else who holds it.
+        A ledger on one machine has nothing to do here: the spool's lock says it there."""
+        return ""
+
+    @property
+    def node_conflicts(self) -> int:
+        """Times this engine found its node held by another after losing it (see `pg_node`)."""
+        return 0
+
     async def __aenter__(self) -> Ledger:
         await self.open()
         return self

@@ -19,10 +19,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import pg_batch
+from . import pg_batch, pg_node
 from . import programs as P
 from .base import Ledger
 from .models import Account, AccountSettings, Extension, LedgerError
+from .pg_node import NodeHold
 from .schema import upgrade_steps
 
 T = TypeVar("T")
@@ -142,6 +143,8 @@ class PostgresLedger(Ledger):
         self._readers = 0
         self._read_tasks: set[asyncio.Task[None]] = set()
         self.read_batches = 0
+        self._node: NodeHold | None = None
+        self.node_check_every = pg_node.CHECK_EVERY
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -421,8 +424,26 @@ class PostgresLedger(Ledger):
                 return _Failed(exc)
         raise AssertionError("unreachable")
 
+    async def hold_node(self, node: str) -> str:
+        if self._node is not None and self._node.node != node:
+            await self._node.let_go()
+            self._node = None
+        if self._node is None:
+            self._node = NodeHold(self.dsn, node, check_every=self.node_check_every, connect_timeout=CONNECT_TIMEOUT)
+        holder = "" if self._node.held else await self._node.take()
+        if not holder:
+            self._node.watch()
+        return holder
+
+    @property
+    def node_conflicts(self) -> int:
+        return 0 if self._node is None else self._node.conflicts
+
     async def _close(self) -> None:
         """Let the operations under way finish, then close."""
+        if self._node is not None:
+            await self._node.let_go()
+            self._node = None
         if self._pool is not None:
             self._closing = True
             if self._work is not None:
