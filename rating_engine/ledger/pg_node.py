@@ -87,15 +87,18 @@ class NodeHold:
             await asyncio.sleep(self.check_every)
             try:
                 if self.held:
-                    await self._conn.fetchval("SELECT 1")
+                    await self._conn.fetchval("SELECT 1", timeout=self.connect_timeout)  # a silent cut too
                     continue
-            except (asyncpg.PostgresError, *LOST):  # lost: a restart, a cut, a terminated session
+            except Exception:  # lost: a restart, a cut, a terminated session; taken again below
                 pass
             self._drop()
             try:
                 holder = await self.take()
             except (asyncpg.PostgresError, *LOST):
                 continue  # the server is away: the ledger's own calls say so; tried again
+            except Exception:  # never let the watch end: the node would go unguarded
+                log.exception("node lock not taken again: tried again", extra={"node": self.node})
+                continue
             if holder:
                 self.conflicts += 1
                 log.error(

@@ -430,7 +430,10 @@ class PostgresLedger(Ledger):
             self._node = None
         if self._node is None:
             self._node = NodeHold(self.dsn, node, check_every=self.node_check_every, connect_timeout=CONNECT_TIMEOUT)
-        holder = "" if self._node.held else await self._node.take()
+        try:
+            holder = "" if self._node.held else await self._node.take()
+        except asyncpg.PostgresError as exc:  # too many connections, say: one line, not a traceback
+            raise LedgerError(f"cannot hold node {node!r} on the ledger: {exc}") from None
         if not holder:
             self._node.watch()
         return holder
