@@ -20,7 +20,7 @@ from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.postgres import PostgresLedger
 
 from .engine_process import SECRET, Engine, free_port
-from .ledgers import pg_database
+from .ledgers import pg_database, until_settled
 
 PREMIUM = "0899123456"
 
@@ -56,10 +56,7 @@ async def test_a_second_process_as_the_same_node_refuses_to_start_and_the_first_
         assert call.reason == "charged"  # the first one was not disturbed, and still answers alone
         ledger = PostgresLedger(pg_url)
         async with ledger:
-            for _ in range(100):
-                if not await ledger.reservations():
-                    break
-                await asyncio.sleep(0.1)
+            await until_settled(ledger)
             [row] = await ledger.activity("shared")
             assert row.call_id == call.variables["RATING_CALLID"] and await ledger.check() == []
     finally:
@@ -91,10 +88,7 @@ async def test_two_processes_on_one_port_each_follow_and_settle_only_their_own_c
         calls = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(40))), 90)
         ledger = PostgresLedger(pg_url)
         async with ledger:
-            for _ in range(100):
-                if not await ledger.reservations():
-                    break
-                await asyncio.sleep(0.1)
+            await until_settled(ledger)
             assert await ledger.reservations() == [] and await ledger.check() == []
             rows = {r.call_id: r for r in await ledger.activity("shared")}
             account = await ledger.account("shared")

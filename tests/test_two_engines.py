@@ -21,7 +21,7 @@ from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.postgres import PostgresLedger
 
 from .engine_process import SECRET, Engine
-from .ledgers import pg_database
+from .ledgers import pg_database, until_settled
 
 PREMIUM = "0899123456"
 BALANCE = 4_000_000  # 4 EUR: a dozen calls at once, not 200
@@ -65,10 +65,7 @@ async def test_two_engines_share_one_account_and_one_is_killed_mid_storm(pg_url:
         first, second = await asyncio.wait_for(calls, 90)
         ledger = PostgresLedger(url)
         async with ledger:
-            for _ in range(100):  # pbx1's calls that ended while it was away: settled after its restart
-                if not await ledger.reservations():
-                    break
-                await asyncio.sleep(0.2)
+            await until_settled(ledger, 20)  # pbx1's calls that ended while it was away: after its restart
             assert await ledger.reservations() == []
             rows = {r.call_id: r for r in await ledger.activity("shared")}
             assert await ledger.check() == []
