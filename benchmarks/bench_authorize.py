@@ -9,7 +9,8 @@ scheduled arrival so that a stall is not hidden by the generator waiting for it 
 40 ms stall of the machine made the p99 by itself, the bare server's too). The generator's own CPU
 use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
 (cold classification). Baseline in the same run: a bare FastAGI server answering fixed
-variables with the same server code (the transport's ceiling), so a ratio can be read off.
+variables with the same server code (the transport's ceiling), so a ratio can be read off. Each
+run also gives the server's CPU per authorization (this process's, and PostgreSQL's), beside the rate.
 On PostgreSQL (uvloop) it also runs one and then two engine processes on one port
 (`reuse_port`, the kernel spreading the connections), sharing the database: the ratio of the two.
 
@@ -33,7 +34,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import report
+from benchmarks.common import cpu_seconds, report
 from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
@@ -156,10 +157,15 @@ def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> 
     out.put((lat, time.process_time() - cpu))
 
 
-async def measure(port: int, concurrency: int, requests: int, offset: int) -> dict[str, float]:
-    """`concurrency` channels in a closed loop; negative: an open loop at that many per second."""
+async def measure(
+    port: int, concurrency: int, requests: int, offset: int, in_process: bool = True
+) -> dict[str, float | None]:
+    """`concurrency` channels in a closed loop; negative: an open loop at that many per second.
+    With the server `in_process`, its CPU per authorization too (this process's threads, and
+    PostgreSQL's processes on this machine): where the time goes, beside the rate."""
     queue: Any = mp.get_context("fork").Queue()
     proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
+    here0, pg0 = cpu_seconds()
     t0 = time.perf_counter()
     proc.start()
     while proc.is_alive() and queue.empty():
@@ -167,6 +173,7 @@ async def measure(port: int, concurrency: int, requests: int, offset: int) -> di
     lat, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
     elapsed = time.perf_counter() - t0
     proc.join()
+    here1, pg1 = cpu_seconds()
     lat.sort()
     return {
         "per_s": round(len(lat) / elapsed),
@@ -174,6 +181,8 @@ async def measure(port: int, concurrency: int, requests: int, offset: int) -> di
         "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 3),
         "p999_ms": round(lat[int(len(lat) * 0.999) - 1] * 1000, 3),
         "generator_cpu_pct": round(100 * cpu / elapsed),
+        "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
+        "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
     }
 
 
@@ -230,10 +239,10 @@ async def processes(url: str, count: int, requests: int, offset: int) -> list[di
     label = f"ours: PostgreSQL, {count} process{'es' if count > 1 else ''} (reuse_port)"
     rows = []
     try:
-        await measure(port, 50, 300, offset)  # warm-up, not counted: a fresh process's first calls
+        await measure(port, 50, 300, offset, in_process=False)  # warm-up, not counted: a fresh process's first calls
         offset += 300
         for c in (50, 500):
-            m = await measure(port, c, requests, offset)
+            m = await measure(port, c, requests, offset, in_process=False)
             offset += requests
             rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
     finally:
@@ -303,14 +312,27 @@ def main() -> None:
     rows = []
     for r in results:
         if "skipped" in r:
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", ""])
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", ""])
             continue
         b = base[(r["loop"], r["concurrency"])]
         c = r["concurrency"]
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
         ratio = f"p99 {r['p99_ms'] / b['p99_ms']:.1f}x" if c < 0 else f"{r['per_s'] / b['per_s']:.2f}x"
+        cpu = "" if r["server_cpu_us"] is None else f"{r['server_cpu_us']:,}"
+        if cpu and "PostgreSQL" in r["path"] and r["postgresql_cpu_us"] is not None:
+            cpu += f" / {r['postgresql_cpu_us']:,}"
         rows.append(
-            [r["loop"], r["path"], load, f"{r['per_s']:,}", r["p50_ms"], r["p99_ms"], ratio, r["generator_cpu_pct"]]
+            [
+                r["loop"],
+                r["path"],
+                load,
+                f"{r['per_s']:,}",
+                r["p50_ms"],
+                r["p99_ms"],
+                ratio,
+                cpu,
+                r["generator_cpu_pct"],
+            ]
         )
     alone = {r["concurrency"]: r["per_s"] for r in results if r["path"].endswith("1 process (reuse_port)")}
     for r in results:
@@ -326,11 +348,22 @@ def main() -> None:
                     "",
                     f"{r['vs_one_process']:.2f}x",
                     "",
+                    "",
                 ]
             )
     report(
         "bench_authorize (FastAGI authorizations)",
-        ["loop", "path", "load", "auth/s", "p50 ms", "p99 ms", "vs bare", "generator CPU %"],
+        [
+            "loop",
+            "path",
+            "load",
+            "auth/s",
+            "p50 ms",
+            "p99 ms",
+            "vs bare",
+            "CPU µs/auth: here / PostgreSQL",
+            "generator CPU %",
+        ],
         rows,
         {"results": results},
         args.json,

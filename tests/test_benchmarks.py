@@ -73,6 +73,9 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
     for r in ours:
         assert r["per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
         assert r["fallbacks"] == 0, r  # every authorization came from the engine, none from its fallback
+        assert r["server_cpu_us"] > 0
+        if r["path"] == "ours: PostgreSQL":
+            assert r["postgresql_cpu_us"] is not None
     if absent:
         pytest.skip(f"bare and SQLite ran; PostgreSQL and its two processes on one port did not: {absent}")
     shared = [r for r in rows if r["path"].endswith("2 processes (reuse_port)")]
