@@ -1,16 +1,19 @@
-"""Test base: the sample tariffs, a loop-exception guard, and the suite on both event loops."""
+"""Test base: the sample tariffs, a fresh PostgreSQL database, a loop-exception guard, and the suite
+on both event loops."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from rating_engine import number_cache
 from rating_engine.rating.catalog import Tariffs, load_tariffs
+
+from .ledgers import pg_database
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICE_FR = ROOT / "tariffs" / "office-fr.toml"
@@ -33,6 +36,13 @@ def installed_number_table() -> None:
 @pytest.fixture(scope="session")
 def tariffs() -> Tariffs:
     return load_tariffs([OFFICE_FR])
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of the test's own, dropped after it (see `ledgers.pg_database`)."""
+    with pg_database() as url:
+        yield url
 
 
 def pytest_asyncio_loop_factories(

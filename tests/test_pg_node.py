@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -22,13 +21,6 @@ from rating_engine.ledger.pg_node import node_key
 from rating_engine.ledger.postgres import PostgresLedger
 
 from .engine_process import SECRET, Engine
-from .ledgers import pg_database
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with pg_database() as url:
-        yield url
 
 
 async def _node_sessions(url: str, node: str) -> list[int]:

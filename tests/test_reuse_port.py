@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from rating_engine.asterisk.simulator import AsteriskSimulator, CallResult, Scenario
 from rating_engine.clock import Clock
@@ -20,15 +17,9 @@ from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.postgres import PostgresLedger
 
 from .engine_process import SECRET, Engine, free_port
-from .ledgers import pg_database, until_settled
+from .ledgers import until_settled
 
 PREMIUM = "0899123456"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with pg_database() as url:
-        yield url
 
 
 async def _account(url: str, balance: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from rating_engine.rating.price import cost
 from rating_engine.spool import Pending, Spool
 
 from .conftest import OFFICE_FR
-from .ledgers import pg_database
 from .test_engine import T0, ManualClock
 
 PREMIUM = "0899123456"
@@ -68,12 +67,6 @@ class Proxy:
 
     async def restore(self) -> None:
         await self.start()  # the same port again
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with pg_database() as url:
-        yield url
 
 
 @contextlib.asynccontextmanager

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from rating_engine.asterisk.simulator import AsteriskSimulator, CallResult, Scenario
 from rating_engine.clock import Clock
@@ -21,7 +19,7 @@ from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.postgres import PostgresLedger
 
 from .engine_process import SECRET, Engine
-from .ledgers import pg_database, until_settled
+from .ledgers import until_settled
 
 PREMIUM = "0899123456"
 BALANCE = 4_000_000  # 4 EUR: a dozen calls at once, not 200
@@ -33,12 +31,6 @@ async def storm(sim: AsteriskSimulator, rng: random.Random, n: int) -> list[Call
         return await sim.place_call(Scenario(PREMIUM, f"2{i % 20:02d}", ring=0.2, talk=rng.uniform(1.0, 12.0)))
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    with pg_database() as url:
-        yield url
 
 
 async def test_two_engines_share_one_account_and_one_is_killed_mid_storm(pg_url: str, tmp_path: Path) -> None:
