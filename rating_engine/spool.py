@@ -75,8 +75,7 @@ class Spool:
         if self._lock is not None:
             return True
         try:
-            if not self.path.parent.exists():
-                self.path.parent.mkdir(parents=True, mode=0o700)
+            self._make_dir()
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             log.error("spool lock cannot be made", extra={"file": str(self.lock_path), "error": str(exc)})
@@ -142,9 +141,12 @@ class Spool:
         except OSError as exc:  # the old file stays: what it still holds is billed once all the same
             log.error("spool file cannot be rewritten", extra={"file": str(self.path), "error": str(exc)})
 
-    def _append_line(self, data: bytes) -> None:
+    def _make_dir(self) -> None:
         if not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, mode=0o700)
+
+    def _append_line(self, data: bytes) -> None:
+        self._make_dir()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             size = os.fstat(fd).st_size
