@@ -238,7 +238,6 @@ class _AgiConnection(asyncio.Protocol):
     def _no_reply(self) -> None:
         self.timer = None
         log.warning("no AGI reply", extra={"uniqueid": self.uniqueid, "variable": self.waiting})
-        self.commands.clear()
         self._end(hangup=None)
 
     def _end(self, *, hangup: bool | None) -> None:
