@@ -31,7 +31,14 @@ LOCK_CLASS = 0x72617465
 apart from the one-bigint lock of the migrations."""
 CHECK_EVERY = 5.0
 KEEPALIVE = {"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "4"}
-LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    OSError,
+    TimeoutError,
+)
+"""The server or the way to it is gone (the driver's too: a batch that met it did not happen)."""
 _HOLDER = (
     "SELECT a.client_addr::text AS addr, a.application_name AS app, a.backend_start AS since"
     " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"

@@ -23,7 +23,7 @@ from . import pg_batch, pg_node
 from . import programs as P
 from .base import Ledger
 from .models import Account, AccountSettings, Extension, LedgerError
-from .pg_node import NodeHold
+from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
 T = TypeVar("T")
@@ -44,14 +44,6 @@ SPLIT_FROM = 32
 """A batch this large runs as PARTS transactions side by side, one per group of its accounts."""
 PARTS = 2
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
-LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,
-    OSError,
-    TimeoutError,
-)
-"""The server or the way to it is gone: nothing of the batch happened, every caller is told."""
 CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
