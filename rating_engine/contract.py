@@ -50,7 +50,7 @@ class Reason(StrEnum):
 
 class Refusal(StrEnum):
     """Why the ledger refused to reserve. Each is told to the dialplan as the `Reason` of the same
-    name; the two that only a broken caller can cause are an engine error there (`REASON_OF`)."""
+    name; those the caller causes or handles itself are an engine error there (`REASON_OF`)."""
 
     INSUFFICIENT_FUNDS = "insufficient_funds"
     ACCOUNT_BLOCKED = "account_blocked"
@@ -62,12 +62,16 @@ class Refusal(StrEnum):
     VELOCITY_LIMIT = "velocity_limit"
     UNKNOWN_CALL = "unknown_call"
     DUPLICATE_CALL = "duplicate_call"
+    SETTINGS_CHANGED = "settings_changed"
+    """The account's or the extension's settings are no longer those the call was decided with."""
 
+
+_CALLERS_OWN = (Refusal.UNKNOWN_CALL, Refusal.DUPLICATE_CALL, Refusal.SETTINGS_CHANGED)
+"""Refusals the engine causes or handles itself (it decides again on SETTINGS_CHANGED)."""
 
 REASON_OF: dict[Refusal, Reason] = {
-    **{r: Reason(r.value) for r in Refusal if r not in (Refusal.UNKNOWN_CALL, Refusal.DUPLICATE_CALL)},
-    Refusal.UNKNOWN_CALL: Reason.ENGINE_ERROR,
-    Refusal.DUPLICATE_CALL: Reason.ENGINE_ERROR,
+    **{r: Reason(r.value) for r in Refusal if r not in _CALLERS_OWN},
+    **{r: Reason.ENGINE_ERROR for r in _CALLERS_OWN},
 }
 """What the dialplan is told for each refusal: every refusal has one (a test holds it whole)."""
 

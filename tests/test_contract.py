@@ -11,7 +11,7 @@ from rating_engine.ledger import ExtensionSettings, LedgerError
 def test_every_refusal_is_told_to_the_dialplan_by_the_reason_of_its_name() -> None:
     assert set(REASON_OF) == set(Refusal)
     for refusal, reason in REASON_OF.items():
-        if refusal in (Refusal.UNKNOWN_CALL, Refusal.DUPLICATE_CALL):  # only a broken caller causes these
+        if refusal in (Refusal.UNKNOWN_CALL, Refusal.DUPLICATE_CALL, Refusal.SETTINGS_CHANGED):  # the caller's own
             assert reason is Reason.ENGINE_ERROR
         else:
             assert reason.value == refusal.value and reason.name == refusal.name

@@ -204,7 +204,38 @@ async def test_a_refused_reservation_leaves_nothing_behind(ledger: Ledger) -> No
     assert await ledger.check() == []
 
 
+async def test_a_reservation_decided_with_settings_changed_since_holds_nothing(ledger: Ledger) -> None:
+    """An engine reserves with the settings revisions it decided with: each save of the account's
+    settings or of an extension's rules raises its revision, and a reservation that names an old one
+    is refused and leaves no trace (the engine reads again and decides again)."""
+    await funded(ledger)
+    account, none = await ledger.caller("acme", "201")
+    assert none is None and account is not None and account.settings_rev == 0  # no row yet: revision 0
+    assert (await ledger.reserve("first", "acme", "201", EUR, now=NOW, expect=(0, 0))).ok  # its row, default rules
+    _, made = await ledger.caller("acme", "201")
+    assert made is not None and made.settings_rev == 0
+    saved = await ledger.set_extension("acme", "201", ExtensionSettings(classes=frozenset()))
+    assert saved.settings_rev == 1
+    changed = await ledger.update_settings("acme", replace(account.settings, blocked_prefixes=("33899",)))
+    assert changed.settings_rev == 1
+    before = await ledger.account("acme")
+    stale = await asyncio.gather(
+        ledger.reserve("c1", "acme", "201", EUR, now=NOW, expect=(0, 1)),  # the account's settings since
+        ledger.reserve("c2", "acme", "201", EUR, now=NOW, expect=(1, 0)),  # the extension's rules since
+        ledger.reserve("c3", "acme", "202", EUR, now=NOW, expect=(0, 0)),  # a first call: the account's
+    )
+    assert [r.refusal for r in stale] == [Refusal.SETTINGS_CHANGED] * 3
+    after = await ledger.account("acme")
+    assert (after.balance, after.reserved, after.live_calls) == (before.balance, before.reserved, 1)
+    assert [e.ext for e in await ledger.extensions("acme")] == ["201"]
+    assert (await ledger.reserve("c4", "acme", "201", EUR, now=NOW, expect=(1, 1))).ok
+    assert (await ledger.reserve("c5", "acme", "202", EUR, now=NOW, expect=(1, 0))).ok
+    assert (await ledger.reserve("c6", "acme", "202", EUR, now=NOW)).ok  # no revisions asked: no check
+    assert await ledger.check() == []
+
+
 def _writes_then_fails() -> Program[None]:
+
     yield P.count(
         "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)"
         " VALUES ('acme', 0, 'topup', 1, 'stray', 0)"

@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v2`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v5`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -32,8 +32,13 @@ _examples = itertools.count()
 
 op = st.one_of(
     # 204 has no rules of its own: its first call makes its row (and a refused first call leaves none)
+    # decided with no settings revisions, with the current ones, or with ones changed since
     st.tuples(
-        st.just("reserve"), st.integers(0, 2), st.sampled_from(["201", "201", "202", "203", "204"]), st.integers(1, 4)
+        st.just("reserve"),
+        st.integers(0, 2),
+        st.sampled_from(["201", "201", "202", "203", "204"]),
+        st.integers(1, 4),
+        st.sampled_from(["none", "current", "current", "changed"]),
     ),
     st.tuples(st.just("extend"), st.integers(0, 40), st.integers(1, 3)),
     st.tuples(st.just("release"), st.integers(0, 40)),
@@ -43,7 +48,10 @@ op = st.one_of(
     st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7)),  # a dialer: many calls of one extension
 )
 step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600), st.integers(20 * 86400, 40 * 86400))
-rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16)), min_size=1, max_size=8)
+# before a round's operations: an administrator saves an account's settings ("") or an extension's
+# rules (its revision goes up), or not
+rules = st.one_of(st.none(), st.tuples(st.integers(0, 2), st.sampled_from(["", "201", "202", "204"])))
+rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16), rules), min_size=1, max_size=8)
 
 MONEY = 250_000
 ACCOUNTS = (
@@ -63,6 +71,7 @@ EXTENSIONS = {
     "202": ExtensionSettings(daily_cap=6 * MONEY, max_calls=2),
     "203": ExtensionSettings(chargeable=False),
 }
+NO_RULES = ExtensionSettings()
 
 
 async def _setup(ledger: Ledger, prefix: str) -> list[str]:
@@ -84,18 +93,30 @@ async def _play(ledger: Ledger, names: list[str], prefix: str, plan: list[Any]) 
     def call(i: int) -> str:
         return calls[i % len(calls)] if calls else f"{prefix}-none"
 
-    for step, ops in plan:
+    revs = {(a, e): 1 for a in names for e in EXTENSIONS}  # set_extension raised each once; 204 has none
+    for step, ops, saved in plan:
         now += step
+        if saved is not None and saved[1]:
+            changed = await ledger.set_extension(names[saved[0]], saved[1], EXTENSIONS.get(saved[1], NO_RULES))
+            revs[names[saved[0]], saved[1]] = changed.settings_rev
+        elif saved is not None:
+            revs[names[saved[0]], ""] = (await ledger.update_settings(names[saved[0]], ACCOUNTS[saved[0]])).settings_rev
         work = []
         for o in itertools.chain.from_iterable(
-            [("reserve", o[1], "201", 1)] * o[2] if o[0] == "burst" else [o] for o in ops
+            [("reserve", o[1], "201", 1, "current")] * o[2] if o[0] == "burst" else [o] for o in ops
         ):
             kind = o[0]
             if kind in ("reserve", "duplicate"):
                 call_id = f"{prefix}-c{next(serial)}" if kind == "reserve" else call(o[1])
                 account, ext, units = (names[o[1]], o[2], o[3]) if kind == "reserve" else (names[0], "201", 1)
+                expect = None
+                if kind == "reserve" and o[4] != "none":
+                    arev, erev = revs.get((account, ""), 0), revs.get((account, ext), 0)
+                    expect = (arev, erev + 1) if o[4] == "changed" and o[3] % 2 else (arev + (o[4] == "changed"), erev)
                 calls.append(call_id)
-                work.append(ledger.reserve(call_id, account, ext, units * MONEY, now, now + 90, f"d{call_id}"))
+                work.append(
+                    ledger.reserve(call_id, account, ext, units * MONEY, now, now + 90, f"d{call_id}", expect=expect)
+                )
             elif kind == "extend":
                 work.append(ledger.extend(call(o[1]), o[2] * MONEY, now, now + 120))
             elif kind == "release":

@@ -202,8 +202,10 @@ class Ledger(ABC):
         now: int | None = None,
         deadline: int = 0,
         details: str = "",
+        expect: tuple[int, int] | None = None,
     ) -> ReserveResult:
-        return await self._run(P.reserve, call_id, account_id, ext, amount, self._now(now), deadline, details)
+        """`expect`: the settings revisions the call was decided with (see `programs.reserve`)."""
+        return await self._run(P.reserve, call_id, account_id, ext, amount, self._now(now), deadline, details, expect)
 
     async def extend(self, call_id: str, amount: int, now: int | None = None, deadline: int = 0) -> ReserveResult:
         return await self._run(P.extend, call_id, amount, self._now(now), deadline)

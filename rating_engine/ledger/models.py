@@ -139,6 +139,8 @@ class Account:
     """Automatic top-ups failed in a row (reset by one that succeeds)."""
     topup_paused: bool = False
     """Three failed in a row: automatic top-up waits for the administrator (new card or settings)."""
+    settings_rev: int = 0
+    """Raised by every change of the settings: a reservation can ask that they be those it was decided with."""
 
     @property
     def available(self) -> int:
@@ -218,6 +220,7 @@ class Extension:
     month: str
     month_spent: int
     live_calls: int = 0
+    settings_rev: int = 0
 
     def cap_left(self, now: int, timezone: str = "UTC") -> int | None:
         """What the caps still allow at `now` (None: no cap); the engine sizes calls with it.

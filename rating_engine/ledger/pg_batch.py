@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v4`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v5`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -44,7 +44,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v4"
+FUNCTION = "rating_engine_batch_v5"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -68,6 +68,8 @@ OPERATIONS = (  # one row per operation
     ("kind", "text"),
     ("billable", "bigint"),
     ("estimated", "integer"),
+    ("arev", "bigint"),
+    ("erev", "bigint"),
 )
 KEYS = (  # one row per slot: the calls, the accounts and the extensions the operations name
     ("calls", "text"),
@@ -110,11 +112,11 @@ DECLARE
     -- the accounts, by slot (a_found: the row exists)
     a_found boolean[]; a_tz text[]; a_balance bigint[]; a_reserved bigint[]; a_floor bigint[]; a_threshold bigint[];
     a_on_low text[]; a_pending text[]; a_velocity bigint[]; a_max_calls integer[]; a_max_att integer[];
-    a_live integer[]; a_att integer[]; a_att_min bigint[]; a_dirty boolean[];
+    a_live integer[]; a_att integer[]; a_att_min bigint[]; a_dirty boolean[]; a_rev bigint[];
     -- the extensions, by slot
     e_found boolean[]; e_chargeable integer[]; e_daily bigint[]; e_monthly bigint[]; e_max_calls integer[];
     e_max_att integer[]; e_reserved bigint[]; e_live integer[]; e_att integer[]; e_att_min bigint[]; e_day text[];
-    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[];
+    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[]; e_rev bigint[];
     -- the calls, by slot; r_state: 0 none, 1 stored, 2 stored and changed, 3 new, 4 stored and gone, 5 new and
     -- gone again; r_done: already settled (asked only for the calls a reservation names)
     r_account text[]; r_ext text[]; r_amount bigint[]; r_created bigint[]; r_updated bigint[]; r_deadline bigint[];
@@ -133,17 +135,17 @@ BEGIN
     SELECT array_agg(s.found), array_agg(s.chargeable), array_agg(s.daily_cap), array_agg(s.monthly_cap),
         array_agg(s.max_calls), array_agg(s.max_attempts), array_agg(s.reserved), array_agg(s.live_calls),
         array_agg(s.attempts), array_agg(s.attempt_minute), array_agg(s.day), array_agg(s.day_spent),
-        array_agg(s.month), array_agg(s.month_spent), array_agg(false)
+        array_agg(s.month), array_agg(s.month_spent), array_agg(false), array_agg(s.settings_rev)
     INTO e_found, e_chargeable, e_daily, e_monthly, e_max_calls, e_max_att, e_reserved, e_live, e_att, e_att_min,
-        e_day, e_day_spent, e_month, e_month_spent, e_dirty
+        e_day, e_day_spent, e_month, e_month_spent, e_dirty, e_rev
     FROM (SELECT x.account_id IS NOT NULL AS found, x.* FROM unnest(p_eacc, p_eext) WITH ORDINALITY AS w(a, e, k)
         LEFT JOIN extensions x ON x.account_id = w.a AND x.ext = w.e ORDER BY w.k) s;
     SELECT array_agg(s.found), array_agg(s.timezone), array_agg(s.balance), array_agg(s.reserved),
         array_agg(s.floor), array_agg(s.threshold), array_agg(s.on_low), array_agg(s.topup_pending),
         array_agg(s.velocity_limit), array_agg(s.max_calls), array_agg(s.max_attempts), array_agg(s.live_calls),
-        array_agg(s.attempts), array_agg(s.attempt_minute), array_agg(false)
+        array_agg(s.attempts), array_agg(s.attempt_minute), array_agg(false), array_agg(s.settings_rev)
     INTO a_found, a_tz, a_balance, a_reserved, a_floor, a_threshold, a_on_low, a_pending, a_velocity, a_max_calls,
-        a_max_att, a_live, a_att, a_att_min, a_dirty
+        a_max_att, a_live, a_att, a_att_min, a_dirty, a_rev
     FROM (SELECT y.id IS NOT NULL AS found, y.* FROM unnest(p_accounts) WITH ORDINALITY AS w(a, k)
         LEFT JOIN accounts y ON y.id = w.a ORDER BY w.k) s;
     SELECT array_agg(s.account_id), array_agg(s.ext), array_agg(s.amount), array_agg(s.created_at),
@@ -170,6 +172,10 @@ BEGIN
         IF p_op[k] = 'reserve' THEN
             -- a call already held or settled, or an account not here, is the program's to answer
             IF r_state[ri] <> 0 OR r_done[ri] OR NOT a_found[ai] THEN v_stop := k; EXIT; END IF;
+            -- decided with settings that have changed since (`programs.reserve`'s expect): the program's
+            IF p_arev[k] >= 0 AND (a_rev[ai] <> p_arev[k] OR coalesce(e_rev[ei], 0) <> p_erev[k]) THEN
+                v_stop := k; EXIT;
+            END IF;
             v_held := 0;
         ELSE
             IF r_state[ri] NOT IN (1, 2, 3) THEN
@@ -503,29 +509,34 @@ def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
     ]
 
 
+NO_REVS = (-1, -1)
+"""An operation that asks for no settings revisions (`programs.reserve`'s expect)."""
+
+
 def _values(op: str, args: tuple[Any, ...], tz: str | None) -> tuple[Any, ...]:
     """An operation's own values, in the order of OPERATIONS after the slots."""
     if op == "reserve":
-        _call, _account, _ext, amount, now, deadline, details = args
+        _call, _account, _ext, amount, now, deadline, details, *rest = args
         day, month = periods(now, tz) if tz else ("", "")
-        return (amount, now, deadline, details, tz, day, month, "", 0, 0, "", "", "", "", 0, 0)
+        expect = rest[0] if rest and rest[0] is not None else NO_REVS
+        return (amount, now, deadline, details, tz, day, month, "", 0, 0, "", "", "", "", 0, 0, *expect)
     if op == "annotate":
         _call, deadline, details = args
-        return (0, 0, deadline, details, tz, "", "", "", 0, 0, "", "", "", "", 0, 0)
+        return (0, 0, deadline, details, tz, "", "", "", 0, 0, "", "", "", "", 0, 0, *NO_REVS)
     if op == "release":
         now = args[1]
         day, month = periods(now, tz) if tz else ("", "")
-        return (0, now, 0, "", tz, day, month, "", 0, 0, "", "", "", "", 0, 0)
+        return (0, now, 0, "", tz, day, month, "", 0, 0, "", "", "", "", 0, 0, *NO_REVS)
     if op == "extend":
         _call, amount, now, deadline = args
         day, month = periods(now, tz) if tz else ("", "")
-        return (amount, now, deadline, "", tz, day, month, "", 0, 0, "", "", "", "", 0, 0)
+        return (amount, now, deadline, "", tz, day, month, "", 0, 0, "", "", "", "", 0, 0, *NO_REVS)
     _call, cost, d, now = args
     d = d if isinstance(d, CallDetails) else CallDetails()
     day, month = periods(now, tz) if tz else ("", "")
     end_day = periods(d.ended_at or now, tz)[0] if tz else ""
     return (cost, now, 0, "", tz, day, month, end_day, d.started_at, d.ended_at, d.dialed, d.e164, d.destination,
-            d.kind, d.billable_seconds, int(d.estimated))  # fmt: skip
+            d.kind, d.billable_seconds, int(d.estimated), *NO_REVS)  # fmt: skip
 
 
 def _column(col: Any, kind: str) -> str:

@@ -77,7 +77,8 @@ def count(sql: str, *params: Any) -> Stmt:
 ACCOUNT_COLUMNS = (
     "id, plan, currency, balance, reserved, threshold, on_low, topup_amount, "
     "block_on_topup_failure, topup_failed, topup_pending, floor, timezone, max_calls, max_attempts, "
-    "velocity_limit, blocked_prefixes, office_hours, live_calls, auto_topups_per_day, topup_failures, topup_paused"
+    "velocity_limit, blocked_prefixes, office_hours, live_calls, auto_topups_per_day, topup_failures, topup_paused, "
+    "settings_rev"
 )
 TZ = "(SELECT timezone FROM accounts a WHERE a.id = reservations.account_id) AS timezone"
 """The account's time zone, read with a reservation row (its caps' periods follow it)."""
@@ -117,6 +118,7 @@ def _account(r: Row) -> Account:
         r["live_calls"],
         r["topup_failures"],
         bool(r["topup_paused"]),
+        r["settings_rev"],
     )
 
 
@@ -136,6 +138,7 @@ def _extension(r: Row) -> Extension:
         r["month"],
         r["month_spent"],
         r["live_calls"],
+        r["settings_rev"],
     )
 
 
@@ -213,7 +216,7 @@ def update_settings(account_id: str, s: AccountSettings, actor: str = "", now: i
     yield count(
         "UPDATE accounts SET plan = ?, threshold = ?, on_low = ?, topup_amount = ?, block_on_topup_failure = ?,"
         " timezone = ?, max_calls = ?, max_attempts = ?, velocity_limit = ?, blocked_prefixes = ?, office_hours = ?,"
-        " auto_topups_per_day = ? WHERE id = ?",
+        " auto_topups_per_day = ?, settings_rev = settings_rev + 1 WHERE id = ?",
         s.plan,
         s.threshold,
         s.on_low.value,
@@ -676,7 +679,7 @@ def set_extension(account_id: str, ext: str, s: ExtensionSettings) -> Program[Ex
     yield count(_EXT_DEFAULT, account_id, ext, account_id)
     yield count(
         "UPDATE extensions SET chargeable = ?, classes = ?, daily_cap = ?, monthly_cap = ?, max_calls = ?,"
-        " max_attempts = ?, name = ? WHERE account_id = ? AND ext = ?",
+        " max_attempts = ?, name = ?, settings_rev = settings_rev + 1 WHERE account_id = ? AND ext = ?",
         int(s.chargeable),
         classes,
         s.daily_cap,
@@ -847,9 +850,22 @@ def _forget_extension(account_id: str, ext: str, created: bool) -> Program[None]
 
 
 def reserve(
-    call_id: str, account_id: str, ext: str, amount: int, now: int, deadline: int = 0, details: str = ""
+    call_id: str,
+    account_id: str,
+    ext: str,
+    amount: int,
+    now: int,
+    deadline: int = 0,
+    details: str = "",
+    expect: tuple[int, int] | None = None,
 ) -> Program[ReserveResult]:
+    """Hold `amount` for a new call. `expect`: the account's and the extension's `settings_rev` (0 for
+    an extension without a row) the call was decided with; if either changed, nothing is held."""
     check_amount(amount, "a reservation")
+    if expect is not None:
+        r = yield one(SETTINGS_REVS, ext, account_id)
+        if r is not None and (r["a"], r["e"] or 0) != expect:
+            return ReserveResult(False, Refusal.SETTINGS_CHANGED)
     inserted = yield one(
         "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
         " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
@@ -874,6 +890,12 @@ def reserve(
         yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
         return ReserveResult(False, refusal, alert=alert)
     return ReserveResult(True, None, amount)
+
+
+SETTINGS_REVS = (
+    "SELECT y.settings_rev AS a, x.settings_rev AS e FROM accounts y"
+    " LEFT JOIN extensions x ON x.account_id = y.id AND x.ext = ? WHERE y.id = ?"
+)
 
 
 def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[ReserveResult]:
@@ -1213,6 +1235,7 @@ _CALLER_EXTENSION = (
     "month",
     "month_spent",
     "live_calls",
+    "settings_rev",
 )
 CALLER_COLUMNS = (
     ", ".join(f"y.{c} AS {c}" for c in (c.strip() for c in ACCOUNT_COLUMNS.split(",")))

@@ -253,6 +253,14 @@ _DAYS_PER_STATEMENT = (
     " FOR EACH STATEMENT EXECUTE FUNCTION activity_days_sum();"
 )
 
+# Version 7: a number that every change of an account's or an extension's settings raises. An
+# engine decides a call with the settings it read last time, and reserves only if they are still
+# those (one trip to the ledger per authorization instead of two; see `programs.reserve`).
+_SETTINGS_REV = (
+    "ALTER TABLE accounts ADD COLUMN settings_rev BIGINT NOT NULL DEFAULT 0;"
+    "ALTER TABLE extensions ADD COLUMN settings_rev BIGINT NOT NULL DEFAULT 0;"
+)
+
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
 _INTEGER_MONEY = {
@@ -287,10 +295,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (4, _USERS + _ACTIVITY_DAYS[dialect]),
         (5, _CARDS + _NOTICES[dialect] + _NOTICES_REST),
         (6, _DAYS_PER_STATEMENT if dialect == "postgres" else ""),
+        (7, _SETTINGS_REV),
     ]
 
 
-LATEST = 6
+LATEST = 7
 
 
 def refuse_newer(current: int) -> None:
