@@ -33,8 +33,8 @@ from .spool import Pending, Spool
 
 log = logging.getLogger("rating_engine.engine")
 MAX_UID = 150
-KNOWN_MAX = 100_000
 """Longer than any Asterisk Uniqueid ("1795535109.42", or a ChannelId an application chose)."""
+KNOWN_MAX = 100_000
 
 
 class Pbx(Protocol):
@@ -158,10 +158,13 @@ class Engine:
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
         """Told of each step of each call (the demo prints them); must not block."""
         self.spool: Spool | None = None
+        """Where a call's settlement waits while the ledger cannot be reached (see spool.py)."""
         self._known: dict[tuple[str, str], tuple[str, ExtensionRules]] = {}
         """(account, extension) → its plan and rules, as last read: with the ledger away, what the
         plan includes still goes through (nothing is reserved for a free call)."""
-        """Where a call's settlement waits while the ledger cannot be reached (see spool.py)."""
+        self._callers: dict[tuple[str, str], tuple[Account, Extension | None]] = {}
+        """(account, extension) → both as last read: a chargeable call is decided with them and
+        reserved on the condition that their settings have not changed since (`Ledger.reserve`)."""
         self._flushing = asyncio.Lock()
 
     def _notify(self, what: str, **fields: Any) -> None:
@@ -201,10 +204,54 @@ class Engine:
         def deny(reason: Reason, e164: str) -> Authorization:
             return self._done(Authorization(Status.DENY, reason, e164, call_id=call_id))
 
-        account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
-        if account is None:
-            c = classify(dialed, s.default_country)
-            return allow(Reason.EMERGENCY, c.e164) if c.kind is Kind.EMERGENCY else deny(Reason.UNKNOWN_ACCOUNT, c.e164)
+        # The account's settings and the extension's rules as this engine last read them: the call is
+        # decided with them and reserved in one trip, on the condition that they are still those
+        # (their revisions); if they changed, or the money looks short, read them and decide again.
+        cached = self._callers.get((account_id, ext)) if account_id else None
+        for _ in range(3):
+            if cached is None:
+                account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
+                if account is not None:
+                    self._remember(account, extension, ext)
+            else:
+                account, extension = cached
+            if account is None:
+                c = classify(dialed, s.default_country)
+                if c.kind is Kind.EMERGENCY:
+                    return allow(Reason.EMERGENCY, c.e164)
+                return deny(Reason.UNKNOWN_ACCOUNT, c.e164)
+            answer = await self._authorize_as(request, call_id, now, account, extension, fresh=cached is None)
+            if answer is not None:
+                return self._done(answer)
+            cached = None
+        return deny(Reason.ENGINE_ERROR, classify(dialed, s.default_country).e164)
+
+    def _remember(self, account: Account, extension: Extension | None, ext: str) -> None:
+        if len(self._callers) >= KNOWN_MAX:
+            self._callers.clear()
+        self._callers[(account.id, ext)] = (account, extension)
+
+    async def _authorize_as(
+        self,
+        request: AuthorizeRequest,
+        call_id: str,
+        now: float,
+        account: Account,
+        extension: Extension | None,
+        *,
+        fresh: bool,
+    ) -> Authorization | None:
+        """The answer for this account and extension as given; None: they may be out of date (not
+        `fresh`, or the ledger said their settings changed), read them and decide again."""
+        s = self.settings
+        uid, dialed, ext, account_id = request.uniqueid, request.dialed, request.extension, account.id
+
+        def allow(reason: Reason, e164: str) -> Authorization:
+            return Authorization(Status.ALLOW, reason, e164, call_id=call_id)
+
+        def deny(reason: Reason, e164: str) -> Authorization:
+            return Authorization(Status.DENY, reason, e164, call_id=call_id)
+
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         rates = tariffs.rates_for(plan)
@@ -215,7 +262,11 @@ class Engine:
         tz = account.settings.timezone
         d = decide(plan, rates, dialed, int(now), rules, tz=tz)
         e164 = d.number.e164
-        if d.reason in (Reason.EMERGENCY, Reason.INCLUDED):
+        if d.reason is Reason.EMERGENCY:
+            return allow(d.reason, e164)
+        if not fresh and (d.reason is Reason.INCLUDED or not d.allowed):
+            return None  # free or refused by the settings: only on settings as they are now
+        if d.reason is Reason.INCLUDED:
             return allow(d.reason, e164)
         if not d.allowed or d.row is None or d.fare is None:
             return deny(d.reason, e164)
@@ -224,12 +275,14 @@ class Engine:
             # could be neither timed nor followed. Included and emergency calls went through above.
             return deny(Reason.ENGINE_ERROR, e164)
         if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
-            return deny(Reason.OUTSIDE_HOURS, e164)
+            return None if not fresh else deny(Reason.OUTSIDE_HOURS, e164)
+        fare = d.fare
+        if not fresh and _budget(account, extension, int(now)) < fare.cost(s.quota_seconds):
+            return None  # the money looked short last time: the amount must be sized on what is there now
         previous = self._by_uid.get(uid)
         if previous is not None and previous in self.calls:
             # The channel is back in the dialplan: its previous Dial is over.
             await self._finish(self._forget(self.calls[previous]), now)
-        fare = d.fare
         call = Call(
             call_id, account_id, ext, dialed, e164, d.number.kind.value, d.row.destination, fare, 0, 0, now, uid
         )
@@ -254,13 +307,14 @@ class Engine:
                 int(now),
                 int(now) + s.ring_timeout + seconds,
                 call.details(s.node),
+                expect=(account.settings_rev, 0 if extension is None else extension.settings_rev),
             )
             if held.ok:
                 self.calls[call_id] = call
                 self._by_uid[uid] = call_id
-                return self._done(
-                    Authorization(Status.ALLOW, Reason.CHARGED, e164, s.ring_timeout + seconds, seconds, call_id)
-                )
+                return Authorization(Status.ALLOW, Reason.CHARGED, e164, s.ring_timeout + seconds, seconds, call_id)
+            if held.refusal is Refusal.SETTINGS_CHANGED:
+                return None
             if held.alert:
                 self.stats.velocity_alerts += 1
                 log.warning(
@@ -272,8 +326,11 @@ class Engine:
                 Refusal.CAP_REACHED,
                 Refusal.ACCOUNT_BLOCKED,
             ):
-                fresh, extension = await self.ledger.caller(account_id, ext)  # another call took money meanwhile
-                account = fresh or account
+                fresh_account, extension = await self.ledger.caller(account_id, ext)  # another call took money
+                if fresh_account is None:
+                    return None
+                account = fresh_account
+                self._remember(account, extension, ext)
                 continue
             return deny(_refusal_reason(held.refusal), e164)
         return deny(Reason.INSUFFICIENT_FUNDS, e164)

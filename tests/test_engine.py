@@ -8,7 +8,7 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -321,3 +321,55 @@ async def test_an_extension_s_own_rules_are_read_with_its_account() -> None:
         national = await r.engine.authorize(request("0123456789", "1.3", "201"))
         other = await r.engine.authorize(request(PREMIUM, "1.4", "202"))  # no row of its own: every class
         assert (national.status, other.status, other.reason) == (Status.ALLOW, Status.ALLOW, Reason.CHARGED)
+
+
+class CountingReads:
+    """Counts the authorizations' reads of an account and an extension (`Ledger.caller`)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.reads = 0
+        self._read = ledger.caller
+
+        async def caller(account_id: str, ext: str) -> object:
+            self.reads += 1
+            return await self._read(account_id, ext)
+
+        ledger.caller = caller  # type: ignore[assignment,method-assign]
+
+
+async def test_a_chargeable_call_of_a_known_extension_takes_one_trip_and_sees_every_change() -> None:
+    """The second call of an extension is decided with what the first read and reserved in one trip;
+    an administrator's change of the rules or of the account's settings is seen by the very next
+    call, and another engine's spending by its size."""
+    from rating_engine.contract import DestinationClass
+    from rating_engine.ledger import ExtensionSettings
+
+    async with rig() as r:
+        counting = CountingReads(r.ledger)
+        first = await r.engine.authorize(request(PREMIUM, "1.1"))
+        second = await r.engine.authorize(request(PREMIUM, "1.2"))
+        assert (first.reason, second.reason, counting.reads) == (Reason.CHARGED, Reason.CHARGED, 1)
+
+        await r.ledger.set_extension("acme", "201", ExtensionSettings(classes=frozenset({DestinationClass.NATIONAL})))
+        refused = await r.engine.authorize(request(PREMIUM, "1.3"))
+        assert (refused.status, refused.reason, counting.reads) == (Status.DENY, Reason.EXTENSION_NOT_ALLOWED, 2)
+        await r.ledger.set_extension("acme", "201", ExtensionSettings())
+        assert (await r.engine.authorize(request(PREMIUM, "1.4"))).reason is Reason.CHARGED
+        assert counting.reads == 3
+
+        account = await r.ledger.account("acme")
+        await r.ledger.update_settings("acme", replace(account.settings, blocked_prefixes=("33899",)))
+        blocked = await r.engine.authorize(request(PREMIUM, "1.5"))
+        assert (blocked.status, blocked.reason) == (Status.DENY, Reason.BLOCKED_DESTINATION)
+        await r.ledger.update_settings("acme", account.settings)
+
+        # Another engine takes all but 0.50 EUR: the next call is granted what is left, as if it had read first.
+        left = (await r.ledger.account("acme")).available
+        assert (await r.ledger.reserve("elsewhere", "acme", "299", left - EUR // 2)).ok
+        short = await r.engine.authorize(request(PREMIUM, "1.6"))
+        held = {c.call_id: c.amount for c in await r.ledger.reservations()}
+        assert short.reason is Reason.CHARGED and 0 < short.quota_seconds < 60
+        price = r.engine.calls[short.call_id].fare.first
+        assert held[short.call_id] == cost(short.quota_seconds, price) <= EUR // 2 < cost(short.quota_seconds + 1, price)
+        assert (await r.ledger.account("acme")).available >= 0
+        assert await r.ledger.check() == []
