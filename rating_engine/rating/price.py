@@ -11,6 +11,7 @@ All amounts are integer micro-units; the vectorized forms use int64 and agree ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -165,7 +166,11 @@ class Fare:
 
     @classmethod
     def flat(cls, p: Price) -> Fare:
-        return cls(((0, p),))
+        """One price for the whole call. The same object for the same price: a live call holds its
+        fare, and one object per call made each of the collector's full passes longer."""
+        if cls is not Fare:
+            return cls(((0, p),))
+        return _flat(p)
 
     @property
     def first(self) -> Price:
@@ -218,3 +223,8 @@ class Fare:
     @staticmethod
     def _charged(k: int, length: int, p: Price) -> int:
         return charged_seconds(length, p) if k == 0 else -(-length // p.increment) * p.increment
+
+
+@lru_cache(maxsize=1 << 16)
+def _flat(p: Price) -> Fare:
+    return Fare(((0, p),))
