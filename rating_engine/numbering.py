@@ -97,7 +97,14 @@ def classify(dialed: str, country: str) -> Classification:
     return _classify(dialed, country.upper())
 
 
-@lru_cache(maxsize=262_144)
+CLASSIFIED_KEPT = 16_384
+"""Classifications cached, at most: an office dials the same few thousand numbers, and a
+classification not cached costs ~7 µs. Each one kept is an object the cyclic collector walks at
+every full collection, with the event loop stopped: 200,000 distinct numbers (a call centre's
+lists) made each full collection 67 ms instead of 2."""
+
+
+@lru_cache(maxsize=CLASSIFIED_KEPT)
 def _classify(dialed: str, country: str) -> Classification:
     text = normalize(dialed)
     if not text:
