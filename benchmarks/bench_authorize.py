@@ -44,6 +44,7 @@ from rating_engine.contract import answer
 from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, make_ledger
 from rating_engine.rating.catalog import TariffStore
+from rating_engine.service import tune_collector
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 50, 500)
@@ -210,6 +211,8 @@ async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
 def _engine_process(url: str, port: int, ready: Any, stop: Any) -> None:
     """One `rating-engine run`-like process: the engine on the shared port (SO_REUSEPORT)."""
 
+    tune_collector()
+
     async def serve() -> None:
         server, ledger = await engine_server(url)
         await server.start("127.0.0.1", port, reuse_port=True)
@@ -301,6 +304,7 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
     args = ap.parse_args()
+    tune_collector()  # as `rating-engine run` does
     results = asyncio.run(run(args, "asyncio"))
     try:
         import uvloop

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import signal
 import time
@@ -322,9 +323,24 @@ def raise_fd_limit() -> int:
         return -1
 
 
+FULL_COLLECTION_AFTER = 100
+"""Collections of the middle generation before a full one (Python's default: 10)."""
+
+
+def tune_collector() -> None:
+    """Make the cyclic collector's full passes ten times rarer. Each one walks every live call and
+    everything cached while the event loop waits: 20–60 ms with 30,000 calls up on this machine,
+    and the FastAGI answers of that moment wait with it. At 1,000 authorizations a second, they
+    made the open loop's p99 (7–127 ms against 6.5–10 without them, in the same hour). Cyclic
+    garbage that outlives the younger passes waits longer to be freed; the engine makes little."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
+
+
 def run(config: Config) -> None:
     """Run on uvloop where it is installed, plain asyncio otherwise."""
     log.info("open files limit", extra={"nofile": raise_fd_limit()})
+    tune_collector()
     try:
         import uvloop
 

@@ -48,3 +48,42 @@ def test_calls_at_one_price_share_its_fare() -> None:
     assert Fare.flat(price).cost(61) == Fare(((0, price),)).cost(61)
     grown = _tracked_after(lambda: [Fare.flat(Price(800_000, 120_000, 1, 1, 200_000)) for _ in range(10_000)])
     assert grown < 100
+
+
+def _full_collections(keep: int) -> int:
+    """Full collections while `keep` objects pile up (live calls, never hung up), each with the
+    short-lived garbage an authorization leaves behind."""
+    full = 0
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        nonlocal full
+        full += phase == "stop" and info["generation"] == 2
+
+    kept: list[list[int]] = []
+    gc.collect()
+    gc.callbacks.append(count)
+    try:
+        for i in range(keep):
+            kept.append([i])
+            for _ in range(5):
+                [[i]]  # noqa: B018 - garbage, as an authorization's coroutines and futures are
+    finally:
+        gc.callbacks.remove(count)
+    return full
+
+
+def test_the_service_makes_full_collections_ten_times_rarer() -> None:
+    """`rating-engine run` (and bench_authorize) tune the collector: a full pass stops the event loop
+    for as long as it takes to walk every live call."""
+    from rating_engine.service import tune_collector
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # Python's defaults
+        default = _full_collections(400_000)
+        tune_collector()
+        assert gc.get_threshold()[:2] == (700, 10)
+        tuned = _full_collections(400_000)
+    finally:
+        gc.set_threshold(*saved)
+    assert default >= 3 and tuned * 3 <= default
