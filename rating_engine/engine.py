@@ -289,6 +289,8 @@ class Engine:
         if rates.bands is not None:
             digits = rating_digits(d.number, plan)
             call.fare_at = lambda at: rates.fare_at(digits, at, tz)
+        # The settings this call was decided with: a retry below reads the money again, not the rules.
+        decided_with = (account.settings_rev, 0 if extension is None else extension.settings_rev)
         for attempt in range(2):
             seconds = min(s.quota_seconds, fare.max_seconds(_budget(account, extension, int(now))))
             if seconds <= 0:
@@ -307,7 +309,7 @@ class Engine:
                 int(now),
                 int(now) + s.ring_timeout + seconds,
                 call.details(s.node),
-                expect=(account.settings_rev, 0 if extension is None else extension.settings_rev),
+                expect=decided_with,
             )
             if held.ok:
                 self.calls[call_id] = call

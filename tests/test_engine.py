@@ -374,3 +374,32 @@ async def test_a_chargeable_call_of_a_known_extension_takes_one_trip_and_sees_ev
         assert held[short.call_id] == cost(granted, price) <= EUR // 2 < cost(granted + 1, price)
         assert (await r.ledger.account("acme")).available >= 0
         assert await r.ledger.check() == []
+
+
+async def test_a_retry_for_money_still_asks_for_the_settings_the_call_was_decided_with() -> None:
+    """Money taken between the read and the reservation makes the engine read again and size the
+    call on what is left; if the rules changed meanwhile too, it decides again instead of holding
+    money for a call the new rules refuse."""
+    from rating_engine.contract import DestinationClass
+    from rating_engine.ledger import ExtensionSettings
+
+    async with rig() as r:
+        read = r.ledger.caller
+        reads = 0
+
+        async def caller(account_id: str, ext: str) -> object:
+            nonlocal reads
+            reads += 1
+            if reads == 2:  # the retry's read: an administrator has just saved new rules
+                national = ExtensionSettings(classes=frozenset({DestinationClass.NATIONAL}))
+                await r.ledger.set_extension("acme", "201", national)
+            found = await read(account_id, ext)
+            if reads == 1:  # another engine takes all but 0.50 EUR before this one reserves
+                left = (await r.ledger.account("acme")).available
+                assert (await r.ledger.reserve("elsewhere", "acme", "299", left - EUR // 2)).ok
+            return found
+
+        r.ledger.caller = caller  # type: ignore[assignment,method-assign]
+        refused = await r.engine.authorize(request(PREMIUM, "1.1"))
+        assert (refused.status, refused.reason, reads) == (Status.DENY, Reason.EXTENSION_NOT_ALLOWED, 3)
+        assert [c.call_id for c in await r.ledger.reservations()] == ["elsewhere"]
