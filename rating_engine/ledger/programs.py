@@ -862,26 +862,16 @@ def reserve(
     """Hold `amount` for a new call. `expect`: the account's and the extension's `settings_rev` (0 for
     an extension without a row) the call was decided with; if either changed, nothing is held."""
     check_amount(amount, "a reservation")
-    if expect is not None:
-        r = yield one(SETTINGS_REVS, ext, account_id)
-        if r is not None and (r["a"], r["e"] or 0) != expect:
-            return ReserveResult(False, Refusal.SETTINGS_CHANGED)
-    inserted = yield one(
-        "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
-        " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?)"
-        f" AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING RETURNING {TZ}",
-        call_id,
-        account_id,
-        ext,
-        amount,
-        now,
-        now,
-        deadline,
-        details,
-        account_id,
-        call_id,
-    )
+    values = (call_id, account_id, ext, amount, now, now, deadline, details, account_id)
+    if expect is None:
+        inserted = yield one(_HOLD_ANY, *values, call_id)
+    else:  # the revisions checked in the same statement: one fewer for every call
+        inserted = yield one(_HOLD_SAME, *values, expect[0], account_id, ext, expect[1], call_id)
     if inserted is None:
+        if expect is not None:
+            r = yield one(SETTINGS_REVS, ext, account_id)
+            if r is not None and (r["a"], r["e"] or 0) != expect:
+                return ReserveResult(False, Refusal.SETTINGS_CHANGED)
         if (yield one("SELECT id FROM accounts WHERE id = ?", account_id)) is None:
             return ReserveResult(False, Refusal.UNKNOWN_ACCOUNT)
         return ReserveResult(False, Refusal.DUPLICATE_CALL)
@@ -892,6 +882,20 @@ def reserve(
     return ReserveResult(True, None, amount)
 
 
+_HOLD = (  # a new call's reservation, if its account exists …
+    "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)"
+    " SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM accounts WHERE id = ?"
+)
+_HOLD_END = (  # … and the call was not settled already
+    " AND NOT EXISTS (SELECT 1 FROM activity WHERE call_id = ?) ON CONFLICT DO NOTHING RETURNING " + TZ
+)
+_HOLD_ANY = _HOLD + ")" + _HOLD_END
+_HOLD_SAME = (  # … with the settings still those the call was decided with
+    _HOLD
+    + " AND settings_rev = ?)"
+    + " AND COALESCE((SELECT settings_rev FROM extensions WHERE account_id = ? AND ext = ?), 0) = ?"
+    + _HOLD_END
+)
 SETTINGS_REVS = (
     "SELECT y.settings_rev AS a, x.settings_rev AS e FROM accounts y"
     " LEFT JOIN extensions x ON x.account_id = y.id AND x.ext = ? WHERE y.id = ?"
