@@ -200,10 +200,10 @@ class PostgresLedger(Ledger):
         return account
 
     async def caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
-        """Every authorization reads its account and extension first: the reads waiting at one
-        moment go together, one statement and no transaction for all of them, instead of four
-        round trips each (a transaction's BEGIN, two SELECTs, COMMIT). The reserve that follows
-        checks every limit again."""
+        """An authorization's read of its account and extension (when the engine has none it can
+        use): the reads waiting at one moment go together, one statement and no transaction for all
+        of them, instead of four round trips each (a transaction's BEGIN, two SELECTs, COMMIT). The
+        reserve that follows checks every limit, and the settings' revisions, again."""
         if not self.batched:
             return await super().caller(account_id, ext)
         if self._pool is None or self._idle is not None or self._closing:
