@@ -35,6 +35,10 @@ log = logging.getLogger("rating_engine.engine")
 MAX_UID = 150
 """Longer than any Asterisk Uniqueid ("1795535109.42", or a ChannelId an application chose)."""
 KNOWN_MAX = 100_000
+CALLERS_KEPT = 16_384
+"""Extensions whose account and rules are kept for the next call's single trip. A few objects
+each, walked at every full pass of the cyclic collector; an extension not kept costs its next
+call one read more."""
 
 
 class Pbx(Protocol):
@@ -227,7 +231,7 @@ class Engine:
         return deny(Reason.ENGINE_ERROR, classify(dialed, s.default_country).e164)
 
     def _remember(self, account: Account, extension: Extension | None, ext: str) -> None:
-        if len(self._callers) >= KNOWN_MAX:
+        if len(self._callers) >= CALLERS_KEPT:
             self._callers.clear()
         self._callers[(account.id, ext)] = (account, extension)
 

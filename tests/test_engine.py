@@ -403,3 +403,20 @@ async def test_a_retry_for_money_still_asks_for_the_settings_the_call_was_decide
         refused = await r.engine.authorize(request(PREMIUM, "1.1"))
         assert (refused.status, refused.reason, reads) == (Status.DENY, Reason.EXTENSION_NOT_ALLOWED, 3)
         assert [c.call_id for c in await r.ledger.reservations()] == ["elsewhere"]
+
+
+async def test_the_extensions_kept_for_one_trip_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is kept per extension stays bounded however many extensions call (each kept one is
+    walked by the cyclic collector); one that was let go costs its next call a read, no more."""
+    import rating_engine.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CALLERS_KEPT", 50)
+    async with rig(balance=1_000 * EUR) as r:
+        counting = CountingReads(r.ledger)
+        for i in range(120):
+            a = await r.engine.authorize(request(PREMIUM, f"1.{i}", f"{300 + i}"))
+            assert a.reason is Reason.CHARGED
+            assert len(r.engine._callers) <= 50
+        assert counting.reads == 120
+        again = await r.engine.authorize(request(PREMIUM, "2.1", "419"))  # the last one, still kept
+        assert again.reason is Reason.CHARGED and counting.reads == 120
