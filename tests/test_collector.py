@@ -7,6 +7,7 @@ moment late (200,000 cached classifications made each full collection 67 ms inst
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 
 from rating_engine.numbering import CLASSIFIED_KEPT, classify
 from rating_engine.rating.deck import ROWS_KEPT, parse_deck
@@ -15,10 +16,9 @@ from rating_engine.rating.price import Fare, Price
 from .helpers import HEADER
 
 
-def _tracked_after(work: object) -> int:
+def _tracked_after(work: Callable[[], object]) -> int:
     gc.collect()
     before = len(gc.get_objects())
-    assert callable(work)
     work()
     gc.collect()
     return len(gc.get_objects()) - before

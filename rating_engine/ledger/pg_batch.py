@@ -516,10 +516,9 @@ NO_REVS = (-1, -1)
 def _values(op: str, args: tuple[Any, ...], tz: str | None) -> tuple[Any, ...]:
     """An operation's own values, in the order of OPERATIONS after the slots."""
     if op == "reserve":
-        _call, _account, _ext, amount, now, deadline, details, *rest = args
+        _call, _account, _ext, amount, now, deadline, details, expect = args
         day, month = periods(now, tz) if tz else ("", "")
-        expect = rest[0] if rest and rest[0] is not None else NO_REVS
-        return (amount, now, deadline, details, tz, day, month, "", 0, 0, "", "", "", "", 0, 0, *expect)
+        return (amount, now, deadline, details, tz, day, month, "", 0, 0, "", "", "", "", 0, 0, *(expect or NO_REVS))
     if op == "annotate":
         _call, deadline, details = args
         return (0, 0, deadline, details, tz, "", "", "", 0, 0, "", "", "", "", 0, 0, *NO_REVS)

@@ -164,12 +164,10 @@ class Fare:
 
     pieces: tuple[tuple[int, Price], ...]
 
-    @classmethod
-    def flat(cls, p: Price) -> Fare:
+    @staticmethod
+    def flat(p: Price) -> Fare:
         """One price for the whole call. The same object for the same price: a live call holds its
         fare, and one object per call made each of the collector's full passes longer."""
-        if cls is not Fare:
-            return cls(((0, p),))
         return _flat(p)
 
     @property
