@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from .asterisk.cdr import CdrRecords
@@ -90,25 +91,38 @@ class Call:
         return (self.answered_at or self.started_at) + self.granted
 
     def details(self, node: str) -> str:
-        p = self.fare.first
-        return json.dumps(
-            {
-                "node": node,
-                "uid": self.uid,
-                "channel": self.channel,
-                "dest_channel": self.dest_channel,
-                "dest_uid": self.dest_uid,
-                "dialed": self.dialed,
-                "e164": self.e164,
-                "kind": self.kind,
-                "destination": self.destination,
-                "price": _price_list(p),
-                "fare": [[o, *_price_list(q)] for o, q in self.fare.pieces],
-                "granted": self.granted,
-                "answered_at": self.answered_at,
-                "started_at": self.started_at,
-            }
+        """What the reservation keeps of the call, so that an engine restarted can follow it: the
+        JSON `json.dumps` gives for these keys, written out here (a dict and the encoder for every
+        authorization were a tenth of the engine's time), the fare's part once per fare."""
+        q = _quoted
+        return (
+            f'{{"node": {q(node)}, "uid": {q(self.uid)}, "channel": {q(self.channel)},'
+            f' "dest_channel": {q(self.dest_channel)}, "dest_uid": {q(self.dest_uid)}, "dialed": {q(self.dialed)},'
+            f' "e164": {q(self.e164)}, "kind": {q(self.kind)}, "destination": {q(self.destination)},'
+            f' {_fare_json(self.fare)}, "granted": {int(self.granted)},'
+            f' "answered_at": {_number(self.answered_at)}, "started_at": {_number(self.started_at)}}}'
         )
+
+
+_quoted: Callable[[str], str] = json.encoder.encode_basestring_ascii
+"""A JSON string as `json.dumps` writes it (ASCII, escaped), in C."""
+
+
+def _number(x: float | None) -> str:
+    """A number as `json.dumps` writes it."""
+    if x is None:
+        return "null"
+    if type(x) is float and math.isfinite(x):
+        return float.__repr__(x)
+    return json.dumps(x)
+
+
+@lru_cache(maxsize=4096)
+def _fare_json(fare: Fare) -> str:
+    """The `price` and `fare` members of a call's details (calls at one price share their fare)."""
+    price = _price_list(fare.first)
+    pieces = [[o, *_price_list(p)] for o, p in fare.pieces]
+    return f'"price": {json.dumps(price)}, "fare": {json.dumps(pieces)}'
 
 
 def _price_list(p: Price) -> list[int]:
