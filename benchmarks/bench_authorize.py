@@ -14,8 +14,12 @@ run also gives the server's CPU per authorization (this process's, and PostgreSQ
 On PostgreSQL (uvloop) it also runs one and then two engine processes on one port
 (`reuse_port`, the kernel spreading the connections), sharing the database: the ratio of the two.
 
+A third row splits ours in two: the same engine on SQLite, its reservations answered in memory
+instead of written (`--no-split` leaves it out). It is not a way to run; it shows, in the same
+run, the engine's own share (it against the bare server) and the ledger's (SQLite against it).
+
     python benchmarks/bench_authorize.py [--requests N] [--open-seconds S] [--json] [--no-postgres]
-                                         [--no-processes]
+                                         [--no-processes] [--no-split]
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.config import EngineSection
 from rating_engine.contract import answer
 from rating_engine.engine import Engine
-from rating_engine.ledger import AccountSettings, make_ledger
+from rating_engine.ledger import AccountSettings, ReserveResult, make_ledger
+from rating_engine.ledger.sqlite import SqliteLedger
 from rating_engine.rating.catalog import TariffStore
 from rating_engine.service import tune_collector
 
@@ -50,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 50, 500)
 OPEN_RATE = 1000.0
 OPEN_SECONDS = 10.0
+UNWRITTEN = "split: ours, reservations not written"
 
 
 def _env(i: int) -> bytes:
@@ -196,9 +202,18 @@ async def bare_server() -> FastAgiServer:
     return FastAgiServer({"authorize": echo}, lambda r, w: fixed)
 
 
-async def engine_server(url: str) -> tuple[FastAgiServer, Any]:
+class _Unwritten(SqliteLedger):
+    """Reservations granted in memory, nothing written: the engine without the ledger's trip."""
+
+    async def reserve(
+        self, call_id: str, account_id: str, ext: str, amount: int, *args: Any, **kw: Any
+    ) -> ReserveResult:
+        return ReserveResult(True, None, amount)
+
+
+async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiServer, Any]:
     number_cache.install()  # as `Service.start`: else the first call builds the table (3-4 s)
-    ledger = make_ledger(url)
+    ledger = _Unwritten(url.removeprefix("sqlite:///")) if unwritten else make_ledger(url)
     await ledger.open()
     if await ledger.find_account("acme") is None:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
@@ -259,6 +274,8 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     backends: list[tuple[str, str | None]] = [("baseline: bare FastAGI", None)]
     with tempfile.TemporaryDirectory() as d:
+        if not args.no_split:
+            backends.append((UNWRITTEN, f"sqlite:///{d}/unwritten.sqlite3"))
         backends.append(("ours: SQLite", f"sqlite:///{d}/bench.sqlite3"))
         if not args.no_postgres:
             url = await postgres_url()
@@ -271,7 +288,7 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
             ledger = None
             server = await bare_server() if url is None else None
             if server is None:
-                server, ledger = await engine_server(url)  # type: ignore[arg-type]
+                server, ledger = await engine_server(url, unwritten=label == UNWRITTEN)  # type: ignore[arg-type]
             port = await server.start("127.0.0.1", 0)
             for c in (*CONCURRENCY, -int(OPEN_RATE)):
                 if c < 0:
@@ -303,6 +320,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
+    ap.add_argument("--no-split", action="store_true", help="skip the engine with its reservations not written")
     args = ap.parse_args()
     tune_collector()  # as `rating-engine run` does
     results = asyncio.run(run(args, "asyncio"))

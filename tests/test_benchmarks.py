@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.bench_authorize import UNWRITTEN
 from tests.ledgers import pg_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +69,8 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
     bare = {(r["loop"], r["concurrency"]) for r in measured if r["path"].startswith("baseline")}
     assert bare == loads  # every load has its baseline in the same run
     assert {c for _loop, c in loads} >= {1, 50, 500, -1000}
-    ours = [r for r in measured if r["path"] in ("ours: SQLite", "ours: PostgreSQL")]
-    assert {r["path"] for r in ours} == ({"ours: SQLite"} if absent else {"ours: SQLite", "ours: PostgreSQL"})
+    ours = [r for r in measured if r["path"] in ("ours: SQLite", "ours: PostgreSQL", UNWRITTEN)]
+    assert {r["path"] for r in ours} == {"ours: SQLite", UNWRITTEN} | (set() if absent else {"ours: PostgreSQL"})
     for r in ours:
         assert r["per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
         assert r["fallbacks"] == 0, r  # every authorization came from the engine, none from its fallback
