@@ -263,13 +263,7 @@ class Engine:
         `fresh`, or the ledger said their settings changed), read them and decide again."""
         s = self.settings
         uid, dialed, ext, account_id = request.uniqueid, request.dialed, request.extension, account.id
-
-        def allow(reason: Reason, e164: str) -> Authorization:
-            return Authorization(Status.ALLOW, reason, e164, call_id=call_id)
-
-        def deny(reason: Reason, e164: str) -> Authorization:
-            return Authorization(Status.DENY, reason, e164, call_id=call_id)
-
+        at = int(now)
         tariffs = self.tariffs.current
         plan = tariffs.plan(account.settings.plan)
         rates = tariffs.rates_for(plan)
@@ -278,24 +272,27 @@ class Engine:
             self._known.clear()
         self._known[(account_id, ext)] = (account.settings.plan, rules)
         tz = account.settings.timezone
-        d = decide(plan, rates, dialed, int(now), rules, tz=tz)
+        d = decide(plan, rates, dialed, at, rules, tz=tz)
         e164 = d.number.e164
         if d.reason is Reason.EMERGENCY:
-            return allow(d.reason, e164)
+            return Authorization(Status.ALLOW, d.reason, e164, call_id=call_id)
         if not fresh and (d.reason is Reason.INCLUDED or not d.allowed):
             return None  # free or refused by the settings: only on settings as they are now
         if d.reason is Reason.INCLUDED:
-            return allow(d.reason, e164)
+            return Authorization(Status.ALLOW, d.reason, e164, call_id=call_id)
         if not d.allowed or d.row is None or d.fare is None:
-            return deny(d.reason, e164)
+            return Authorization(Status.DENY, d.reason, e164, call_id=call_id)
         if not self.accepting or not uid or len(uid) > MAX_UID or (self.pbx is not None and not self.pbx.connected):
             # Shutting down, a channel AMI could not name, or the AMI link is down: a charged call
             # could be neither timed nor followed. Included and emergency calls went through above.
-            return deny(Reason.ENGINE_ERROR, e164)
-        if _outside_hours(account, destination_classes(d.number, plan.country), int(now)):
-            return None if not fresh else deny(Reason.OUTSIDE_HOURS, e164)
+            return Authorization(Status.DENY, Reason.ENGINE_ERROR, e164, call_id=call_id)
+        if account.settings.hours is not None and _outside_hours(
+            account, destination_classes(d.number, plan.country), at
+        ):
+            return None if not fresh else Authorization(Status.DENY, Reason.OUTSIDE_HOURS, e164, call_id=call_id)
         fare = d.fare
-        if not fresh and _budget(account, extension, int(now)) < fare.cost(s.quota_seconds):
+        budget = _budget(account, extension, at)
+        if not fresh and budget < fare.cost(s.quota_seconds):
             return None  # the money looked short last time: the amount must be sized on what is there now
         previous = self._by_uid.get(uid)
         if previous is not None and previous in self.calls:
@@ -306,26 +303,26 @@ class Engine:
         )
         if rates.bands is not None:
             digits = rating_digits(d.number, plan)
-            call.fare_at = lambda at: rates.fare_at(digits, at, tz)
+            call.fare_at = lambda when: rates.fare_at(digits, when, tz)
         # The settings this call was decided with: a retry below reads the money again, not the rules.
         decided_with = (account.settings_rev, 0 if extension is None else extension.settings_rev)
         for attempt in range(2):
-            seconds = min(s.quota_seconds, fare.max_seconds(_budget(account, extension, int(now))))
+            seconds = min(s.quota_seconds, fare.max_seconds(budget))
             if seconds <= 0:
                 reason = (
                     Reason.CAP_REACHED
-                    if _cap_binding(account, extension, int(now))
+                    if _cap_binding(account, extension, at)
                     else _refusal_reason(account.shortfall(fare.cost(1)))
                 )
-                return deny(reason, e164)
+                return Authorization(Status.DENY, reason, e164, call_id=call_id)
             call.granted, call.reserved = seconds, fare.cost(seconds)
             held = await self.ledger.reserve(
                 call_id,
                 account_id,
                 ext,
                 call.reserved,
-                int(now),
-                int(now) + s.ring_timeout + seconds,
+                at,
+                at + s.ring_timeout + seconds,
                 call.details(s.node),
                 expect=decided_with,
             )
@@ -351,9 +348,10 @@ class Engine:
                     return None
                 account = fresh_account
                 self._remember(account, extension, ext)
+                budget = _budget(account, extension, at)
                 continue
-            return deny(_refusal_reason(held.refusal), e164)
-        return deny(Reason.INSUFFICIENT_FUNDS, e164)
+            return Authorization(Status.DENY, _refusal_reason(held.refusal), e164, call_id=call_id)
+        return Authorization(Status.DENY, Reason.INSUFFICIENT_FUNDS, e164, call_id=call_id)
 
     def _done(self, a: Authorization) -> Authorization:
         self.stats.count(f"{a.status.lower()}_{a.reason}")

@@ -51,12 +51,16 @@ class Decision:
     row_index: int = -1
     max_seconds: int | None = None
     """Seconds the budget pays for; None when the call is free (no limit from money)."""
-    minimum_cost: int = 0
-    """Cost of the shortest billable call: what must be available to allow it."""
     fare: Fare | None = None
     """The price from `at` on, cut at the time bands the call would cross."""
     band: str = ""
     """The time band at `at` (empty when the plan has none)."""
+
+    @property
+    def minimum_cost(self) -> int:
+        """Cost of the shortest billable call: what must be available to allow it (worked out
+        when asked: the engine never asks)."""
+        return 0 if self.fare is None else self.fare.cost(1)
 
     @property
     def charged(self) -> bool:
@@ -109,14 +113,13 @@ def decide_classified(
         return Decision(False, Reason.NO_RATE, c)
     row = rates.tables[band].rows[index]
     fare = Fare.flat(row.price) if rates.bands is None else rates.fare(digits, at, index, tz)
-    first = fare.cost(1)
     name = rates.band_name(band)
     if budget is None:
-        return Decision(True, Reason.CHARGED, c, row, index, None, first, fare, name)
+        return Decision(True, Reason.CHARGED, c, row, index, None, fare, name)
     seconds = fare.max_seconds(budget)
     if seconds <= 0:
-        return Decision(False, Reason.INSUFFICIENT_FUNDS, c, row, index, 0, first, fare, name)
-    return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), first, fare, name)
+        return Decision(False, Reason.INSUFFICIENT_FUNDS, c, row, index, 0, fare, name)
+    return Decision(True, Reason.CHARGED, c, row, index, min(seconds, UNLIMITED_SECONDS), fare, name)
 
 
 def decide_without_rate(plan: Plan, c: Classification, rules: ExtensionRules | None = None) -> Decision | None:
