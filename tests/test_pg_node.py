@@ -56,13 +56,19 @@ async def test_a_node_lost_and_taken_by_another_is_said_counted_and_taken_back_o
 ) -> None:
     caplog.set_level(logging.INFO, logger="rating_engine.ledger")
     mine, other = PostgresLedger(pg_url), PostgresLedger(pg_url)
-    mine.node_check_every = 0.1
+    # Its check comes a second after the cut: time for the other engine to take the node first,
+    # however slow the machine (at 0.1 s it sometimes took it back before the other connected).
+    mine.node_check_every = 1.0
     async with mine, other:
         assert await mine.hold_node("pbx1") == ""
         admin = await asyncpg.connect(pg_url)
         try:
             [pid] = await _node_sessions(pg_url, "pbx1")
             await admin.execute("SELECT pg_terminate_backend($1)", pid)  # a cut, a restart: the session is gone
+            for _ in range(100):  # the signal is sent; the session and its lock go when it has exited
+                if pid not in await _node_sessions(pg_url, "pbx1"):
+                    break
+                await asyncio.sleep(0.01)
         finally:
             await admin.close()
         assert await other.hold_node("pbx1") == ""  # a second engine as pbx1 starts meanwhile
