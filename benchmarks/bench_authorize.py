@@ -1,6 +1,7 @@
 """FastAGI authorizations per second and latency, the whole live path: TCP accept, AGI
 framing, classification, plan, extension rules, price, a ledger reservation, five SET
-VARIABLE round trips, close.
+VARIABLE round trips, close. Every path's server is up for the whole run, and each load is
+measured on every path in turn, back to back, so that a ratio compares the same minute's figures.
 
 Load comes from a separate process playing Asterisk (one connection per request, as Asterisk
 does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open loop, Poisson
@@ -280,16 +281,21 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
         if not args.no_postgres:
             url = await postgres_url()
             backends.append(("ours: PostgreSQL", url) if url else ("ours: PostgreSQL", ""))
-        offset = 0
-        for label, url in backends:
-            if url == "":
-                results.append({"loop": loop_name, "path": label, "skipped": "no PostgreSQL server"})
-                continue
-            ledger = None
-            server = await bare_server() if url is None else None
-            if server is None:
-                server, ledger = await engine_server(url, unwritten=label == UNWRITTEN)  # type: ignore[arg-type]
-            port = await server.start("127.0.0.1", 0)
+        live: list[tuple[str, FastAgiServer, Any, int]] = []
+        try:
+            for label, url in backends:
+                if url == "":
+                    results.append({"loop": loop_name, "path": label, "skipped": "no PostgreSQL server"})
+                    continue
+                ledger = None
+                server = await bare_server() if url is None else None
+                if server is None:
+                    server, ledger = await engine_server(url, unwritten=label == UNWRITTEN)  # type: ignore[arg-type]
+                live.append((label, server, ledger, await server.start("127.0.0.1", 0)))
+            offset = 0
+            # Each load on every path in turn, back to back: the machine's speed drifts within a
+            # run (the bare server's own rate by half, some days), and a ratio should compare
+            # measurements taken in the same minute.
             for c in (*CONCURRENCY, -int(OPEN_RATE)):
                 if c < 0:
                     n = int(OPEN_RATE * args.open_seconds)
@@ -297,15 +303,18 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
                     n = max(args.requests // 5, 200)
                 else:
                     n = args.requests
-                m = await measure(port, c, n, offset)
-                offset += n
-                fallbacks = server.stats.fallbacks
-                results.append(
-                    {"loop": loop_name, "path": label, "concurrency": c, "requests": n, **m, "fallbacks": fallbacks}
-                )
-            await server.close()
-            if ledger is not None:
-                await ledger.close()
+                for label, server, _ledger, port in live:
+                    m = await measure(port, c, n, offset)
+                    offset += n
+                    fallbacks = server.stats.fallbacks
+                    results.append(
+                        {"loop": loop_name, "path": label, "concurrency": c, "requests": n, **m, "fallbacks": fallbacks}
+                    )
+        finally:
+            for _label, server, ledger, _port in live:
+                await server.close()
+                if ledger is not None:
+                    await ledger.close()
         pg = next((u for label, u in backends if label == "ours: PostgreSQL" and u), None)
         if pg and loop_name == "uvloop" and not args.no_processes:
             for count in (1, 2):
