@@ -26,7 +26,7 @@ from .contract import ALL_CLASSES, REASON_OF, DestinationClass, Reason, Refusal,
 from .errors import TariffError
 from .ledger import Account, CallDetails, Extension, Ledger, LedgerError, SettleResult, TopupRequest
 from .ledger.models import zone
-from .numbering import Kind, classify
+from .numbering import Classification, Kind, classify
 from .rating.catalog import TariffStore
 from .rating.decision import ExtensionRules, decide, destination_classes, rating_digits
 from .rating.price import Fare, Price
@@ -228,9 +228,7 @@ class Engine:
         cached = self._callers.get((account_id, ext)) if account_id else None
         for _ in range(3):
             if cached is None:
-                account, extension = await self.ledger.caller(account_id, ext) if account_id else (None, None)
-                if account is not None:
-                    self._remember(account, extension, ext)
+                account, extension = await self._read_caller(account_id, ext) if account_id else (None, None)
             else:
                 account, extension = cached
             if account is None:
@@ -244,10 +242,14 @@ class Engine:
             cached = None
         return deny(Reason.ENGINE_ERROR, classify(dialed, s.default_country).e164)
 
-    def _remember(self, account: Account, extension: Extension | None, ext: str) -> None:
-        if len(self._callers) >= CALLERS_KEPT:
-            self._callers.clear()
-        self._callers[(account.id, ext)] = (account, extension)
+    async def _read_caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
+        """Read the account and the extension, and keep them for the extension's next call."""
+        account, extension = await self.ledger.caller(account_id, ext)
+        if account is not None:
+            if len(self._callers) >= CALLERS_KEPT:
+                self._callers.clear()
+            self._callers[(account_id, ext)] = (account, extension)
+        return account, extension
 
     async def _authorize_as(
         self,
@@ -286,9 +288,7 @@ class Engine:
             # Shutting down, a channel AMI could not name, or the AMI link is down: a charged call
             # could be neither timed nor followed. Included and emergency calls went through above.
             return Authorization(Status.DENY, Reason.ENGINE_ERROR, e164, call_id=call_id)
-        if account.settings.hours is not None and _outside_hours(
-            account, destination_classes(d.number, plan.country), at
-        ):
+        if _outside_hours(account, d.number, plan.country, at):
             return None if not fresh else Authorization(Status.DENY, Reason.OUTSIDE_HOURS, e164, call_id=call_id)
         fare = d.fare
         budget = _budget(account, extension, at)
@@ -343,11 +343,10 @@ class Engine:
                 Refusal.CAP_REACHED,
                 Refusal.ACCOUNT_BLOCKED,
             ):
-                fresh_account, extension = await self.ledger.caller(account_id, ext)  # another call took money
+                fresh_account, extension = await self._read_caller(account_id, ext)  # another call took money
                 if fresh_account is None:
                     return None
                 account = fresh_account
-                self._remember(account, extension, ext)
                 budget = _budget(account, extension, at)
                 continue
             return Authorization(Status.DENY, _refusal_reason(held.refusal), e164, call_id=call_id)
@@ -735,11 +734,13 @@ OFF_HOURS_CLASSES = frozenset(
 """What an account's office hours restrict: the destinations toll fraud goes for."""
 
 
-def _outside_hours(account: Account, classes: frozenset[DestinationClass], now: int) -> bool:
+def _outside_hours(account: Account, number: Classification, country: str, now: int) -> bool:
+    """Refused for the office's hours: the number's classes are worked out only for an account
+    that has hours (most have none)."""
     hours = account.settings.hours
     return (
         hours is not None
-        and bool(classes & OFF_HOURS_CLASSES)
+        and bool(destination_classes(number, country) & OFF_HOURS_CLASSES)
         and not hours.contains(now, zone(account.settings.timezone))
     )
 
