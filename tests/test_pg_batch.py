@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v5`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v6`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -172,16 +173,19 @@ def pg_url() -> Iterator[str]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=rounds, split=st.booleans())
-def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan: list[Any], split: bool) -> None:
-    """`split`: every batch of two operations or more is cut by account, its parts run side by side."""
+@given(plan=rounds, split=st.booleans(), lone=st.booleans())
+def test_batched_postgres_equals_the_programs(
+    pg_url: str, tmp_path: Path, plan: list[Any], split: bool, lone: bool
+) -> None:
+    """`split`: every batch of two operations or more is cut by account, its parts run side by side.
+    `lone`: a batch of one operation runs as its program; else as the function, like the others."""
     prefix = f"x{next(_examples)}"
     path = tmp_path / f"{prefix}.sqlite3"
 
     async def both() -> tuple[list[str], list[str], PostgresLedger]:
         sqlite = SqliteLedger(path)
         # one writer: a round's operations run in the order given (each account's, when cut)
-        pg = PostgresLedger(pg_url, writers=1, split_from=2 if split else 10**6)
+        pg = PostgresLedger(pg_url, writers=1, split_from=2 if split else 10**6, lone_as_program=lone)
         async with sqlite, pg:
             ours = await _play(sqlite, await _setup(sqlite, prefix), prefix, plan)
             theirs = await _play(pg, await _setup(pg, prefix), prefix, plan)
@@ -191,12 +195,14 @@ def test_batched_postgres_equals_the_programs(pg_url: str, tmp_path: Path, plan:
     programs, batched, pg = asyncio.run(both())
     assert batched == programs
     assert 0 < pg.read_batches <= 2 * len(plan)  # 20 reads a round, in one or two batches
+    assert pg.lone == 0 or lone
     assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(path, prefix)
     assert pg.function_failures == 0
 
 
 def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
-    """A plain reservation and settle take no program at all once the account's zone is known."""
+    """A plain reservation and settle take no program at all once the account's zone is known (each
+    sent alone, but as the function, as a batch of several is)."""
 
     async def run() -> PostgresLedger:
         pg = PostgresLedger(pg_url)
@@ -204,7 +210,7 @@ def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
             await pg.create_account("fast", AccountSettings("office-fr", "EUR", timezone="Europe/Paris"), now=NOW)
             await pg.topup("fast", 100 * MONEY, "fast-opening", now=NOW)
             await pg.set_extension("fast", "201", ExtensionSettings())
-        pg = PostgresLedger(pg_url)  # a new engine: it reads the accounts' zones when it opens
+        pg = PostgresLedger(pg_url, lone_as_program=False)  # a new engine: it reads the accounts' zones when it opens
         async with pg:
             for i in range(20):
                 held = await pg.reserve(f"fast-{i}", "fast", "201", MONEY, NOW + i)
@@ -214,8 +220,36 @@ def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
         return pg
 
     pg = asyncio.run(run())
-    assert (pg.slow, pg.function_failures) == (0, 0)
+    assert (pg.slow, pg.function_failures, pg.lone) == (0, 0, 0)
     assert pg.batches >= 40
+
+
+def test_a_lone_operation_runs_as_its_program_and_a_batch_as_the_function(pg_url: str) -> None:
+    """One call at a time (a quiet PBX): every batch holds one operation and runs as its program,
+    but for the first reservation of an extension this engine has seen no row of (the function's:
+    see `PostgresLedger._write_group`). Twenty at once: the batches hold several, and those go through the function."""
+
+    async def run() -> tuple[int, int, int, int]:
+        pg = PostgresLedger(pg_url, writers=1)
+        async with pg:
+            await pg.create_account("lone", AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup("lone", 100 * MONEY, "lone-opening", now=NOW)
+            for i in range(5):
+                assert (await pg.reserve(f"lone-{i}", "lone", "201", MONEY, NOW + i)).ok
+                done = await pg.settle(f"lone-{i}", MONEY // 4, CallDetails(NOW, NOW + 30), NOW + i + 30)
+                assert done.settled and done.balance_after == 100 * MONEY - (i + 1) * (MONEY // 4)
+            alone, batches = pg.lone, pg.batches
+            held = await asyncio.gather(*(pg.reserve(f"many-{i}", "lone", "202", MONEY, NOW) for i in range(20)))
+            assert all(h.ok for h in held)
+            settled = await asyncio.gather(*(pg.settle(f"many-{i}", 1, None, NOW + 9) for i in range(20)))
+            assert all(s.settled for s in settled)
+            assert (await pg.account("lone")).balance == 100 * MONEY - 5 * (MONEY // 4) - 20
+            assert await pg.check() == []
+        return alone, batches, pg.lone, pg.batches
+
+    alone, batches, lone_after, batches_after = asyncio.run(run())
+    assert (alone, batches) == (9, 10)
+    assert batches_after - batches > lone_after - alone  # most of the forty went as batches of several
 
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
@@ -282,3 +316,47 @@ def test_a_batch_is_cut_where_no_account_or_call_links_its_parts(
                 assert g is groups[0]
         owners.append(calls | {a for a in accounts if a})
     assert all(not (owners[i] & owners[j]) for i in range(len(owners)) for j in range(i + 1, len(owners)))
+
+
+def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str) -> None:
+    """Fifty calls at once on five extensions of one account, two writers: some batches hold one
+    operation (a program, whose reservation's foreign key first takes a key-share lock on the
+    account) and some several (the function, which locks the extensions, then the account). Neither
+    waits for the other in a cycle: PostgreSQL detects no deadlock (with FOR UPDATE on the account,
+    it did in every run), and every operation succeeds."""
+
+    async def deadlocks(conn: asyncpg.Connection) -> int:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await asyncio.sleep(0.2)
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+
+    async def run() -> tuple[int, int, int]:
+        pg = PostgresLedger(pg_url, writers=2)
+        async with pg:
+            await pg.create_account("storm", AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup("storm", 10**6 * MONEY, "storm-opening", now=NOW)
+            for e in range(5):  # each extension's first call makes its row, before the storm
+                assert (await pg.reserve(f"storm-first-{e}", "storm", f"3{e}", MONEY, NOW)).ok
+            conn = await asyncpg.connect(pg_url)
+            try:
+                before = await deadlocks(conn)
+
+                async def caller(w: int) -> None:
+                    pause = random.Random(w)  # calls set up and hung up at scattered moments
+                    for i in range(12):
+                        await asyncio.sleep(pause.random() / 100)
+                        assert (await pg.reserve(f"storm-{w}-{i}", "storm", f"3{w % 5}", MONEY, NOW)).ok
+                        await asyncio.sleep(pause.random() / 100)
+                        done = await pg.settle(f"storm-{w}-{i}", MONEY // 2, None, NOW + 30)
+                        assert done.settled
+
+                await asyncio.gather(*(caller(w) for w in range(50)))
+                assert await pg.check() == []
+                return await deadlocks(conn) - before, pg.lone, pg.batches
+            finally:
+                await conn.close()
+
+    found, lone, batches = asyncio.run(run())
+    assert lone > 0 and batches > lone  # both ways were taken
+    assert found == 0

@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v5`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v6`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -13,8 +13,12 @@ and the contract suite runs both against the same tests.
 Checks before writes: the function first locks every extension row, then every account row, the
 batch names, each set in key order (the programs' own order, extension before account), so that
 two batches, of two writers or of two engines, cannot deadlock; with the rows locked, a check that
-passes still holds at the write. Python names each call, account and extension of the batch by a
-slot (`encode`); the function reads the rows slot by slot into arrays of its own, runs the
+passes still holds at the write. The locks are those of an UPDATE that leaves the keys alone (FOR NO
+KEY UPDATE), as the programs' own UPDATEs take: a lone operation runs as its program beside the
+batches, and its reservation's foreign key first takes a key-share lock on the account, which
+FOR UPDATE would wait for while holding the extension the program wants next (a deadlock).
+Python names each call, account and extension of the batch by a slot (`encode`); the function
+reads the rows slot by slot into arrays of its own, runs the
 operations on that state, finding each one's rows by index, and writes what changed once at the
 end of the batch (or before it hands an operation back): one UPDATE for the accounts, one for the
 extensions, one statement each for the reservations, the journal and the activity. Row by row,
@@ -44,7 +48,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v5"
+FUNCTION = "rating_engine_batch_v6"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -129,8 +133,8 @@ DECLARE
 BEGIN
     -- Every extension row, then every account row, this batch names: locked in key order.
     PERFORM 1 FROM extensions x WHERE (x.account_id, x.ext) IN (SELECT * FROM unnest(p_eacc, p_eext))
-    ORDER BY x.account_id, x.ext FOR UPDATE;
-    PERFORM 1 FROM accounts y WHERE y.id = ANY (p_accounts) ORDER BY y.id FOR UPDATE;
+    ORDER BY x.account_id, x.ext FOR NO KEY UPDATE;
+    PERFORM 1 FROM accounts y WHERE y.id = ANY (p_accounts) ORDER BY y.id FOR NO KEY UPDATE;
     -- Then read, slot by slot.
     SELECT array_agg(s.found), array_agg(s.chargeable), array_agg(s.daily_cap), array_agg(s.monthly_cap),
         array_agg(s.max_calls), array_agg(s.max_attempts), array_agg(s.reserved), array_agg(s.live_calls),
@@ -400,6 +404,8 @@ class Zones:
     def __init__(self) -> None:
         self.of_account: dict[str, str] = {}
         self.of_call: dict[str, tuple[str, str]] = {}
+        self.extensions: set[tuple[str, str]] = set()
+        """Extensions whose row this engine has seen (a row, once committed, is never deleted)."""
 
     def learn(self, account_id: str, tz: str) -> None:
         if len(self.of_account) >= self.LIMIT:
@@ -410,6 +416,11 @@ class Zones:
         if len(self.of_call) >= self.LIMIT:
             self.of_call.clear()
         self.of_call[call_id] = (account_id, ext)
+
+    def has_row(self, account_id: str, ext: str) -> None:
+        if len(self.extensions) >= self.LIMIT:
+            self.extensions.clear()
+        self.extensions.add((account_id, ext))
 
 
 def _whose(op: str, args: tuple[Any, ...], named: dict[str, tuple[str, str]], zones: Zones) -> tuple[str, str] | None:
