@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v6`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v7`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -48,7 +48,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v6"
+FUNCTION = "rating_engine_batch_v7"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -93,7 +93,6 @@ CALL = (
 
 _BODY = """
 DECLARE
-    v_row extensions%ROWTYPE;
     v_n integer;
     v_stop integer;
     v_stop_tz text;
@@ -104,7 +103,6 @@ DECLARE
     v_minute bigint;
     v_spent bigint;
     v_balance bigint;
-    v_created boolean;
     v_ended bigint;
     v_new integer := 0;  -- reservations to insert, update and delete at the end; rows to update
     v_changed integer := 0;
@@ -120,7 +118,7 @@ DECLARE
     -- the extensions, by slot
     e_found boolean[]; e_chargeable integer[]; e_daily bigint[]; e_monthly bigint[]; e_max_calls integer[];
     e_max_att integer[]; e_reserved bigint[]; e_live integer[]; e_att integer[]; e_att_min bigint[]; e_day text[];
-    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[]; e_rev bigint[];
+    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[]; e_rev bigint[]; e_made boolean[];
     -- the calls, by slot; r_state: 0 none, 1 stored, 2 stored and changed, 3 new, 4 stored and gone, 5 new and
     -- gone again; r_done: already settled (asked only for the calls a reservation names)
     r_account text[]; r_ext text[]; r_amount bigint[]; r_created bigint[]; r_updated bigint[]; r_deadline bigint[];
@@ -131,6 +129,17 @@ DECLARE
     t_e164 text[]; t_destination text[]; t_kind text[]; t_billable bigint[]; t_cost bigint[]; t_reserved bigint[];
     t_balance bigint[]; t_estimated integer[]; t_overdraft integer[]; t_day text[];
 BEGIN
+    -- The extensions a reservation names that have no row yet get one, with the default rules, in key order and
+    -- before any lock: made later, once the account is locked, a row that another writer made meanwhile would
+    -- be waited for out of order (a deadlock). A row made here that no operation used goes again at the end.
+    WITH made AS (
+        INSERT INTO extensions (account_id, ext)
+        SELECT DISTINCT p_eacc[o.s], p_eext[o.s] FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n)
+        WHERE o.op = 'reserve' AND o.n >= p_start AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
+        ORDER BY 1, 2
+        ON CONFLICT DO NOTHING RETURNING account_id, ext)
+    SELECT array_agg(m.ext IS NOT NULL ORDER BY w.k) INTO e_made
+    FROM unnest(p_eacc, p_eext) WITH ORDINALITY AS w(a, e, k) LEFT JOIN made m ON m.account_id = w.a AND m.ext = w.e;
     -- Every extension row, then every account row, this batch names: locked in key order.
     PERFORM 1 FROM extensions x WHERE (x.account_id, x.ext) IN (SELECT * FROM unnest(p_eacc, p_eext))
     ORDER BY x.account_id, x.ext FOR NO KEY UPDATE;
@@ -198,20 +207,8 @@ BEGIN
         END IF;
 
         IF p_op[k] IN ('reserve', 'extend') THEN
-            v_created := false;
-            IF NOT e_found[ei] THEN
-                IF p_op[k] = 'extend' THEN v_stop := k; EXIT; END IF;
-                -- the first call of this extension: its row, with the default rules
-                INSERT INTO extensions (account_id, ext) VALUES (p_eacc[ei], p_eext[ei]) ON CONFLICT DO NOTHING;
-                v_created := FOUND;
-                SELECT * INTO v_row FROM extensions WHERE account_id = p_eacc[ei] AND ext = p_eext[ei] FOR UPDATE;
-                e_found[ei] := true; e_chargeable[ei] := v_row.chargeable; e_daily[ei] := v_row.daily_cap;
-                e_monthly[ei] := v_row.monthly_cap; e_max_calls[ei] := v_row.max_calls;
-                e_max_att[ei] := v_row.max_attempts; e_reserved[ei] := v_row.reserved; e_live[ei] := v_row.live_calls;
-                e_att[ei] := v_row.attempts; e_att_min[ei] := v_row.attempt_minute; e_day[ei] := v_row.day;
-                e_day_spent[ei] := v_row.day_spent; e_month[ei] := v_row.month;
-                e_month_spent[ei] := v_row.month_spent;
-            END IF;
+            -- no row: an extension that a renewal names (made at the start for a reservation), the program's
+            IF NOT e_found[ei] THEN v_stop := k; EXIT; END IF;
             -- the programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), on the rows as they now stand
             v_fits := e_chargeable[ei] = 1
                 AND (e_daily[ei] IS NULL OR (CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END)
@@ -232,13 +229,7 @@ BEGIN
                     WHERE w.a = p_accounts[ai] AND w.e > p_now[k] - 3600), 0);
                 v_fits := v_spent + a_reserved[ai] + p_amount[k] <= a_velocity[ai];
             END IF;
-            IF v_fits IS NOT TRUE THEN
-                IF v_created THEN  -- handed back as it came: the row made for it goes too
-                    DELETE FROM extensions WHERE account_id = p_eacc[ei] AND ext = p_eext[ei];
-                    e_found[ei] := false;
-                END IF;
-                v_stop := k; EXIT;
-            END IF;
+            IF v_fits IS NOT TRUE THEN v_stop := k; EXIT; END IF;
             e_reserved[ei] := e_reserved[ei] + p_amount[k];
             e_day_spent[ei] := CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END; e_day[ei] := p_day[k];
             e_month_spent[ei] := CASE WHEN e_month[ei] = p_month[k] THEN e_month_spent[ei] ELSE 0 END;
@@ -314,6 +305,12 @@ BEGIN
 
     IF v_stop IS NOT NULL AND p_whole THEN  -- all or nothing was asked: nothing, and the driver says how
         RAISE EXCEPTION 'an operation of the batch is handed back' USING ERRCODE = 'RE001';
+    END IF;
+    -- A row made at the start for a reservation that did not happen here (refused, or handed back) goes: the
+    -- program that is handed it finds the extension as it was, and a refused first call leaves no row.
+    IF true = ANY (e_made) THEN
+        DELETE FROM extensions x USING unnest(p_eacc, p_eext, e_made, e_dirty) AS u(a, e, made, dirty)
+        WHERE u.made AND NOT u.dirty AND x.account_id = u.a AND x.ext = u.e;
     END IF;
     -- What the operations did, written once; a row that is not as it was read undoes the batch (it is
     -- sent again), which the locks taken first make impossible but which must never be written over.
