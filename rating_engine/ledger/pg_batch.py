@@ -401,8 +401,6 @@ class Zones:
     def __init__(self) -> None:
         self.of_account: dict[str, str] = {}
         self.of_call: dict[str, tuple[str, str]] = {}
-        self.extensions: set[tuple[str, str]] = set()
-        """Extensions whose row this engine has seen (a row, once committed, is never deleted)."""
 
     def learn(self, account_id: str, tz: str) -> None:
         if len(self.of_account) >= self.LIMIT:
@@ -413,11 +411,6 @@ class Zones:
         if len(self.of_call) >= self.LIMIT:
             self.of_call.clear()
         self.of_call[call_id] = (account_id, ext)
-
-    def has_row(self, account_id: str, ext: str) -> None:
-        if len(self.extensions) >= self.LIMIT:
-            self.extensions.clear()
-        self.extensions.add((account_id, ext))
 
 
 def _whose(op: str, args: tuple[Any, ...], named: dict[str, tuple[str, str]], zones: Zones) -> tuple[str, str] | None:

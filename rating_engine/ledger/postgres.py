@@ -257,8 +257,6 @@ class PostgresLedger(Ledger):
         for r in rows:
             account, extension = P.caller_of(r)
             found[(account.id, r["k_ext"])] = (self._zone_of(account), extension)
-            if extension is not None:
-                self.zones.has_row(account.id, extension.ext)
         return found
 
     async def _run_in_pool(self, pool: asyncpg.Pool, program: Callable[..., P.Program[T]], *args: Any) -> T:
@@ -303,7 +301,6 @@ class PostgresLedger(Ledger):
         """Whose call is whose, for the next operations of the call to go the fast way."""
         if job.op == "reserve" and outcome.ok:
             self.zones.called(job.args[0], job.args[1], job.args[2])
-            self.zones.has_row(job.args[1], job.args[2])
         elif job.op in ("settle", "release"):
             self.zones.of_call.pop(job.args[0], None)
 
@@ -338,14 +335,11 @@ class PostgresLedger(Ledger):
         four times what a reservation or a settle costs as its program (~0.55 million, counted by
         callgrind). The program's extra round trips cost less than that on one machine, and a
         PBX at a few calls a second sends nothing but batches of one. Under load the batches grow
-        while a lone operation runs, and the function takes them.
-
-        Not a reservation for an extension this engine has not seen a row of: the program would
-        make the row before it locks the account, and the function makes one after, so the two
-        side by side could each wait for the other (every other lock they take, they take
-        extension first, then account: see `pg_batch`)."""
+        while a lone operation runs, and the function takes them. Side by side, the two lock in
+        the same order: an extension's new row, then the extension, then the account (see
+        `pg_batch`)."""
         assert self._pool is not None
-        if len(jobs) == 1 and self.lone_as_program and self._lone_safe(jobs[0]):
+        if len(jobs) == 1 and self.lone_as_program:
             self.lone += 1
             return [await self._alone(jobs[0])]
         for attempt in range(RETRIES):
@@ -370,9 +364,6 @@ class PostgresLedger(Ledger):
                 log.exception("batch function failed; running its operations one by one")
                 return [await self._alone(job) for job in jobs]
         raise AssertionError("unreachable")
-
-    def _lone_safe(self, job: _Job) -> bool:
-        return job.op != "reserve" or (job.args[1], job.args[2]) in self.zones.extensions
 
     async def _alone(self, job: _Job) -> Any:
         assert self._pool is not None
