@@ -2,7 +2,8 @@
 account, and 100 tasks over 1,000 accounts with a skew (half the calls on ten busy accounts).
 
 Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit) and
-PostgreSQL (the call path in batches: one server-side function call and one commit per batch).
+PostgreSQL (the call path in batches: one server-side function call and one commit per batch; a
+batch of one operation runs as its program, which is all one task ever sends).
 Baselines, same run: the naive SQLite way, one transaction per reservation and per settle
 through aiosqlite, one await per statement; and our PostgreSQL driver the way it was before the
 batches, every operation its own transaction (`batched=False`).
@@ -194,7 +195,7 @@ def main() -> None:
         ("naive_sqlite_full", "naive SQLite FULL, 1 txn per op (baseline)"),
         ("ours_sqlite_full", "ours: SQLite FULL, group commit"),
         ("postgres_per_op", "PostgreSQL, one txn per op (before the batches)"),
-        ("ours_postgres", "ours: PostgreSQL, batched function"),
+        ("ours_postgres", "ours: PostgreSQL, batches (of one: program)"),
     ):
         for tasks in (1, 100, "many"):
             if tasks == "many" and name == "naive_sqlite_full":
