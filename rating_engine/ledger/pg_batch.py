@@ -10,13 +10,14 @@ and its program runs there, in a savepoint, before the function goes on with the
 rules stay in `programs.py`; the function repeats only what they write when every check passes,
 and the contract suite runs both against the same tests.
 
-Checks before writes: the function first locks every extension row, then every account row, the
-batch names, each set in key order (the programs' own order, extension before account), so that
-two batches, of two writers or of two engines, cannot deadlock; with the rows locked, a check that
-passes still holds at the write. The locks are those of an UPDATE that leaves the keys alone (FOR NO
-KEY UPDATE), as the programs' own UPDATEs take: a lone operation runs as its program beside the
-batches, and its reservation's foreign key first takes a key-share lock on the account, which
-FOR UPDATE would wait for while holding the extension the program wants next (a deadlock).
+Checks before writes: the function first makes the rows of the extensions calling for the first
+time, then locks every extension row, then every account row, the batch names, each set in key
+order (the programs' own order: a new extension's row, the extension, the account), so that two
+batches, of two writers or of two engines, or a batch and a program, cannot deadlock; with the rows
+locked, a check that passes still holds at the write. The locks are those of an UPDATE that leaves
+the keys alone (FOR NO KEY UPDATE), as the programs' own UPDATEs take: a lone operation runs as its
+program beside the batches, and its reservation's foreign key first takes a key-share lock on the
+account, which FOR UPDATE would wait for while holding the extension the program wants next.
 Python names each call, account and extension of the batch by a slot (`encode`); the function
 reads the rows slot by slot into arrays of its own, runs the
 operations on that state, finding each one's rows by index, and writes what changed once at the

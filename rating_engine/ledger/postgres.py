@@ -331,10 +331,10 @@ class PostgresLedger(Ledger):
         """A group's operations in one call of the function, or a lone operation as its program.
 
         PL/pgSQL builds each expression and each statement of the function afresh in every
-        transaction: a call costs the server ~2 million instructions before its first operation,
-        four times what a reservation or a settle costs as its program (~0.55 million, counted by
-        callgrind). The program's extra round trips cost less than that on one machine, and a
-        PBX at a few calls a second sends nothing but batches of one. Under load the batches grow
+        transaction: a one-operation call cost the server ~2.2 million instructions, four times
+        what a reservation or a settle costs as its program (~0.55 million, counted by callgrind).
+        The program's extra round trips cost less than that on one machine, and a PBX at a few
+        calls a second sends nothing but batches of one. Under load the batches grow
         while a lone operation runs, and the function takes them. Side by side, the two lock in
         the same order: an extension's new row, then the extension, then the account (see
         `pg_batch`)."""
