@@ -208,7 +208,7 @@ BEGIN
         END IF;
 
         IF p_op[k] IN ('reserve', 'extend') THEN
-            -- no row: an extension that a renewal names (made at the start for a reservation), the program's
+            -- no row (a reservation's was made at the start; a renewal's extension has none): the program's
             IF NOT e_found[ei] THEN v_stop := k; EXIT; END IF;
             -- the programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), on the rows as they now stand
             v_fits := e_chargeable[ei] = 1
