@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v7`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v8`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -317,6 +317,14 @@ def test_a_batch_is_cut_where_no_account_or_call_links_its_parts(
     assert all(not (owners[i] & owners[j]) for i in range(len(owners)) for j in range(i + 1, len(owners)))
 
 
+async def deadlocks(conn: asyncpg.Connection) -> int:
+    """The deadlocks PostgreSQL has broken in this database so far."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    await asyncio.sleep(0.2)
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    return int(await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
+
+
 @pytest.mark.parametrize("lone", [True, False])
 def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone: bool) -> None:
     """Fifty calls at once on one account, two writers, each round on five extensions making their
@@ -327,12 +335,6 @@ def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone
     this guards against were seen here: FOR UPDATE on the account deadlocked a program and a batch
     in every run, and a first call's row made by the function once the account was locked
     deadlocked two batches in five runs of six."""
-
-    async def deadlocks(conn: asyncpg.Connection) -> int:
-        await conn.execute("SELECT pg_stat_force_next_flush()")
-        await asyncio.sleep(0.2)
-        await conn.execute("SELECT pg_stat_clear_snapshot()")
-        return int(await conn.fetchval("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"))
 
     account = f"storm-{lone}"
 
@@ -363,3 +365,58 @@ def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone
     found, alone, batches = asyncio.run(run())
     assert (alone > 0) == lone and batches > alone  # both ways were taken, or only the function
     assert found == 0
+
+
+@pytest.mark.parametrize("way", ["lone", "function", "programs"])
+@pytest.mark.parametrize("second", ["settle", "release", "annotate"])
+def test_two_operations_of_one_call_at_once_leave_the_ledger_whole(pg_url: str, way: str, second: str) -> None:
+    """A renewal still on its way when the call hangs up: the engine cancels its wait, not the
+    write, so the call's extend and its settle (or release, or note) reach the ledger at once, in
+    two writers, as programs or inside batches. Whichever goes first, the other sees what it did:
+    the account and the extension hold exactly what the live reservations hold. An extend that read
+    the reservation before a settle took it away once added to both holds for a row that was gone,
+    and `ledger check` found it (seen on two engines sharing one port)."""
+    account = f"race-{way}-{second}"
+
+    async def run() -> tuple[list[Any], int, int]:
+        pg = PostgresLedger(pg_url, writers=2, lone_as_program=way == "lone", batched=way != "programs")
+        async with pg:
+            await pg.create_account(account, AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup(account, 10**6 * MONEY, f"{account}-opening", now=NOW)
+            calls = [f"{account}-{i}" for i in range(150)]
+            for n, call in enumerate(calls):
+                assert (await pg.reserve(call, account, f"2{n % 3:02d}", MONEY, NOW)).ok
+            pause = random.Random(way + second)
+            lags = [pause.random() / 300 for _ in calls]
+            conn = await asyncpg.connect(pg_url)
+            before = await deadlocks(conn)
+
+            async def both(n: int, call: str) -> None:
+                await asyncio.sleep(n / 250)  # calls hang up one after another: batches of one and of a few
+                if second == "settle":
+                    other = pg.settle(call, MONEY // 3, None, NOW + 60)
+                elif second == "release":
+                    other = pg.release(call, NOW + 60)
+                else:
+                    other = pg.annotate(call, NOW + 300, "noted")
+                renewal = asyncio.ensure_future(pg.extend(call, MONEY, NOW + 50, NOW + 200))
+                await asyncio.sleep(lags[n])  # the hangup comes while the renewal is on its way
+                _, ended = await asyncio.gather(renewal, other)
+                assert ended.settled if second == "settle" else ended
+
+            try:
+                await asyncio.gather(*(both(n, call) for n, call in enumerate(calls)))
+                found = await deadlocks(conn) - before
+            finally:
+                await conn.close()
+            problems = await pg.check()
+            if second == "annotate":  # the notes, then the calls end: nothing is left held
+                for call in calls:
+                    assert (await pg.settle(call, 0, None, NOW + 400)).settled
+                problems += await pg.check()
+            assert (pg.lone > 0) == (way == "lone")
+            return [p for p in problems if p.account_id == account], len(await pg.reservations(account)), found
+
+    problems, left, found = asyncio.run(run())
+    assert problems == [] and left == 0
+    assert found == 0  # and nobody waited for the other in a cycle

@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v7`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v8`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -49,7 +49,7 @@ from typing import Any
 from . import programs as P
 from .models import CallDetails, ReserveResult, SettleResult, periods
 
-FUNCTION = "rating_engine_batch_v7"
+FUNCTION = "rating_engine_batch_v8"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -130,6 +130,10 @@ DECLARE
     t_e164 text[]; t_destination text[]; t_kind text[]; t_billable bigint[]; t_cost bigint[]; t_reserved bigint[];
     t_balance bigint[]; t_estimated integer[]; t_overdraft integer[]; t_day text[];
 BEGIN
+    -- The rows of the calls already held come first, as in the programs (a settle takes its reservation away
+    -- before it gives the money back; a renewal takes its row before it adds to the holds): read without it, a
+    -- renewal could add to the holds of a call whose row a program was taking away.
+    PERFORM 1 FROM reservations r WHERE r.call_id = ANY (p_calls) ORDER BY r.call_id FOR UPDATE;
     -- The extensions a reservation names that have no row yet get one, with the default rules, in key order and
     -- before any lock: made later, once the account is locked, a row that another writer made meanwhile would
     -- be waited for out of order (a deadlock). A row made here that no operation used goes again at the end.
@@ -342,6 +346,10 @@ BEGIN
         FROM unnest(p_calls, r_amount, r_updated, r_deadline, r_details, r_state)
             AS u(c, amount, updated, deadline, details, s)
         WHERE u.s = 2 AND r.call_id = u.c;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        IF v_n <> v_changed THEN
+            RAISE EXCEPTION 'a reservation of the batch changed under it' USING ERRCODE = 'serialization_failure';
+        END IF;
     END IF;
     IF v_new > 0 THEN
         INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)

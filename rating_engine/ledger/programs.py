@@ -902,10 +902,25 @@ SETTINGS_REVS = (
 )
 
 
+# A call's later operations take its reservation row first, before its extension and its account
+# (a new call's row comes first too: `reserve` inserts it before it takes): on PostgreSQL, where
+# two of them can run at once in two transactions, the row lock makes the second wait for the first
+# to commit and then see what it did. A renewal that only read the row could add to both holds for
+# a reservation a settle had just taken away, and the two would wait on each other in opposite
+# orders (settle: reservation, extension; renewal: extension, reservation). The batch function
+# locks its calls' rows first as well (`pg_batch`).
+_TAKE_CALL = (
+    f"UPDATE reservations SET updated_at = updated_at WHERE call_id = ? RETURNING account_id, ext, amount, {TZ}"
+)
+"""The renewal's read of its reservation, the row locked until the end of the transaction."""
+_GIVE_CALL_BACK = f"DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount, {TZ}"
+"""The end of a call: taking the reservation away is what makes a settle or a release happen once."""
+
+
 def extend(call_id: str, amount: int, now: int, deadline: int = 0) -> Program[ReserveResult]:
     """Add to a live reservation under the same rule as `reserve` (not a new call: no call or attempt counted)."""
     check_amount(amount, "an extension of a reservation")
-    r = yield one(f"SELECT account_id, ext, amount, {TZ} FROM reservations WHERE call_id = ?", call_id)
+    r = yield one(_TAKE_CALL, call_id)
     if r is None:
         return ReserveResult(False, Refusal.UNKNOWN_CALL)
     refusal, alert = yield from _take(r["account_id"], r["ext"], amount, now, r["timezone"], new_call=False)
@@ -945,7 +960,7 @@ def _give_back(r: Row, spent: int, now: int) -> Program[None]:
 
 def release(call_id: str, now: int) -> Program[bool]:
     """Give back the reservation of a call that never connected; False if there was none."""
-    r = yield one(f"SELECT account_id, ext, amount, {TZ} FROM reservations WHERE call_id = ?", call_id)
+    r = yield one(_GIVE_CALL_BACK, call_id)
     if r is None:
         return False
     yield from _give_back(r, 0, now)
@@ -954,7 +969,6 @@ def release(call_id: str, now: int) -> Program[bool]:
         r["amount"],
         r["account_id"],
     )
-    yield count("DELETE FROM reservations WHERE call_id = ?", call_id)
     return True
 
 
@@ -962,7 +976,7 @@ def settle(call_id: str, cost: int, d: CallDetails, now: int) -> Program[SettleR
     """Debit the cost, release the rest, write the activity row; once per call."""
     check_amount(cost, "a cost", zero=True)
     # Taking the reservation away is what makes a settle happen once: a second settle finds none.
-    r = yield one(f"DELETE FROM reservations WHERE call_id = ? RETURNING account_id, ext, amount, {TZ}", call_id)
+    r = yield one(_GIVE_CALL_BACK, call_id)
     if r is None:
         done = yield one("SELECT cost, balance_after FROM activity WHERE call_id = ?", call_id)
         if done is not None:
