@@ -1,12 +1,14 @@
 """Ledger throughput: reservation + settle pairs per second, 1 and 100 concurrent tasks on one hot
 account, and 100 tasks over 1,000 accounts with a skew (half the calls on ten busy accounts).
 
-Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit) and
+Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit; the call
+path's operations of a batch walked in memory and written once, `sqlite_batch`) and
 PostgreSQL (the call path in batches: one server-side function call and one commit per batch; a
 batch of one operation runs as its program, which is all one task ever sends).
 Baselines, same run: the naive SQLite way, one transaction per reservation and per settle
-through aiosqlite, one await per statement; and our PostgreSQL driver the way it was before the
-batches, every operation its own transaction (`batched=False`).
+through aiosqlite, one await per statement; our SQLite ledger as it was before the walk, every
+operation its program in the group commit (`walk=False`); and our PostgreSQL driver the way it was
+before the batches, every operation its own transaction (`batched=False`).
 
     python benchmarks/bench_ledger.py [--pairs N] [--json] [--no-postgres]
 """
@@ -27,8 +29,9 @@ import aiosqlite
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import cpu_seconds, report
-from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledger
+from rating_engine.ledger import AccountSettings, CallDetails, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
+from rating_engine.ledger.sqlite import SqliteLedger
 
 NOW = 1_795_535_109
 
@@ -130,13 +133,14 @@ async def postgres_url() -> str | None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as d:
-        ledger = make_ledger(f"sqlite:///{d}/many.db")
-        await ledger.open()
-        try:
-            results["ours_sqlite_full/many"] = await ours(ledger, args.pairs, 100, MANY, "ours_sqlite_full/many")
-        finally:
-            await ledger.close()
+    for name, walk in (("ours_sqlite_full", True), ("sqlite_programs", False)):
+        with tempfile.TemporaryDirectory() as d:
+            ledger: Ledger = SqliteLedger(f"{d}/many.db", walk=walk)
+            await ledger.open()
+            try:
+                results[f"{name}/many"] = await ours(ledger, args.pairs, 100, MANY, f"{name}/many")
+            finally:
+                await ledger.close()
     if not args.no_postgres:
         for name, batched in (("ours_postgres", True), ("postgres_per_op", False)):
             url = await postgres_url()
@@ -154,12 +158,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pairs = args.pairs if tasks > 1 else max(args.pairs // 10, 100)
         with tempfile.TemporaryDirectory() as d:
             results[f"naive_sqlite_full/{tasks}"] = await naive_sqlite(f"{d}/naive.db", pairs, tasks)
-            ledger = make_ledger(f"sqlite:///{d}/ours.db")
-            await ledger.open()
-            try:  # a failed check must end the run, not leave aiosqlite's thread holding the process
-                results[f"ours_sqlite_full/{tasks}"] = await ours(ledger, pairs, tasks, 1, f"ours_sqlite_full/{tasks}")
-            finally:
-                await ledger.close()
+            for name, walk in (("ours_sqlite_full", True), ("sqlite_programs", False)):
+                ledger = SqliteLedger(f"{d}/{name}.db", walk=walk)
+                await ledger.open()
+                try:  # a failed check must end the run, not leave aiosqlite's thread holding the process
+                    results[f"{name}/{tasks}"] = await ours(ledger, pairs, tasks, 1, f"{name}/{tasks}")
+                finally:
+                    await ledger.close()
         if not args.no_postgres:
             for name, batched in (("ours_postgres", True), ("postgres_per_op", False)):
                 url = await postgres_url()
@@ -193,7 +198,8 @@ def main() -> None:
     rows = []
     for name, label in (
         ("naive_sqlite_full", "naive SQLite FULL, 1 txn per op (baseline)"),
-        ("ours_sqlite_full", "ours: SQLite FULL, group commit"),
+        ("sqlite_programs", "SQLite FULL, group commit, programs (before the walk)"),
+        ("ours_sqlite_full", "ours: SQLite FULL, group commit, walked"),
         ("postgres_per_op", "PostgreSQL, one txn per op (before the batches)"),
         ("ours_postgres", "ours: PostgreSQL, batches (of one: program)"),
     ):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 from collections.abc import Callable
@@ -22,12 +23,17 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from . import programs as P
+from . import sqlite_batch
 from .base import Ledger
 from .models import LedgerError
+from .pg_batch import FAST_PROGRAMS, validate
 from .schema import upgrade_steps
 
 T = TypeVar("T")
+log = logging.getLogger("rating_engine.ledger")
 BATCH_MAX = 512
+WALK_FROM = 2
+"""A lone call-path operation runs as its program: four reads and the writes of a walk cost more."""
 
 
 def run_program_sync(cur: sqlite3.Cursor, program: P.Program[T]) -> T:
@@ -62,26 +68,61 @@ class _Replay(Exception):
     """A program raised after it wrote: the batch must run again, each program in a savepoint."""
 
 
-def _apply_batch(conn: sqlite3.Connection, batch: list[Job]) -> list[_Outcome]:
+class Counts:
+    """What the database thread did with the call path's operations (read by the tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.walked = 0
+        """Operations run by `sqlite_batch.walk`."""
+        self.handed_back = 0
+        """Operations the walk handed to their program."""
+        self.walk_failures = 0
+        """Batches the walk failed on (a bug): run again as programs."""
+
+
+def _apply_batch(conn: sqlite3.Connection, batch: list[Job], walk: bool, counts: Counts) -> list[_Outcome]:
     """Run a batch in one transaction and commit it.
 
-    Fast way first: no savepoints, since a refusal gives back what it took in SQL and most
-    errors are raised before a program writes. If a program raises after writing, everything
-    is rolled back and the batch runs again with a savepoint per program, so that program
-    alone is undone. Programs are deterministic, so the others get the same answers.
+    Fast way first: the call path's operations walked together (`sqlite_batch`), no savepoints,
+    since a refusal gives back what it took in SQL and most errors are raised before a program
+    writes. If a program raises after writing, or the walk fails, everything is rolled back and
+    the batch runs again as programs with a savepoint each, so that a failing one alone is undone.
+    Programs are deterministic, and the walk answers as they do, so the others get the same answers.
     """
     try:
-        return _run_batch(conn, batch, savepoints=False)
+        return _run_batch(conn, batch, savepoints=False, walk=walk, counts=counts)
     except _Replay:
-        return _run_batch(conn, batch, savepoints=True)
+        return _run_batch(conn, batch, savepoints=True, walk=False, counts=counts)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool) -> list[_Outcome]:
+def _run_batch(
+    conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool, walk: bool, counts: Counts
+) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     cur = conn.cursor()
     cur.execute("BEGIN IMMEDIATE")
     try:
-        for fn, args in batch:
+        k = 0
+        while k < len(batch):
+            if walk:
+                ops = _walkable(batch, k)
+                if len(ops) >= WALK_FROM:
+                    try:
+                        results, ran = sqlite_batch.walk(cur, ops)
+                    except sqlite3.OperationalError as exc:  # the disk, not the walk: each program meets it
+                        raise _Replay from exc
+                    except Exception as exc:
+                        counts.walk_failures += 1
+                        log.exception("the call path's walk failed; running the batch as programs")
+                        raise _Replay from exc
+                    counts.walked += ran
+                    outcomes.extend(_Outcome(value) for value in results)
+                    k += ran
+                    if ran == len(ops):
+                        continue
+                    counts.handed_back += 1  # the next one is its program's
+            fn, args = batch[k]
+            k += 1
             if savepoints:
                 cur.execute("SAVEPOINT op")
             wrote_before = conn.total_changes
@@ -101,6 +142,22 @@ def _run_batch(conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool) 
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _walkable(batch: list[Job], start: int) -> list[sqlite_batch.Op]:
+    """The call path's operations from `start` on, up to the first that is not one, or that its
+    program would refuse before writing anything (a bad amount: the program raises it)."""
+    ops: list[sqlite_batch.Op] = []
+    for fn, args in batch[start:]:
+        op = FAST_PROGRAMS.get(fn)
+        if op is None:
+            break
+        try:
+            validate(op, args)
+        except Exception:
+            break
+        ops.append((op, args))
+    return ops
 
 
 def _migrate(conn: sqlite3.Connection) -> int:
@@ -151,9 +208,13 @@ class SqliteLedger(Ledger):
         *,
         synchronous: str = "FULL",
         batch_max: int = BATCH_MAX,
+        walk: bool = True,
     ) -> None:
         super().__init__()
         self.path = str(path)
+        self.walk = walk
+        """False: every operation as its program (the benchmark's and the equivalence test's other way)."""
+        self.counts = Counts()
         self.synchronous = synchronous
         self.batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
@@ -212,7 +273,7 @@ class SqliteLedger(Ledger):
                 jobs, futures = self._jobs[: self.batch_max], self._futures[: self.batch_max]
                 del self._jobs[: self.batch_max], self._futures[: self.batch_max]
             try:
-                outcomes = await self._in_db_thread(_apply_batch, jobs)
+                outcomes = await self._in_db_thread(_apply_batch, jobs, self.walk, self.counts)
             except Exception as exc:  # the commit itself failed: nobody's change happened
                 for fut in futures:
                     if not fut.done():

@@ -1,0 +1,65 @@
+"""SQLite's walk of the call path (`sqlite_batch`) answers and writes exactly what the programs do.
+
+The PostgreSQL function's equivalence rounds (`test_pg_batch`), on two SQLite ledgers: one that runs
+every operation as its program, one that walks each batch's call-path operations in memory and hands
+the others back. The answers and every table the operations touch must be the same, row for row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+
+from rating_engine.ledger import AccountSettings, CallDetails
+from rating_engine.ledger.sqlite import SqliteLedger
+
+from .test_pg_batch import NOW, _play, _setup, _sqlite_tables, rounds
+
+_examples = itertools.count()
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plan=rounds)
+def test_the_walk_equals_the_programs(tmp_path: Path, plan: list[Any]) -> None:
+    prefix = f"w{next(_examples)}"
+    programs_path, walk_path = tmp_path / f"{prefix}-p.sqlite3", tmp_path / f"{prefix}-w.sqlite3"
+
+    async def both() -> tuple[list[str], list[str], SqliteLedger]:
+        programs, walk = SqliteLedger(programs_path, walk=False), SqliteLedger(walk_path)
+        async with programs, walk:
+            ours = await _play(programs, await _setup(programs, prefix), prefix, plan)
+            theirs = await _play(walk, await _setup(walk, prefix), prefix, plan)
+            assert await walk.check() == []
+        return ours, theirs, walk
+
+    by_programs, walked, walk = asyncio.run(both())
+    assert walked == by_programs
+    assert _sqlite_tables(walk_path, prefix) == _sqlite_tables(programs_path, prefix)
+    assert walk.counts.walk_failures == 0
+
+
+def test_the_call_path_is_walked(tmp_path: Path) -> None:
+    """A round of reservations and settles goes the walk's way, in one batch, and leaves the ledger whole."""
+
+    async def run() -> SqliteLedger:
+        ledger = SqliteLedger(tmp_path / "walk.sqlite3")
+        async with ledger:
+            await ledger.create_account("a", AccountSettings("office-fr", "EUR"), now=NOW)
+            await ledger.topup("a", 10**9, "opening", now=NOW)
+            reserved = await asyncio.gather(
+                *(ledger.reserve(f"c{i}", "a", f"2{i % 4:02d}", 10**6, NOW) for i in range(40))
+            )
+            assert all(r.ok for r in reserved)
+            details = CallDetails(NOW, NOW + 60, "0612345678", "+33612345678", "FR", "mobile", 60)
+            settled = await asyncio.gather(*(ledger.settle(f"c{i}", 300_000, details, NOW + 60) for i in range(40)))
+            assert all(s.settled for s in settled)
+            assert await ledger.check() == [] and await ledger.reservations() == []
+            assert (await ledger.account("a")).balance == 10**9 - 40 * 300_000
+        return ledger
+
+    ledger = asyncio.run(run())
+    assert ledger.counts.walked == 80 and ledger.counts.handed_back == 0
