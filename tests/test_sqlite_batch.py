@@ -63,3 +63,29 @@ def test_the_call_path_is_walked(tmp_path: Path) -> None:
 
     ledger = asyncio.run(run())
     assert ledger.counts.walked == 80 and ledger.counts.handed_back == 0
+
+
+def test_a_walk_that_fails_leaves_the_batch_to_the_programs(tmp_path: Path, monkeypatch: Any) -> None:
+    """A bug in the walk must not cost a call: the batch is rolled back, runs again as programs,
+    and every caller gets the programs' answer; the failure is counted."""
+    from rating_engine.ledger import sqlite_batch
+
+    def broken(cur: Any, ops: Any) -> Any:
+        cur.execute("UPDATE accounts SET balance = balance + 1")  # written, then the walk breaks
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(sqlite_batch, "walk", broken)
+
+    async def run() -> SqliteLedger:
+        ledger = SqliteLedger(tmp_path / "broken.sqlite3")
+        async with ledger:
+            await ledger.create_account("a", AccountSettings("office-fr", "EUR"), now=NOW)
+            await ledger.topup("a", 10**9, "opening", now=NOW)
+            reserved = await asyncio.gather(*(ledger.reserve(f"c{i}", "a", "201", 10**6, NOW) for i in range(5)))
+            assert all(r.ok for r in reserved)
+            assert len(await ledger.reservations()) == 5 and await ledger.check() == []
+            assert (await ledger.account("a")).balance == 10**9  # the walk's write was undone
+        return ledger
+
+    ledger = asyncio.run(run())
+    assert ledger.counts.walk_failures >= 1 and ledger.counts.walked == 0
