@@ -27,15 +27,15 @@ from .pg_batch import result
 
 Op = tuple[str, tuple[Any, ...]]
 
-_CALLS = "SELECT value FROM json_each(?)"
+_IN_JSON = "SELECT value FROM json_each(?)"  # the keys, sent as one JSON array
 _READ_CALLS = (
     "SELECT call_id, account_id, ext, amount, created_at, updated_at, deadline, details FROM reservations"
-    f" WHERE call_id IN ({_CALLS})"
+    f" WHERE call_id IN ({_IN_JSON})"
 )
-_READ_DONE = f"SELECT call_id FROM activity WHERE call_id IN ({_CALLS})"
+_READ_DONE = f"SELECT call_id FROM activity WHERE call_id IN ({_IN_JSON})"
 _READ_ACCOUNTS = (
     "SELECT id, timezone, balance, reserved, floor, threshold, on_low, topup_pending, velocity_limit, max_calls,"
-    f" max_attempts, live_calls, attempts, attempt_minute, settings_rev FROM accounts WHERE id IN ({_CALLS})"
+    f" max_attempts, live_calls, attempts, attempt_minute, settings_rev FROM accounts WHERE id IN ({_IN_JSON})"
 )
 _READ_EXTENSIONS = (
     "SELECT account_id, ext, chargeable, daily_cap, monthly_cap, max_calls, max_attempts, reserved, live_calls,"
