@@ -89,3 +89,38 @@ def test_a_walk_that_fails_leaves_the_batch_to_the_programs(tmp_path: Path, monk
 
     ledger = asyncio.run(run())
     assert ledger.counts.walk_failures >= 1 and ledger.counts.walked == 0
+
+
+def test_other_programs_in_the_batch_cut_the_walk_and_keep_their_order(tmp_path: Path) -> None:
+    """A top-up, a settings change and a read queued between the call path's operations run as
+    programs in their place: what each operation answers, and what the tables hold, is what the
+    programs alone give."""
+    details = CallDetails(NOW, NOW + 60, "0612345678", "+33612345678", "FR", "mobile", 60)
+
+    async def play(ledger: SqliteLedger) -> list[str]:
+        async with ledger:
+            await ledger.create_account("o-a", AccountSettings("office-fr", "EUR", threshold=3 * 10**6), now=NOW)
+            await ledger.topup("o-a", 4 * 10**6, "o-a-opening", now=NOW)
+            work = [
+                ledger.reserve("o-1", "o-a", "201", 10**6, NOW),
+                # refused: the threshold blocks below it (a floor of 3), so 4 leaves room for one call
+                ledger.reserve("o-2", "o-a", "202", 10**6, NOW),
+                ledger.reserve("o-3", "o-a", "201", 10**6, NOW),
+                ledger.topup("o-a", 2 * 10**6, "o-a-more", now=NOW + 1),
+                ledger.reserve("o-4", "o-a", "203", 10**6, NOW + 1),
+                ledger.extend("o-1", 10**6, NOW + 2, NOW + 120),
+                ledger.account("o-a"),
+                ledger.settle("o-1", 1_500_000, details, NOW + 60),  # below the threshold: a notice
+                ledger.settle("o-2", 200_000, details, NOW + 60),
+                ledger.release("o-4", NOW + 60),
+                ledger.update_settings("o-a", AccountSettings("office-fr", "EUR"), "admin", now=NOW + 61),
+                ledger.reserve("o-5", "o-a", "201", 10**6, NOW + 61),
+            ]
+            answers = [repr(a) for a in await asyncio.gather(*work, return_exceptions=True)]
+            assert await ledger.check() == []
+            return answers
+
+    programs, walk = SqliteLedger(tmp_path / "o-p.sqlite3", walk=False), SqliteLedger(tmp_path / "o-w.sqlite3")
+    assert asyncio.run(play(walk)) == asyncio.run(play(programs))
+    assert _sqlite_tables(tmp_path / "o-w.sqlite3", "o") == _sqlite_tables(tmp_path / "o-p.sqlite3", "o")
+    assert walk.counts.walked >= 4 and walk.counts.handed_back >= 1  # both ways were taken
