@@ -77,6 +77,9 @@ class Snapshot:
     """Renewals of live calls the ledger could not take (each try; the deadline stood)."""
     node_conflicts_total: int = field(default=0, metadata=COUNTER)
     """Its node found held by another engine after the ledger's session was lost (PostgreSQL)."""
+    ledger_fallbacks_total: int = field(default=0, metadata=COUNTER)
+    """Batches the ledger's fast way (PostgreSQL's function, SQLite's walk) failed on: each ran again
+    as programs, so no call was lost, but it is a bug; the log has the traceback."""
 
 
 class Metrics:

@@ -107,6 +107,7 @@ class Service:
             low_balances_total=s.low_balances,
             renew_failures_total=s.renew_failures,
             node_conflicts_total=self.ledger.node_conflicts,
+            ledger_fallbacks_total=self.ledger.fallbacks,
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
             spool_unsaved=self.engine.spool.unsaved if self.engine.spool else 0,
             spooled_total=self.engine.spool.spooled if self.engine.spool else 0,

@@ -89,6 +89,7 @@ def test_a_walk_that_fails_leaves_the_batch_to_the_programs(tmp_path: Path, monk
 
     ledger = asyncio.run(run())
     assert ledger.counts.walk_failures >= 1 and ledger.counts.walked == 0
+    assert ledger.fallbacks == ledger.counts.walk_failures  # the engine's rating_ledger_fallbacks_total
 
 
 def test_other_programs_in_the_batch_cut_the_walk_and_keep_their_order(tmp_path: Path) -> None:

@@ -64,6 +64,11 @@ class Ledger(ABC):
         return ""
 
     @property
+    def fallbacks(self) -> int:
+        """Batches the fast way failed on and that ran again as programs (a bug, logged)."""
+        return 0
+
+    @property
     def node_conflicts(self) -> int:
         """Times this engine found its node held by another after losing it (see `pg_node`)."""
         return 0

@@ -448,6 +448,10 @@ class PostgresLedger(Ledger):
         return holder
 
     @property
+    def fallbacks(self) -> int:
+        return self.function_failures
+
+    @property
     def node_conflicts(self) -> int:
         return 0 if self._node is None else self._node.conflicts
 

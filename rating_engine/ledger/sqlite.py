@@ -226,6 +226,10 @@ class SqliteLedger(Ledger):
         self._writer: asyncio.Task[None] | None = None
         self.commits = 0
 
+    @property
+    def fallbacks(self) -> int:
+        return self.counts.walk_failures
+
     async def _in_db_thread(self, fn: Any, *args: Any) -> Any:
         assert self._db is not None
         conn = self._db._conn
