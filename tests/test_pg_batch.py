@@ -420,3 +420,63 @@ def test_two_operations_of_one_call_at_once_leave_the_ledger_whole(pg_url: str, 
     problems, left, found = asyncio.run(run())
     assert problems == [] and left == 0
     assert found == 0  # and nobody waited for the other in a cycle
+
+
+def test_a_lone_reservation_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
+    """Reservations sent one at a time go as one statement when they pass (`pg_lone`), and to their
+    program when they do not: a duplicate, a settled call, an unknown account, a cap, a call limit,
+    the money, changed settings, a first call without an extension row, a velocity limit, a time
+    zone this engine has not read. Every answer and every row is what SQLite's programs give."""
+    prefix = "lone1"
+
+    async def play(ledger: Ledger) -> list[str]:
+        a0, a1, a2 = await _setup(ledger, prefix)
+        r1 = (await ledger.account(a1)).settings_rev
+        e1 = (await ledger.extension(a1, "201")).settings_rev  # type: ignore[union-attr]
+        steps: list[Any] = [
+            ("reserve", "c1", a0, "201", 1),
+            ("reserve", "c1", a0, "201", 1),  # a duplicate
+            ("reserve", "c2", a0, "203", 1),  # not chargeable
+            ("reserve", "c3", a0, "204", 1),  # its first call: no row yet
+            ("reserve", "c4", a0, "204", 1),
+            ("reserve", "c5", a2, "201", 1),  # a velocity limit to sum
+            ("reserve", "c6", a0, "202", 7),  # over the daily cap
+            ("reserve", "c7", a1, "201", 1, (r1, e1 + 1)),  # decided with other settings
+            ("reserve", "c8", a1, "201", 1, (r1, e1)),
+            ("settle", "c1"),
+            ("reserve", "c1", a0, "201", 1),  # settled already
+            ("reserve", "c9", "nobody", "201", 1),
+            ("reserve", "c10", a0, "202", 1),
+            ("reserve", "c11", a0, "202", 1),  # the account's fourth live call
+            ("reserve", "c12", a0, "201", 1),  # a fifth: too many
+            ("reserve", "c13", a1, "202", 40),  # more than the balance
+            ("forget zones",),
+            ("reserve", "c14", a1, "202", 1),  # a zone not read yet
+        ]
+        answers = []
+        for s in steps:
+            if s[0] == "settle":
+                answers.append(repr(await ledger.settle(f"{prefix}-{s[1]}", MONEY, None, NOW + 60)))
+            elif s[0] == "forget zones":
+                if isinstance(ledger, PostgresLedger):
+                    ledger.zones.of_account.clear()
+            else:
+                expect = s[5] if len(s) > 5 else None
+                call, account, ext, units = f"{prefix}-{s[1]}", s[2], s[3], s[4]
+                got = await ledger.reserve(call, account, ext, units * MONEY, NOW, NOW + 90, "d", expect=expect)
+                answers.append(repr(got))
+        return answers
+
+    async def both() -> tuple[list[str], list[str], PostgresLedger]:
+        sqlite = SqliteLedger(tmp_path / "lone.sqlite3", walk=False)
+        pg = PostgresLedger(pg_url, writers=1)
+        async with sqlite, pg:
+            programs = await play(sqlite)
+            ours = await play(pg)
+            assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
+        return programs, ours, pg
+
+    programs, ours, pg = asyncio.run(both())
+    assert ours == programs
+    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone.sqlite3", prefix)
+    assert pg.lone_in_one == 5 and pg.function_failures == 0  # c1, c4, c8, c10, c11; the rest: the program

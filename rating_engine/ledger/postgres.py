@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import pg_batch, pg_node
+from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
-from .models import Account, AccountSettings, Extension, LedgerError
+from .models import Account, AccountSettings, Extension, LedgerError, ReserveResult
 from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
@@ -122,7 +122,9 @@ class PostgresLedger(Ledger):
         self.lone_as_program = lone_as_program
         """A batch of one operation runs as its program (`_write_group`); False: as the function."""
         self.lone = 0
-        """Batches of one operation run as their program."""
+        """Batches of one operation run alone: as their program, or a reservation in one statement."""
+        self.lone_in_one = 0
+        """Of those, reservations held by one statement (`pg_lone`) without their program."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -161,6 +163,7 @@ class PostgresLedger(Ledger):
                         await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
                 await conn.execute(pg_batch.CREATE)
+                await conn.execute(pg_lone.CREATE)
                 for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
                     self.zones.learn(r["id"], r["timezone"])
         except BaseException:
@@ -340,6 +343,10 @@ class PostgresLedger(Ledger):
         assert self._pool is not None
         if len(jobs) == 1 and self.lone_as_program:
             self.lone += 1
+            if jobs[0].op == "reserve":
+                held = await self._reserve_in_one(jobs[0])
+                if held is not None:
+                    return [held]
             return [await self._alone(jobs[0])]
         for attempt in range(RETRIES):
             try:
@@ -363,6 +370,29 @@ class PostgresLedger(Ledger):
                 log.exception("batch function failed; running its operations one by one")
                 return [await self._alone(job) for job in jobs]
         raise AssertionError("unreachable")
+
+    async def _reserve_in_one(self, job: _Job) -> Any:
+        """A lone reservation in one statement (`pg_lone`), or None: its program's to answer."""
+        assert self._pool is not None
+        timezone = self.zones.of_account.get(job.args[1])
+        if timezone is None:
+            return None
+        try:
+            async with self._pool.acquire() as conn:
+                held = await conn.fetchval(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
+        except LOST as exc:  # the program would not reach it either
+            return _Failed(exc)
+        except (asyncpg.UniqueViolationError, *RETRYABLE):
+            return None
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != pg_batch.HANDED_BACK:  # a bug, or a server that refuses the statement
+                self.function_failures += 1
+                log.exception("one-statement reservation failed; running its program")
+            return None
+        if held != 1:
+            return None
+        self.lone_in_one += 1
+        return ReserveResult(True, None, job.args[3])
 
     async def _alone(self, job: _Job) -> Any:
         assert self._pool is not None
