@@ -337,8 +337,9 @@ class PostgresLedger(Ledger):
         transaction: a one-operation call cost the server ~2.2 million instructions, four times
         what a reservation or a settle costs as its program (~0.55 million, counted by callgrind).
         The program's extra round trips cost less than that on one machine, and a PBX at a few
-        calls a second sends nothing but batches of one. Under load the batches grow while a lone
-        operation runs, and the function takes them. Side by side, the two lock in the same order:
+        calls a second sends nothing but batches of one; a lone reservation, which the dialplan
+        waits for, is first tried as one statement (`pg_lone`). Under load the batches grow while a
+        lone operation runs, and the function takes them. Side by side, the two lock in the same order:
         an extension's new row, then the extension, then the account (see `pg_batch`)."""
         assert self._pool is not None
         if len(jobs) == 1 and self.lone_as_program:
