@@ -422,11 +422,12 @@ def test_two_operations_of_one_call_at_once_leave_the_ledger_whole(pg_url: str, 
     assert found == 0  # and nobody waited for the other in a cycle
 
 
-def test_a_lone_reservation_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
-    """Reservations sent one at a time go as one statement when they pass (`pg_lone`), and to their
-    program when they do not: a duplicate, a settled call, an unknown account, a cap, a call limit,
-    the money, changed settings, a first call without an extension row, a velocity limit, a time
-    zone this engine has not read. Every answer and every row is what SQLite's programs give."""
+def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
+    """Reservations and settles sent one at a time go as one statement when they pass (`pg_lone`),
+    and to their program when they do not: a duplicate, a settled call, an unknown account, a cap, a
+    call limit, the money, changed settings, a first call without an extension row, a velocity
+    limit, a time zone this engine has not read; a settle below the threshold (a notice), a second
+    settle, an unknown call. Every answer and every row is what SQLite's programs give."""
     prefix = "lone1"
 
     async def play(ledger: Ledger) -> list[str]:
@@ -443,20 +444,28 @@ def test_a_lone_reservation_in_one_statement_answers_as_its_program(pg_url: str,
             ("reserve", "c6", a0, "202", 7),  # over the daily cap
             ("reserve", "c7", a1, "201", 1, (r1, e1 + 1)),  # decided with other settings
             ("reserve", "c8", a1, "201", 1, (r1, e1)),
-            ("settle", "c1"),
+            ("settle", "c1", 1),
             ("reserve", "c1", a0, "201", 1),  # settled already
             ("reserve", "c9", "nobody", "201", 1),
             ("reserve", "c10", a0, "202", 1),
             ("reserve", "c11", a0, "202", 1),  # the account's fourth live call
             ("reserve", "c12", a0, "201", 1),  # a fifth: too many
             ("reserve", "c13", a1, "202", 40),  # more than the balance
+            ("settle", "c4", 1),
+            ("settle", "c8", 3),
+            ("settle", "c10", 27),  # below the account's threshold: a notice
+            ("settle", "c11", 0),  # nothing to debit, and already below: no second notice
+            ("settle", "c1", 1),  # settled already
+            ("settle", "c99", 1),  # unknown
             ("forget zones",),
             ("reserve", "c14", a1, "202", 1),  # a zone not read yet
+            ("settle", "c3", 1),
         ]
         answers = []
         for s in steps:
             if s[0] == "settle":
-                answers.append(repr(await ledger.settle(f"{prefix}-{s[1]}", MONEY, None, NOW + 60)))
+                details = CallDetails(NOW + 5, NOW + 50 if s[2] % 2 else 0, "0899", "+33899", "FR", "premium", 45)
+                answers.append(repr(await ledger.settle(f"{prefix}-{s[1]}", s[2] * MONEY, details, NOW + 60)))
             elif s[0] == "forget zones":
                 if isinstance(ledger, PostgresLedger):
                     ledger.zones.of_account.clear()
@@ -479,4 +488,5 @@ def test_a_lone_reservation_in_one_statement_answers_as_its_program(pg_url: str,
     programs, ours, pg = asyncio.run(both())
     assert ours == programs
     assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone.sqlite3", prefix)
-    assert pg.lone_in_one == 5 and pg.function_failures == 0  # c1, c4, c8, c10, c11; the rest: the program
+    # held: c1, c4, c8, c10, c11; settled: c1, c4, c8, c11. The rest went to the program.
+    assert pg.lone_in_one == 9 and pg.function_failures == 0

@@ -1,4 +1,4 @@
-"""A lone reservation on PostgreSQL in one statement: one round trip instead of five.
+"""A lone reservation or settle on PostgreSQL in one statement: one round trip instead of five or six.
 
 A PBX at a few calls a second sends its reservations one at a time, and the dialplan waits for
 each. As its program a reservation is BEGIN, the reservation's INSERT, the extension's UPDATE, the
@@ -13,14 +13,17 @@ it (a cap, a limit, the money, settings changed, a first call without an extensi
 limit to sum, a time zone that is not the one the day was computed in), the statement raises and
 PostgreSQL undoes all of it; if the reservation is not written (a duplicate, a settled call, an
 unknown account), nothing was. Either way the program runs next and gives the answer and the
-reason, so the rules stay in `programs.py`.
+reason, so the rules stay in `programs.py`. A settle the same way: its reservation taken away, then
+the extension's and the account's holds and the balance, the journal's debit and the activity row;
+one that would raise a low-balance notice or an automatic top-up, or whose extension has no row,
+is undone and left to its program, as is one whose reservation is gone (settled already, unknown).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .models import periods
+from .models import CallDetails, periods
 from .pg_batch import HANDED_BACK
 
 HAND_BACK = "rating_engine_hand_back"
@@ -71,3 +74,45 @@ def reserve_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
     day, month = periods(now, timezone)
     arev, erev = expect if expect is not None else (-1, -1)
     return (call_id, account_id, ext, amount, now, deadline, details, timezone, day, month, now // 60, arev, erev)
+
+
+# $1 call, $2 cost, $3 now, $4 day, $5 month (of now), $6 time zone, $7 started, $8 ended, $9 dialed,
+# $10 e164, $11 destination, $12 kind, $13 billable seconds, $14 estimated, $15 the day it ended
+SETTLE = f"""
+WITH d AS (
+    DELETE FROM reservations WHERE call_id = $1 RETURNING account_id, ext, amount
+), e AS (
+    UPDATE extensions x SET reserved = x.reserved - d.amount, live_calls = x.live_calls - 1,
+        day_spent = CASE WHEN x.day = $4 THEN x.day_spent ELSE 0 END + $2, day = $4,
+        month_spent = CASE WHEN x.month = $5 THEN x.month_spent ELSE 0 END + $2, month = $5
+    FROM d WHERE x.account_id = d.account_id AND x.ext = d.ext
+    RETURNING 1
+), a AS (
+    UPDATE accounts y SET balance = y.balance - $2, reserved = y.reserved - d.amount, live_calls = y.live_calls - 1
+    FROM d WHERE y.id = d.account_id AND EXISTS (SELECT 1 FROM e) AND y.timezone = $6
+        AND NOT ((y.balance - $2 < y.threshold AND y.threshold <= y.balance)
+            OR (y.on_low = 'topup' AND y.balance - $2 < y.threshold AND y.topup_pending IS NULL))
+    RETURNING y.id, y.balance, d.ext, d.amount
+), j AS (
+    INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)
+    SELECT a.id, $3, 'debit', -$2, $1, a.balance FROM a WHERE $2 > 0
+), t AS (
+    INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,
+        billable_seconds, cost, reserved, balance_after, estimated, overdraft, day)
+    SELECT $1, a.id, a.ext, $7, $8, $9, $10, $11, $12, $13, $2, a.amount, a.balance, $14,
+        CASE WHEN $2 > a.amount THEN 1 ELSE 0 END, $15 FROM a
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END AS ok,
+    (SELECT balance FROM a) AS balance, (SELECT amount FROM a) AS held
+"""
+"""ok 1: settled (the balance after, what was held); 0: no reservation, the program's; RE001: undone."""
+
+
+def settle_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
+    """`programs.settle`'s arguments as SETTLE's."""
+    call_id, cost, d, now = args
+    d = d if isinstance(d, CallDetails) else CallDetails()
+    day, month = periods(now, timezone)
+    ended = d.ended_at or now
+    return (call_id, cost, now, day, month, timezone, d.started_at, ended, d.dialed, d.e164, d.destination, d.kind,
+            d.billable_seconds, int(d.estimated), periods(ended, timezone)[0])  # fmt: skip

@@ -22,7 +22,7 @@ import asyncpg
 from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
-from .models import Account, AccountSettings, Extension, LedgerError, ReserveResult
+from .models import Account, AccountSettings, Extension, LedgerError, ReserveResult, SettleResult
 from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
@@ -124,7 +124,7 @@ class PostgresLedger(Ledger):
         self.lone = 0
         """Batches of one operation run alone: as their program, or a reservation in one statement."""
         self.lone_in_one = 0
-        """Of those, reservations held by one statement (`pg_lone`) without their program."""
+        """Of those, reservations and settles done by one statement (`pg_lone`) without their program."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -344,10 +344,10 @@ class PostgresLedger(Ledger):
         assert self._pool is not None
         if len(jobs) == 1 and self.lone_as_program:
             self.lone += 1
-            if jobs[0].op == "reserve":
-                held = await self._reserve_in_one(jobs[0])
-                if held is not None:
-                    return [held]
+            if jobs[0].op in ("reserve", "settle"):
+                done = await self._in_one(jobs[0])
+                if done is not None:
+                    return [done]
             return [await self._alone(jobs[0])]
         for attempt in range(RETRIES):
             try:
@@ -372,15 +372,25 @@ class PostgresLedger(Ledger):
                 return [await self._alone(job) for job in jobs]
         raise AssertionError("unreachable")
 
-    async def _reserve_in_one(self, job: _Job) -> Any:
-        """A lone reservation in one statement (`pg_lone`), or None: its program's to answer."""
+    async def _in_one(self, job: _Job) -> Any:
+        """A lone reservation or settle in one statement (`pg_lone`), or None: its program's to answer."""
         assert self._pool is not None
-        timezone = self.zones.of_account.get(job.args[1])
+        if job.op == "reserve":
+            account_id = job.args[1]
+        else:
+            whose = self.zones.of_call.get(job.args[0])
+            account_id = whose[0] if whose else ""
+        timezone = self.zones.of_account.get(account_id)
         if timezone is None:
             return None
         try:
             async with self._pool.acquire() as conn:
-                held = await conn.fetchval(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
+                if job.op == "reserve":
+                    ok = await conn.fetchval(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
+                    row = None
+                else:
+                    row = await conn.fetchrow(pg_lone.SETTLE, *pg_lone.settle_args(job.args, timezone))
+                    ok = row["ok"]
         except LOST as exc:  # the program would not reach it either
             return _Failed(exc)
         except (asyncpg.UniqueViolationError, *RETRYABLE):
@@ -388,12 +398,15 @@ class PostgresLedger(Ledger):
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != pg_batch.HANDED_BACK:  # a bug, or a server that refuses the statement
                 self.function_failures += 1
-                log.exception("one-statement reservation failed; running its program")
+                log.exception("one-statement %s failed; running its program", job.op)
             return None
-        if held != 1:
+        if ok != 1:
             return None
         self.lone_in_one += 1
-        return ReserveResult(True, None, job.args[3])
+        if row is None:
+            return ReserveResult(True, None, job.args[3])
+        cost, held = job.args[1], row["held"]
+        return SettleResult(True, cost=cost, reserved=held, overdraft=cost > held, balance_after=row["balance"])
 
     async def _alone(self, job: _Job) -> Any:
         assert self._pool is not None
