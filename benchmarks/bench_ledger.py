@@ -4,7 +4,8 @@ account, and 100 tasks over 1,000 accounts with a skew (half the calls on ten bu
 Ours: SQLite (group commit, synchronous=FULL, every settle acknowledged after its commit; the call
 path's operations of a batch walked in memory and written once, `sqlite_batch`) and
 PostgreSQL (the call path in batches: one server-side function call and one commit per batch; a
-batch of one operation runs as its program, which is all one task ever sends).
+batch of one operation, which is all one task ever sends, is a reservation or a settle in one
+statement, or else its program).
 Baselines, same run: the naive SQLite way, one transaction per reservation and per settle
 through aiosqlite, one await per statement; our SQLite ledger as it was before the walk, every
 operation its program in the group commit (`walk=False`); and our PostgreSQL driver the way it was
@@ -201,7 +202,7 @@ def main() -> None:
         ("sqlite_programs", "SQLite FULL, group commit, programs (before the walk)"),
         ("ours_sqlite_full", "ours: SQLite FULL, group commit, walked"),
         ("postgres_per_op", "PostgreSQL, one txn per op (before the batches)"),
-        ("ours_postgres", "ours: PostgreSQL, batches (of one: program)"),
+        ("ours_postgres", "ours: PostgreSQL, batches (of one: one statement)"),
     ):
         for tasks in (1, 100, "many"):
             if tasks == "many" and name == "naive_sqlite_full":
