@@ -122,7 +122,7 @@ class PostgresLedger(Ledger):
         self.lone_as_program = lone_as_program
         """A batch of one operation runs as its program (`_write_group`); False: as the function."""
         self.lone = 0
-        """Batches of one operation run alone: as their program, or a reservation in one statement."""
+        """Batches of one operation run alone: as their program, or a reservation or settle in one statement."""
         self.lone_in_one = 0
         """Of those, reservations and settles done by one statement (`pg_lone`) without their program."""
         self._pool: asyncpg.Pool | None = None
@@ -337,10 +337,11 @@ class PostgresLedger(Ledger):
         transaction: a one-operation call cost the server ~2.2 million instructions, four times
         what a reservation or a settle costs as its program (~0.55 million, counted by callgrind).
         The program's extra round trips cost less than that on one machine, and a PBX at a few
-        calls a second sends nothing but batches of one; a lone reservation, which the dialplan
-        waits for, is first tried as one statement (`pg_lone`). Under load the batches grow while a
-        lone operation runs, and the function takes them. Side by side, the two lock in the same order:
-        an extension's new row, then the extension, then the account (see `pg_batch`)."""
+        calls a second sends nothing but batches of one; a lone reservation (which the dialplan
+        waits for) or settle is first tried as one statement (`pg_lone`). Under load the batches
+        grow while a lone operation runs, and the function takes them. Side by side, they all lock
+        in the same order: the call's reservation, an extension's new row, the extension, the
+        account (see `pg_batch`)."""
         assert self._pool is not None
         if len(jobs) == 1 and self.lone_as_program:
             self.lone += 1
