@@ -5,8 +5,8 @@ each. As its program a reservation is BEGIN, the reservation's INSERT, the exten
 account's UPDATE and COMMIT: five round trips, each a wake-up of the engine's event loop and of a
 server process. Here the same three writes are one statement of data-modifying CTEs, in the same
 order (the reservation, then the extension, then the account: the order every program and the batch
-function take their rows in), committed by the server on its own. Each UPDATE tests what the
-program's tests (`programs._take`, `reserve`'s expected settings revisions) under the row's lock.
+function take their rows in), committed by the server on its own. Each UPDATE checks, under the
+row's lock, what the program checks (`programs._take`, `reserve`'s expected settings revisions).
 
 Only the common case: if the reservation is written but the extension or the account will not take
 it (a cap, a limit, the money, settings changed, a first call without an extension row, a velocity
