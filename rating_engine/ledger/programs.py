@@ -1233,7 +1233,9 @@ def check() -> Program[list[CheckProblem]]:
 
 
 def annotate(call_id: str, deadline: int, details: str) -> Program[bool]:
-    """Record a live call's deadline and details (answer time, price) for reconciliation."""
+    """Record a live call's deadline and details (answer time, price) for reconciliation.
+
+    One statement, and it must stay one: on PostgreSQL a lone note runs without a transaction."""
     n = yield count("UPDATE reservations SET deadline = ?, details = ? WHERE call_id = ?", deadline, details, call_id)
     return bool(n)
 
