@@ -43,11 +43,9 @@ days (a server's tzdata never decides a cap's day).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from . import programs as P
-from .models import CallDetails, ReserveResult, SettleResult, periods
+from .models import CallDetails, periods
 
 FUNCTION = "rating_engine_batch_v8"
 """Versioned by name: an engine only calls the function its own code installed."""
@@ -388,14 +386,6 @@ CREATE = (
     + "$fn$"
 )
 
-FAST_PROGRAMS: dict[Callable[..., Any], str] = {
-    P.reserve: "reserve",
-    P.extend: "extend",
-    P.release: "release",
-    P.settle: "settle",
-    P.annotate: "annotate",
-}
-
 
 class Zones:
     """What this engine knows of the accounts it rates: each one's time zone, and whose call is whose
@@ -472,16 +462,6 @@ def split(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones, parts: int) -> l
     for k, r in enumerate(sets):
         groups[group_of[r]].append(k)
     return [g for g in groups if g]
-
-
-def validate(op: str, args: tuple[Any, ...]) -> None:
-    """The checks the program would make before its first statement, with the same errors."""
-    if op == "reserve":
-        P.check_amount(args[3], "a reservation")
-    elif op == "extend":
-        P.check_amount(args[1], "an extension of a reservation")
-    elif op == "settle":
-        P.check_amount(args[1], "a cost", zero=True)
 
 
 def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
@@ -577,12 +557,3 @@ def _texts(col: tuple[str | None, ...]) -> str:
 
 def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def result(op: str, args: tuple[Any, ...], a: int, b: int, c: int) -> Any:
-    """What the program would have returned, from the function's row for a fast operation."""
-    if op in ("reserve", "extend"):
-        return ReserveResult(True, None, a)
-    if op in ("release", "annotate"):
-        return bool(a)
-    return SettleResult(True, cost=a, reserved=b, overdraft=a > b, balance_after=c)

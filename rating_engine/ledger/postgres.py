@@ -22,7 +22,8 @@ import asyncpg
 from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
-from .models import Account, AccountSettings, Extension, LedgerError, ReserveResult, SettleResult
+from .call_path import FAST_PROGRAMS, result, validate
+from .models import Account, AccountSettings, Extension, LedgerError
 from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
@@ -177,9 +178,9 @@ class PostgresLedger(Ledger):
     async def _run(self, program: Callable[..., P.Program[T]], *args: Any) -> T:
         if self._pool is None or self._idle is not None or self._closing:
             raise RuntimeError("ledger is not open")
-        op = pg_batch.FAST_PROGRAMS.get(program) if self.batched else None
+        op = FAST_PROGRAMS.get(program) if self.batched else None
         if op is not None:
-            pg_batch.validate(op, args)
+            validate(op, args)
             job = _Job(op, program, args)
             self._jobs.append(job)
             assert self._work is not None
@@ -388,10 +389,10 @@ class PostgresLedger(Ledger):
             async with self._pool.acquire() as conn:
                 if job.op == "reserve":
                     ok = await conn.fetchval(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
-                    row = None
+                    got = (job.args[3], 0, 0)  # held
                 else:
                     row = await conn.fetchrow(pg_lone.SETTLE, *pg_lone.settle_args(job.args, timezone))
-                    ok = row["ok"]
+                    ok, got = row["ok"], (job.args[1], row["held"], row["balance"])  # cost, held, balance
         except LOST as exc:  # the program would not reach it either
             return _Failed(exc)
         except (asyncpg.UniqueViolationError, *RETRYABLE):
@@ -404,10 +405,7 @@ class PostgresLedger(Ledger):
         if ok != 1:
             return None
         self.lone_in_one += 1
-        if row is None:
-            return ReserveResult(True, None, job.args[3])
-        cost, held = job.args[1], row["held"]
-        return SettleResult(True, cost=cost, reserved=held, overdraft=cost > held, balance_after=row["balance"])
+        return result(job.op, job.args, *got)
 
     async def _alone(self, job: _Job, transaction: bool = True) -> Any:
         """One operation as its program; a note (one UPDATE) without BEGIN and COMMIT of ours: the
@@ -436,7 +434,7 @@ class PostgresLedger(Ledger):
         outcomes: list[Any] = [None] * len(jobs)
         for r in got:
             job = jobs[r["o_i"] - 1]
-            outcomes[r["o_i"] - 1] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+            outcomes[r["o_i"] - 1] = result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
         return outcomes
 
     async def _write_on(
@@ -451,7 +449,7 @@ class PostgresLedger(Ledger):
                 k = r["o_i"] - 1
                 job = jobs[k]
                 if r["o_fast"]:
-                    outcomes[k] = pg_batch.result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+                    outcomes[k] = result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
                 elif r["o_account"] is not None and k not in zoned:  # now its zone or account is known: again
                     zoned.add(k)
                     if r["o_tz"] is not None:

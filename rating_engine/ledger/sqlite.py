@@ -25,8 +25,8 @@ import aiosqlite
 from . import programs as P
 from . import sqlite_batch
 from .base import Ledger
+from .call_path import FAST_PROGRAMS, validate
 from .models import LedgerError
-from .pg_batch import FAST_PROGRAMS, validate
 from .schema import upgrade_steps
 
 T = TypeVar("T")

@@ -22,8 +22,8 @@ import json
 import sqlite3
 from typing import Any
 
+from .call_path import result
 from .models import CallDetails, periods
-from .pg_batch import result
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -203,7 +203,7 @@ class _Walk:
             self.results.append(result(op, args, *got))
         return len(ops)
 
-    # Each operation returns the function's (a, b, c) for `pg_batch.result`, or None: the program's.
+    # Each operation returns the function's (a, b, c) for `call_path.result`, or None: the program's.
     def annotate(self, call_id: str, deadline: int, details: str) -> tuple[int, int, int]:
         c = self.calls.get(call_id)
         if c is None or c.state not in HELD:
