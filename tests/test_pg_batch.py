@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, Ledger, OnLow
@@ -174,6 +174,25 @@ def pg_url() -> Iterator[str]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=rounds, split=st.booleans(), lone=st.booleans())
+@example(  # a duplicate reservation of a call once put the call's renewal in the wrong part of a cut batch
+    plan=[
+        (
+            0,
+            [
+                ("annotate", 0),
+                ("reserve", 1, "201", 1, "none"),
+                ("reserve", 1, "201", 4, "none"),
+                ("extend", 38, 1),
+                ("burst", 1, 2),
+                ("reserve", 0, "201", 1, "none"),
+            ],
+            None,
+        ),
+        (20, [("duplicate", 0), ("extend", 0, 1), ("reserve", 1, "201", 1, "none")], None),
+    ],
+    split=True,
+    lone=False,
+)
 def test_batched_postgres_equals_the_programs(
     pg_url: str, tmp_path: Path, plan: list[Any], split: bool, lone: bool
 ) -> None:

@@ -414,11 +414,14 @@ class Zones:
 
 def _whose(op: str, args: tuple[Any, ...], named: dict[str, tuple[str, str]], zones: Zones) -> tuple[str, str] | None:
     """An operation's account and extension, as the batch tells them: a reservation names them (and
-    `named` keeps them for the call's later operations in the batch), else the call is known or not."""
+    `named` keeps them for the call's later operations in the batch), else the call is known or not.
+    A call this engine already knows is its account's, whatever a duplicate reservation of it in the
+    batch names: taken at its word, that one put the call's renewal in the duplicate's group, beside
+    (not before) a reservation of the call's own account, and changed which of the two was refused."""
     if op == "reserve":
         named[args[0]] = (args[1], args[2])
         return named[args[0]]
-    return named.get(args[0]) or zones.of_call.get(args[0])
+    return zones.of_call.get(args[0]) or named.get(args[0])
 
 
 def split(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones, parts: int) -> list[list[int]]:
