@@ -12,6 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from rating_engine.ledger import AccountSettings, CallDetails
@@ -70,7 +71,7 @@ def test_a_walk_that_fails_leaves_the_batch_to_the_programs(tmp_path: Path, monk
     and every caller gets the programs' answer; the failure is counted."""
     from rating_engine.ledger import sqlite_batch
 
-    def broken(cur: Any, ops: Any) -> Any:
+    def broken(cur: Any, ops: Any, kept: Any = None) -> Any:
         cur.execute("UPDATE accounts SET balance = balance + 1")  # written, then the walk breaks
         raise KeyError("a bug")
 
@@ -125,3 +126,83 @@ def test_other_programs_in_the_batch_cut_the_walk_and_keep_their_order(tmp_path:
     assert asyncio.run(play(walk)) == asyncio.run(play(programs))
     assert _sqlite_tables(tmp_path / "o-w.sqlite3", "o") == _sqlite_tables(tmp_path / "o-p.sqlite3", "o")
     assert walk.counts.walked >= 4 and walk.counts.handed_back >= 1  # both ways were taken
+
+
+def _pairs(ledger: SqliteLedger, prefix: str, amount: int, now: int, n: int = 2) -> Any:
+    """`n` reservations in one batch: a walk (two or more call-path operations)."""
+    return asyncio.gather(*(ledger.reserve(f"{prefix}{i}", "k", f"20{i}", amount, now) for i in range(n)))
+
+
+def test_rows_kept_between_walks_give_way_to_another_connection(tmp_path: Path) -> None:
+    """The next walk starts from the rows the last one wrote; once another connection to the file
+    (a second engine, the web page's process, the command line) has taken the account's money, they
+    are read again: the walk refuses what the money left no longer covers, as the programs do."""
+    path = tmp_path / "kept.sqlite3"
+
+    async def run() -> None:
+        ours, other = SqliteLedger(path), SqliteLedger(path)
+        async with ours, other:
+            await ours.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
+            await ours.topup("k", 10 * 10**6, "opening", now=NOW)
+            assert all(r.ok for r in await _pairs(ours, "first-", 10**6, NOW))  # walked: its rows kept
+            assert ours.kept.accounts["k"].reserved == 2 * 10**6
+            assert (await other.reserve("theirs", "k", "299", 7 * 10**6, NOW)).ok  # 1 of 10 left free
+            second = await _pairs(ours, "second-", 10**6, NOW + 1)
+            assert [r.ok for r in second] == [True, False]
+            account = await ours.account("k")
+            assert account.reserved == 10 * 10**6 and account.balance == 10 * 10**6
+            assert await ours.check() == []
+
+    asyncio.run(run())
+
+
+def test_rows_kept_between_walks_give_way_to_a_program_that_wrote(tmp_path: Path) -> None:
+    """A program of the same connection that writes (here a settings change limiting the account to
+    two calls at once) between two walks: the second walk reads the account again and refuses."""
+
+    async def run() -> None:
+        ledger = SqliteLedger(tmp_path / "kept-program.sqlite3")
+        async with ledger:
+            await ledger.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
+            await ledger.topup("k", 10 * 10**6, "opening", now=NOW)
+            assert all(r.ok for r in await _pairs(ledger, "first-", 10**6, NOW))
+            assert (await ledger.account("k")).reserved == 2 * 10**6
+            assert "k" in ledger.kept.accounts  # a read wrote nothing: the rows stay kept
+            await ledger.update_settings("k", AccountSettings("office-fr", "EUR", max_calls=3), "admin", now=NOW)
+            assert not ledger.kept.accounts  # the program wrote: nothing kept
+            second = await _pairs(ledger, "second-", 10**6, NOW + 1)
+            assert [r.ok for r in second] == [True, False]
+            assert (await ledger.account("k")).live_calls == 3
+            assert await ledger.check() == []
+        assert ledger.counts.walked == 3 and ledger.counts.handed_back == 1  # the refusal is the program's
+
+    asyncio.run(run())
+
+
+def test_rows_kept_are_dropped_when_the_batch_does_not_commit(tmp_path: Path) -> None:
+    """A walk changes the rows it keeps; if its batch then cannot commit (here COMMIT is refused, as a
+    full disk would), the reservations never happened and the next walk must not start from them."""
+    import sqlite3
+
+    def no_commit(action: int, arg: str | None, *_: Any) -> int:
+        refused = action == sqlite3.SQLITE_TRANSACTION and arg == "COMMIT"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    async def run() -> None:
+        ledger = SqliteLedger(tmp_path / "kept-rollback.sqlite3")
+        async with ledger:
+            await ledger.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
+            await ledger.topup("k", 10 * 10**6, "opening", now=NOW)
+            assert all(r.ok for r in await _pairs(ledger, "first-", 10**6, NOW))
+            await ledger._in_db_thread(lambda conn: conn.set_authorizer(no_commit))
+            with pytest.raises(sqlite3.DatabaseError):
+                await _pairs(ledger, "lost-", 4 * 10**6, NOW + 1)
+            await ledger._in_db_thread(lambda conn: conn.set_authorizer(None))
+            assert (await ledger.account("k")).reserved == 2 * 10**6
+            third = await _pairs(ledger, "third-", 4 * 10**6, NOW + 2)
+            assert [r.ok for r in third] == [True, True]  # 2 + 8 of 10: the lost batch held nothing
+            assert (await ledger.account("k")).reserved == 10 * 10**6
+            assert await ledger.check() == []
+        assert ledger.counts.walk_failures == 0 and ledger.counts.walked == 6
+
+    asyncio.run(run())

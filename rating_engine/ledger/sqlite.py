@@ -80,7 +80,9 @@ class Counts:
         """Batches the walk failed on (a bug): run again as programs."""
 
 
-def _apply_batch(conn: sqlite3.Connection, batch: list[Job], walk: bool, counts: Counts) -> list[_Outcome]:
+def _apply_batch(
+    conn: sqlite3.Connection, batch: list[Job], walk: bool, counts: Counts, kept: sqlite_batch.Kept | None = None
+) -> list[_Outcome]:
     """Run a batch in one transaction and commit it.
 
     Fast way first: the call path's operations walked together (`sqlite_batch`), no savepoints,
@@ -88,27 +90,43 @@ def _apply_batch(conn: sqlite3.Connection, batch: list[Job], walk: bool, counts:
     writes. If a program raises after writing, or the walk fails, everything is rolled back and
     the batch runs again as programs with a savepoint each, so that a failing one alone is undone.
     Programs are deterministic, and the walk answers as they do, so the others get the same answers.
+    `kept`: the rows the walks ended with, for the next walk (dropped unless the batch commits).
     """
+    kept = kept if walk else None
     try:
-        return _run_batch(conn, batch, savepoints=False, walk=walk, counts=counts)
+        return _run_batch(conn, batch, savepoints=False, walk=walk, counts=counts, kept=kept)
     except _Replay:
+        if kept is not None:
+            kept.clear()
         return _run_batch(conn, batch, savepoints=True, walk=False, counts=counts)
+    except BaseException:
+        if kept is not None:
+            kept.clear()
+        raise
 
 
 def _run_batch(
-    conn: sqlite3.Connection, batch: list[Job], *, savepoints: bool, walk: bool, counts: Counts
+    conn: sqlite3.Connection,
+    batch: list[Job],
+    *,
+    savepoints: bool,
+    walk: bool,
+    counts: Counts,
+    kept: sqlite_batch.Kept | None = None,
 ) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     cur = conn.cursor()
     cur.execute("BEGIN IMMEDIATE")
     try:
+        if kept is not None:
+            kept.check(cur)
         k = 0
         while k < len(batch):
             if walk:
                 ops = _walkable(batch, k)
                 if len(ops) >= WALK_FROM:
                     try:
-                        results, ran = sqlite_batch.walk(cur, ops)
+                        results, ran = sqlite_batch.walk(cur, ops, kept)
                     except sqlite3.OperationalError as exc:  # the disk, not the walk: each program meets it
                         raise _Replay from exc
                     except Exception as exc:
@@ -129,6 +147,8 @@ def _run_batch(
             try:
                 outcomes.append(_Outcome(run_program_sync(cur, fn(*args))))
             except Exception as exc:
+                if kept is not None:
+                    kept.clear()
                 if savepoints:
                     cur.execute("ROLLBACK TO op")
                 elif conn.total_changes != wrote_before:
@@ -136,6 +156,8 @@ def _run_batch(
                 outcomes.append(_Outcome(error=exc))
             if savepoints:
                 cur.execute("RELEASE op")
+            if kept is not None and conn.total_changes != wrote_before:
+                kept.clear()  # the program wrote: the rows kept may not be the file's any more
         cur.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -215,6 +237,8 @@ class SqliteLedger(Ledger):
         self.walk = walk
         """False: every operation as its program (the benchmark's and the equivalence test's other way)."""
         self.counts = Counts()
+        self.kept = sqlite_batch.Kept()
+        """The rows the last walks ended with: the database thread's alone."""
         self.synchronous = synchronous
         self.batch_max = batch_max
         self._db: aiosqlite.Connection | None = None
@@ -277,7 +301,7 @@ class SqliteLedger(Ledger):
                 jobs, futures = self._jobs[: self.batch_max], self._futures[: self.batch_max]
                 del self._jobs[: self.batch_max], self._futures[: self.batch_max]
             try:
-                outcomes = await self._in_db_thread(_apply_batch, jobs, self.walk, self.counts)
+                outcomes = await self._in_db_thread(_apply_batch, jobs, self.walk, self.counts, self.kept)
             except Exception as exc:  # the commit itself failed: nobody's change happened
                 for fut in futures:
                     if not fut.done():
