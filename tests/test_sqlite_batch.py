@@ -128,6 +128,14 @@ def test_other_programs_in_the_batch_cut_the_walk_and_keep_their_order(tmp_path:
     assert walk.counts.walked >= 4 and walk.counts.handed_back >= 1  # both ways were taken
 
 
+async def _account_k(ledger: SqliteLedger) -> None:
+    """Account k with 10 units and no floor, and a first walk of two 1-unit reservations: its rows kept."""
+    await ledger.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
+    await ledger.topup("k", 10 * 10**6, "opening", now=NOW)
+    assert all(r.ok for r in await _pairs(ledger, "first-", 10**6, NOW))
+    assert ledger.kept.accounts["k"].reserved == 2 * 10**6
+
+
 def _pairs(ledger: SqliteLedger, prefix: str, amount: int, now: int, n: int = 2) -> Any:
     """`n` reservations in one batch: a walk (two or more call-path operations)."""
     return asyncio.gather(*(ledger.reserve(f"{prefix}{i}", "k", f"20{i}", amount, now) for i in range(n)))
@@ -142,10 +150,7 @@ def test_rows_kept_between_walks_give_way_to_another_connection(tmp_path: Path) 
     async def run() -> None:
         ours, other = SqliteLedger(path), SqliteLedger(path)
         async with ours, other:
-            await ours.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
-            await ours.topup("k", 10 * 10**6, "opening", now=NOW)
-            assert all(r.ok for r in await _pairs(ours, "first-", 10**6, NOW))  # walked: its rows kept
-            assert ours.kept.accounts["k"].reserved == 2 * 10**6
+            await _account_k(ours)
             assert (await other.reserve("theirs", "k", "299", 7 * 10**6, NOW)).ok  # 1 of 10 left free
             second = await _pairs(ours, "second-", 10**6, NOW + 1)
             assert [r.ok for r in second] == [True, False]
@@ -158,14 +163,12 @@ def test_rows_kept_between_walks_give_way_to_another_connection(tmp_path: Path) 
 
 def test_rows_kept_between_walks_give_way_to_a_program_that_wrote(tmp_path: Path) -> None:
     """A program of the same connection that writes (here a settings change limiting the account to
-    two calls at once) between two walks: the second walk reads the account again and refuses."""
+    three calls at once) between two walks: the second walk reads the account again and refuses."""
 
     async def run() -> None:
         ledger = SqliteLedger(tmp_path / "kept-program.sqlite3")
         async with ledger:
-            await ledger.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
-            await ledger.topup("k", 10 * 10**6, "opening", now=NOW)
-            assert all(r.ok for r in await _pairs(ledger, "first-", 10**6, NOW))
+            await _account_k(ledger)
             assert (await ledger.account("k")).reserved == 2 * 10**6
             assert "k" in ledger.kept.accounts  # a read wrote nothing: the rows stay kept
             await ledger.update_settings("k", AccountSettings("office-fr", "EUR", max_calls=3), "admin", now=NOW)
@@ -191,9 +194,7 @@ def test_rows_kept_are_dropped_when_the_batch_does_not_commit(tmp_path: Path) ->
     async def run() -> None:
         ledger = SqliteLedger(tmp_path / "kept-rollback.sqlite3")
         async with ledger:
-            await ledger.create_account("k", AccountSettings("office-fr", "EUR"), now=NOW)
-            await ledger.topup("k", 10 * 10**6, "opening", now=NOW)
-            assert all(r.ok for r in await _pairs(ledger, "first-", 10**6, NOW))
+            await _account_k(ledger)
             await ledger._in_db_thread(lambda conn: conn.set_authorizer(no_commit))
             with pytest.raises(sqlite3.DatabaseError):
                 await _pairs(ledger, "lost-", 4 * 10**6, NOW + 1)
