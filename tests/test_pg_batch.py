@@ -509,3 +509,76 @@ def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg
     assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone.sqlite3", prefix)
     # held: c1, c4, c8, c10, c11; settled: c1, c4, c8, c11. The rest went to the program.
     assert pg.lone_in_one == 9 and pg.function_failures == 0
+
+
+def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
+    """Renewals sent one at a time go as one statement when they fit (`pg_lone.EXTEND`), and to their
+    program when they do not: an extension's monthly or daily cap, the money, a velocity limit, an
+    extension no longer chargeable, an unknown or settled call, a time zone not read. A renewal whose
+    deadline is earlier keeps the later one. Every answer and every row is what SQLite's programs give."""
+    prefix = "lone2"
+
+    async def play(ledger: Ledger) -> list[str]:
+        a0, a1, a2 = await _setup(ledger, prefix)
+        steps: list[Any] = [
+            ("reserve", "c1", a0, "201", 1),
+            ("extend", "c1", 1, 200),
+            ("extend", "c1", 1, 300),
+            ("extend", "c1", 6, 300),  # past 201's monthly cap of 8
+            ("reserve", "c2", a0, "202", 1),
+            ("extend", "c2", 6, 200),  # past 202's daily cap of 6
+            ("extend", "c2", 4, 200),
+            ("reserve", "c3", a2, "201", 1),  # a velocity limit: the programs'
+            ("extend", "c3", 1, 200),
+            ("reserve", "c4", a1, "202", 1),
+            ("extend", "c4", 40, 200),  # past the daily cap
+            ("reserve", "c7", a1, "204", 1),  # its first call: the program makes the row
+            ("extend", "c7", 40, 200),  # no cap there, but more than the balance
+            ("extend", "c7", 2, 200),
+            ("reserve", "c5", a0, "204", 1),  # its first call: the program makes the row
+            ("extend", "c5", 1, 200),
+            ("extend", "c5", 1, 100),  # an earlier deadline: the later one stays (c5 is not settled)
+            ("reserve", "c6", a0, "203", 1),  # not chargeable: refused
+            ("extend", "c6", 1, 200),  # so unknown
+            ("rules", a0, "201", ExtensionSettings(chargeable=False)),
+            ("extend", "c1", 1, 400),  # no longer chargeable
+            ("extend", "c99", 1, 200),  # unknown
+            ("settle", "c1", 1),
+            ("extend", "c1", 1, 500),  # settled
+            ("forget zones",),
+            ("extend", "c4", 1, 300),  # a zone not read yet
+        ]
+        answers = []
+        for s in steps:
+            if s[0] == "settle":
+                details = CallDetails(NOW + 5, NOW + 50, "0899", "+33899", "FR", "premium", 45)
+                answers.append(repr(await ledger.settle(f"{prefix}-{s[1]}", s[2] * MONEY, details, NOW + 60)))
+            elif s[0] == "extend":
+                got = await ledger.extend(f"{prefix}-{s[1]}", s[2] * MONEY, NOW + 30, NOW + s[3])
+                answers.append(repr(got))
+            elif s[0] == "rules":
+                await ledger.set_extension(s[1], s[2], s[3])
+            elif s[0] == "forget zones":
+                if isinstance(ledger, PostgresLedger):
+                    ledger.zones.of_account.clear()
+            else:
+                call, account, ext, units = f"{prefix}-{s[1]}", s[2], s[3], s[4]
+                answers.append(repr(await ledger.reserve(call, account, ext, units * MONEY, NOW, NOW + 90, "d")))
+        return answers
+
+    async def both() -> tuple[list[str], list[str], PostgresLedger]:
+        sqlite = SqliteLedger(tmp_path / "lone2.sqlite3", walk=False)
+        pg = PostgresLedger(pg_url, writers=1)
+        async with sqlite, pg:
+            programs = await play(sqlite)
+            ours = await play(pg)
+            assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
+        return programs, ours, pg
+
+    programs, ours, pg = asyncio.run(both())
+    assert ours == programs
+    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone2.sqlite3", prefix)
+    # in one statement: the reservations c1, c2, c4 (c3's account has a velocity limit, c5's extension
+    # no row yet, c6's is not chargeable, c7's neither), the renewals of c1 twice, c2 once, c5 twice and c7
+    # once, c1's settle
+    assert pg.lone_in_one == 3 + 6 + 1 and pg.function_failures == 0
