@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +441,27 @@ def test_two_operations_of_one_call_at_once_leave_the_ledger_whole(pg_url: str, 
     assert found == 0  # and nobody waited for the other in a cycle
 
 
+def _one_by_one_against_the_programs(
+    pg_url: str, tmp_path: Path, prefix: str, play: Callable[[Ledger], Awaitable[list[str]]]
+) -> PostgresLedger:
+    """`play` on SQLite's programs, then on PostgreSQL with one writer (each operation alone): the
+    same answers and the same rows. The PostgreSQL ledger is returned for its counters."""
+
+    async def both() -> tuple[list[str], list[str], PostgresLedger]:
+        sqlite = SqliteLedger(tmp_path / f"{prefix}.sqlite3", walk=False)
+        pg = PostgresLedger(pg_url, writers=1)
+        async with sqlite, pg:
+            programs = await play(sqlite)
+            ours = await play(pg)
+            assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
+        return programs, ours, pg
+
+    programs, ours, pg = asyncio.run(both())
+    assert ours == programs
+    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / f"{prefix}.sqlite3", prefix)
+    return pg
+
+
 def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
     """Reservations and settles sent one at a time go as one statement when they pass (`pg_lone`),
     and to their program when they do not: a duplicate, a settled call, an unknown account, a cap, a
@@ -495,18 +516,7 @@ def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg
                 answers.append(repr(got))
         return answers
 
-    async def both() -> tuple[list[str], list[str], PostgresLedger]:
-        sqlite = SqliteLedger(tmp_path / "lone.sqlite3", walk=False)
-        pg = PostgresLedger(pg_url, writers=1)
-        async with sqlite, pg:
-            programs = await play(sqlite)
-            ours = await play(pg)
-            assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
-        return programs, ours, pg
-
-    programs, ours, pg = asyncio.run(both())
-    assert ours == programs
-    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone.sqlite3", prefix)
+    pg = _one_by_one_against_the_programs(pg_url, tmp_path, prefix, play)
     # held: c1, c4, c8, c10, c11; settled: c1, c4, c8, c11. The rest went to the program.
     assert pg.lone_in_one == 9 and pg.function_failures == 0
 
@@ -566,18 +576,7 @@ def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp
                 answers.append(repr(await ledger.reserve(call, account, ext, units * MONEY, NOW, NOW + 90, "d")))
         return answers
 
-    async def both() -> tuple[list[str], list[str], PostgresLedger]:
-        sqlite = SqliteLedger(tmp_path / "lone2.sqlite3", walk=False)
-        pg = PostgresLedger(pg_url, writers=1)
-        async with sqlite, pg:
-            programs = await play(sqlite)
-            ours = await play(pg)
-            assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
-        return programs, ours, pg
-
-    programs, ours, pg = asyncio.run(both())
-    assert ours == programs
-    assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(tmp_path / "lone2.sqlite3", prefix)
+    pg = _one_by_one_against_the_programs(pg_url, tmp_path, prefix, play)
     # in one statement: the reservations c1, c2, c4 (c3's account has a velocity limit, c5's extension
     # no row yet, c6's is not chargeable, c7's neither), the renewals of c1 twice, c2 once, c5 twice and c7
     # once, c1's settle
