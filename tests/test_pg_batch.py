@@ -521,11 +521,13 @@ def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg
     assert pg.lone_in_one == 9 and pg.function_failures == 0
 
 
-def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
+def test_a_lone_renewal_or_release_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
     """Renewals sent one at a time go as one statement when they fit (`pg_lone.EXTEND`), and to their
     program when they do not: an extension's monthly or daily cap, the money, a velocity limit, an
     extension no longer chargeable, an unknown or settled call, a time zone not read. A renewal whose
-    deadline is earlier keeps the later one. Every answer and every row is what SQLite's programs give."""
+    deadline is earlier keeps the later one. Releases too (`pg_lone.RELEASE`): a second one, an
+    unknown call and a zone not read go to the program, and one on another day starts the extension's
+    day again. Every answer and every row is what SQLite's programs give."""
     prefix = "lone2"
 
     async def play(ledger: Ledger) -> list[str]:
@@ -555,8 +557,15 @@ def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp
             ("extend", "c99", 1, 200),  # unknown
             ("settle", "c1", 1),
             ("extend", "c1", 1, 500),  # settled
+            ("release", "c2", 30),
+            ("release", "c2", 31),  # released already
+            ("release", "c98", 31),  # unknown
+            ("reserve", "c9", a0, "204", 1),
+            ("settle", "c9", 1),  # 204 has spent today...
+            ("release", "c5", 2 * 86400),  # ...and a release two days later starts its day again
             ("forget zones",),
             ("extend", "c4", 1, 300),  # a zone not read yet
+            ("release", "c7", 400),  # the same
         ]
         answers = []
         for s in steps:
@@ -566,6 +575,8 @@ def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp
             elif s[0] == "extend":
                 got = await ledger.extend(f"{prefix}-{s[1]}", s[2] * MONEY, NOW + 30, NOW + s[3])
                 answers.append(repr(got))
+            elif s[0] == "release":
+                answers.append(repr(await ledger.release(f"{prefix}-{s[1]}", NOW + s[2])))
             elif s[0] == "rules":
                 await ledger.set_extension(s[1], s[2], s[3])
             elif s[0] == "forget zones":
@@ -577,7 +588,7 @@ def test_a_lone_renewal_in_one_statement_answers_as_its_program(pg_url: str, tmp
         return answers
 
     pg = _one_by_one_against_the_programs(pg_url, tmp_path, prefix, play)
-    # in one statement: the reservations c1, c2, c4 (c3's account has a velocity limit, c5's extension
-    # no row yet, c6's is not chargeable, c7's neither), the renewals of c1 twice, c2 once, c5 twice and c7
-    # once, c1's settle
-    assert pg.lone_in_one == 3 + 6 + 1 and pg.function_failures == 0
+    # in one statement: the reservations c1, c2, c4 and c9 (c3's account has a velocity limit, c5's and
+    # c7's extension no row yet, c6's is not chargeable), the renewals of c1 twice, c2 once, c5 twice and
+    # c7 once, the settles of c1 and c9, the releases of c2 and c5
+    assert pg.lone_in_one == 4 + 6 + 2 + 2 and pg.function_failures == 0

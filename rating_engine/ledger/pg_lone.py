@@ -1,4 +1,4 @@
-"""A lone reservation, renewal or settle on PostgreSQL in one statement: one round trip instead of five or six.
+"""The call path's lone operations on PostgreSQL in one statement: one round trip instead of four to six.
 
 A PBX at a few calls a second sends its reservations one at a time, and the dialplan waits for
 each. As its program a reservation is BEGIN, the reservation's INSERT, the extension's UPDATE, the
@@ -21,7 +21,9 @@ A renewal too: its reservation first (the row it locks first as its program), th
 caps and the account's money; one that does not fit (a cap, the money, an extension no longer
 chargeable or without a row, a velocity limit, another time zone) is undone and answered by its
 program, with the reason. Nobody waits on a renewal, but as its program it held the account's row
-for four round trips, and every other operation on that account waited behind it.
+for four round trips, and every other operation on that account waited behind it. A release (a
+call that never connected) likewise: its reservation taken away, the extension's and the account's
+holds given back; it refuses nothing, so only a missing extension row or another time zone undo it.
 """
 
 from __future__ import annotations
@@ -155,3 +157,30 @@ def extend_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
     call_id, amount, now, deadline = args
     day, month = periods(now, timezone)
     return (call_id, amount, now, deadline, day, month, timezone)
+
+
+# $1 call, $2 day, $3 month (of now), $4 time zone
+RELEASE = f"""
+WITH d AS (
+    DELETE FROM reservations WHERE call_id = $1 RETURNING account_id, ext, amount
+), e AS (
+    UPDATE extensions x SET reserved = x.reserved - d.amount, live_calls = x.live_calls - 1,
+        day_spent = CASE WHEN x.day = $2 THEN x.day_spent ELSE 0 END, day = $2,
+        month_spent = CASE WHEN x.month = $3 THEN x.month_spent ELSE 0 END, month = $3
+    FROM d WHERE x.account_id = d.account_id AND x.ext = d.ext
+    RETURNING 1
+), a AS (
+    UPDATE accounts y SET reserved = y.reserved - d.amount, live_calls = y.live_calls - 1
+    FROM d WHERE y.id = d.account_id AND EXISTS (SELECT 1 FROM e) AND y.timezone = $4
+    RETURNING 1
+)
+SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END
+"""
+"""1: released; 0: no reservation, the program's to answer; RE001 raised: undone, the program's too."""
+
+
+def release_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
+    """`programs.release`'s arguments as RELEASE's."""
+    call_id, now = args
+    day, month = periods(now, timezone)
+    return (call_id, day, month, timezone)

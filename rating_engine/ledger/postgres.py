@@ -125,7 +125,7 @@ class PostgresLedger(Ledger):
         self.lone = 0
         """Batches of one operation run alone: as their program, or a reservation or settle in one statement."""
         self.lone_in_one = 0
-        """Of those, reservations, renewals and settles done by one statement (`pg_lone`) without their program."""
+        """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -339,14 +339,14 @@ class PostgresLedger(Ledger):
         what a reservation or a settle costs as its program (~0.55 million, counted by callgrind).
         The program's extra round trips cost less than that on one machine, and a PBX at a few
         calls a second sends nothing but batches of one; a lone reservation (which the dialplan
-        waits for), renewal or settle is first tried as one statement (`pg_lone`). Under load the batches
+        waits for), renewal, release or settle is first tried as one statement (`pg_lone`). Under load the batches
         grow while a lone operation runs, and the function takes them. Side by side, they all lock
         in the same order: the call's reservation, an extension's new row, the extension, the
         account (see `pg_batch`)."""
         assert self._pool is not None
         if len(jobs) == 1 and self.lone_as_program:
             self.lone += 1
-            if jobs[0].op in ("reserve", "extend", "settle"):
+            if jobs[0].op != "annotate":
                 done = await self._in_one(jobs[0])
                 if done is not None:
                     return [done]
@@ -375,7 +375,8 @@ class PostgresLedger(Ledger):
         raise AssertionError("unreachable")
 
     async def _in_one(self, job: _Job) -> Any:
-        """A lone reservation, renewal or settle in one statement (`pg_lone`), or None: its program's to answer."""
+        """A lone reservation, renewal, release or settle in one statement (`pg_lone`), or None: its
+        program's to answer."""
         assert self._pool is not None
         if job.op == "reserve":
             account_id = job.args[1]
@@ -393,6 +394,9 @@ class PostgresLedger(Ledger):
                 elif job.op == "extend":
                     row = await conn.fetchrow(pg_lone.EXTEND, *pg_lone.extend_args(job.args, timezone))
                     ok, got = row["ok"], (row["amount"], 0, 0)  # the reservation's amount now
+                elif job.op == "release":
+                    ok = await conn.fetchval(pg_lone.RELEASE, *pg_lone.release_args(job.args, timezone))
+                    got = (1, 0, 0)  # released
                 else:
                     row = await conn.fetchrow(pg_lone.SETTLE, *pg_lone.settle_args(job.args, timezone))
                     ok, got = row["ok"], (job.args[1], row["held"], row["balance"])  # cost, held, balance
