@@ -123,7 +123,7 @@ class PostgresLedger(Ledger):
         self.lone_as_program = lone_as_program
         """A batch of one operation runs as its program (`_write_group`); False: as the function."""
         self.lone = 0
-        """Batches of one operation run alone: as their program, or a reservation or settle in one statement."""
+        """Batches of one operation run alone: as their program, or in one statement (`pg_lone`)."""
         self.lone_in_one = 0
         """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
         self._pool: asyncpg.Pool | None = None
