@@ -147,8 +147,6 @@ def _run_batch(
             try:
                 outcomes.append(_Outcome(run_program_sync(cur, fn(*args))))
             except Exception as exc:
-                if kept is not None:
-                    kept.clear()
                 if savepoints:
                     cur.execute("ROLLBACK TO op")
                 elif conn.total_changes != wrote_before:
