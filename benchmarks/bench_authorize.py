@@ -19,8 +19,12 @@ A third row splits ours in two: the same engine on SQLite, its reservations answ
 instead of written (`--no-split` leaves it out). It is not a way to run; it shows, in the same
 run, the engine's own share (it against the bare server) and the ledger's (SQLite against it).
 
-    python benchmarks/bench_authorize.py [--requests N] [--open-seconds S] [--json] [--no-postgres]
-                                         [--no-processes] [--no-split]
+`--rounds N` runs the whole cycle N times and shows each row's median, and its ratio taken round by
+round against the baseline measured beside it (median and range): this machine's speed moves by a
+third within an hour, and one round's ratio can land anywhere in that.
+
+    python benchmarks/bench_authorize.py [--requests N] [--open-seconds S] [--rounds N] [--json]
+                                         [--no-postgres] [--no-processes] [--no-split]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import cpu_seconds, report
+from benchmarks.common import cpu_seconds, median, report, spread
 from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
@@ -295,21 +299,29 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
             offset = 0
             # Each load on every path in turn, back to back: the machine's speed drifts within a
             # run (the bare server's own rate by half, some days), and a ratio should compare
-            # measurements taken in the same minute.
-            for c in (*CONCURRENCY, -int(OPEN_RATE)):
-                if c < 0:
-                    n = int(OPEN_RATE * args.open_seconds)
-                elif c == 1:
-                    n = max(args.requests // 5, 200)
-                else:
-                    n = args.requests
-                for label, server, _ledger, port in live:
-                    m = await measure(port, c, n, offset)
-                    offset += n
-                    fallbacks = server.stats.fallbacks
-                    results.append(
-                        {"loop": loop_name, "path": label, "concurrency": c, "requests": n, **m, "fallbacks": fallbacks}
-                    )
+            # measurements taken in the same minute. Rounds repeat the whole cycle.
+            for round_ in range(args.rounds):
+                for c in (*CONCURRENCY, -int(OPEN_RATE)):
+                    if c < 0:
+                        n = int(OPEN_RATE * args.open_seconds)
+                    elif c == 1:
+                        n = max(args.requests // 5, 200)
+                    else:
+                        n = args.requests
+                    for label, server, _ledger, port in live:
+                        m = await measure(port, c, n, offset)
+                        offset += n
+                        results.append(
+                            {
+                                "loop": loop_name,
+                                "path": label,
+                                "concurrency": c,
+                                "round": round_,
+                                "requests": n,
+                                **m,
+                                "fallbacks": server.stats.fallbacks,
+                            }
+                        )
         finally:
             for _label, server, ledger, _port in live:
                 await server.close()
@@ -317,9 +329,74 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
                     await ledger.close()
         pg = next((u for label, u in backends if label == "ours: PostgreSQL" and u), None)
         if pg and loop_name == "uvloop" and not args.no_processes:
-            for count in (1, 2):
-                results += await processes(pg, count, args.requests, offset + 10**6 * count)
+            for round_ in range(args.rounds):
+                for count in (1, 2):
+                    rows = await processes(pg, count, args.requests, offset + 10**6 * (2 * round_ + count))
+                    results += [{**r, "round": round_} for r in rows]
     return results
+
+
+def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
+    """One row per loop, path and load: the median of its rounds, and its ratio to the bare server
+    taken round by round (each against the baseline measured beside it), median and range.
+    The ratio is the rate's under a closed loop, the p99's under the open one."""
+    base = {
+        (r["loop"], r["concurrency"], r.get("round", 0)): r
+        for r in results
+        if r["path"].startswith("baseline") and "per_s" in r
+    }
+    alone = {
+        (r["concurrency"], r.get("round", 0)): r["per_s"]
+        for r in results
+        if r["path"].endswith("1 process (reuse_port)")
+    }
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    rows: list[list[Any]] = []
+    for r in results:
+        if "skipped" in r:
+            if r.get("round", 0) == 0:
+                rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", ""])
+            continue
+        key = (r["concurrency"], r.get("round", 0))
+        b = base.get((r["loop"], *key))
+        if b is not None:
+            r["vs_bare"] = round(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"], 2)
+        if r["path"].endswith("2 processes (reuse_port)") and key in alone:
+            r["vs_one_process"] = round(r["per_s"] / alone[key], 2)
+        groups.setdefault((r["loop"], r["path"], r["concurrency"]), []).append(r)
+    summary = []
+    for (loop, path, c), rs in groups.items():
+        mid = {k: median([r[k] for r in rs]) for k in ("per_s", "p50_ms", "p99_ms", "generator_cpu_pct")}
+        cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
+        cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
+        ratios = [r["vs_bare"] for r in rs if "vs_bare" in r]
+        row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid}
+        if ratios:
+            row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
+        summary.append(row)
+        load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
+        ratio = ("p99 " + spread(ratios, "{:.1f}x") if c < 0 else spread(ratios, "{:.2f}x")) if ratios else ""
+        cpu = f"{median(cpu_here):,.0f}" if cpu_here else ""
+        if cpu and "PostgreSQL" in path and cpu_pg:
+            cpu += f" / {median(cpu_pg):,.0f}"
+        rows.append(
+            [
+                loop,
+                path,
+                load,
+                f"{mid['per_s']:,.0f}",
+                mid["p50_ms"],
+                mid["p99_ms"],
+                ratio,
+                cpu,
+                mid["generator_cpu_pct"],
+            ]
+        )
+        shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
+        if shared:
+            summary.append({"loop": loop, "path": "2 processes / 1 process", "concurrency": c, "ratio": median(shared)})
+            rows.append([loop, "  2 processes / 1 process", load, "", "", "", spread(shared, "{:.2f}x"), "", ""])
+    return rows, summary
 
 
 def main() -> None:
@@ -330,6 +407,9 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
     ap.add_argument("--no-split", action="store_true", help="skip the engine with its reservations not written")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run every load on every path this many times (medians are shown)"
+    )
     args = ap.parse_args()
     tune_collector()  # as `rating-engine run` does
     results = asyncio.run(run(args, "asyncio"))
@@ -339,49 +419,7 @@ def main() -> None:
         results += uvloop.run(run(args, "uvloop"))
     except ImportError:
         pass
-    base = {(r["loop"], r["concurrency"]): r for r in results if r["path"].startswith("baseline") and "per_s" in r}
-    rows = []
-    for r in results:
-        if "skipped" in r:
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", ""])
-            continue
-        b = base[(r["loop"], r["concurrency"])]
-        c = r["concurrency"]
-        load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
-        ratio = f"p99 {r['p99_ms'] / b['p99_ms']:.1f}x" if c < 0 else f"{r['per_s'] / b['per_s']:.2f}x"
-        cpu = "" if r["server_cpu_us"] is None else f"{r['server_cpu_us']:,}"
-        if cpu and "PostgreSQL" in r["path"] and r["postgresql_cpu_us"] is not None:
-            cpu += f" / {r['postgresql_cpu_us']:,}"
-        rows.append(
-            [
-                r["loop"],
-                r["path"],
-                load,
-                f"{r['per_s']:,}",
-                r["p50_ms"],
-                r["p99_ms"],
-                ratio,
-                cpu,
-                r["generator_cpu_pct"],
-            ]
-        )
-    alone = {r["concurrency"]: r["per_s"] for r in results if r["path"].endswith("1 process (reuse_port)")}
-    for r in results:
-        if r["path"].endswith("2 processes (reuse_port)") and r["concurrency"] in alone:
-            r["vs_one_process"] = round(r["per_s"] / alone[r["concurrency"]], 2)
-            rows.append(
-                [
-                    r["loop"],
-                    "  2 processes / 1 process",
-                    f"{r['concurrency']} closed",
-                    "",
-                    "",
-                    "",
-                    f"{r['vs_one_process']:.2f}x",
-                    "",
-                    "",
-                ]
-            )
+    rows, summary = summarize(results)
     report(
         "bench_authorize (FastAGI authorizations)",
         [
@@ -396,7 +434,7 @@ def main() -> None:
             "generator CPU %",
         ],
         rows,
-        {"results": results},
+        {"rounds": args.rounds, "summary": summary, "results": results},
         args.json,
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 from typing import Any
 
@@ -31,6 +32,19 @@ def cpu_seconds() -> tuple[float, float | None]:
             fields = rest.split()
             server += (int(fields[11]) + int(fields[12])) / tick
     return me.ru_utime + me.ru_stime, server
+
+
+def median(values: list[float]) -> float:
+    """The middle of several rounds' figures (rounded as they were): one slow minute moves it less than a mean."""
+    return round(statistics.median(values), 3)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """A figure over rounds: its median, and its range where the rounds differed."""
+    text = fmt.format(statistics.median(values))
+    if min(values) != max(values):
+        text += f" ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    return text
 
 
 def machine() -> dict[str, Any]:

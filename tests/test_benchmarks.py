@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,23 @@ def test_bench_ledger_reports_every_backend_beside_its_baselines() -> None:
 
 def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_server() -> None:
     absent = postgres_or_why()
-    args = ["--requests", "100", "--open-seconds", "0.3", *(["--no-postgres"] if absent else [])]
-    rows = bench("bench_authorize", *args)["results"]
+    args = ["--requests", "100", "--open-seconds", "0.3", "--rounds", "2", *(["--no-postgres"] if absent else [])]
+    data = bench("bench_authorize", *args)
+    rows = data["results"]
     measured = [r for r in rows if "per_s" in r]
+    # Each round's ratio is taken against the baseline measured beside it, then the median shown.
+    base = {(r["loop"], r["concurrency"], r["round"]): r for r in measured if r["path"].startswith("baseline")}
+    for s in (s for s in data["summary"] if "vs_bare" in s):
+        rounds = [
+            r for r in measured if (r["loop"], r["path"], r["concurrency"]) == (s["loop"], s["path"], s["concurrency"])
+        ]
+        assert sorted(r["round"] for r in rounds) == [0, 1]
+        ratios = []
+        for r in rounds:
+            b = base[(r["loop"], r["concurrency"], r["round"])]
+            ratios.append(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"])
+        assert s["vs_bare"] == pytest.approx(statistics.median(ratios), abs=0.01)
+        assert s["vs_bare_min"] <= s["vs_bare"] <= s["vs_bare_max"]
     loads = {(r["loop"], r["concurrency"]) for r in measured}
     bare = {(r["loop"], r["concurrency"]) for r in measured if r["path"].startswith("baseline")}
     assert bare == loads  # every load has its baseline in the same run
@@ -80,7 +95,7 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
     if absent:
         pytest.skip(f"bare and SQLite ran; PostgreSQL and its two processes on one port did not: {absent}")
     shared = [r for r in rows if r["path"].endswith("2 processes (reuse_port)")]
-    assert len(shared) == 2 and all(r["vs_one_process"] > 0 for r in shared)
+    assert len(shared) == 4 and all(r["vs_one_process"] > 0 for r in shared)  # 50 and 500 channels, two rounds
 
 
 def test_bench_rating_agrees_with_phonenumbers_and_the_one_by_one_path() -> None:
