@@ -16,7 +16,10 @@ through aiosqlite, one await per statement; our SQLite ledger as it was before t
 operation its program in the group commit (`walk=False`); and our PostgreSQL driver the way it was
 before the batches, every operation its own transaction (`batched=False`).
 
-    python benchmarks/bench_ledger.py [--pairs N] [--json] [--no-postgres]
+`--rounds N` runs it all N times and shows each row's median and range, its ratio taken round by
+round against the baseline of that round.
+
+    python benchmarks/bench_ledger.py [--pairs N] [--rounds N] [--json] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +38,7 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, report
+from benchmarks.common import cpu_seconds, report, spread
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.sqlite import SqliteLedger
@@ -221,6 +225,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20_000, help="reservation+settle pairs with 100 tasks")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run everything this many times (medians and ranges are shown)"
+    )
     args = ap.parse_args()
     try:
         import uvloop
@@ -229,8 +236,14 @@ def main() -> None:
         loop_name = "uvloop"
     except ImportError:
         loop_name = "asyncio"
-    r = asyncio.run(run(args))
+    runs = []
+    for _ in range(args.rounds):
+        CPU.clear()
+        runs.append((asyncio.run(run(args)), dict(CPU)))
     rows = []
+    pairs_per_s: dict[str, int | None] = {}
+    cpu_us: dict[str, dict[str, int | None]] = {}
+    vs_baseline: dict[str, float] = {}
     for name, label in (
         ("naive_sqlite_full", "naive SQLite FULL, 1 txn per op (baseline)"),
         ("sqlite_programs", "SQLite FULL, group commit, programs (before the walk)"),
@@ -240,27 +253,39 @@ def main() -> None:
         ("ours_postgres", "ours: PostgreSQL, batches (of one: one statement)"),
     ):
         for tasks in (1, 100, "many"):
-            if f"{name}/{tasks}" not in r:
+            key = f"{name}/{tasks}"
+            if key not in runs[0][0]:
                 continue
-            v = r.get(f"{name}/{tasks}")
-            base = r[f"naive_sqlite_full/{100 if tasks == 'many' else tasks}"]
-            client, server = CPU.get(f"{name}/{tasks}", (None, None))
+            base = f"naive_sqlite_full/{100 if tasks == 'many' else tasks}"
+            rates = [r[key] for r, _ in runs if r.get(key)]
+            # each round's ratio against the baseline measured in that round
+            ratios = [r[key] / r[base] for r, _ in runs if r.get(key)]
+            client = [cpu[key][0] for _, cpu in runs if key in cpu]
+            server = [p for _, cpu in runs if key in cpu and (p := cpu[key][1]) is not None]
+            pairs_per_s[key] = round(statistics.median(rates)) if rates else None
+            cpu_us[key] = {
+                "this_process": round(statistics.median(client)) if client else None,
+                "postgresql": round(statistics.median(server)) if server else None,
+            }
+            if ratios:
+                vs_baseline[key] = round(statistics.median(ratios), 2)
             rows.append(
                 [
                     label,
                     f"100, {MANY:,} accounts (skewed)" if tasks == "many" else f"{tasks}, one account",
-                    "skipped (no server)" if v is None and "postgres" in name else f"{v:,.0f}" if v else "-",
-                    f"{v / base:.1f}x" if v else "-",
-                    f"{client:,.0f}" if client is not None else "-",
-                    f"{server:,.0f}" if server is not None else "-",
+                    spread(rates, "{:,.0f}") if rates else "skipped (no server)" if "postgres" in name else "-",
+                    spread(ratios, "{:.1f}x") if ratios else "-",
+                    spread(client, "{:,.0f}") if client else "-",
+                    spread(server, "{:,.0f}") if server else "-",
                 ]
             )
     data = {
         "loop": loop_name,
-        "pairs_per_s": {k: (round(v) if v else None) for k, v in r.items()},
-        "cpu_us_per_pair": {
-            k: {"this_process": round(c), "postgresql": None if p is None else round(p)} for k, (c, p) in CPU.items()
-        },
+        "rounds": args.rounds,
+        "pairs_per_s": pairs_per_s,
+        "vs_baseline": vs_baseline,
+        "cpu_us_per_pair": cpu_us,
+        "pairs_per_s_by_round": [{k: (round(v) if v else None) for k, v in r.items()} for r, _ in runs],
     }
     header = ["backend", "tasks", "pairs/s", "vs baseline", "CPU µs/pair: here", "PostgreSQL"]
     report("bench_ledger (reserve+settle pairs/s)", header, rows, data, args.json)

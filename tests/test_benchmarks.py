@@ -48,8 +48,14 @@ def postgres_or_why() -> str:
 
 def test_bench_ledger_reports_every_backend_beside_its_baselines() -> None:
     absent = postgres_or_why()
-    data = bench("bench_ledger", "--pairs", "400", *(["--no-postgres"] if absent else []))
+    data = bench("bench_ledger", "--pairs", "400", "--rounds", "2", *(["--no-postgres"] if absent else []))
     rates = data["pairs_per_s"]
+    rounds = data["pairs_per_s_by_round"]
+    assert len(rounds) == 2
+    for key, ratio in data["vs_baseline"].items():  # each round against its own baseline, then the median
+        base = f"naive_sqlite_full/{key.split('/')[1].replace('many', '100')}"
+        assert ratio == pytest.approx(statistics.median(r[key] / r[base] for r in rounds), abs=0.02), key
+        assert rates[key] == pytest.approx(statistics.median(r[key] for r in rounds), abs=1), key
     for key in ("naive_sqlite_full/1", "naive_sqlite_full/100", "ours_sqlite_full/1", "ours_sqlite_full/100"):
         assert rates[key] > 0, key
     assert rates["ours_sqlite_full/many"] > 0
