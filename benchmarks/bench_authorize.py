@@ -7,8 +7,9 @@ Load comes from a separate process playing Asterisk (one connection per request,
 does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open loop, Poisson
 arrivals at 1,000 authorizations per second for 10 s, each latency counted from the request's
 scheduled arrival so that a stall is not hidden by the generator waiting for it (over 3 s, one
-40 ms stall of the machine made the p99 by itself, the bare server's too). The generator's own CPU
-use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
+40 ms stall of the machine made the p99 by itself, the bare server's too); how late the generator
+itself started the requests is reported beside it (uvloop's timers have 1 ms granularity, and the
+generator shares the cores). The generator's own CPU use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
 (cold classification). Baseline in the same run: a bare FastAGI server answering fixed
 variables with the same server code (the transport's ceiling), so a ratio can be read off. Each
 run also gives the server's CPU per authorization (this process's, and PostgreSQL's), beside the rate.
@@ -128,12 +129,16 @@ async def _client(port: int, concurrency: int, requests: int, offset: int) -> li
     return latencies
 
 
-async def _open_client(port: int, rate: float, requests: int, offset: int) -> list[float]:
-    """Poisson arrivals at `rate`; each latency from the moment the request was due."""
+async def _open_client(port: int, rate: float, requests: int, offset: int) -> tuple[list[float], list[float]]:
+    """Poisson arrivals at `rate`; each latency from the moment the request was due. Also how late
+    the generator itself started each request: its timers' granularity (uvloop's is 1 ms) and its
+    own turns of the loop, a part of every latency that is not the server's."""
     latencies: list[float] = []
+    late: list[float] = []
     rng = random.Random(offset)
 
     async def one(i: int, due: float) -> None:
+        late.append(time.perf_counter() - due)
         await _call(port, offset + i)
         latencies.append(time.perf_counter() - due)
 
@@ -146,7 +151,7 @@ async def _open_client(port: int, rate: float, requests: int, offset: int) -> li
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i, due)))
     await asyncio.gather(*tasks)
-    return latencies
+    return latencies, late
 
 
 def _run_fast(main: Any) -> Any:
@@ -159,14 +164,16 @@ def _run_fast(main: Any) -> Any:
 
 
 def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
-    client = (
-        _open_client(port, -concurrency, requests, offset)
-        if concurrency < 0
-        else _client(port, concurrency, requests, offset)
-    )
     cpu = time.process_time()
-    lat = _run_fast(client)
-    out.put((lat, time.process_time() - cpu))
+    if concurrency < 0:
+        lat, late = _run_fast(_open_client(port, -concurrency, requests, offset))
+    else:
+        lat, late = _run_fast(_client(port, concurrency, requests, offset)), None
+    out.put((lat, late, time.process_time() - cpu))
+
+
+def _ms(ordered: list[float], q: float) -> float:
+    return round(ordered[int(len(ordered) * q) - 1] * 1000, 3)
 
 
 async def measure(
@@ -182,16 +189,20 @@ async def measure(
     proc.start()
     while proc.is_alive() and queue.empty():
         await asyncio.sleep(0.01)
-    lat, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+    lat, late, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
     elapsed = time.perf_counter() - t0
     proc.join()
     here1, pg1 = cpu_seconds()
     lat.sort()
+    if late is not None:
+        late.sort()
     return {
         "per_s": round(len(lat) / elapsed),
         "p50_ms": round(statistics.median(lat) * 1000, 3),
-        "p99_ms": round(lat[int(len(lat) * 0.99) - 1] * 1000, 3),
-        "p999_ms": round(lat[int(len(lat) * 0.999) - 1] * 1000, 3),
+        "p99_ms": _ms(lat, 0.99),
+        "p999_ms": _ms(lat, 0.999),
+        "generator_late_p50_ms": None if late is None else round(statistics.median(late) * 1000, 3),
+        "generator_late_p99_ms": None if late is None else _ms(late, 0.99),
         "generator_cpu_pct": round(100 * cpu / elapsed),
         "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
         "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
@@ -355,7 +366,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     for r in results:
         if "skipped" in r:
             if r.get("round", 0) == 0:
-                rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", ""])
+                rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
             continue
         key = (r["concurrency"], r.get("round", 0))
         b = base.get((r["loop"], *key))
@@ -367,6 +378,9 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     summary = []
     for (loop, path, c), rs in groups.items():
         mid = {k: median([r[k] for r in rs]) for k in ("per_s", "p50_ms", "p99_ms", "generator_cpu_pct")}
+        if c < 0:
+            for k in ("generator_late_p50_ms", "generator_late_p99_ms"):
+                mid[k] = median([r[k] for r in rs])
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
         ratios = [r["vs_bare"] for r in rs if "vs_bare" in r]
@@ -379,6 +393,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         cpu = f"{median(cpu_here):,.0f}" if cpu_here else ""
         if cpu and "PostgreSQL" in path and cpu_pg:
             cpu += f" / {median(cpu_pg):,.0f}"
+        late = f"{mid['generator_late_p50_ms']} / {mid['generator_late_p99_ms']}" if c < 0 else ""
         rows.append(
             [
                 loop,
@@ -389,13 +404,14 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 mid["p99_ms"],
                 ratio,
                 cpu,
-                mid["generator_cpu_pct"],
+                f"{mid['generator_cpu_pct']:.0f}",
+                late,
             ]
         )
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
         if shared:
             summary.append({"loop": loop, "path": "2 processes / 1 process", "concurrency": c, "ratio": median(shared)})
-            rows.append([loop, "  2 processes / 1 process", load, "", "", "", spread(shared, "{:.2f}x"), "", ""])
+            rows.append([loop, "  2 processes / 1 process", load, "", "", "", spread(shared, "{:.2f}x"), "", "", ""])
     return rows, summary
 
 
@@ -432,6 +448,7 @@ def main() -> None:
             "vs bare",
             "CPU µs/auth: here / PostgreSQL",
             "generator CPU %",
+            "generator late p50 / p99 ms",
         ],
         rows,
         {"rounds": args.rounds, "summary": summary, "results": results},
