@@ -8,11 +8,12 @@ does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open
 arrivals at 1,000 authorizations per second for 10 s, each latency counted from the request's
 scheduled arrival so that a stall is not hidden by the generator waiting for it (over 3 s, one
 40 ms stall of the machine made the p99 by itself, the bare server's too); how late the generator
-itself started the requests is reported beside it (uvloop's timers have 1 ms granularity, and the
-generator shares the cores). The generator's own CPU use is reported (it shares this machine's two cores with the server). Each distinct number is seen once per run
-(cold classification). Baseline in the same run: a bare FastAGI server answering fixed
-variables with the same server code (the transport's ceiling), so a ratio can be read off. Each
-run also gives the server's CPU per authorization (this process's, and PostgreSQL's), beside the rate.
+itself started the requests is reported beside it (uvloop's timers have 1 ms granularity). The
+generator's own CPU use is reported too: it shares this machine's two cores with the server. Each
+distinct number is seen once per run (cold classification). Baseline in the same run: a bare
+FastAGI server answering fixed variables with the same server code (the transport's ceiling), so
+a ratio can be read off. Each run also gives the server's CPU per authorization (this process's,
+and PostgreSQL's), beside the rate.
 On PostgreSQL (uvloop) it also runs one and then two engine processes on one port
 (`reuse_port`, the kernel spreading the connections), sharing the database: the ratio of the two.
 
