@@ -45,7 +45,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import cpu_seconds, median, report, spread
+from benchmarks.common import cpu_seconds, median, report, rounds, spread
 from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
@@ -425,7 +425,7 @@ def main() -> None:
     ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
     ap.add_argument("--no-split", action="store_true", help="skip the engine with its reservations not written")
     ap.add_argument(
-        "--rounds", type=int, default=1, help="run every load on every path this many times (medians are shown)"
+        "--rounds", type=rounds, default=1, help="run every load on every path this many times (medians are shown)"
     )
     args = ap.parse_args()
     tune_collector()  # as `rating-engine run` does

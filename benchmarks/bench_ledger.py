@@ -38,7 +38,7 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, report, spread
+from benchmarks.common import cpu_seconds, report, rounds, spread
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.sqlite import SqliteLedger
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument(
-        "--rounds", type=int, default=1, help="run everything this many times (medians and ranges are shown)"
+        "--rounds", type=rounds, default=1, help="run everything this many times (medians and ranges are shown)"
     )
     args = ap.parse_args()
     try:

@@ -34,6 +34,14 @@ def cpu_seconds() -> tuple[float, float | None]:
     return me.ru_utime + me.ru_stime, server
 
 
+def rounds(text: str) -> int:
+    """`--rounds`: at least one (a median of nothing is no figure)."""
+    n = int(text)
+    if n < 1:
+        raise ValueError(text)
+    return n
+
+
 def median(values: list[float]) -> float:
     """The middle of several rounds' figures (rounded as they were): one slow minute moves it less than a mean."""
     return round(statistics.median(values), 3)
