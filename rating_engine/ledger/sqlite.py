@@ -95,14 +95,12 @@ def _apply_batch(
     kept = kept if walk else None
     try:
         return _run_batch(conn, batch, savepoints=False, walk=walk, counts=counts, kept=kept)
-    except _Replay:
+    except BaseException as exc:
         if kept is not None:
             kept.clear()
-        return _run_batch(conn, batch, savepoints=True, walk=False, counts=counts)
-    except BaseException:
-        if kept is not None:
-            kept.clear()
-        raise
+        if not isinstance(exc, _Replay):
+            raise
+    return _run_batch(conn, batch, savepoints=True, walk=False, counts=counts)
 
 
 def _run_batch(

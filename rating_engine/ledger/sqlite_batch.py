@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, TypeVar
 
 from .call_path import result
 from .models import CallDetails, periods
 
 Op = tuple[str, tuple[Any, ...]]
+K = TypeVar("K")
+V = TypeVar("V")
 
 _IN_JSON = "SELECT value FROM json_each(?)"  # the keys, sent as one JSON array
 _READ_CALLS = (
@@ -200,17 +202,9 @@ def walk(cur: sqlite3.Cursor, ops: list[Op], kept: Kept | None = None) -> tuple[
     programs' to run (its result is not in the list), and the walk can start again after it.
     `kept`: rows the last walks ended with (see `Kept`); they are kept again after this one."""
     kept = kept or Kept()
-    calls: dict[str, _Call] = {}
-    unread = []
-    for call_id in {args[0] for _, args in ops}:
-        c = kept.calls.get(call_id)
-        if c is None:
-            unread.append(call_id)
-        else:
-            calls[call_id] = c
-    if unread:
-        for r in cur.execute(_READ_CALLS, (json.dumps(unread),)):
-            calls[r[0]] = _Call(STORED, r)
+    calls, unread_calls = _kept_or_unread(kept.calls, {args[0] for _, args in ops})
+    if unread_calls:
+        calls.update((r[0], _Call(STORED, r)) for r in cur.execute(_READ_CALLS, (json.dumps(unread_calls),)))
     reserved_ids = [args[0] for op, args in ops if op == "reserve"]
     done = {r[0] for r in cur.execute(_READ_DONE, (json.dumps(reserved_ids),))} if reserved_ids else set()
     named: set[tuple[str, str]] = set()
@@ -220,12 +214,10 @@ def walk(cur: sqlite3.Cursor, ops: list[Op], kept: Kept | None = None) -> tuple[
         elif args[0] in calls:
             c = calls[args[0]]
             named.add((c.account_id, c.ext))
-    accounts = {a: kept.accounts[a] for a, _ in named if a in kept.accounts}
-    unread_accounts = list({a for a, _ in named if a not in accounts})
+    accounts, unread_accounts = _kept_or_unread(kept.accounts, {a for a, _ in named})
     if unread_accounts:
         accounts.update((r[0], _Account(r)) for r in cur.execute(_READ_ACCOUNTS, (json.dumps(unread_accounts),)))
-    extensions = {key: kept.extensions[key] for key in named if key in kept.extensions}
-    unread_extensions = [key for key in named if key not in extensions]
+    extensions, unread_extensions = _kept_or_unread(kept.extensions, named)
     if unread_extensions:
         extensions.update(((r[0], r[1]), _Extension(r, False)) for r in _read_extensions(cur, unread_extensions))
     # A reservation's extension without a row gets one with the default rules, as the program's would; a row
@@ -246,6 +238,12 @@ def walk(cur: sqlite3.Cursor, ops: list[Op], kept: Kept | None = None) -> tuple[
     out.write()
     kept.keep(out)
     return out.results, ran
+
+
+def _kept_or_unread(rows: dict[K, V], keys: set[K]) -> tuple[dict[K, V], list[K]]:
+    """The rows of `keys` that are kept, and the keys that must be read."""
+    found = {key: rows[key] for key in keys if key in rows}
+    return found, [key for key in keys if key not in found]
 
 
 def _read_extensions(cur: sqlite3.Cursor, keys: Any) -> Any:
