@@ -352,27 +352,19 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     """One row per loop, path and load: the median of its rounds, and its ratio to the bare server
     taken round by round (each against the baseline measured beside it), median and range.
     The ratio is the rate's under a closed loop, the p99's under the open one."""
-    base = {
-        (r["loop"], r["concurrency"], r.get("round", 0)): r
-        for r in results
-        if r["path"].startswith("baseline") and "per_s" in r
-    }
+    base = {(r["loop"], r["concurrency"], r["round"]): r for r in results if r["path"].startswith("baseline")}
     alone = {
-        (r["concurrency"], r.get("round", 0)): r["per_s"]
-        for r in results
-        if r["path"].endswith("1 process (reuse_port)")
+        (r["concurrency"], r["round"]): r["per_s"] for r in results if r["path"].endswith("1 process (reuse_port)")
     }
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     rows: list[list[Any]] = []
     for r in results:
-        if "skipped" in r:
-            if r.get("round", 0) == 0:
-                rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
+        if "skipped" in r:  # one per run, not per round
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
             continue
-        key = (r["concurrency"], r.get("round", 0))
-        b = base.get((r["loop"], *key))
-        if b is not None:
-            r["vs_bare"] = round(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"], 2)
+        key = (r["concurrency"], r["round"])
+        b = base[(r["loop"], *key)]  # every load of every round has its baseline beside it
+        r["vs_bare"] = round(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"], 2)
         if r["path"].endswith("2 processes (reuse_port)") and key in alone:
             r["vs_one_process"] = round(r["per_s"] / alone[key], 2)
         groups.setdefault((r["loop"], r["path"], r["concurrency"]), []).append(r)
@@ -384,13 +376,12 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 mid[k] = median([r[k] for r in rs])
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
-        ratios = [r["vs_bare"] for r in rs if "vs_bare" in r]
+        ratios = [r["vs_bare"] for r in rs]
         row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid}
-        if ratios:
-            row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
+        row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
         summary.append(row)
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
-        ratio = ("p99 " + spread(ratios, "{:.1f}x") if c < 0 else spread(ratios, "{:.2f}x")) if ratios else ""
+        ratio = "p99 " + spread(ratios, "{:.1f}x") if c < 0 else spread(ratios, "{:.2f}x")
         cpu = f"{median(cpu_here):,.0f}" if cpu_here else ""
         if cpu and "PostgreSQL" in path and cpu_pg:
             cpu += f" / {median(cpu_pg):,.0f}"
