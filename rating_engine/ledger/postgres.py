@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import pg_batch, pg_lone, pg_node
+from . import pg_batch, pg_lone, pg_node, pg_reserves
 from . import programs as P
 from .base import Ledger
 from .call_path import FAST_PROGRAMS, result, validate
@@ -126,6 +126,8 @@ class PostgresLedger(Ledger):
         """Batches of one operation run alone: as their program, or in one statement (`pg_lone`)."""
         self.lone_in_one = 0
         """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
+        self.reserves_in_one = 0
+        """Batches of several reservations and nothing else done by one statement (`pg_reserves`)."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -351,6 +353,10 @@ class PostgresLedger(Ledger):
                 if done is not None:
                     return [done]
             return [await self._alone(jobs[0], transaction=jobs[0].op != "annotate")]
+        if len(jobs) > 1 and all(job.op == "reserve" for job in jobs):
+            held = await self._reserves_in_one(jobs)
+            if held is not None:
+                return held
         for attempt in range(RETRIES):
             try:
                 async with self._pool.acquire() as conn:
@@ -413,6 +419,29 @@ class PostgresLedger(Ledger):
             return None
         self.lone_in_one += 1
         return result(job.op, job.args, *got)
+
+    async def _reserves_in_one(self, jobs: list[_Job]) -> list[Any] | None:
+        """A batch of reservations in one statement (`pg_reserves`), or None: the function's to run."""
+        assert self._pool is not None
+        args = pg_reserves.reserves_args([job.args for job in jobs], self.zones)
+        if args is None:
+            return None
+        try:
+            async with self._pool.acquire() as conn:
+                ok = await conn.fetchval(pg_reserves.RESERVES, *args)
+        except LOST as exc:  # the function would not reach it either
+            return [_Failed(exc)] * len(jobs)
+        except (asyncpg.UniqueViolationError, *RETRYABLE):
+            return None
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != pg_batch.HANDED_BACK:  # a bug, or a server that refuses the statement
+                self.function_failures += 1
+                log.exception("one-statement reservations failed; running the function")
+            return None
+        if ok != 1:
+            return None
+        self.reserves_in_one += 1
+        return [result("reserve", job.args, job.args[3], 0, 0) for job in jobs]
 
     async def _alone(self, job: _Job, transaction: bool = True) -> Any:
         """One operation as its program; a note (one UPDATE) without BEGIN and COMMIT of ours: the
