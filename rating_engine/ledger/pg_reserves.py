@@ -4,7 +4,7 @@ Authorizations arrive in bursts of new calls, and their reservations are what th
 for; at a moderate rate the batches hold two to eight of them. The batch function costs the server
 a fixed ~400–500 µs a call, mostly each of its statements' executor start and end, whatever the
 batch holds; this one statement of data-modifying CTEs (as `pg_lone`'s, for several calls) cost
-~35% less server time for batches of 2, 4 and 16 reservations, measured side by side.
+35–50% less server CPU for batches of 2 to 32 reservations, measured one after the other.
 
 It does only the case where every reservation passes. The operations of the batch are grouped by
 extension and by account: n reservations in order pass one after the other exactly when the row,

@@ -1,7 +1,8 @@
 """PostgreSQL ledger through asyncpg, for several engines sharing accounts.
 
 The call path's operations (reserve, extend, release, settle, annotate) are queued and sent in
-batches, one server-side function call per batch and one commit (see `pg_batch`); every other
+batches, one server-side function call per batch and one commit (see `pg_batch`; a lone operation
+goes in one statement, `pg_lone`, and so does a batch of reservations only, `pg_reserves`); every other
 operation runs as its program in its own transaction on a pooled connection. Nothing is
 acknowledged before its commit. Correctness across engines comes from the rows each batch locks
 in key order and from the conditional UPDATEs of the programs, not from which engine took the
@@ -342,7 +343,8 @@ class PostgresLedger(Ledger):
         The program's extra round trips cost less than that on one machine, and a PBX at a few
         calls a second sends nothing but batches of one; a lone reservation (which the dialplan
         waits for), renewal, release or settle is first tried as one statement (`pg_lone`). Under load the batches
-        grow while a lone operation runs, and the function takes them. Side by side, they all lock
+        grow while a lone operation runs, and the function takes them; a batch of reservations and
+        nothing else is first tried as one statement (`pg_reserves`). Side by side, they all lock
         in the same order: the call's reservation, an extension's new row, the extension, the
         account (see `pg_batch`)."""
         assert self._pool is not None
