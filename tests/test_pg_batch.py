@@ -41,13 +41,12 @@ reserve = st.tuples(
     st.sampled_from(["none", "current", "current", "changed"]),
 )
 duplicate = st.tuples(st.just("duplicate"), st.integers(0, 40))
-ended = st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 5))
 burst = st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7))  # a dialer: many calls of one extension
 op = st.one_of(
     reserve,
     st.tuples(st.just("extend"), st.integers(0, 40), st.integers(1, 3)),
     st.tuples(st.just("release"), st.integers(0, 40)),
-    ended,
+    st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 5)),
     st.tuples(st.just("annotate"), st.integers(0, 40)),
     duplicate,
     burst,
@@ -57,10 +56,9 @@ step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600), st.integers(2
 # rules (its revision goes up), or not
 rules = st.one_of(st.none(), st.tuples(st.integers(0, 2), st.sampled_from(["", "201", "202", "204"])))
 rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16), rules), min_size=1, max_size=8)
-# rounds of new calls and ended ones: their batches go as one statement when every operation passes
-# (`pg_plain`), as most of these do (the New York account's 205 has no rules), until one that does not
-# sends the batch to the function: any other reservation, a duplicate, a dialer's burst, the money
-# running out, a settle of a call refused or settled already, or below a threshold
+# rounds of new calls only: their batches go as one statement when every reservation passes (`pg_reserves`),
+# as most of these do (the New York account's 205 has no rules), until one that does not sends the batch to
+# the function: any other reservation, a duplicate, a dialer's burst, the money running out
 new_call = st.tuples(
     st.just("reserve"),
     st.sampled_from([0, 1, 1]),
@@ -68,13 +66,11 @@ new_call = st.tuples(
     st.integers(1, 3),
     st.sampled_from(["none", "current"]),
 )
-plain_rounds = st.lists(
+reservation_rounds = st.lists(
     st.tuples(
         st.one_of(st.integers(0, 30), step),
         st.lists(
-            st.integers(0, 9).flatmap(
-                lambda n: new_call if n < 5 else ended if n < 8 else st.one_of(reserve, duplicate, burst)
-            ),
+            st.integers(0, 9).flatmap(lambda n: new_call if n < 8 else st.one_of(reserve, duplicate, burst)),
             max_size=10,
         ),
         rules,
@@ -233,23 +229,21 @@ def test_batched_postgres_equals_the_programs(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=plain_rounds, split=st.booleans())
-def test_batches_of_reservations_and_settles_in_one_statement_equal_the_programs(
+@given(plan=reservation_rounds, split=st.booleans())
+def test_batches_of_reservations_in_one_statement_equal_the_programs(
     pg_url: str, tmp_path: Path, plan: list[Any], split: bool
 ) -> None:
-    """Rounds of new calls and ended calls: a batch of them goes as one statement (`pg_plain`) when
-    all pass, else to the function, which hands back the one that fails. Caps, call and attempt
-    limits, the money, what settles free or cost beyond what they held, changed settings, first
-    calls, duplicates, a velocity limit, notices, midnight: the same answers and rows as the
-    programs."""
+    """Rounds of new calls only: a batch of them goes as one statement (`pg_reserves`) when all pass,
+    else to the function, which hands back the one that fails. Caps, call and attempt limits, the
+    money, changed settings, first calls, duplicates, a velocity limit, midnight: the same answers
+    and rows as the programs."""
     _against_the_programs(pg_url, tmp_path, plan, split, lone=True)
 
 
-def test_a_batch_goes_in_one_statement_when_every_operation_passes(pg_url: str, tmp_path: Path) -> None:
-    """Each round's reservations and settles reach PostgreSQL as one batch: those where all pass are
-    written by one statement (`pg_plain`); in the others one does not, and the batch goes to the
-    function, which does the ones before it and hands that one to its program. Answers and rows as
-    the programs'."""
+def test_a_burst_of_reservations_goes_in_one_statement_when_every_one_passes(pg_url: str, tmp_path: Path) -> None:
+    """Each round's reservations reach PostgreSQL as one batch: those where all pass are held by one
+    statement (`pg_reserves`); in the others one does not, and the batch goes to the function, which
+    holds the ones before it and hands that one to its program. Answers and rows as the programs'."""
     plan = [
         (0, [("reserve", 1, "205", 1, "none")] * 4, None),  # 1: in one statement
         (0, [("reserve", 1, "205", 1, "current"), ("reserve", 1, "201", 1, "current"),
@@ -258,41 +252,17 @@ def test_a_batch_goes_in_one_statement_when_every_operation_passes(pg_url: str, 
         (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "201", 1, "none")], None),  # and its fifth
         (60, [("reserve", 1, "201", 1, "none")] * 2, None),  # 3: a new minute
         (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "203", 1, "none")], None),  # not chargeable
-        (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "204", 1, "none")], None),  # 4: a first call's row
+        (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "204", 1, "none")], None),  # a first call
         (0, [("reserve", 1, "205", 1, "changed"), ("reserve", 1, "205", 1, "none")], None),  # settings changed
-        (0, [("reserve", 0, "205", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 5: two accounts
+        (0, [("reserve", 0, "205", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 4: two accounts
         (0, [("reserve", 0, "202", 1, "none")] * 3, None),  # 202's third live call
         (0, [("reserve", 2, "205", 1, "none")] * 2, None),  # a velocity limit to sum
         (0, [("duplicate", 0), ("reserve", 1, "205", 1, "none")], None),  # a call held already
         (0, [("reserve", 1, "205", 4, "none")] * 3, None),  # more than the money left
-        (8 * 3600, [("reserve", 1, "202", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 6: a new day
-        (0, [("settle", 0, 1), ("settle", 1, 2), ("reserve", 1, "205", 1, "none")], None),  # 7: what they free
-        (0, [("settle", 20, 60), ("settle", 22, 1)], None),  # below the threshold: a notice
-        (0, [("settle", 4, 1), ("settle", 5, 3)], None),  # 8: settles only, one past what it held
-        (0, [("settle", 24, 1), ("settle", 6, 1)], None),  # a call that was refused
-        (0, [("settle", 7, 1), ("settle", 7, 1)], None),  # one call twice
-        (0, [("settle", 8, 6), ("reserve", 1, "205", 1, "none")], None),  # the money its overdraft took
-        (0, [("settle", 10, 2), ("settle", 12, 2)], None),  # 9
+        (8 * 3600, [("reserve", 1, "202", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 5: a new day
     ]  # fmt: skip
     pg = _against_the_programs(pg_url, tmp_path, plan, split=False, lone=True)
-    assert pg.plain_in_one == 9
-
-
-def test_a_settle_that_costs_more_than_it_held_counts_against_the_caps_of_the_batch(
-    pg_url: str, tmp_path: Path
-) -> None:
-    """A settle before a reservation in one batch adds its cost to the extension's day and month and
-    gives back what it held: when it costs more than that, the reservation after it may no longer fit
-    a cap, and the batch goes to the function, which refuses it. Answers and rows as the programs'."""
-    plan = [
-        (0, [("reserve", 1, "202", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 1
-        (0, [("settle", 0, 10), ("reserve", 1, "202", 2, "none")], None),  # past 202's daily cap of 6
-        (0, [("settle", 1, 1), ("reserve", 1, "202", 1, "none")], None),  # 2: up to it
-        (0, [("reserve", 1, "201", 2, "none"), ("reserve", 1, "201", 2, "none")], None),  # 3
-        (0, [("settle", 4, 10), ("reserve", 1, "201", 2, "none")], None),  # past 201's monthly cap of 8
-    ]  # fmt: skip
-    pg = _against_the_programs(pg_url, tmp_path, plan, split=False, lone=True)
-    assert pg.plain_in_one == 3
+    assert pg.reserves_in_one == 5
 
 
 def _against_the_programs(pg_url: str, tmp_path: Path, plan: list[Any], split: bool, lone: bool) -> PostgresLedger:
@@ -487,15 +457,17 @@ def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone
 
 
 def test_bursts_of_reservations_from_two_engines_never_deadlock(pg_url: str) -> None:
-    """Two engines, two writers each, on two shared accounts: bursts of new calls on five extensions in
-    any order, held by one statement each (`pg_plain`), beside settles (one statement or the
-    function) and first calls (the function makes their rows). The statement locks the extensions,
-    then the accounts, each in key order, before writing them, as the function and the programs do:
-    PostgreSQL breaks no deadlock, every reservation is held, the ledger checks out."""
+    """Two engines on two shared accounts: bursts of new calls on five extensions in any order, held
+    by one statement each (`pg_reserves`), beside settles (one statement or the function) and first
+    calls (the function makes their rows). The statement locks the extensions, then the accounts,
+    each in key order, before writing them, as the function and the programs do: PostgreSQL breaks
+    no deadlock, every reservation is held, the ledger checks out. One writer each: an engine sends
+    the statement only for accounts none of its other batches is writing, so the statements that
+    meet here are the two engines'."""
     accounts = ["burst-a", "burst-b"]
 
     async def run() -> tuple[int, list[int]]:
-        engines = [PostgresLedger(pg_url, writers=2), PostgresLedger(pg_url, writers=2)]
+        engines = [PostgresLedger(pg_url, writers=1), PostgresLedger(pg_url, writers=1)]
         async with engines[0], engines[1]:
             for account in accounts:
                 await engines[0].create_account(account, AccountSettings("office-fr", "EUR"), now=NOW)
@@ -503,7 +475,7 @@ def test_bursts_of_reservations_from_two_engines_never_deadlock(pg_url: str) -> 
                 for e in range(5):
                     await engines[0].set_extension(account, f"40{e}", NO_RULES)
             await engines[1].close()
-            engines[1] = PostgresLedger(pg_url, writers=2)  # opened now, it knows the accounts' zones
+            engines[1] = PostgresLedger(pg_url, writers=1)  # opened now, it knows the accounts' zones
             await engines[1].open()
             conn = await asyncpg.connect(pg_url)
             try:
@@ -512,7 +484,7 @@ def test_bursts_of_reservations_from_two_engines_never_deadlock(pg_url: str) -> 
                 async def dialer(w: int) -> None:
                     order = random.Random(w)
                     pg = engines[w % 2]
-                    for i in range(10):
+                    for i in range(20):
                         calls = [(f"burst-{w}-{i}-{n}", order.choice(accounts), f"40{order.randrange(6)}")
                                  for n in range(order.randint(2, 9))]  # fmt: skip
                         held = await asyncio.gather(*(pg.reserve(c, a, e, MONEY, NOW) for c, a, e in calls))
@@ -521,15 +493,41 @@ def test_bursts_of_reservations_from_two_engines_never_deadlock(pg_url: str) -> 
                         done = await asyncio.gather(*(pg.settle(c, MONEY // 3, None, NOW + 30) for c, _, _ in calls))
                         assert all(d.settled for d in done)
 
-                await asyncio.gather(*(dialer(w) for w in range(16)))
+                await asyncio.gather(*(dialer(w) for w in range(24)))
                 assert await engines[0].check() == []
-                return await deadlocks(conn) - before, [pg.plain_in_one for pg in engines]
+                return await deadlocks(conn) - before, [pg.reserves_in_one for pg in engines]
             finally:
                 await conn.close()
 
     found, in_one = asyncio.run(run())
     assert all(n > 0 for n in in_one)
     assert found == 0
+
+
+def test_a_burst_on_an_account_another_batch_is_writing_goes_to_the_function(pg_url: str) -> None:
+    """Waiting inside the one statement for another batch's locks makes PostgreSQL recheck every row
+    it updates, which cost more than the function: a burst goes as the statement only when no other
+    batch of this engine is writing its account, and the engine forgets each batch's accounts once
+    written."""
+
+    async def run() -> tuple[int, int, dict[str, int]]:
+        pg = PostgresLedger(pg_url, writers=1)
+        async with pg:
+            await pg.create_account("busy", AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup("busy", 100 * MONEY, "busy-opening", now=NOW)
+            await pg.set_extension("busy", "201", NO_RULES)
+            pg._writing["busy"] = 1  # as while another writer's batch names it
+            held = await asyncio.gather(*(pg.reserve(f"busy-{i}", "busy", "201", MONEY, NOW) for i in range(4)))
+            assert all(h.ok for h in held)
+            contended = pg.reserves_in_one
+            del pg._writing["busy"]
+            held = await asyncio.gather(*(pg.reserve(f"busy-{i}", "busy", "201", MONEY, NOW) for i in range(4, 8)))
+            assert all(h.ok for h in held)
+            assert await pg.check() == []
+            return contended, pg.reserves_in_one, dict(pg._writing)
+
+    contended, alone, writing = asyncio.run(run())
+    assert (contended, alone, writing) == (0, 1, {})
 
 
 @pytest.mark.parametrize("way", ["lone", "function", "programs"])
