@@ -31,53 +31,28 @@ from .ledgers import pg_database
 NOW = 1_795_564_000  # 2026-11-24 21:46 UTC: the rounds cross midnight in Paris and in New York
 _examples = itertools.count()
 
-# 204 has no rules of its own: its first call makes its row (and a refused first call leaves none)
-# decided with no settings revisions, with the current ones, or with ones changed since
-reserve = st.tuples(
-    st.just("reserve"),
-    st.integers(0, 2),
-    st.sampled_from(["201", "201", "202", "203", "204"]),
-    st.integers(1, 4),
-    st.sampled_from(["none", "current", "current", "changed"]),
-)
-duplicate = st.tuples(st.just("duplicate"), st.integers(0, 40))
-burst = st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7))  # a dialer: many calls of one extension
 op = st.one_of(
-    reserve,
+    # 204 has no rules of its own: its first call makes its row (and a refused first call leaves none)
+    # decided with no settings revisions, with the current ones, or with ones changed since
+    st.tuples(
+        st.just("reserve"),
+        st.integers(0, 2),
+        st.sampled_from(["201", "201", "202", "203", "204"]),
+        st.integers(1, 4),
+        st.sampled_from(["none", "current", "current", "changed"]),
+    ),
     st.tuples(st.just("extend"), st.integers(0, 40), st.integers(1, 3)),
     st.tuples(st.just("release"), st.integers(0, 40)),
     st.tuples(st.just("settle"), st.integers(0, 40), st.integers(0, 5)),
     st.tuples(st.just("annotate"), st.integers(0, 40)),
-    duplicate,
-    burst,
+    st.tuples(st.just("duplicate"), st.integers(0, 40)),
+    st.tuples(st.just("burst"), st.integers(0, 2), st.integers(2, 7)),  # a dialer: many calls of one extension
 )
 step = st.one_of(st.integers(0, 120), st.integers(3600, 9 * 3600), st.integers(20 * 86400, 40 * 86400))
 # before a round's operations: an administrator saves an account's settings ("") or an extension's
 # rules (its revision goes up), or not
 rules = st.one_of(st.none(), st.tuples(st.integers(0, 2), st.sampled_from(["", "201", "202", "204"])))
 rounds = st.lists(st.tuples(step, st.lists(op, min_size=1, max_size=16), rules), min_size=1, max_size=8)
-# rounds of new calls only: their batches go as one statement when every reservation passes (`pg_reserves`),
-# as most of these do (the New York account's 205 has no rules), until one that does not sends the batch to
-# the function: any other reservation, a duplicate, a dialer's burst, the money running out
-new_call = st.tuples(
-    st.just("reserve"),
-    st.sampled_from([0, 1, 1]),
-    st.sampled_from(["205", "205", "201"]),
-    st.integers(1, 3),
-    st.sampled_from(["none", "current"]),
-)
-reservation_rounds = st.lists(
-    st.tuples(
-        st.one_of(st.integers(0, 30), step),
-        st.lists(
-            st.integers(0, 9).flatmap(lambda n: new_call if n < 8 else st.one_of(reserve, duplicate, burst)),
-            max_size=10,
-        ),
-        rules,
-    ),
-    min_size=1,
-    max_size=8,
-)
 
 MONEY = 250_000
 ACCOUNTS = (
@@ -96,7 +71,6 @@ EXTENSIONS = {
     "201": ExtensionSettings(monthly_cap=8 * MONEY, max_attempts=3),
     "202": ExtensionSettings(daily_cap=6 * MONEY, max_calls=2),
     "203": ExtensionSettings(chargeable=False),
-    "205": ExtensionSettings(),
 }
 NO_RULES = ExtensionSettings()
 
@@ -224,50 +198,6 @@ def test_batched_postgres_equals_the_programs(
 ) -> None:
     """`split`: every batch of two operations or more is cut by account, its parts run side by side.
     `lone`: a batch of one operation runs as its program; else as the function, like the others."""
-    pg = _against_the_programs(pg_url, tmp_path, plan, split, lone)
-    assert pg.lone == 0 or lone
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=reservation_rounds, split=st.booleans())
-def test_batches_of_reservations_in_one_statement_equal_the_programs(
-    pg_url: str, tmp_path: Path, plan: list[Any], split: bool
-) -> None:
-    """Rounds of new calls only: a batch of them goes as one statement (`pg_reserves`) when all pass,
-    else to the function, which hands back the one that fails. Caps, call and attempt limits, the
-    money, changed settings, first calls, duplicates, a velocity limit, midnight: the same answers
-    and rows as the programs."""
-    _against_the_programs(pg_url, tmp_path, plan, split, lone=True)
-
-
-def test_a_burst_of_reservations_goes_in_one_statement_when_every_one_passes(pg_url: str, tmp_path: Path) -> None:
-    """Each round's reservations reach PostgreSQL as one batch: those where all pass are held by one
-    statement (`pg_reserves`); in the others one does not, and the batch goes to the function, which
-    holds the ones before it and hands that one to its program. Answers and rows as the programs'."""
-    plan = [
-        (0, [("reserve", 1, "205", 1, "none")] * 4, None),  # 1: in one statement
-        (0, [("reserve", 1, "205", 1, "current"), ("reserve", 1, "201", 1, "current"),
-             ("reserve", 1, "205", 2, "none")], None),  # 2: two extensions
-        (0, [("reserve", 1, "201", 1, "none")] * 3, None),  # 201's fourth attempt in a minute
-        (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "201", 1, "none")], None),  # and its fifth
-        (60, [("reserve", 1, "201", 1, "none")] * 2, None),  # 3: a new minute
-        (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "203", 1, "none")], None),  # not chargeable
-        (0, [("reserve", 1, "205", 1, "none"), ("reserve", 1, "204", 1, "none")], None),  # a first call
-        (0, [("reserve", 1, "205", 1, "changed"), ("reserve", 1, "205", 1, "none")], None),  # settings changed
-        (0, [("reserve", 0, "205", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 4: two accounts
-        (0, [("reserve", 0, "202", 1, "none")] * 3, None),  # 202's third live call
-        (0, [("reserve", 2, "205", 1, "none")] * 2, None),  # a velocity limit to sum
-        (0, [("duplicate", 0), ("reserve", 1, "205", 1, "none")], None),  # a call held already
-        (0, [("reserve", 1, "205", 4, "none")] * 3, None),  # more than the money left
-        (8 * 3600, [("reserve", 1, "202", 1, "none"), ("reserve", 1, "205", 1, "none")], None),  # 5: a new day
-    ]  # fmt: skip
-    pg = _against_the_programs(pg_url, tmp_path, plan, split=False, lone=True)
-    assert pg.reserves_in_one == 5
-
-
-def _against_the_programs(pg_url: str, tmp_path: Path, plan: list[Any], split: bool, lone: bool) -> PostgresLedger:
-    """`plan` on SQLite's programs and on PostgreSQL with one writer, each round's operations at
-    once: the same answers and the same rows. The PostgreSQL ledger is returned for its counters."""
     prefix = f"x{next(_examples)}"
     path = tmp_path / f"{prefix}.sqlite3"
 
@@ -284,9 +214,9 @@ def _against_the_programs(pg_url: str, tmp_path: Path, plan: list[Any], split: b
     programs, batched, pg = asyncio.run(both())
     assert batched == programs
     assert 0 < pg.read_batches <= 2 * len(plan)  # 20 reads a round, in one or two batches
+    assert pg.lone == 0 or lone
     assert asyncio.run(_pg_tables(pg_url, prefix)) == _sqlite_tables(path, prefix)
     assert pg.function_failures == 0
-    return pg
 
 
 def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
@@ -454,80 +384,6 @@ def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone
     found, alone, batches = asyncio.run(run())
     assert (alone > 0) == lone and batches > alone  # both ways were taken, or only the function
     assert found == 0
-
-
-def test_bursts_of_reservations_from_two_engines_never_deadlock(pg_url: str) -> None:
-    """Two engines on two shared accounts: bursts of new calls on five extensions in any order, held
-    by one statement each (`pg_reserves`), beside settles (one statement or the function) and first
-    calls (the function makes their rows). The statement locks the extensions, then the accounts,
-    each in key order, before writing them, as the function and the programs do: PostgreSQL breaks
-    no deadlock, every reservation is held, the ledger checks out. One writer each: an engine sends
-    the statement only for accounts none of its other batches is writing, so the statements that
-    meet here are the two engines'."""
-    accounts = ["burst-a", "burst-b"]
-
-    async def run() -> tuple[int, list[int]]:
-        engines = [PostgresLedger(pg_url, writers=1), PostgresLedger(pg_url, writers=1)]
-        async with engines[0], engines[1]:
-            for account in accounts:
-                await engines[0].create_account(account, AccountSettings("office-fr", "EUR"), now=NOW)
-                await engines[0].topup(account, 10**6 * MONEY, f"{account}-opening", now=NOW)
-                for e in range(5):
-                    await engines[0].set_extension(account, f"40{e}", NO_RULES)
-            await engines[1].close()
-            engines[1] = PostgresLedger(pg_url, writers=1)  # opened now, it knows the accounts' zones
-            await engines[1].open()
-            conn = await asyncpg.connect(pg_url)
-            try:
-                before = await deadlocks(conn)
-
-                async def dialer(w: int) -> None:
-                    order = random.Random(w)
-                    pg = engines[w % 2]
-                    for i in range(20):
-                        calls = [(f"burst-{w}-{i}-{n}", order.choice(accounts), f"40{order.randrange(6)}")
-                                 for n in range(order.randint(2, 9))]  # fmt: skip
-                        held = await asyncio.gather(*(pg.reserve(c, a, e, MONEY, NOW) for c, a, e in calls))
-                        assert all(h.ok for h in held)
-                        await asyncio.sleep(order.random() / 200)
-                        done = await asyncio.gather(*(pg.settle(c, MONEY // 3, None, NOW + 30) for c, _, _ in calls))
-                        assert all(d.settled for d in done)
-
-                await asyncio.gather(*(dialer(w) for w in range(24)))
-                assert await engines[0].check() == []
-                return await deadlocks(conn) - before, [pg.reserves_in_one for pg in engines]
-            finally:
-                await conn.close()
-
-    found, in_one = asyncio.run(run())
-    assert all(n > 0 for n in in_one)
-    assert found == 0
-
-
-def test_a_burst_on_an_account_another_batch_is_writing_goes_to_the_function(pg_url: str) -> None:
-    """Waiting inside the one statement for another batch's locks makes PostgreSQL recheck every row
-    it updates, which cost more than the function: a burst goes as the statement only when no other
-    batch of this engine is writing its account, and the engine forgets each batch's accounts once
-    written."""
-
-    async def run() -> tuple[int, int, dict[str, int]]:
-        pg = PostgresLedger(pg_url, writers=1)
-        async with pg:
-            await pg.create_account("busy", AccountSettings("office-fr", "EUR"), now=NOW)
-            await pg.topup("busy", 100 * MONEY, "busy-opening", now=NOW)
-            await pg.set_extension("busy", "201", NO_RULES)
-            pg._writing["busy"] = 1  # as while another writer's batch names it
-            held = await asyncio.gather(*(pg.reserve(f"busy-{i}", "busy", "201", MONEY, NOW) for i in range(4)))
-            assert all(h.ok for h in held)
-            contended = pg.reserves_in_one
-            del pg._writing["busy"]
-            held = await asyncio.gather(*(pg.reserve(f"busy-{i}", "busy", "201", MONEY, NOW) for i in range(4, 8)))
-            assert all(h.ok for h in held)
-            assert await pg.check() == []
-            return contended, pg.reserves_in_one, dict(pg._writing)
-
-    contended, alone, writing = asyncio.run(run())
-    assert (contended, alone, writing) == (0, 1, {})
 
 
 @pytest.mark.parametrize("way", ["lone", "function", "programs"])

@@ -1,8 +1,7 @@
 """PostgreSQL ledger through asyncpg, for several engines sharing accounts.
 
 The call path's operations (reserve, extend, release, settle, annotate) are queued and sent in
-batches, one server-side function call per batch and one commit (see `pg_batch`; a lone operation
-goes in one statement, `pg_lone`, and so does a batch of reservations only, `pg_reserves`); every other
+batches, one server-side function call per batch and one commit (see `pg_batch`); every other
 operation runs as its program in its own transaction on a pooled connection. Nothing is
 acknowledged before its commit. Correctness across engines comes from the rows each batch locks
 in key order and from the conditional UPDATEs of the programs, not from which engine took the
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from . import pg_batch, pg_lone, pg_node, pg_reserves
+from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
 from .call_path import FAST_PROGRAMS, result, validate
@@ -127,8 +126,6 @@ class PostgresLedger(Ledger):
         """Batches of one operation run alone: as their program, or in one statement (`pg_lone`)."""
         self.lone_in_one = 0
         """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
-        self.reserves_in_one = 0
-        """Batches of several reservations and nothing else done by one statement (`pg_reserves`)."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -147,8 +144,6 @@ class PostgresLedger(Ledger):
         self._read_tasks: set[asyncio.Task[None]] = set()
         self.read_batches = 0
         self._node: NodeHold | None = None
-        self._writing: dict[str, int] = {}
-        """The accounts of the batches being written now, and how many batches name each."""
         self.node_check_every = pg_node.CHECK_EVERY
 
     async def open(self) -> None:
@@ -347,48 +342,15 @@ class PostgresLedger(Ledger):
         waits for), renewal, release or settle is first tried as one statement (`pg_lone`). Under load the batches
         grow while a lone operation runs, and the function takes them. Side by side, they all lock
         in the same order: the call's reservation, an extension's new row, the extension, the
-        account (see `pg_batch`).
-
-        A batch of reservations and nothing else that names no account another batch of this engine
-        is writing is first tried as one statement (`pg_reserves`). On rows nobody else is writing
-        it costs the server 35–50% less than the function; on an account another batch is writing
-        it would cost more, for it waits for that batch's locks inside the statement and
-        PostgreSQL then rechecks each row it updates against the row's newer version."""
+        account (see `pg_batch`)."""
         assert self._pool is not None
-        accounts = self._accounts(jobs)
-        alone = not any(a in self._writing for a in accounts)
-        for a in accounts:
-            self._writing[a] = self._writing.get(a, 0) + 1
-        try:
-            if len(jobs) == 1 and self.lone_as_program:
-                self.lone += 1
-                if jobs[0].op != "annotate":
-                    done = await self._in_one(jobs[0])
-                    if done is not None:
-                        return [done]
-                return [await self._alone(jobs[0], transaction=jobs[0].op != "annotate")]
-            if len(jobs) > 1 and alone and all(job.op == "reserve" for job in jobs):
-                held = await self._reserves_in_one(jobs)
-                if held is not None:
-                    return held
-            return await self._function(jobs)
-        finally:
-            for a in accounts:
-                self._writing[a] -= 1
-                if not self._writing[a]:
-                    del self._writing[a]
-
-    def _accounts(self, jobs: list[_Job]) -> set[str]:
-        """The accounts a batch names ("" for calls this engine does not know)."""
-        accounts = set()
-        for job in jobs:
-            whose = (job.args[1],) if job.op == "reserve" else self.zones.of_call.get(job.args[0])
-            accounts.add(whose[0] if whose else "")
-        return accounts
-
-    async def _function(self, jobs: list[_Job]) -> list[Any]:
-        """A batch in one call of the function, in a transaction of ours if it hands one back."""
-        assert self._pool is not None
+        if len(jobs) == 1 and self.lone_as_program:
+            self.lone += 1
+            if jobs[0].op != "annotate":
+                done = await self._in_one(jobs[0])
+                if done is not None:
+                    return [done]
+            return [await self._alone(jobs[0], transaction=jobs[0].op != "annotate")]
         for attempt in range(RETRIES):
             try:
                 async with self._pool.acquire() as conn:
@@ -451,29 +413,6 @@ class PostgresLedger(Ledger):
             return None
         self.lone_in_one += 1
         return result(job.op, job.args, *got)
-
-    async def _reserves_in_one(self, jobs: list[_Job]) -> list[Any] | None:
-        """A batch of reservations in one statement (`pg_reserves`), or None: the function's to run."""
-        assert self._pool is not None
-        args = pg_reserves.reserves_args([job.args for job in jobs], self.zones)
-        if args is None:
-            return None
-        try:
-            async with self._pool.acquire() as conn:
-                ok = await conn.fetchval(pg_reserves.RESERVES, *args)
-        except LOST as exc:  # the function would not reach it either
-            return [_Failed(exc)] * len(jobs)
-        except (asyncpg.UniqueViolationError, *RETRYABLE):
-            return None
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate != pg_batch.HANDED_BACK:  # a bug, or a server that refuses the statement
-                self.function_failures += 1
-                log.exception("one-statement reservations failed; running the function")
-            return None
-        if ok != 1:
-            return None
-        self.reserves_in_one += 1
-        return [result("reserve", job.args, job.args[3], 0, 0) for job in jobs]
 
     async def _alone(self, job: _Job, transaction: bool = True) -> Any:
         """One operation as its program; a note (one UPDATE) without BEGIN and COMMIT of ours: the
