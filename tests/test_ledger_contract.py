@@ -463,6 +463,46 @@ async def test_check_finds_a_balance_that_does_not_match_its_journal(url: str) -
         assert problem.account_id == "acme" and "journal" in problem.message
 
 
+async def test_check_names_rows_whose_account_does_not_exist(url: str) -> None:
+    """On PostgreSQL the tables every call writes keep their account without a foreign key: a row
+    written behind the ledger's back for an account that is not there is found by the check."""
+    async with opened(url) as ledger:
+        await funded(ledger)
+    await raw_sql(
+        url,
+        "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)"
+        " VALUES ('ghost', 1, 'topup', 5, 'x', 5)",
+    )
+    await raw_sql(
+        url,
+        "INSERT INTO activity_days (account_id, day, ext, calls, seconds, cost)"
+        " VALUES ('ghost', '2026-12-06', '201', 1, 60, 0)",
+    )
+    async with opened(url) as ledger:
+        problems = sorted((p.account_id, p.message) for p in await ledger.check())
+    assert problems == [
+        ("ghost", "rows of activity_days name this account, which does not exist"),
+        ("ghost", "rows of journal name this account, which does not exist"),
+    ]
+
+
+async def test_calls_of_an_account_that_does_not_exist_write_nothing_in_a_batch(ledger: Ledger) -> None:
+    """What the foreign keys also guarded: every writer finds the account first. Reservations sent
+    at once (one batch on PostgreSQL) with some for an unknown account: those are refused, the rest
+    are held and settled, and no row names the unknown account."""
+    await funded(ledger, 10 * EUR)
+    names = ["acme" if i % 3 else "ghost" for i in range(12)]
+    held = await asyncio.gather(*(ledger.reserve(f"c{i}", a, "201", EUR // 10, now=NOW) for i, a in enumerate(names)))
+    assert [(r.ok, r.refusal) for r in held] == [
+        (True, None) if a == "acme" else (False, Refusal.UNKNOWN_ACCOUNT) for a in names
+    ]
+    settled = await asyncio.gather(*(ledger.settle(f"c{i}", 1000, now=NOW + 60) for i in range(12)))
+    assert [s.settled for s in settled] == [a == "acme" for a in names]
+    assert {r.account_id for r in await ledger.activity("acme")} == {"acme"}
+    assert len(await ledger.activity("acme")) == 8
+    assert await ledger.check() == []
+
+
 async def test_a_database_from_a_newer_version_is_refused_untouched(url: str) -> None:
     async with opened(url) as ledger:
         await funded(ledger)

@@ -1189,7 +1189,14 @@ def check() -> Program[list[CheckProblem]]:
     debits = yield from _totals("activity", "cost")
     journal_debits = yield from _totals("journal", "-amount", "entry = 'debit'")
     by_day = yield from _totals("activity_days", "cost")
-    for a in (yield rows("SELECT id, balance, reserved FROM accounts ORDER BY id")):
+    accounts = yield rows("SELECT id, balance, reserved FROM accounts ORDER BY id")
+    known = {a["id"] for a in accounts}
+    # On PostgreSQL these tables keep their account without a foreign key (schema version 8)
+    tables = {"journal": journal, "reservations": held, "activity": debits, "activity_days": by_day}
+    for table, totals in tables.items():
+        for aid in sorted(totals.keys() - known):
+            problems.append(CheckProblem(aid, f"rows of {table} name this account, which does not exist"))
+    for a in accounts:
         aid = a["id"]
         if a["balance"] != journal.get(aid, 0):
             problems.append(CheckProblem(aid, f"balance {a['balance']} != journal total {journal.get(aid, 0)}"))

@@ -1,0 +1,100 @@
+"""PostgreSQL's schema where it differs from SQLite's: since version 8 the tables every call writes
+name their account without a foreign key, and a trigger keeps what the keys guarded (an account is
+never deleted, emptied or renamed). A ledger written at version 7 is brought to 8 on open."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from rating_engine.ledger import AccountSettings, CallDetails
+from rating_engine.ledger.postgres import PostgresLedger
+from rating_engine.ledger.schema import CALL_TABLES, LATEST, migrations, statements
+
+from .helpers import EUR
+from .ledgers import opened, pg_database
+
+NOW = 1_795_535_109
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
+
+
+async def _foreign_keys(conn: asyncpg.Connection) -> set[str]:
+    found = await conn.fetch(
+        "SELECT conrelid::regclass::text AS t FROM pg_constraint"
+        " WHERE contype = 'f' AND confrelid = 'accounts'::regclass"
+    )
+    return {r["t"] for r in found}
+
+
+async def _a_settled_call(ledger: PostgresLedger) -> None:
+    await ledger.create_account("acme", AccountSettings("office-fr", "EUR"), now=NOW)
+    await ledger.topup("acme", 10 * EUR, "opening", now=NOW)
+    assert (await ledger.reserve("c1", "acme", "201", EUR, now=NOW)).ok
+    assert (await ledger.settle("c1", EUR // 2, CallDetails(dialed="0899123456"), now=NOW + 60)).settled
+    assert (await ledger.reserve("c2", "acme", "201", EUR, now=NOW + 61)).ok  # still live
+
+
+def test_an_account_is_never_deleted_renamed_or_emptied(url: str) -> None:
+    async def run() -> None:
+        async with opened(url) as ledger:
+            assert isinstance(ledger, PostgresLedger)
+            await _a_settled_call(ledger)
+        conn = await asyncpg.connect(url)
+        try:
+            assert await _foreign_keys(conn) == {"extensions", "topups", "audit", "users", "cards", "notices"}
+            for sql in (
+                "DELETE FROM accounts WHERE id = 'acme'",
+                "UPDATE accounts SET id = 'acme2' WHERE id = 'acme'",
+                "TRUNCATE accounts CASCADE",
+            ):
+                with pytest.raises(asyncpg.RestrictViolationError, match="never deleted or renamed"):
+                    await conn.execute(sql)
+            # naming the id without changing it (as no code here does, but a tool might) is not a rename
+            assert await conn.execute("UPDATE accounts SET id = id, plan = plan WHERE id = 'acme'") == "UPDATE 1"
+        finally:
+            await conn.close()
+        async with opened(url) as ledger:
+            assert [r.call_id for r in await ledger.reservations()] == ["c2"]
+            assert await ledger.check() == []
+
+    asyncio.run(run())
+
+
+def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            for version, script in migrations("postgres"):
+                if version <= 7:
+                    for sql in statements(script):
+                        await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            assert await _foreign_keys(conn) >= set(CALL_TABLES)  # as version 7 made them
+        finally:
+            await conn.close()
+        async with opened(url) as ledger:  # version 7's tables, the code of now
+            assert isinstance(ledger, PostgresLedger)
+            await _a_settled_call(ledger)
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST == 8
+            assert await _foreign_keys(conn) & set(CALL_TABLES) == set()
+            with pytest.raises(asyncpg.RestrictViolationError):
+                await conn.execute("DELETE FROM accounts")
+        finally:
+            await conn.close()
+        async with opened(url) as ledger:
+            assert (await ledger.account("acme")).balance == 10 * EUR - EUR // 2
+            assert [r.call_id for r in await ledger.activity("acme")] == ["c1"]
+            assert await ledger.check() == []
+
+    asyncio.run(run())
