@@ -383,7 +383,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
         summary.append(row)
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
-        ratio = "p99 " + spread(ratios, "{:.1f}x") if c < 0 else spread(ratios, "{:.2f}x")
+        ratio = ("p99 " if c < 0 else "") + spread(ratios, "{:.2f}x")  # two decimals: a bare p99 spike read 0.0x
         cpu = f"{median(cpu_here):,.0f}" if cpu_here else ""
         if cpu and "PostgreSQL" in path and cpu_pg:
             cpu += f" / {median(cpu_pg):,.0f}"
