@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v8`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v9`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -241,6 +241,37 @@ def test_the_call_path_goes_the_fast_way(pg_url: str) -> None:
     pg = asyncio.run(run())
     assert (pg.slow, pg.function_failures, pg.lone) == (0, 0, 0)
     assert pg.batches >= 40
+
+
+def test_first_calls_and_known_extensions_in_one_batch_go_the_fast_way(pg_url: str) -> None:
+    """A batch makes the rows of its first calls' extensions (and only looks for them when one is
+    missing): first calls beside known extensions, first calls alone, and known extensions alone
+    are all held by the function, none handed back to its program."""
+
+    async def run() -> PostgresLedger:
+        pg = PostgresLedger(pg_url, writers=1, lone_as_program=False)
+        async with pg:
+            await pg.create_account("first", AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup("first", 100 * MONEY, "first-opening", now=NOW)
+            await pg.set_extension("first", "201", ExtensionSettings())
+            rounds = [["201", "301", "302"], ["401", "402", "403"], ["201", "301", "401"]]
+            for r, exts in enumerate(rounds):
+                calls = [f"first-{r}-{e}" for e in exts]
+                held = await asyncio.gather(
+                    *(pg.reserve(c, "first", e, MONEY, NOW + r) for c, e in zip(calls, exts, strict=True))
+                )
+                assert all(h.ok for h in held)
+                done = await asyncio.gather(*(pg.settle(c, MONEY // 2, None, NOW + r + 30) for c in calls))
+                assert all(d.settled for d in done)
+            extensions = {e.ext: e for e in await pg.extensions("first")}
+            assert sorted(extensions) == ["201", "301", "302", "401", "402", "403"]
+            assert all(e.live_calls == 0 and e.reserved == 0 for e in extensions.values())
+            assert await pg.check() == []
+        return pg
+
+    pg = asyncio.run(run())
+    assert (pg.slow, pg.function_failures, pg.lone) == (0, 0, 0)
+    assert pg.batches == 6
 
 
 def test_a_lone_operation_runs_as_its_program_and_a_batch_as_the_function(pg_url: str) -> None:

@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v8`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v9`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -47,7 +47,7 @@ from typing import Any
 
 from .models import CallDetails, periods
 
-FUNCTION = "rating_engine_batch_v8"
+FUNCTION = "rating_engine_batch_v9"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -135,14 +135,22 @@ BEGIN
     -- The extensions a reservation names that have no row yet get one, with the default rules, in key order and
     -- before any lock: made later, once the account is locked, a row that another writer made meanwhile would
     -- be waited for out of order (a deadlock). A row made here that no operation used goes again at the end.
-    WITH made AS (
-        INSERT INTO extensions (account_id, ext)
-        SELECT DISTINCT p_eacc[o.s], p_eext[o.s] FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n)
-        WHERE o.op = 'reserve' AND o.n >= p_start AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
-        ORDER BY 1, 2
-        ON CONFLICT DO NOTHING RETURNING account_id, ext)
-    SELECT array_agg(m.ext IS NOT NULL ORDER BY w.k) INTO e_made
-    FROM unnest(p_eacc, p_eext) WITH ORDINALITY AS w(a, e, k) LEFT JOIN made m ON m.account_id = w.a AND m.ext = w.e;
+    -- The rows are looked for first: once an extension has called, the insert (a speculative insertion per row
+    -- and its conflict check) was ~6% of a hot account's server time for nothing.
+    IF EXISTS (SELECT 1 FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n) WHERE o.op = 'reserve'
+        AND o.n >= p_start AND NOT EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = p_eacc[o.s]
+            AND x.ext = p_eext[o.s]))
+    THEN
+        WITH made AS (
+            INSERT INTO extensions (account_id, ext)
+            SELECT DISTINCT p_eacc[o.s], p_eext[o.s] FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n)
+            WHERE o.op = 'reserve' AND o.n >= p_start AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
+            ORDER BY 1, 2
+            ON CONFLICT DO NOTHING RETURNING account_id, ext)
+        SELECT array_agg(m.ext IS NOT NULL ORDER BY w.k) INTO e_made
+        FROM unnest(p_eacc, p_eext) WITH ORDINALITY AS w(a, e, k)
+            LEFT JOIN made m ON m.account_id = w.a AND m.ext = w.e;
+    END IF;
     -- Every extension row, then every account row, this batch names: locked in key order.
     PERFORM 1 FROM extensions x WHERE (x.account_id, x.ext) IN (SELECT * FROM unnest(p_eacc, p_eext))
     ORDER BY x.account_id, x.ext FOR NO KEY UPDATE;
