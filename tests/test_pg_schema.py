@@ -69,6 +69,24 @@ def test_an_account_is_never_deleted_renamed_or_emptied(url: str) -> None:
 
 
 def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> None:
+    """A ledger as version 7 wrote it (its keys, a settled call, a live one) is upgraded on open:
+    the keys of the call's tables go, the rows stay, and the live call settles on the new schema."""
+    left = 10 * EUR - EUR // 2
+    rows = [
+        "INSERT INTO accounts (id, plan, currency, balance, reserved, live_calls, created_at)"
+        f" VALUES ('acme', 'office-fr', 'EUR', {left}, {EUR}, 1, {NOW})",
+        "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after) VALUES"
+        f" ('acme', {NOW}, 'topup', {10 * EUR}, 'opening', {10 * EUR}),"
+        f" ('acme', {NOW + 60}, 'debit', {-(EUR // 2)}, 'c1', {left})",
+        f"INSERT INTO extensions (account_id, ext, reserved, live_calls) VALUES ('acme', '201', {EUR}, 1)",
+        "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at)"
+        f" VALUES ('c2', 'acme', '201', {EUR}, {NOW}, {NOW})",
+        "INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,"
+        " billable_seconds, cost, reserved, balance_after, day) VALUES ('c1', 'acme', '201',"
+        f" {NOW}, {NOW + 60}, '0899123456', '+33899123456', 'premium', 'premium_rate', 60, {EUR // 2}, {EUR},"
+        f" {left}, '2026-11-25')",
+    ]
+
     async def run() -> None:
         conn = await asyncpg.connect(url)
         try:
@@ -79,11 +97,15 @@ def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> N
                         await conn.execute(sql)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
             assert await _foreign_keys(conn) >= set(CALL_TABLES)  # as version 7 made them
+            for sql in rows:
+                await conn.execute(sql)
         finally:
             await conn.close()
-        async with opened(url) as ledger:  # version 7's tables, the code of now
+        async with opened(url) as ledger:
             assert isinstance(ledger, PostgresLedger)
-            await _a_settled_call(ledger)
+            assert await ledger.check() == []  # the rows as version 7 left them
+            assert [r.call_id for r in await ledger.reservations()] == ["c2"]
+            assert (await ledger.settle("c2", EUR // 4, CallDetails(dialed="0899123456"), now=NOW + 120)).settled
         conn = await asyncpg.connect(url)
         try:
             assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST == 8
@@ -93,8 +115,9 @@ def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> N
         finally:
             await conn.close()
         async with opened(url) as ledger:
-            assert (await ledger.account("acme")).balance == 10 * EUR - EUR // 2
-            assert [r.call_id for r in await ledger.activity("acme")] == ["c1"]
+            assert (await ledger.account("acme")).balance == left - EUR // 4
+            assert sorted(r.call_id for r in await ledger.activity("acme")) == ["c1", "c2"]
+            assert await ledger.reservations() == []
             assert await ledger.check() == []
 
     asyncio.run(run())
