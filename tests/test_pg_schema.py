@@ -5,12 +5,13 @@ never deleted, emptied or renamed). A ledger written at version 7 is brought to 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import asyncpg
 import pytest
 
-from rating_engine.ledger import AccountSettings, CallDetails
+from rating_engine.ledger import AccountSettings, CallDetails, LedgerError
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.schema import CALL_TABLES, LATEST, migrations, statements
 
@@ -32,6 +33,17 @@ async def _foreign_keys(conn: asyncpg.Connection) -> set[str]:
         " WHERE contype = 'f' AND confrelid = 'accounts'::regclass"
     )
     return {r["t"] for r in found}
+
+
+async def _version_7(conn: asyncpg.Connection) -> None:
+    """The schema as version 7 of rating-engine left it."""
+    await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, script in migrations("postgres"):
+        if version <= 7:
+            for sql in statements(script):
+                await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    assert await _foreign_keys(conn) >= set(CALL_TABLES)  # as version 7 made them
 
 
 async def _a_settled_call(ledger: PostgresLedger) -> None:
@@ -90,13 +102,7 @@ def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> N
     async def run() -> None:
         conn = await asyncpg.connect(url)
         try:
-            await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-            for version, script in migrations("postgres"):
-                if version <= 7:
-                    for sql in statements(script):
-                        await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
-            assert await _foreign_keys(conn) >= set(CALL_TABLES)  # as version 7 made them
+            await _version_7(conn)
             for sql in rows:
                 await conn.execute(sql)
         finally:
@@ -119,5 +125,39 @@ def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> N
             assert sorted(r.call_id for r in await ledger.activity("acme")) == ["c1", "c2"]
             assert await ledger.reservations() == []
             assert await ledger.check() == []
+
+    asyncio.run(run())
+
+
+def test_an_upgrade_that_cannot_have_its_tables_soon_changes_nothing_and_says_so(url: str) -> None:
+    """Another engine's long transaction holds a table the upgrade alters: the upgrade gives up after
+    its lock timeout instead of queueing every other engine's calls behind it, and leaves version 7
+    as it was; once the table is free, the next start upgrades."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        busy = await asyncpg.connect(url)
+        try:
+            await _version_7(conn)
+            await busy.execute("BEGIN; LOCK TABLE journal IN ACCESS SHARE MODE")  # a long read of the journal
+
+            async def start() -> None:
+                async with opened(url):
+                    pass
+
+            started = time.monotonic()
+            with pytest.raises(LedgerError, match="could not be upgraded from version 7: its tables stayed busy"):
+                await asyncio.wait_for(start(), 15)  # without a lock timeout it would wait as long as the reader
+            assert time.monotonic() - started < 10
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == 7
+            assert await _foreign_keys(conn) >= set(CALL_TABLES)
+            await busy.execute("COMMIT")
+            async with opened(url):
+                pass
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST
+            assert await _foreign_keys(conn) & set(CALL_TABLES) == set()
+        finally:
+            await busy.close()
+            await conn.close()
 
     asyncio.run(run())

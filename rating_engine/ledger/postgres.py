@@ -49,6 +49,27 @@ CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
 
+UPGRADE_LOCK_TIMEOUT = "3s"
+"""How long a schema upgrade waits for the tables it alters. Its lock request queues every other
+engine's statements on those tables behind it: a long wait would stall their calls."""
+
+
+async def _upgrade(conn: Any, current: int, steps: list[tuple[int, list[str]]]) -> None:
+    """The schema brought from `current` to the latest, in the caller's transaction: all or nothing."""
+    await conn.execute(f"SET LOCAL lock_timeout = '{UPGRADE_LOCK_TIMEOUT}'")
+    try:
+        for version, step in steps:
+            for sql in step:
+                await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+    except asyncpg.LockNotAvailableError as exc:
+        raise LedgerError(
+            f"the ledger's schema could not be upgraded from version {current}: its tables stayed busy"
+            f" for {UPGRADE_LOCK_TIMEOUT} (other engines' transactions); nothing was changed, start again"
+        ) from exc
+    await conn.execute("SET LOCAL lock_timeout = 0")
+
+
 def to_pg(sql: str, _cache: dict[str, str] = {}) -> str:  # noqa: B006 - deliberate memo
     """`?` placeholders → `$1…$n` (our SQL has no `?` inside literals)."""
     out = _cache.get(sql)
@@ -159,10 +180,9 @@ class PostgresLedger(Ledger):
                     )
                 await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-                for version, step in upgrade_steps(current, "postgres"):
-                    for sql in step:
-                        await conn.execute(sql)
-                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                steps = upgrade_steps(current, "postgres")
+                if steps:
+                    await _upgrade(conn, current, steps)
                 await conn.execute(pg_batch.CREATE)
                 await conn.execute(pg_lone.CREATE)
                 for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
