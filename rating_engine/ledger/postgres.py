@@ -49,9 +49,10 @@ CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
 
-UPGRADE_LOCK_TIMEOUT = "3s"
+UPGRADE_LOCK_TIMEOUT = "1s"
 """How long a schema upgrade waits for the tables it alters. Its lock request queues every other
-engine's statements on those tables behind it: a long wait would stall their calls."""
+engine's statements on those tables behind it: under the default `answer_timeout` (2 s), so that the
+calls held up meanwhile are still answered in time."""
 
 
 async def _upgrade(conn: Any, current: int, steps: list[tuple[int, list[str]]]) -> None:
