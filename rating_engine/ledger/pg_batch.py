@@ -16,8 +16,10 @@ order (the programs' own order: a new extension's row, the extension, the accoun
 batches, of two writers or of two engines, or a batch and a program, cannot deadlock; with the rows
 locked, a check that passes still holds at the write. The locks are those of an UPDATE that leaves
 the keys alone (FOR NO KEY UPDATE), as the programs' own UPDATEs take: a lone operation runs as its
-program beside the batches, and its reservation's foreign key first takes a key-share lock on the
-account, which FOR UPDATE would wait for while holding the extension the program wants next.
+program beside the batches, and a first call's program makes its extension's row, whose foreign
+key takes a key-share lock on the account (until schema version 8 every reservation's did, from
+the program's first statement), which FOR UPDATE would wait for while holding the extension the
+program wants next.
 Python names each call, account and extension of the batch by a slot (`encode`); the function
 reads the rows slot by slot into arrays of its own, runs the
 operations on that state, finding each one's rows by index, and writes what changed once at the
