@@ -379,9 +379,10 @@ async def deadlocks(conn: asyncpg.Connection) -> int:
 def test_lone_programs_and_batches_side_by_side_never_deadlock(pg_url: str, lone: bool) -> None:
     """Fifty calls at once on one account, two writers, each round on five extensions making their
     first calls: some batches hold one operation (a program, whose new extension row's foreign key
-    takes a key-share lock on the account; until schema version 8 its reservation's did) and some several (the function, which locks the
-    extensions, then the account), or all go as the function (`lone` False). Nobody waits for
-    another in a cycle, PostgreSQL detects no deadlock, and every operation succeeds. Both faults
+    takes a key-share lock on the account; until schema version 8 its reservation's did) and some
+    several (the function, which locks the extensions, then the account), or all go as the function
+    (`lone` False). Nobody waits for another in a cycle, PostgreSQL detects no deadlock, and every
+    operation succeeds. Both faults
     this guards against were seen here: FOR UPDATE on the account deadlocked a program and a batch
     in every run, and a first call's row made by the function once the account was locked
     deadlocked two batches in five runs of six."""
