@@ -13,9 +13,12 @@ generator's own CPU use is reported too: it shares this machine's two cores with
 distinct number is seen once per run (cold classification). Baseline in the same run: a bare
 FastAGI server answering fixed variables with the same server code (the transport's ceiling), so
 a ratio can be read off. Each run also gives the server's CPU per authorization (this process's,
-and PostgreSQL's), beside the rate.
-On PostgreSQL (uvloop) it also runs one and then two engine processes on one port
-(`reuse_port`, the kernel spreading the connections), sharing the database: the ratio of the two.
+and PostgreSQL's) and its context switches per authorization (its threads': a handoff between
+the event loop and the SQLite ledger's thread shows here), beside the rate.
+With uvloop it also runs one and then two engine processes on one port (`reuse_port`, the kernel
+spreading the connections), sharing one PostgreSQL: the ratio of the two. Beside it, the same for
+the bare server, one process and then two: how much a second process can give on this machine at
+all, with the generator and the database on the same cores.
 
 A third row splits ours in two: the same engine on SQLite, its reservations answered in memory
 instead of written (`--no-split` leaves it out). It is not a way to run; it shows, in the same
@@ -45,7 +48,7 @@ from typing import Any, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import cpu_seconds, median, report, rounds, spread
+from benchmarks.common import context_switches, cpu_seconds, median, report, rounds, spread
 from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
@@ -188,6 +191,7 @@ async def measure(
     queue: Any = mp.get_context("fork").Queue()
     proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
     here0, pg0 = cpu_seconds()
+    switches0 = context_switches()
     t0 = time.perf_counter()
     proc.start()
     while proc.is_alive() and queue.empty():
@@ -196,6 +200,7 @@ async def measure(
     elapsed = time.perf_counter() - t0
     proc.join()
     here1, pg1 = cpu_seconds()
+    switches1 = context_switches()
     lat.sort()
     if late is not None:
         late.sort()
@@ -209,6 +214,7 @@ async def measure(
         "generator_cpu_pct": round(100 * cpu / elapsed),
         "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
         "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
+        "server_switches": round((switches1 - switches0) / len(lat), 2) if in_process else None,
     }
 
 
@@ -242,25 +248,32 @@ async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiSe
     return server, ledger
 
 
-def _engine_process(url: str, port: int, ready: Any, stop: Any) -> None:
-    """One `rating-engine run`-like process: the engine on the shared port (SO_REUSEPORT)."""
+def _engine_process(url: str | None, port: int, ready: Any, stop: Any) -> None:
+    """One `rating-engine run`-like process on the shared port (SO_REUSEPORT): the engine on the
+    ledger at `url`, or the bare server (None)."""
 
     tune_collector()
 
     async def serve() -> None:
-        server, ledger = await engine_server(url)
+        server, ledger = (await bare_server(), None) if url is None else await engine_server(url)
         await server.start("127.0.0.1", port, reuse_port=True)
         ready.release()
         while not stop.is_set():
             await asyncio.sleep(0.05)
         await server.close()
-        await ledger.close()
+        if ledger is not None:
+            await ledger.close()
 
     _run_fast(serve())
 
 
-async def processes(url: str, count: int, requests: int, offset: int) -> list[dict[str, Any]]:
-    """`count` engine processes behind one port, the kernel spreading connections among them."""
+BARE_PROCESSES = "bare FastAGI"
+PG_PROCESSES = "ours: PostgreSQL"
+
+
+async def processes(url: str | None, count: int, requests: int, offset: int) -> list[dict[str, Any]]:
+    """`count` processes behind one port, the kernel spreading connections among them: engines
+    sharing the PostgreSQL at `url`, or bare servers (None)."""
     import socket
 
     with socket.socket() as s:
@@ -273,7 +286,8 @@ async def processes(url: str, count: int, requests: int, offset: int) -> list[di
         proc.start()
     for _ in procs:
         await asyncio.get_running_loop().run_in_executor(None, ready.acquire)
-    label = f"ours: PostgreSQL, {count} process{'es' if count > 1 else ''} (reuse_port)"
+    who = BARE_PROCESSES if url is None else PG_PROCESSES
+    label = f"{who}, {count} process{'es' if count > 1 else ''} (reuse_port)"
     rows = []
     try:
         await measure(port, 50, 300, offset, in_process=False)  # warm-up, not counted: a fresh process's first calls
@@ -342,11 +356,13 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
                 if ledger is not None:
                     await ledger.close()
         pg = next((u for label, u in backends if label == "ours: PostgreSQL" and u), None)
-        if pg and loop_name == "uvloop" and not args.no_processes:
+        if loop_name == "uvloop" and not args.no_processes:
             for round_ in range(args.rounds):
                 for count in (1, 2):
-                    rows = await processes(pg, count, args.requests, offset + 10**6 * (2 * round_ + count))
-                    results += [{**r, "round": round_} for r in rows]
+                    for url in (None, pg) if pg else (None,):
+                        at = offset + 10**6 * (4 * round_ + 2 * count + (url is None))
+                        rows = await processes(url, count, args.requests, at)
+                        results += [{**r, "round": round_} for r in rows]
     return results
 
 
@@ -355,20 +371,23 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     taken round by round (each against the baseline measured beside it), median and range.
     The ratio is the rate's under a closed loop, the p99's under the open one."""
     base = {(r["loop"], r["concurrency"], r["round"]): r for r in results if r["path"].startswith("baseline")}
-    alone = {
-        (r["concurrency"], r["round"]): r["per_s"] for r in results if r["path"].endswith("1 process (reuse_port)")
+    alone = {  # (who, load, round): one process's rate
+        (r["path"].split(",")[0], r["concurrency"], r["round"]): r["per_s"]
+        for r in results
+        if r["path"].endswith("1 process (reuse_port)")
     }
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     rows: list[list[Any]] = []
     for r in results:
         if "skipped" in r:  # one per run, not per round
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", "", ""])
             continue
         key = (r["concurrency"], r["round"])
         b = base[(r["loop"], *key)]  # every load of every round has its baseline beside it
         r["vs_bare"] = round(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"], 2)
-        if r["path"].endswith("2 processes (reuse_port)") and key in alone:
-            r["vs_one_process"] = round(r["per_s"] / alone[key], 2)
+        one = (r["path"].split(",")[0], *key)
+        if r["path"].endswith("2 processes (reuse_port)") and one in alone:
+            r["vs_one_process"] = round(r["per_s"] / alone[one], 2)
         groups.setdefault((r["loop"], r["path"], r["concurrency"]), []).append(r)
     summary = []
     for (loop, path, c), rs in groups.items():
@@ -385,6 +404,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
         ratio = ("p99 " if c < 0 else "") + spread(ratios, "{:.2f}x")  # two decimals: a bare p99 spike read 0.0x
         cpu = f"{median(cpu_here):,.0f}" if cpu_here else ""
+        switches = [r["server_switches"] for r in rs if r.get("server_switches") is not None]
         if cpu and "PostgreSQL" in path and cpu_pg:
             cpu += f" / {median(cpu_pg):,.0f}"
         late = f"{mid['generator_late_p50_ms']} / {mid['generator_late_p99_ms']}" if c < 0 else ""
@@ -398,14 +418,20 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 mid["p99_ms"],
                 ratio,
                 cpu,
+                f"{median(switches):.1f}" if switches else "",
                 f"{mid['generator_cpu_pct']:.0f}",
                 late,
             ]
         )
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
         if shared:
-            summary.append({"loop": loop, "path": "2 processes / 1 process", "concurrency": c, "ratio": median(shared)})
-            rows.append([loop, "  2 processes / 1 process", load, "", "", "", spread(shared, "{:.2f}x"), "", "", ""])
+            who = path.split(",")[0]
+            summary.append(
+                {"loop": loop, "path": f"{who}: 2 processes / 1 process", "concurrency": c, "ratio": median(shared)}
+            )
+            rows.append(
+                [loop, f"  {who}: 2 processes / 1", load, "", "", "", spread(shared, "{:.2f}x"), "", "", "", ""]
+            )
     return rows, summary
 
 
@@ -415,7 +441,7 @@ def main() -> None:
     ap.add_argument("--open-seconds", type=float, default=OPEN_SECONDS, help="length of the open-loop run")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-postgres", action="store_true")
-    ap.add_argument("--no-processes", action="store_true", help="skip the reuse_port processes on PostgreSQL")
+    ap.add_argument("--no-processes", action="store_true", help="skip the runs of one and two processes on one port")
     ap.add_argument("--no-split", action="store_true", help="skip the engine with its reservations not written")
     ap.add_argument(
         "--rounds", type=rounds, default=1, help="run every load on every path this many times (medians are shown)"
@@ -441,6 +467,7 @@ def main() -> None:
             "p99 ms",
             "vs bare",
             "CPU µs/auth: here / PostgreSQL",
+            "switches/auth",
             "generator CPU %",
             "generator late p50 / p99 ms",
         ],

@@ -34,6 +34,15 @@ def cpu_seconds() -> tuple[float, float | None]:
     return me.ru_utime + me.ru_stime, server
 
 
+def context_switches() -> int:
+    """This process's context switches so far, all its threads' (those ended too): each is a wait
+    for the other thread's GIL, a lock or the disk, or the scheduler taking the core away."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_nvcsw + me.ru_nivcsw
+
+
 def rounds(text: str) -> int:
     """`--rounds`: at least one (a median of nothing is no figure)."""
     n = int(text)

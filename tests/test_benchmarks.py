@@ -101,12 +101,23 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
         assert r["per_s"] > 0 and r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
         assert r["fallbacks"] == 0, r  # every authorization came from the engine, none from its fallback
         assert r["server_cpu_us"] > 0
+        assert r["server_switches"] >= 0
         if r["path"] == "ours: PostgreSQL":
             assert r["postgresql_cpu_us"] is not None
+    # One process and then two on one port, bare and (with PostgreSQL) ours: each pair of runs
+    # compared with its own kind's single process, in the same round and at the same load.
+    kinds = ["bare FastAGI"] + ([] if absent else ["ours: PostgreSQL"])
+    for who in kinds:
+        for c in (50, 500):
+            for round_ in (0, 1):
+                runs = {r["path"]: r for r in measured if r["concurrency"] == c and r["round"] == round_}
+                one, two = runs[f"{who}, 1 process (reuse_port)"], runs[f"{who}, 2 processes (reuse_port)"]
+                assert two["vs_one_process"] == pytest.approx(two["per_s"] / one["per_s"], abs=0.01)
+                assert one["server_switches"] is None  # measured in this process only
+    shared = {s["path"] for s in data["summary"] if s["path"].endswith("2 processes / 1 process")}
+    assert shared == {f"{who}: 2 processes / 1 process" for who in kinds}
     if absent:
         pytest.skip(f"bare and SQLite ran; PostgreSQL and its two processes on one port did not: {absent}")
-    shared = [r for r in rows if r["path"].endswith("2 processes (reuse_port)")]
-    assert len(shared) == 4 and all(r["vs_one_process"] > 0 for r in shared)  # 50 and 500 channels, two rounds
 
 
 def test_bench_rating_agrees_with_phonenumbers_and_the_one_by_one_path() -> None:
