@@ -1,5 +1,5 @@
 """FastAGI authorizations per second and latency, the whole live path: TCP accept, AGI
-framing, classification, plan, extension rules, price, a ledger reservation, five SET
+framing, classification, plan, extension rules, price, a ledger reservation, six SET
 VARIABLE round trips, close. Every path's server is up for the whole run, and each load is
 measured on every path in turn, back to back, so that a ratio compares the same minute's figures.
 
