@@ -51,14 +51,15 @@ def pg_unavailable() -> str:
 
 
 @contextmanager
-def pg_database() -> Iterator[str]:
+def pg_database(options: str = "") -> Iterator[str]:
+    """A database of its own, dropped after; `options` are CREATE DATABASE's (a collation, say)."""
     reason = pg_unavailable()
     if reason and os.environ.get("CI") == "true":
         pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
     if reason:
         pytest.skip(reason)
     name = f"rating_engine_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f"CREATE DATABASE {name}"))
+    asyncio.run(_admin(f"CREATE DATABASE {name} {options}"))
     try:
         yield pg_url(name)
     finally:

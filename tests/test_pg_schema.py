@@ -1,6 +1,8 @@
 """PostgreSQL's schema where it differs from SQLite's: since version 8 the tables every call writes
 name their account without a foreign key, and a trigger keeps what the keys guarded (an account is
-never deleted, emptied or renamed). A ledger written at version 7 is brought to 8 on open."""
+never deleted, emptied or renamed); since version 9 the columns that name things compare byte by
+byte (collation "C"), as SQLite's do, whatever the database's collation. A ledger written at an
+earlier version is brought to the latest on open."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from rating_engine.ledger import AccountSettings, CallDetails, LedgerError
+from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, LedgerError
 from rating_engine.ledger.postgres import PostgresLedger
-from rating_engine.ledger.schema import CALL_TABLES, LATEST, migrations, statements
+from rating_engine.ledger.schema import C_COLUMNS, CALL_TABLES, LATEST, migrations, statements
 
 from .helpers import EUR
 from .ledgers import opened, pg_database
@@ -35,14 +37,26 @@ async def _foreign_keys(conn: asyncpg.Connection) -> set[str]:
     return {r["t"] for r in found}
 
 
-async def _version_7(conn: asyncpg.Connection) -> None:
-    """The schema as version 7 of rating-engine left it."""
+async def _collations(conn: asyncpg.Connection) -> dict[tuple[str, str], str | None]:
+    found = await conn.fetch(
+        "SELECT table_name, column_name, collation_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND data_type = 'text'"
+    )
+    return {(r["table_name"], r["column_name"]): r["collation_name"] for r in found}
+
+
+async def _at_version(conn: asyncpg.Connection, last: int) -> None:
+    """The schema as that version of rating-engine left it."""
     await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     for version, script in migrations("postgres"):
-        if version <= 7:
+        if version <= last:
             for sql in statements(script):
                 await conn.execute(sql)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+
+async def _version_7(conn: asyncpg.Connection) -> None:
+    await _at_version(conn, 7)
     assert await _foreign_keys(conn) >= set(CALL_TABLES)  # as version 7 made them
 
 
@@ -80,7 +94,7 @@ def test_an_account_is_never_deleted_renamed_or_emptied(url: str) -> None:
     asyncio.run(run())
 
 
-def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> None:
+def test_a_version_7_ledger_is_brought_to_the_latest_version_with_its_rows(url: str) -> None:
     """A ledger as version 7 wrote it (its keys, a settled call, a live one) is upgraded on open:
     the keys of the call's tables go, the rows stay, and the live call settles on the new schema."""
     left = 10 * EUR - EUR // 2
@@ -114,7 +128,7 @@ def test_a_version_7_ledger_is_brought_to_version_8_with_its_rows(url: str) -> N
             assert (await ledger.settle("c2", EUR // 4, CallDetails(dialed="0899123456"), now=NOW + 120)).settled
         conn = await asyncpg.connect(url)
         try:
-            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST == 8
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST == 9
             assert await _foreign_keys(conn) & set(CALL_TABLES) == set()
             with pytest.raises(asyncpg.RestrictViolationError):
                 await conn.execute("DELETE FROM accounts")
@@ -161,3 +175,96 @@ def test_an_upgrade_that_cannot_have_its_tables_soon_changes_nothing_and_says_so
             await conn.close()
 
     asyncio.run(run())
+
+
+LINGUISTIC = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+"""A database whose own collation sorts text as English readers do ('acme' before 'Zed')."""
+IDS = ["acme", "Zed", "b10", "b9", "b-2", "b_3", "B1"]
+
+
+async def _indexes_in_order(conn: asyncpg.Connection) -> list[str]:
+    """Every B-tree index of the ledger, checked against its own collation by amcheck."""
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    names = await conn.fetch(
+        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND a.amname = 'btree'"
+    )
+    for r in names:
+        await conn.execute("SELECT bt_index_parent_check($1::regclass, true)", r["relname"])
+    return sorted(r["relname"] for r in names)
+
+
+def test_names_compare_byte_by_byte_whatever_the_databases_collation() -> None:
+    """On a database that sorts linguistically, accounts and extensions still come in the order
+    SQLite gives them (their bytes'), and every naming column says collation "C"."""
+
+    async def run(url: str) -> None:
+        async with opened(url) as ledger:
+            for account_id in IDS:
+                await ledger.create_account(account_id, AccountSettings("office-fr", "EUR"), now=NOW)
+            for ext in ("201", "Z1", "a1", "b", "#1"):
+                await ledger.set_extension("acme", ext, ExtensionSettings())
+            assert [a.id for a in await ledger.accounts()] == sorted(IDS)
+            assert [e.ext for e in await ledger.extensions("acme")] == ["#1", "201", "Z1", "a1", "b"]
+        conn = await asyncpg.connect(url)
+        try:
+            # the database's own order is not that one: without version 9, so would be the ledger's
+            assert await conn.fetchval("SELECT array_agg(x ORDER BY x) FROM unnest($1::text[]) x", IDS) != sorted(IDS)
+            collations = await _collations(conn)
+            for table, columns in C_COLUMNS.items():
+                for column in columns:
+                    assert collations[(table, column)] == "C", (table, column)
+            assert collations[("accounts", "plan")] is None  # the others keep the database's
+        finally:
+            await conn.close()
+
+    with pg_database(LINGUISTIC) as url:
+        asyncio.run(run(url))
+
+
+def test_a_version_8_ledger_on_such_a_database_is_brought_to_9_with_its_indexes_rebuilt() -> None:
+    """Version 8 built its indexes in the database's order; version 9 changes their collation, which
+    is only sound if each index is rebuilt in the new order: amcheck finds every one consistent, the
+    live call settles, and the ledger checks."""
+
+    async def run(url: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await _at_version(conn, 8)
+            for n, account_id in enumerate(IDS):
+                await conn.execute(
+                    "INSERT INTO accounts (id, plan, currency, balance, reserved, live_calls, created_at)"
+                    " VALUES ($1, 'office-fr', 'EUR', $2, $3, $4, $5)",
+                    account_id, 10 * EUR, EUR if n == 0 else 0, 1 if n == 0 else 0, NOW,
+                )  # fmt: skip
+                await conn.execute(
+                    "INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)"
+                    " VALUES ($1, $2, 'topup', $3, $4, $3)",
+                    account_id, NOW, 10 * EUR, f"opening-{account_id}",
+                )  # fmt: skip
+            await conn.execute(
+                f"INSERT INTO extensions (account_id, ext, reserved, live_calls) VALUES ('acme', '201', {EUR}, 1)"
+            )
+            await conn.execute(
+                "INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at)"
+                f" VALUES ('c2', 'acme', '201', {EUR}, {NOW}, {NOW})"
+            )
+            assert {c for (_t, _c), c in (await _collations(conn)).items()} == {None}
+        finally:
+            await conn.close()
+        async with opened(url) as ledger:
+            assert (await ledger.settle("c2", EUR // 4, CallDetails(dialed="0899123456"), now=NOW + 120)).settled
+            assert [a.id for a in await ledger.accounts()] == sorted(IDS)
+            assert await ledger.check() == []
+        conn = await asyncpg.connect(url)
+        try:
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST == 9
+            assert (await _collations(conn))[("activity", "call_id")] == "C"
+            assert "accounts_pkey" in await _indexes_in_order(conn)
+            with pytest.raises(asyncpg.RestrictViolationError):  # the trigger made again around the change
+                await conn.execute("UPDATE accounts SET id = 'acme2' WHERE id = 'acme'")
+        finally:
+            await conn.close()
+
+    with pg_database(LINGUISTIC) as url:
+        asyncio.run(run(url))

@@ -280,6 +280,36 @@ _LOOSE_CALL_TABLES = (
     "CREATE TRIGGER accounts_stay_whole BEFORE TRUNCATE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION accounts_stay()"
 )
 
+# Version 9 (PostgreSQL): the columns that name something (an account, an extension, a call, a day, a
+# reference, a user, a key) compare byte by byte, as SQLite's do. Under the database's own collation
+# every comparison in their indexes went through the C library's strcoll: a quarter of the server's
+# instructions per call on an en_US.UTF-8 database (5% on C.UTF-8), for identifiers that have no
+# language. A text column's collation is a change of its indexes only (rebuilt here), not of its rows;
+# the trigger that names accounts.id is made again around it. Both backends now sort ids alike.
+C_COLUMNS = {
+    "accounts": ("id",),
+    "extensions": ("account_id", "ext"),
+    "reservations": ("call_id", "account_id", "ext"),
+    "activity": ("call_id", "account_id", "ext", "day"),
+    "activity_days": ("account_id", "day", "ext"),
+    "journal": ("account_id", "reference"),
+    "topups": ("reference", "account_id"),
+    "audit": ("account_id",),
+    "users": ("username", "account_id"),
+    "cards": ("account_id", "provider", "customer"),
+    "webhook_events": ("id",),
+    "notices": ("account_id", "key"),
+}
+_C_COLLATION = (
+    "DROP TRIGGER accounts_stay ON accounts;"
+    + "".join(
+        f"ALTER TABLE {table} " + ", ".join(f'ALTER COLUMN {column} TYPE text COLLATE "C"' for column in columns) + ";"
+        for table, columns in C_COLUMNS.items()
+    )
+    + "CREATE TRIGGER accounts_stay BEFORE DELETE OR UPDATE OF id ON accounts FOR EACH ROW"
+    " EXECUTE FUNCTION accounts_stay()"
+)
+
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
 _INTEGER_MONEY = {
@@ -316,10 +346,11 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (6, _DAYS_PER_STATEMENT if dialect == "postgres" else ""),
         (7, _SETTINGS_REV),
         (8, _LOOSE_CALL_TABLES if dialect == "postgres" else ""),
+        (9, _C_COLLATION if dialect == "postgres" else ""),
     ]
 
 
-LATEST = 8
+LATEST = 9
 
 
 def refuse_newer(current: int) -> None:
