@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -137,3 +138,20 @@ def test_bench_deck_and_bench_activity_run_beside_their_baselines() -> None:
     activity = bench("bench_activity", "--calls", "2000", "--repeat", "2")
     assert activity["calls"] == 2000
     assert activity["ours_deep_page_ms"] > 0 and activity["baseline_offset_deep_page_ms"] > 0
+
+
+def test_bench_pg_instructions_counts_each_path_beside_the_per_operation_baseline() -> None:
+    """Counted by callgrind on a server of its own: every row has its count, and the rows "before v9"
+    really run with the names in the database's collation (on the linguistic database that costs
+    more instructions: were the columns left in "C", the two rows would count alike)."""
+    missing = [tool for tool in ("valgrind", "pg_config", "runuser") if shutil.which(tool) is None]
+    if missing and os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the instruction counts: {', '.join(missing)} not found")
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not found")
+    data = bench("bench_pg_instructions", "--pairs", "50", "--accounts", "20")
+    counts = data["instructions_per_pair"]
+    assert set(counts) == {"programs", "ours", "ours_made", "ours_v8", "icu", "icu_v8"}
+    assert all(n > 10_000 for n in counts.values()), counts
+    assert data["vs_baseline"]["programs"] == 1.0
+    assert counts["icu_v8"] > 1.05 * counts["icu"], counts
