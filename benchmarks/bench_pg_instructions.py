@@ -23,7 +23,7 @@ Rows, each in a database of its own on the same server:
 - and, on both databases, the same with the naming columns in the database's collation, as
   before schema version 9 gave them "C".
 
-    python benchmarks/bench_pg_instructions.py [--pairs N] [--accounts N] [--json]
+    python benchmarks/bench_pg_instructions.py [--pairs N] [--accounts N] [--only KEY,…] [--json]
 """
 
 from __future__ import annotations
@@ -219,6 +219,8 @@ async def run(args: argparse.Namespace) -> dict[str, int]:
     out: dict[str, int] = {}
     async with counted_server() as (admin, counts):
         for key, _label, options, made, old, send in ROWS:
+            if args.only and key not in args.only and key != "programs":
+                continue
             out[key] = await measure(
                 admin, counts, key, args, options=options, made=made, database_collation=old, send=send
             )
@@ -229,6 +231,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=500, help="N: the second connection sends 2N")
     ap.add_argument("--accounts", type=int, default=1000)
+    ap.add_argument(
+        "--only", type=lambda text: text.split(","), default=[],
+        help=f"these rows only, beside the baseline ({', '.join(k for k, *_ in ROWS[1:])})",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.accounts <= BUSY:
@@ -239,6 +245,8 @@ def main() -> None:
     base = counted["programs"]
     rows = []
     for key, label, options, *_ in ROWS:
+        if key not in counted:
+            continue
         database = "ICU en-US" if options else "C.UTF-8"
         rows.append([label, database, f"{counted[key]:,}", f"{base / counted[key]:.1f}x"])
     data = {

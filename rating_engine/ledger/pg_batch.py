@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v9`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v10`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -49,7 +49,7 @@ from typing import Any
 
 from .models import CallDetails, periods
 
-FUNCTION = "rating_engine_batch_v9"
+FUNCTION = "rating_engine_batch_v10"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -119,7 +119,8 @@ DECLARE
     -- the extensions, by slot
     e_found boolean[]; e_chargeable integer[]; e_daily bigint[]; e_monthly bigint[]; e_max_calls integer[];
     e_max_att integer[]; e_reserved bigint[]; e_live integer[]; e_att integer[]; e_att_min bigint[]; e_day text[];
-    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[]; e_rev bigint[]; e_made boolean[];
+    e_day_spent bigint[]; e_month text[]; e_month_spent bigint[]; e_dirty boolean[]; e_rev bigint[];
+    m_account text[]; m_ext text[];  -- the extensions' rows this batch made
     -- the calls, by slot; r_state: 0 none, 1 stored, 2 stored and changed, 3 new, 4 stored and gone, 5 new and
     -- gone again; r_done: already settled (asked only for the calls a reservation names)
     r_account text[]; r_ext text[]; r_amount bigint[]; r_created bigint[]; r_updated bigint[]; r_deadline bigint[];
@@ -149,9 +150,7 @@ BEGIN
             WHERE o.op = 'reserve' AND o.n >= p_start AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
             ORDER BY 1, 2
             ON CONFLICT DO NOTHING RETURNING account_id, ext)
-        SELECT array_agg(m.ext IS NOT NULL ORDER BY w.k) INTO e_made
-        FROM unnest(p_eacc, p_eext) WITH ORDINALITY AS w(a, e, k)
-            LEFT JOIN made m ON m.account_id = w.a AND m.ext = w.e;
+        SELECT array_agg(m.account_id), array_agg(m.ext) INTO m_account, m_ext FROM made m;
     END IF;
     -- Every extension row, then every account row, this batch names: locked in key order.
     PERFORM 1 FROM extensions x WHERE (x.account_id, x.ext) IN (SELECT * FROM unnest(p_eacc, p_eext))
@@ -319,11 +318,15 @@ BEGIN
     IF v_stop IS NOT NULL AND p_whole THEN  -- all or nothing was asked: nothing, and the driver says how
         RAISE EXCEPTION 'an operation of the batch is handed back' USING ERRCODE = 'RE001';
     END IF;
-    -- A row made at the start for a reservation that did not happen here (refused, or handed back) goes: the
-    -- program that is handed it finds the extension as it was, and a refused first call leaves no row.
-    IF true = ANY (e_made) THEN
-        DELETE FROM extensions x USING unnest(p_eacc, p_eext, e_made, e_dirty) AS u(a, e, made, dirty)
-        WHERE u.made AND NOT u.dirty AND x.account_id = u.a AND x.ext = u.e;
+    -- A row made at the start for a reservation that did not happen here (handed back, or not reached after
+    -- one was) goes: the program that is handed it finds the extension as it was, and a refused first call
+    -- leaves no row. Every reservation that does not stop the loop writes its extension's row, so with no
+    -- operation handed back there is none to look for (matching the rows made to their slots at the start
+    -- cost 4% of a batch of first calls).
+    IF v_stop IS NOT NULL AND m_account IS NOT NULL THEN
+        DELETE FROM extensions x
+        USING unnest(m_account, m_ext) AS m(a, e), unnest(p_eacc, p_eext, e_dirty) AS u(a, e, dirty)
+        WHERE m.a = u.a AND m.e = u.e AND NOT u.dirty AND x.account_id = m.a AND x.ext = m.e;
     END IF;
     -- What the operations did, written once; a row that is not as it was read undoes the batch (it is
     -- sent again), which the locks taken first make impossible but which must never be written over.
