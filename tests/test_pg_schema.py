@@ -268,3 +268,30 @@ def test_a_version_8_ledger_on_such_a_database_is_brought_to_9_with_its_indexes_
 
     with pg_database(LINGUISTIC) as url:
         asyncio.run(run(url))
+
+
+def test_an_upgrade_that_the_database_refuses_changes_nothing_and_says_what_stood_in_its_way(url: str) -> None:
+    """An operator's own view on the activity (a report) depends on a column version 9 changes: the
+    upgrade stops with PostgreSQL's reason, naming the view, and leaves version 8 as it was."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await _at_version(conn, 8)
+            await conn.execute(
+                "CREATE VIEW monthly_report AS SELECT account_id, SUM(cost) AS cost FROM activity GROUP BY 1"
+            )
+            with pytest.raises(LedgerError, match=r"from version 8 to 9: .*view.*monthly_report.*nothing was changed"):
+                async with opened(url):
+                    pass
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == 8
+            assert (await _collations(conn))[("activity", "account_id")] is None
+            assert await conn.fetchval("SELECT count(*) FROM pg_trigger WHERE tgname = 'accounts_stay'") == 1
+            await conn.execute("DROP VIEW monthly_report")
+            async with opened(url):
+                pass
+            assert await conn.fetchval("SELECT MAX(version) FROM schema_version") == LATEST
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

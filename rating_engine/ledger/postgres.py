@@ -68,6 +68,14 @@ async def _upgrade(conn: Any, current: int, steps: list[tuple[int, list[str]]]) 
             f"the ledger's schema could not be upgraded from version {current}: its tables stayed busy"
             f" for {UPGRADE_LOCK_TIMEOUT} (other engines' transactions); nothing was changed, start again"
         ) from exc
+    except asyncpg.PostgresError as exc:  # e.g. an operator's own view on a column the step changes
+        reason = getattr(exc, "message", None) or str(exc)
+        if getattr(exc, "detail", None):
+            reason += f" ({exc.detail})"
+        raise LedgerError(
+            f"the ledger's schema could not be upgraded from version {current} to {version}: {reason};"
+            " nothing was changed"
+        ) from exc
     await conn.execute("SET LOCAL lock_timeout = 0")
 
 
