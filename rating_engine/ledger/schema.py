@@ -269,15 +269,19 @@ _SETTINGS_REV = (
 # emptied or renamed (a trigger refuses it, as the keys did), and `ledger check` names any row whose
 # account is missing. The other tables (extensions, top-ups, users, cards, notices, audit) keep theirs.
 CALL_TABLES = ("reservations", "journal", "activity", "activity_days")
+_ACCOUNTS_STAY = (
+    "CREATE TRIGGER accounts_stay BEFORE DELETE OR UPDATE OF id ON accounts FOR EACH ROW"
+    " EXECUTE FUNCTION accounts_stay()"
+)
 _LOOSE_CALL_TABLES = (
     "".join(f"ALTER TABLE {t} DROP CONSTRAINT IF EXISTS {t}_account_id_fkey;" for t in CALL_TABLES)
     + "CREATE FUNCTION accounts_stay() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
     " IF TG_OP = 'UPDATE' THEN IF NEW.id = OLD.id THEN RETURN NEW; END IF; END IF;"
     " RAISE EXCEPTION 'an account is never deleted or renamed: its calls and its journal name it'"
     " USING ERRCODE = 'restrict_violation'; END $$;"
-    "CREATE TRIGGER accounts_stay BEFORE DELETE OR UPDATE OF id ON accounts FOR EACH ROW"
-    " EXECUTE FUNCTION accounts_stay();"
-    "CREATE TRIGGER accounts_stay_whole BEFORE TRUNCATE ON accounts FOR EACH STATEMENT EXECUTE FUNCTION accounts_stay()"
+    + _ACCOUNTS_STAY
+    + ";CREATE TRIGGER accounts_stay_whole BEFORE TRUNCATE ON accounts FOR EACH STATEMENT"
+    " EXECUTE FUNCTION accounts_stay()"
 )
 
 # Version 9 (PostgreSQL): the columns that name something (an account, an extension, a call, a day, a
@@ -306,8 +310,7 @@ _C_COLLATION = (
         f"ALTER TABLE {table} " + ", ".join(f'ALTER COLUMN {column} TYPE text COLLATE "C"' for column in columns) + ";"
         for table, columns in C_COLUMNS.items()
     )
-    + "CREATE TRIGGER accounts_stay BEFORE DELETE OR UPDATE OF id ON accounts FOR EACH ROW"
-    " EXECUTE FUNCTION accounts_stay()"
+    + _ACCOUNTS_STAY
 )
 
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
