@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v10`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v11`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -49,7 +49,7 @@ from typing import Any
 
 from .models import CallDetails, periods
 
-FUNCTION = "rating_engine_batch_v10"
+FUNCTION = "rating_engine_batch_v11"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -329,23 +329,24 @@ BEGIN
         WHERE m.a = u.a AND m.e = u.e AND NOT u.dirty AND x.account_id = m.a AND x.ext = m.e;
     END IF;
     -- What the operations did, written once; a row that is not as it was read undoes the batch (it is
-    -- sent again), which the locks taken first make impossible but which must never be written over.
+    -- sent again), which the locks taken first make impossible but which must never be written over. Each
+    -- statement walks the slots' numbers and reads its arrays by subscript: `unnest` of sixteen arrays is
+    -- sixteen set-returning functions, each copied into a tuplestore element by element (5-6% of the server's
+    -- instructions a pair). The reads above keep `unnest`: by subscript, their joins cost more than it saves.
     IF v_dirty THEN  -- every operation that wrote changed both an extension and an account
-        UPDATE extensions x SET reserved = u.reserved, live_calls = u.live, attempts = u.att,
-            attempt_minute = u.att_min, day = u.day, day_spent = u.day_spent, month = u.month,
-            month_spent = u.month_spent
-        FROM unnest(p_eacc, p_eext, e_reserved, e_live, e_att, e_att_min, e_day, e_day_spent, e_month,
-            e_month_spent, e_dirty, e_found)
-            AS u(account_id, ext, reserved, live, att, att_min, day, day_spent, month, month_spent, dirty, found)
-        WHERE u.dirty AND u.found AND x.account_id = u.account_id AND x.ext = u.ext;
-        UPDATE accounts y SET balance = u.balance, reserved = u.reserved, live_calls = u.live, attempts = u.att,
-            attempt_minute = u.att_min
-        FROM unnest(p_accounts, a_balance, a_reserved, a_live, a_att, a_att_min, a_dirty)
-            AS u(id, balance, reserved, live, att, att_min, dirty)
-        WHERE u.dirty AND y.id = u.id;
+        UPDATE extensions x SET reserved = e_reserved[u.i], live_calls = e_live[u.i], attempts = e_att[u.i],
+            attempt_minute = e_att_min[u.i], day = e_day[u.i], day_spent = e_day_spent[u.i], month = e_month[u.i],
+            month_spent = e_month_spent[u.i]
+        FROM generate_subscripts(e_dirty, 1) AS u(i)
+        WHERE e_dirty[u.i] AND e_found[u.i] AND x.account_id = p_eacc[u.i] AND x.ext = p_eext[u.i];
+        UPDATE accounts y SET balance = a_balance[u.i], reserved = a_reserved[u.i], live_calls = a_live[u.i],
+            attempts = a_att[u.i], attempt_minute = a_att_min[u.i]
+        FROM generate_subscripts(a_dirty, 1) AS u(i)
+        WHERE a_dirty[u.i] AND y.id = p_accounts[u.i];
     END IF;
     IF v_gone > 0 THEN
-        DELETE FROM reservations r USING unnest(p_calls, r_state) AS u(c, s) WHERE u.s = 4 AND r.call_id = u.c;
+        DELETE FROM reservations r USING generate_subscripts(r_state, 1) AS u(i)
+        WHERE r_state[u.i] = 4 AND r.call_id = p_calls[u.i];
         GET DIAGNOSTICS v_n = ROW_COUNT;
         IF v_n <> v_gone THEN
             RAISE EXCEPTION 'a reservation of the batch changed under it' USING ERRCODE = 'serialization_failure';
@@ -353,10 +354,9 @@ BEGIN
     END IF;
     IF v_changed > 0 THEN
         UPDATE reservations r
-        SET amount = u.amount, updated_at = u.updated, deadline = u.deadline, details = u.details
-        FROM unnest(p_calls, r_amount, r_updated, r_deadline, r_details, r_state)
-            AS u(c, amount, updated, deadline, details, s)
-        WHERE u.s = 2 AND r.call_id = u.c;
+        SET amount = r_amount[u.i], updated_at = r_updated[u.i], deadline = r_deadline[u.i], details = r_details[u.i]
+        FROM generate_subscripts(r_state, 1) AS u(i)
+        WHERE r_state[u.i] = 2 AND r.call_id = p_calls[u.i];
         GET DIAGNOSTICS v_n = ROW_COUNT;
         IF v_n <> v_changed THEN
             RAISE EXCEPTION 'a reservation of the batch changed under it' USING ERRCODE = 'serialization_failure';
@@ -364,21 +364,23 @@ BEGIN
     END IF;
     IF v_new > 0 THEN
         INSERT INTO reservations (call_id, account_id, ext, amount, created_at, updated_at, deadline, details)
-        SELECT u.c, u.a, u.e, u.amount, u.created, u.updated, u.deadline, u.details
-        FROM unnest(p_calls, r_account, r_ext, r_amount, r_created, r_updated, r_deadline, r_details, r_state)
-            AS u(c, a, e, amount, created, updated, deadline, details, s)
-        WHERE u.s = 3;
+        SELECT p_calls[u.i], r_account[u.i], r_ext[u.i], r_amount[u.i], r_created[u.i], r_updated[u.i],
+            r_deadline[u.i], r_details[u.i]
+        FROM generate_subscripts(r_state, 1) AS u(i)
+        WHERE r_state[u.i] = 3;
     END IF;
     IF j_call IS NOT NULL THEN
         INSERT INTO journal (account_id, at, entry, amount, reference, balance_after)
-        SELECT u.a, u.t, 'debit', u.m, u.c, u.b FROM unnest(j_account, j_at, j_amount, j_call, j_balance)
-            WITH ORDINALITY AS u(a, t, m, c, b, n) ORDER BY u.n;
+        SELECT j_account[u.i], j_at[u.i], 'debit', j_amount[u.i], j_call[u.i], j_balance[u.i]
+        FROM generate_subscripts(j_call, 1) AS u(i) ORDER BY u.i;
     END IF;
     IF t_call IS NOT NULL THEN
         INSERT INTO activity (call_id, account_id, ext, started_at, ended_at, dialed, e164, destination, kind,
             billable_seconds, cost, reserved, balance_after, estimated, overdraft, day)
-        SELECT * FROM unnest(t_call, t_account, t_ext, t_started, t_ended, t_dialed, t_e164, t_destination, t_kind,
-            t_billable, t_cost, t_reserved, t_balance, t_estimated, t_overdraft, t_day);
+        SELECT t_call[u.i], t_account[u.i], t_ext[u.i], t_started[u.i], t_ended[u.i], t_dialed[u.i], t_e164[u.i],
+            t_destination[u.i], t_kind[u.i], t_billable[u.i], t_cost[u.i], t_reserved[u.i], t_balance[u.i],
+            t_estimated[u.i], t_overdraft[u.i], t_day[u.i]
+        FROM generate_subscripts(t_call, 1) AS u(i);
     END IF;
     IF v_stop IS NOT NULL THEN  -- handed back as it came, and the function ends there
         o_i := v_stop; o_fast := false; o_a := 0; o_b := 0; o_c := 0;
