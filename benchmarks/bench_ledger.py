@@ -65,9 +65,9 @@ class CallIds:
         return f"pbx1:{second}.{self.n}:{second}{self.n % 1000:03d}"
 
 
-def skewed(rng: random.Random) -> str:
-    """Half the calls on BUSY accounts, the rest spread over all MANY."""
-    return f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(MANY)}"
+def skewed(rng: random.Random, accounts: int = MANY) -> str:
+    """Half the calls on BUSY accounts, the rest spread over all `accounts`."""
+    return f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(accounts)}"
 
 
 CPU: dict[str, tuple[float, float | None]] = {}

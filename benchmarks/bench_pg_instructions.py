@@ -47,13 +47,13 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_ledger import BUSY, NOW
+from benchmarks.bench_ledger import BUSY, NOW, skewed
 from benchmarks.common import report
 from rating_engine.ledger import AccountSettings, CallDetails
 from rating_engine.ledger import programs as P
 from rating_engine.ledger.pg_batch import CALL, encode
 from rating_engine.ledger.postgres import PostgresLedger, run_program
-from rating_engine.ledger.schema import C_COLUMNS
+from rating_engine.ledger.schema import collate_names, statements
 
 LINGUISTIC = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
 BATCH = 50
@@ -123,11 +123,7 @@ def _instructions(counts: Path, pid: int) -> int:
 
 def _pairs(n: int, accounts: int, rng: random.Random, first: int) -> list[tuple[str, str, str]]:
     """(call, account, extension) for n calls, numbered from `first`."""
-    out = []
-    for k in range(first, first + n):
-        account = f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(accounts)}"
-        out.append((f"pbx1:{NOW}.{k}", account, f"2{k % EXTENSIONS:02d}"))
-    return out
+    return [(f"pbx1:{NOW}.{k}", skewed(rng, accounts), f"2{k % EXTENSIONS:02d}") for k in range(first, first + n)]
 
 
 async def _programs(conn: asyncpg.Connection, calls: list[tuple[str, str, str]], _ledger: PostgresLedger) -> None:
@@ -145,11 +141,17 @@ async def _batches(conn: asyncpg.Connection, calls: list[tuple[str, str, str]], 
         part = calls[start : start + BATCH]
         reserves: list[Op] = [("reserve", (c, a, e, 500_000, NOW, 0, "", None)) for c, a, e in part]
         settles: list[Op] = [("settle", (c, 123_456, CallDetails(dialed="0899123456"), NOW + 60)) for c, _, _ in part]
-        for ops in (reserves, settles):
-            got = await conn.fetch(CALL, 1, True, *encode(ops, ledger.zones))
-            assert len(got) == len(ops) and all(r["o_fast"] for r in got), "an operation was handed back"
-            for c, a, e in part:  # as the driver learns whose call is whose from a reservation
-                ledger.zones.called(c, a, e)
+        await _whole(conn, reserves, ledger)
+        for c, a, e in part:  # as the driver learns whose call is whose from a reservation…
+            ledger.zones.called(c, a, e)
+        await _whole(conn, settles, ledger)
+        for c, _, _ in part:  # …and forgets it at its settle
+            ledger.zones.of_call.pop(c, None)
+
+
+async def _whole(conn: asyncpg.Connection, ops: list[Op], ledger: PostgresLedger) -> None:
+    got = await conn.fetch(CALL, 1, True, *encode(ops, ledger.zones))
+    assert len(got) == len(ops) and all(r["o_fast"] for r in got), "an operation was handed back"
 
 
 async def _database(admin: str, name: str, options: str) -> str:
@@ -173,10 +175,9 @@ async def measure(
         conn = await asyncpg.connect(url)
         try:
             if database_collation:  # the naming columns as they were before schema version 9
-                await conn.execute("DROP TRIGGER accounts_stay ON accounts")
-                for table, columns in C_COLUMNS.items():
-                    alter = ", ".join(f'ALTER COLUMN {c} TYPE text COLLATE "default"' for c in columns)
-                    await conn.execute(f"ALTER TABLE {table} {alter}")
+                async with conn.transaction():
+                    for sql in statements(collate_names("default")):
+                        await conn.execute(sql)
             for i in range(args.accounts):
                 await ledger.create_account(f"a{i}", AccountSettings("office-fr", "EUR"), now=NOW)
                 await ledger.topup(f"a{i}", 10**15, f"opening-a{i}", now=NOW)

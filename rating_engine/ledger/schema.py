@@ -304,14 +304,22 @@ C_COLUMNS = {
     "webhook_events": ("id",),
     "notices": ("account_id", "key"),
 }
-_C_COLLATION = (
-    "DROP TRIGGER accounts_stay ON accounts;"
-    + "".join(
-        f"ALTER TABLE {table} " + ", ".join(f'ALTER COLUMN {column} TYPE text COLLATE "C"' for column in columns) + ";"
-        for table, columns in C_COLUMNS.items()
+
+
+def collate_names(collation: str) -> str:
+    """The script that gives every naming column `collation` ("C" in version 9; `bench_pg_instructions`
+    puts "default" back to count what version 9 saves)."""
+    return (
+        "DROP TRIGGER accounts_stay ON accounts;"
+        + "".join(
+            f"ALTER TABLE {table} "
+            + ", ".join(f'ALTER COLUMN {column} TYPE text COLLATE "{collation}"' for column in columns)
+            + ";"
+            for table, columns in C_COLUMNS.items()
+        )
+        + _ACCOUNTS_STAY
     )
-    + _ACCOUNTS_STAY
-)
+
 
 # Version 3 (SQLite): money columns hold integers, always. SQLite's integer arithmetic turns into
 # REAL on overflow and a column's declared type does not stop it, so a trigger refuses the write.
@@ -349,7 +357,7 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
         (6, _DAYS_PER_STATEMENT if dialect == "postgres" else ""),
         (7, _SETTINGS_REV),
         (8, _LOOSE_CALL_TABLES if dialect == "postgres" else ""),
-        (9, _C_COLLATION if dialect == "postgres" else ""),
+        (9, collate_names("C") if dialect == "postgres" else ""),
     ]
 
 
