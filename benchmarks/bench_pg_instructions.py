@@ -19,6 +19,9 @@ Rows, each in a database of its own on the same server:
 - ours: the call path's batch function, 50 reservations in one call and then their 50 settles,
   with the extensions' rows made by the calls (a first call makes its row, as half the calls of
   `bench_ledger` do) and with them there already (a PBX whose extensions have called before);
+- ours in batches of 10 and of 2, the rows there: the function's own cost for every call (each of
+  its statements started, each expression built afresh in each transaction), which a batch of 50
+  shares out and the small batches of a PBX's ordinary load do not;
 - ours on a database whose collation is linguistic (ICU en-US, as an en_US.UTF-8 database is);
 - and, on both databases, the same with the naming columns in the database's collation, as
   before schema version 9 gave them "C".
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +140,11 @@ async def _programs(conn: asyncpg.Connection, calls: list[tuple[str, str, str]],
             assert settled.settled
 
 
-async def _batches(conn: asyncpg.Connection, calls: list[tuple[str, str, str]], ledger: PostgresLedger) -> None:
-    for start in range(0, len(calls), BATCH):
-        part = calls[start : start + BATCH]
+async def _batches(
+    conn: asyncpg.Connection, calls: list[tuple[str, str, str]], ledger: PostgresLedger, size: int = BATCH
+) -> None:
+    for start in range(0, len(calls), size):
+        part = calls[start : start + size]
         reserves: list[Op] = [("reserve", (c, a, e, 500_000, NOW, 0, "", None)) for c, a, e in part]
         settles: list[Op] = [("settle", (c, 123_456, CallDetails(dialed="0899123456"), NOW + 60)) for c, _, _ in part]
         await _whole(conn, reserves, ledger)
@@ -211,6 +217,8 @@ ROWS = (
     ("ours", "ours: batches of 50, first calls make their extension rows", "", False, False, _batches),
     ("ours_made", "ours: batches of 50, extension rows there", "", True, False, _batches),
     ("ours_v8", "the same, names in the database's collation (before v9)", "", True, True, _batches),
+    ("ours_10", "ours: batches of 10, extension rows there", "", True, False, partial(_batches, size=10)),
+    ("ours_2", "ours: batches of 2, extension rows there", "", True, False, partial(_batches, size=2)),
     ("icu", "ours: batches of 50, extension rows there", LINGUISTIC, True, False, _batches),
     ("icu_v8", "the same, names in the database's collation (before v9)", LINGUISTIC, True, True, _batches),
 )

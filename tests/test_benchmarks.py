@@ -151,7 +151,8 @@ def test_bench_pg_instructions_counts_each_path_beside_the_per_operation_baselin
         pytest.skip(f"{', '.join(missing)} not found")
     data = bench("bench_pg_instructions", "--pairs", "50", "--accounts", "20")
     counts = data["instructions_per_pair"]
-    assert set(counts) == {"programs", "ours", "ours_made", "ours_v8", "icu", "icu_v8"}
+    assert set(counts) == {"programs", "ours", "ours_made", "ours_v8", "ours_10", "ours_2", "icu", "icu_v8"}
     assert all(n > 10_000 for n in counts.values()), counts
     assert data["vs_baseline"]["programs"] == 1.0
     assert counts["icu_v8"] > 1.05 * counts["icu"], counts
+    assert counts["ours_2"] > counts["ours_10"] > counts["ours_made"], counts  # the function's cost a call, shared out
