@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v11`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v12`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
