@@ -274,6 +274,46 @@ def test_first_calls_and_known_extensions_in_one_batch_go_the_fast_way(pg_url: s
     assert pg.batches == 6
 
 
+def test_an_extension_seen_before_is_not_looked_for_and_if_its_row_is_gone_its_program_makes_it(
+    pg_url: str,
+) -> None:
+    """An engine knows which extensions have a row (read when it opens, and from every call held),
+    and the function does not look for those rows to make them. Were one gone since (an operator's
+    DELETE: the ledger itself never deletes a row that has held a call), its reservation is handed
+    to its program, which makes the row again, and the batch goes on."""
+
+    async def run() -> tuple[PostgresLedger, PostgresLedger]:
+        first = PostgresLedger(pg_url, writers=1, lone_as_program=False)
+        async with first:
+            await first.create_account("seen", AccountSettings("office-fr", "EUR"), now=NOW)
+            await first.topup("seen", 100 * MONEY, "seen-opening", now=NOW)
+            held = await asyncio.gather(*(first.reserve(f"seen-{e}", "seen", e, MONEY, NOW) for e in ("201", "202")))
+            assert all(h.ok for h in held)
+            assert {("seen", "201"), ("seen", "202")} <= first.zones.with_rows
+            await asyncio.gather(*(first.settle(f"seen-{e}", MONEY // 2, None, NOW + 30) for e in ("201", "202")))
+        pg = PostgresLedger(pg_url, writers=1, lone_as_program=False)  # a new engine: it reads them when it opens
+        async with pg:
+            assert {("seen", "201"), ("seen", "202")} <= pg.zones.with_rows
+            conn = await asyncpg.connect(pg_url)
+            try:
+                await conn.execute("DELETE FROM extensions WHERE account_id = 'seen' AND ext = '201'")
+            finally:
+                await conn.close()
+            held = await asyncio.gather(
+                *(pg.reserve(f"again-{e}", "seen", e, MONEY, NOW + 60) for e in ("201", "202", "203"))
+            )
+            assert all(h.ok for h in held)
+            extensions = {e.ext: e for e in await pg.extensions("seen")}
+            assert sorted(extensions) == ["201", "202", "203"]
+            assert all(e.live_calls == 1 and e.reserved == MONEY for e in extensions.values())
+            assert await pg.check() == []
+        return first, pg
+
+    first, pg = asyncio.run(run())
+    assert (first.slow, first.function_failures) == (0, 0)
+    assert (pg.slow, pg.function_failures) == (1, 0)  # 201's reservation, alone: 203's row the function made
+
+
 def test_a_lone_operation_runs_as_its_program_and_a_batch_as_the_function(pg_url: str) -> None:
     """One call at a time (a quiet PBX): every batch holds one operation and runs as its program.
     Twenty at once: the batches hold several, and those go through the function."""

@@ -83,6 +83,7 @@ KEYS = (  # one row per slot: the calls, the accounts and the extensions the ope
     ("accounts", "text"),
     ("eacc", "text"),
     ("eext", "text"),
+    ("eknown", "boolean"),
 )
 COLUMNS = OPERATIONS + KEYS
 HANDED_BACK = "RE001"
@@ -136,15 +137,19 @@ BEGIN
     -- be waited for out of order (a deadlock). A row made here that no operation used goes again at the end.
     -- The rows are looked for first: once an extension has called, the insert (a speculative insertion per row
     -- and its conflict check) was ~6% of a hot account's server time for nothing.
-    IF 'reserve' = ANY (p_op) THEN  -- a test of the arguments alone: a batch of settles starts no query here
+    -- Only for the extensions the engine has not seen a call of (p_eknown): a test of the arguments alone, so
+    -- that a batch of settles, or of known extensions' calls, starts no query here. An extension seen once
+    -- whose row is gone since is not made here: its reservation finds no row and goes to its program.
+    IF 'reserve' = ANY (p_op) AND false = ANY (p_eknown) THEN
         IF EXISTS (SELECT 1 FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n) WHERE o.op = 'reserve'
-            AND o.n >= p_start AND NOT EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = p_eacc[o.s]
-                AND x.ext = p_eext[o.s]))
+            AND o.n >= p_start AND NOT p_eknown[o.s] AND NOT EXISTS (SELECT 1 FROM extensions x
+                WHERE x.account_id = p_eacc[o.s] AND x.ext = p_eext[o.s]))
         THEN
             WITH made AS (
                 INSERT INTO extensions (account_id, ext)
                 SELECT DISTINCT p_eacc[o.s], p_eext[o.s] FROM unnest(p_op, p_eslot) WITH ORDINALITY AS o(op, s, n)
-                WHERE o.op = 'reserve' AND o.n >= p_start AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
+                WHERE o.op = 'reserve' AND o.n >= p_start AND NOT p_eknown[o.s]
+                    AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = p_eacc[o.s])
                 ORDER BY 1, 2
                 ON CONFLICT DO NOTHING RETURNING account_id, ext)
             SELECT array_agg(m.account_id), array_agg(m.ext) INTO m_account, m_ext FROM made m;
@@ -434,8 +439,8 @@ CREATE = (
 
 
 class Zones:
-    """What this engine knows of the accounts it rates: each one's time zone, and whose call is whose
-    (its account and extension, the slots it is sent in).
+    """What this engine knows of the accounts it rates: each one's time zone, whose call is whose
+    (its account and extension, the slots it is sent in), and which extensions have a row.
 
     Learnt from the ledger (the function says an account's zone, or a call's account, when it was
     not the one given); a call it does not know, or an account it has not seen, costs one more try.
@@ -446,6 +451,8 @@ class Zones:
     def __init__(self) -> None:
         self.of_account: dict[str, str] = {}
         self.of_call: dict[str, tuple[str, str]] = {}
+        self.with_rows: set[tuple[str, str]] = set()
+        """Extensions known to have a row: the function does not look for their rows to make them."""
 
     def learn(self, account_id: str, tz: str) -> None:
         if len(self.of_account) >= self.LIMIT:
@@ -453,9 +460,13 @@ class Zones:
         self.of_account[account_id] = tz
 
     def called(self, call_id: str, account_id: str, ext: str) -> None:
+        """A call held (by this engine, or by another, as the function said): its extension has a row."""
         if len(self.of_call) >= self.LIMIT:
             self.of_call.clear()
         self.of_call[call_id] = (account_id, ext)
+        if len(self.with_rows) >= self.LIMIT:
+            self.with_rows.clear()
+        self.with_rows.add((account_id, ext))
 
 
 def _whose(op: str, args: tuple[Any, ...], named: dict[str, tuple[str, str]], zones: Zones) -> tuple[str, str] | None:
@@ -541,7 +552,14 @@ def encode(ops: list[tuple[str, tuple[Any, ...]]], zones: Zones) -> list[str]:
             eslot = extensions.setdefault((account_id, ext), len(extensions) + 1)
             tz = zones.of_account.get(account_id)
         rows.append((op, rslot, aslot, eslot, *_values(op, args, tz)))
-    keys = (list(calls), check, list(accounts), [a for a, _ in extensions], [e for _, e in extensions])
+    keys = (
+        list(calls),
+        check,
+        list(accounts),
+        [a for a, _ in extensions],
+        [e for _, e in extensions],
+        [key in zones.with_rows for key in extensions],
+    )
     return [
         *(_column(col, kind) for col, (_name, kind) in zip(zip(*rows, strict=True), OPERATIONS, strict=True)),
         *(_column(col, kind) for col, (_name, kind) in zip(keys, KEYS, strict=True)),

@@ -196,6 +196,8 @@ class PostgresLedger(Ledger):
                 await conn.execute(pg_lone.CREATE)
                 for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
                     self.zones.learn(r["id"], r["timezone"])
+                rows = await conn.fetch("SELECT account_id, ext FROM extensions LIMIT $1", pg_batch.Zones.LIMIT)
+                self.zones.with_rows.update((r["account_id"], r["ext"]) for r in rows)
         except BaseException:
             await self._pool.close()
             self._pool = None
