@@ -384,7 +384,8 @@ BEGIN
 END
 """
 
-ROW_FIELDS = {  # per table's slot arrays: (name in the body, column read) for its numbers, then its texts
+ROW_FIELDS = {  # per table's slot arrays: (name in the body, column read) for its numbers, then its texts;
+    # a "column" with a space in it is an expression of the read's row `s`
     "a": (
         (("balance", "balance"), ("reserved", "reserved"), ("floor", "floor"), ("threshold", "threshold"),
          ("velocity", "velocity_limit"), ("max_calls", "max_calls"), ("max_att", "max_attempts"),
