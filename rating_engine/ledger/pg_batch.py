@@ -130,8 +130,11 @@ DECLARE
 BEGIN
     -- The rows of the calls already held come first, as in the programs (a settle takes its reservation away
     -- before it gives the money back; a renewal takes its row before it adds to the holds): read without it, a
-    -- renewal could add to the holds of a call whose row a program was taking away.
-    PERFORM 1 FROM reservations r WHERE r.call_id = ANY (p_calls) ORDER BY r.call_id FOR UPDATE;
+    -- renewal could add to the holds of a call whose row a program was taking away. A batch of reservations
+    -- alone writes no reservation it finds (a call already held is its program's), so it locks none.
+    IF NOT ('reserve' = ALL (p_op)) THEN
+        PERFORM 1 FROM reservations r WHERE r.call_id = ANY (p_calls) ORDER BY r.call_id FOR UPDATE;
+    END IF;
     -- The extensions a reservation names that have no row yet get one, with the default rules, in key order and
     -- before any lock: made later, once the account is locked, a row that another writer made meanwhile would
     -- be waited for out of order (a deadlock). A row made here that no operation used goes again at the end.
