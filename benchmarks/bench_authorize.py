@@ -8,7 +8,8 @@ does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open
 arrivals at 1,000 authorizations per second for 10 s, each latency counted from the request's
 scheduled arrival so that a stall is not hidden by the generator waiting for it (over 3 s, one
 40 ms stall of the machine made the p99 by itself, the bare server's too); how late the generator
-itself started the requests is reported beside it (uvloop's timers have 1 ms granularity). The
+itself started the requests is reported beside it (it waits on a kernel timer, see `pacing`: the
+loop's own timers wake on whole milliseconds, which made every p50 0.3-0.6 ms longer). The
 generator's own CPU use is reported too: it shares this machine's two cores with the server. Each
 distinct number is seen once per run (cold classification). Baseline in the same run: a bare
 FastAGI server answering fixed variables with the same server code (the transport's ceiling), so
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import multiprocessing as mp
 import random
 import statistics
@@ -47,6 +49,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import pacing
 from benchmarks.bench_ledger import postgres_url
 from benchmarks.common import context_switches, cpu_seconds, median, report, rounds, spread
 from rating_engine import number_cache
@@ -133,31 +136,26 @@ async def _client(port: int, concurrency: int, requests: int, offset: int) -> li
     return latencies
 
 
-async def _open_client(port: int, rate: float, requests: int, offset: int) -> tuple[list[float], list[float]]:
+async def _open_client(port: int, rate: float, requests: int, offset: int) -> tuple[list[float], list[float], str]:
     """Poisson arrivals at `rate`; each latency from the moment the request was due. Also how late
-    the generator itself started each request: its timers' granularity (uvloop's is 1 ms) and its
-    own turns of the loop, a part of every latency that is not the server's."""
+    the generator itself started each request (its own turns of the loop, and its timer: see
+    `pacing`), a part of every latency that is not the server's, and which timer kept the time."""
     latencies: list[float] = []
     late: list[float] = []
     rng = random.Random(offset)
+    dues = list(itertools.accumulate(rng.expovariate(rate) for _ in range(requests)))
+    begin = time.perf_counter()
+    dues = [begin + d for d in dues]
 
-    async def one(i: int, due: float) -> None:
-        late.append(time.perf_counter() - due)
+    async def one(i: int) -> None:
+        late.append(time.perf_counter() - dues[i])
         await _call(port, offset + i)
-        latencies.append(time.perf_counter() - due)
+        latencies.append(time.perf_counter() - dues[i])
 
-    tasks = []
-    due = time.perf_counter()
-    for i in range(requests):
-        due += rng.expovariate(rate)
-        # A timer may fire a little before its time (seen on a CI machine: half the requests went
-        # 24 µs early under asyncio); sleeping again until the due time keeps every request from
-        # going out before it was due, so the lateness measured below is never negative.
-        while (delay := due - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(i, due)))
+    tasks: list[asyncio.Future[None]] = []
+    timer = await pacing.paced(dues, lambda i: tasks.append(asyncio.ensure_future(one(i))))
     await asyncio.gather(*tasks)
-    return latencies, late
+    return latencies, late, timer
 
 
 def _run_fast(main: Any) -> Any:
@@ -171,11 +169,12 @@ def _run_fast(main: Any) -> Any:
 
 def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
     cpu = time.process_time()
+    timer = None
     if concurrency < 0:
-        lat, late = _run_fast(_open_client(port, -concurrency, requests, offset))
+        lat, late, timer = _run_fast(_open_client(port, -concurrency, requests, offset))
     else:
         lat, late = _run_fast(_client(port, concurrency, requests, offset)), None
-    out.put((lat, late, time.process_time() - cpu))
+    out.put((lat, late, timer, time.process_time() - cpu))
 
 
 def _ms(ordered: list[float], q: float) -> float:
@@ -196,7 +195,7 @@ async def measure(
     proc.start()
     while proc.is_alive() and queue.empty():
         await asyncio.sleep(0.01)
-    lat, late, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+    lat, late, timer, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
     elapsed = time.perf_counter() - t0
     proc.join()
     here1, pg1 = cpu_seconds()
@@ -211,6 +210,7 @@ async def measure(
         "p999_ms": _ms(lat, 0.999),
         "generator_late_p50_ms": None if late is None else round(statistics.median(late) * 1000, 3),
         "generator_late_p99_ms": None if late is None else _ms(late, 0.99),
+        "generator_timer": timer,
         "generator_cpu_pct": round(100 * cpu / elapsed),
         "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
         "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
@@ -398,7 +398,8 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
         ratios = [r["vs_bare"] for r in rs]
-        row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid}
+        timer = rs[0]["generator_timer"]
+        row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid, "generator_timer": timer}
         row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
         summary.append(row)
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
@@ -408,6 +409,8 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         if cpu and "PostgreSQL" in path and cpu_pg:
             cpu += f" / {median(cpu_pg):,.0f}"
         late = f"{mid['generator_late_p50_ms']} / {mid['generator_late_p99_ms']}" if c < 0 else ""
+        if timer not in (None, pacing.TIMERFD):
+            late += f" ({timer})"
         rows.append(
             [
                 loop,
