@@ -4,18 +4,21 @@ VARIABLE round trips, close. Every path's server is up for the whole run, and ea
 measured on every path in turn, back to back, so that a ratio compares the same minute's figures.
 
 Load comes from a separate process playing Asterisk (one connection per request, as Asterisk
-does): closed loop with 1, 50 and 500 concurrent channels (saturation), and open loop, Poisson
-arrivals at 1,000 authorizations per second for 10 s, each latency counted from the request's
-scheduled arrival so that a stall is not hidden by the generator waiting for it (over 3 s, one
-40 ms stall of the machine made the p99 by itself, the bare server's too); how late the generator
-itself started the requests is reported beside it (it waits on a kernel timer, see `pacing`: the
-loop's own timers wake on whole milliseconds, which made every p50 0.3-0.6 ms longer). The
-generator's own CPU use is reported too: it shares this machine's two cores with the server. Each
-distinct number is seen once per run (cold classification). Baseline in the same run: a bare
-FastAGI server answering fixed variables with the same server code (the transport's ceiling), so
-a ratio can be read off. Each run also gives the server's CPU per authorization (this process's,
-and PostgreSQL's) and its context switches per authorization (its threads': a handoff between
-the event loop and the SQLite ledger's thread shows here), beside the rate.
+does), `agi_load.c` compiled for the run: it sends the environments `_env` writes and answers as
+the Python generator here does (`--generator python` runs that one, as where no C compiler is),
+for a little over half its CPU (34% of a core at 50 channels against 57-63%), which the servers on
+the same two cores get instead. Closed loop with 1, 50 and 500 concurrent channels (saturation),
+and open loop, Poisson arrivals at 1,000 authorizations per second for 10 s, each latency counted
+from the request's scheduled arrival so that a stall is not hidden by the generator waiting for it
+(over 3 s, one 40 ms stall of the machine made the p99 by itself, the bare server's too); how late
+the generator itself started the requests is reported beside it (it waits on a kernel timer, see
+`pacing`: the loop's own timers wake on whole milliseconds, which made every p50 0.3-0.6 ms
+longer). The generator's own CPU use is reported too: it shares this machine's two cores with the
+server. Each distinct number is seen once per run (cold classification). Baseline in the same run:
+a bare FastAGI server answering fixed variables with the same server code (the transport's
+ceiling), so a ratio can be read off. Each run also gives the server's CPU per authorization (this
+process's, and PostgreSQL's) and its context switches per authorization (its threads': a handoff
+between the event loop and the SQLite ledger's thread shows here), beside the rate.
 With uvloop it also runs one and then two engine processes on one port (`reuse_port`, the kernel
 spreading the connections), sharing one PostgreSQL: the ratio of the two. Beside it, the same for
 the bare server, one process and then two: how much a second process can give on this machine at
@@ -39,11 +42,16 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing as mp
+import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from asyncio.subprocess import PIPE
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -168,13 +176,72 @@ def _run_fast(main: Any) -> Any:
 
 
 def _load(port: int, concurrency: int, requests: int, offset: int, out: Any) -> None:
-    cpu = time.process_time()
+    """The Python generator, in a process of its own."""
+    cpu, t0 = time.process_time(), time.perf_counter()
     timer = None
     if concurrency < 0:
         lat, late, timer = _run_fast(_open_client(port, -concurrency, requests, offset))
     else:
         lat, late = _run_fast(_client(port, concurrency, requests, offset)), None
-    out.put((lat, late, timer, time.process_time() - cpu))
+    out.put(Load(lat, late, timer, time.process_time() - cpu, time.perf_counter() - t0, 0, PYTHON))
+
+
+@dataclass
+class Load:
+    """What a generator measured: each answered request's latency (and, in an open loop, how late
+    it was started), its own CPU time, the time from its first request to its last answer."""
+
+    latencies: list[float]
+    late: list[float] | None
+    timer: str | None
+    cpu: float
+    elapsed: float
+    failed: int
+    generator: str
+
+
+PYTHON, C = "Python", "C (agi_load.c)"
+GENERATOR_SOURCE = Path(__file__).with_name("agi_load.c")
+
+
+def build_generator(directory: str) -> Path | None:
+    """`agi_load.c` compiled into `directory`; None where no C compiler builds it (the Python
+    generator runs instead, and the results say so)."""
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    if cc is None:
+        return None
+    binary = Path(directory) / "agi_load"
+    done = subprocess.run(
+        [cc, "-O2", "-o", str(binary), str(GENERATOR_SOURCE), "-lm"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        print(f"agi_load.c did not build, the Python generator runs: {done.stderr[-500:]}", file=sys.stderr)
+        return None
+    return binary
+
+
+async def c_load(binary: Path, port: int, concurrency: int, requests: int, offset: int) -> Load:
+    """The C generator: the same environments (`_env`), on its standard input."""
+    environments = b"".join(_env(offset + i) for i in range(requests))
+    mode = ("open", str(-concurrency)) if concurrency < 0 else ("closed", str(concurrency))
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), str(port), *mode, str(offset), stdin=PIPE, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await proc.communicate(environments)
+    if proc.returncode != 0:
+        raise RuntimeError(f"agi_load exited with {proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    *lines, summary = out.decode().splitlines()
+    _hash, _cpu, cpu, _elapsed, elapsed, _failed, failed = summary.split()
+    pairs = [line.split() for line in lines]
+    return Load(
+        [int(lat) / 1e9 for lat, _late in pairs],
+        [int(late) / 1e9 for _lat, late in pairs] if concurrency < 0 else None,
+        pacing.TIMERFD if concurrency < 0 else None,
+        float(cpu),
+        float(elapsed),
+        int(failed),
+        C,
+    )
 
 
 def _ms(ordered: list[float], q: float) -> float:
@@ -182,36 +249,45 @@ def _ms(ordered: list[float], q: float) -> float:
 
 
 async def measure(
-    port: int, concurrency: int, requests: int, offset: int, in_process: bool = True
-) -> dict[str, float | None]:
+    port: int,
+    concurrency: int,
+    requests: int,
+    offset: int,
+    in_process: bool = True,
+    generator: Path | None = None,
+) -> dict[str, Any]:
     """`concurrency` channels in a closed loop; negative: an open loop at that many per second.
-    With the server `in_process`, its CPU per authorization too (this process's threads, and
-    PostgreSQL's processes on this machine): where the time goes, beside the rate."""
-    queue: Any = mp.get_context("fork").Queue()
-    proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
+    The C `generator` where it was built, else the Python one in a process of its own. With the
+    server `in_process`, its CPU per authorization too (this process's threads, and PostgreSQL's
+    processes on this machine): where the time goes, beside the rate."""
     here0, pg0 = cpu_seconds()
     switches0 = context_switches()
-    t0 = time.perf_counter()
-    proc.start()
-    while proc.is_alive() and queue.empty():
-        await asyncio.sleep(0.01)
-    lat, late, timer, cpu = await asyncio.get_running_loop().run_in_executor(None, queue.get)
-    elapsed = time.perf_counter() - t0
-    proc.join()
+    if generator is not None:
+        load = await c_load(generator, port, concurrency, requests, offset)
+    else:
+        queue: Any = mp.get_context("fork").Queue()
+        proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
+        proc.start()
+        while proc.is_alive() and queue.empty():
+            await asyncio.sleep(0.01)
+        load = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+        proc.join()
     here1, pg1 = cpu_seconds()
     switches1 = context_switches()
-    lat.sort()
-    if late is not None:
-        late.sort()
+    if not load.latencies:
+        raise RuntimeError(f"no request answered on port {port}: {load.failed} failed")
+    lat, late = sorted(load.latencies), None if load.late is None else sorted(load.late)
     return {
-        "per_s": round(len(lat) / elapsed),
+        "per_s": round(len(lat) / load.elapsed),
         "p50_ms": round(statistics.median(lat) * 1000, 3),
         "p99_ms": _ms(lat, 0.99),
         "p999_ms": _ms(lat, 0.999),
+        "failed": load.failed,
+        "generator": load.generator,
         "generator_late_p50_ms": None if late is None else round(statistics.median(late) * 1000, 3),
         "generator_late_p99_ms": None if late is None else _ms(late, 0.99),
-        "generator_timer": timer,
-        "generator_cpu_pct": round(100 * cpu / elapsed),
+        "generator_timer": load.timer,
+        "generator_cpu_pct": round(100 * load.cpu / load.elapsed),
         "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
         "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
         "server_switches": round((switches1 - switches0) / len(lat), 2) if in_process else None,
@@ -271,7 +347,9 @@ BARE_PROCESSES = "bare FastAGI"
 PG_PROCESSES = "ours: PostgreSQL"
 
 
-async def processes(url: str | None, count: int, requests: int, offset: int) -> list[dict[str, Any]]:
+async def processes(
+    url: str | None, count: int, requests: int, offset: int, generator: Path | None
+) -> list[dict[str, Any]]:
     """`count` processes behind one port, the kernel spreading connections among them: engines
     sharing the PostgreSQL at `url`, or bare servers (None)."""
     import socket
@@ -290,10 +368,10 @@ async def processes(url: str | None, count: int, requests: int, offset: int) -> 
     label = f"{who}, {count} process{'es' if count > 1 else ''} (reuse_port)"
     rows = []
     try:
-        await measure(port, 50, 300, offset, in_process=False)  # warm-up, not counted: a fresh process's first calls
+        await measure(port, 50, 300, offset, False, generator)  # warm-up, not counted: a fresh process's first calls
         offset += 300
         for c in (50, 500):
-            m = await measure(port, c, requests, offset, in_process=False)
+            m = await measure(port, c, requests, offset, False, generator)
             offset += requests
             rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
     finally:
@@ -307,6 +385,7 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     backends: list[tuple[str, str | None]] = [("baseline: bare FastAGI", None)]
     with tempfile.TemporaryDirectory() as d:
+        generator = None if args.generator == "python" else build_generator(d)
         if not args.no_split:
             backends.append((UNWRITTEN, f"sqlite:///{d}/unwritten.sqlite3"))
         backends.append(("ours: SQLite", f"sqlite:///{d}/bench.sqlite3"))
@@ -337,7 +416,7 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
                     else:
                         n = args.requests
                     for label, server, _ledger, port in live:
-                        m = await measure(port, c, n, offset)
+                        m = await measure(port, c, n, offset, True, generator)
                         offset += n
                         results.append(
                             {
@@ -361,7 +440,7 @@ async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
                 for count in (1, 2):
                     for url in (None, pg) if pg else (None,):
                         at = offset + 10**6 * (4 * round_ + 2 * count + (url is None))
-                        rows = await processes(url, count, args.requests, at)
+                        rows = await processes(url, count, args.requests, at, generator)
                         results += [{**r, "round": round_} for r in rows]
     return results
 
@@ -447,6 +526,13 @@ def main() -> None:
     ap.add_argument("--no-processes", action="store_true", help="skip the runs of one and two processes on one port")
     ap.add_argument("--no-split", action="store_true", help="skip the engine with its reservations not written")
     ap.add_argument(
+        "--generator",
+        choices=("c", "python"),
+        default="c",
+        help="the load generator: agi_load.c, compiled for the run (the Python one where no compiler builds it),"
+        " or the Python one",
+    )
+    ap.add_argument(
         "--rounds", type=rounds, default=1, help="run every load on every path this many times (medians are shown)"
     )
     args = ap.parse_args()
@@ -459,8 +545,9 @@ def main() -> None:
     except ImportError:
         pass
     rows, summary = summarize(results)
+    generators = sorted({r["generator"] for r in results if "generator" in r})
     report(
-        "bench_authorize (FastAGI authorizations)",
+        f"bench_authorize (FastAGI authorizations; load generator: {', '.join(generators)})",
         [
             "loop",
             "path",
@@ -475,7 +562,7 @@ def main() -> None:
             "generator late p50 / p99 ms",
         ],
         rows,
-        {"rounds": args.rounds, "summary": summary, "results": results},
+        {"rounds": args.rounds, "generator": generators, "summary": summary, "results": results},
         args.json,
     )
 

@@ -93,6 +93,9 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
     assert {c for _loop, c in loads} >= {1, 50, 500, -1000}
     ours = [r for r in measured if r["path"] in ("ours: SQLite", "ours: PostgreSQL", UNWRITTEN)]
     assert {r["path"] for r in ours} == {"ours: SQLite", UNWRITTEN} | (set() if absent else {"ours: PostgreSQL"})
+    # The C generator where a compiler builds it (CI's machines have one), each request answered.
+    assert data["generator"] == (["C (agi_load.c)"] if shutil.which("cc") else ["Python"])
+    assert all(r["failed"] == 0 and r["generator"] == data["generator"][0] for r in measured)
     for r in measured:  # a request's latency counts from its due time, so the generator's lateness is in it
         if r["concurrency"] < 0:
             assert 0 <= r["generator_late_p50_ms"] <= r["p50_ms"] and r["generator_late_p99_ms"] <= r["p99_ms"], r
