@@ -49,7 +49,7 @@ static size_t *env_at, *env_len;
 static long requests;
 static int64_t *dues;
 static int64_t *latency, *lateness;
-static long answered, failed, started;
+static long answered, failed, inflight;
 static int ep;
 static struct sockaddr_in server;
 
@@ -144,13 +144,13 @@ static void start(long k, int64_t due) {
         die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* as asyncio's transports */
-    started++;
     if (connect(c->fd, (struct sockaddr *)&server, sizeof server) < 0 && errno != EINPROGRESS) {
-        failed++;
+        failed++; /* refused at once: a closed loop starts the next one in this channel */
         close(c->fd);
         free(c);
         return;
     }
+    inflight++;
     struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
         die("epoll_ctl");
@@ -165,6 +165,7 @@ static void finish(conn_t *c, int ok) {
     } else {
         failed++;
     }
+    inflight--;
     close(c->fd);
     free(c->out);
     free(c);
@@ -218,6 +219,15 @@ static void on_event(conn_t *c, uint32_t events) {
                 return;
             }
         }
+    }
+}
+
+/* A closed loop's channels each place their next call as soon as the last one ends (also one
+   refused at once). */
+static void refill(long channels, long *next) {
+    while (*next < requests && inflight < channels) {
+        start(*next, 0);
+        (*next)++;
     }
 }
 
@@ -278,13 +288,13 @@ int main(int argc, char **argv) {
             die("epoll_ctl");
         if (requests)
             arm(tfd, dues[0]);
-    } else {
-        for (; next < requests && next < (long)load; next++)
-            start(next, 0);
     }
 
     struct epoll_event events[256];
     while (answered + failed < requests) {
+        refill(open_loop ? 0 : (long)load, &next);
+        if (answered + failed == requests)
+            break;
         int n = epoll_wait(ep, events, 256, -1);
         if (n < 0) {
             if (errno == EINTR)
@@ -305,12 +315,8 @@ int main(int argc, char **argv) {
                     arm(tfd, dues[next]);
                 continue;
             }
-            long before = answered + failed;
             on_event(events[i].data.ptr, events[i].events);
-            if (!open_loop && answered + failed > before && next < requests) {
-                start(next, 0);
-                next++;
-            }
+            refill(open_loop ? 0 : (long)load, &next);
         }
     }
     double elapsed = (double)(now_ns() - begin) / 1e9;
