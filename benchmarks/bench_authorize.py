@@ -12,7 +12,7 @@ and open loop, Poisson arrivals at 1,000 authorizations per second for 10 s, eac
 from the request's scheduled arrival so that a stall is not hidden by the generator waiting for it
 (over 3 s, one 40 ms stall of the machine made the p99 by itself, the bare server's too); how late
 the generator itself started the requests is reported beside it (it waits on a kernel timer, see
-`pacing`: the loop's own timers wake on whole milliseconds, which made every p50 0.3-0.6 ms
+`pacing`: the loop's own timers wake on whole milliseconds, which made every p50 0.3-0.7 ms
 longer). The generator's own CPU use is reported too: it shares this machine's two cores with the
 server. Each distinct number is seen once per run (cold classification). Baseline in the same run:
 a bare FastAGI server answering fixed variables with the same server code (the transport's
