@@ -151,9 +151,9 @@ async def _open_client(port: int, rate: float, requests: int, offset: int) -> tu
     latencies: list[float] = []
     late: list[float] = []
     rng = random.Random(offset)
-    dues = list(itertools.accumulate(rng.expovariate(rate) for _ in range(requests)))
-    begin = time.perf_counter()
-    dues = [begin + d for d in dues]
+    offsets = list(itertools.accumulate(rng.expovariate(rate) for _ in range(requests)))
+    begin = time.perf_counter()  # after the draws: the first request is not late by their time
+    dues = [begin + d for d in offsets]
 
     async def one(i: int) -> None:
         late.append(time.perf_counter() - dues[i])
@@ -381,11 +381,11 @@ async def processes(
     return rows
 
 
-async def run(args: argparse.Namespace, loop_name: str) -> list[dict[str, Any]]:
+async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) -> list[dict[str, Any]]:
+    """Every load on every path, on this loop; `generator`: the C one, or None for the Python one."""
     results: list[dict[str, Any]] = []
     backends: list[tuple[str, str | None]] = [("baseline: bare FastAGI", None)]
     with tempfile.TemporaryDirectory() as d:
-        generator = None if args.generator == "python" else build_generator(d)
         if not args.no_split:
             backends.append((UNWRITTEN, f"sqlite:///{d}/unwritten.sqlite3"))
         backends.append(("ours: SQLite", f"sqlite:///{d}/bench.sqlite3"))
@@ -537,13 +537,15 @@ def main() -> None:
     )
     args = ap.parse_args()
     tune_collector()  # as `rating-engine run` does
-    results = asyncio.run(run(args, "asyncio"))
-    try:
-        import uvloop
+    with tempfile.TemporaryDirectory() as d:
+        generator = None if args.generator == "python" else build_generator(d)  # built once, for both loops
+        results = asyncio.run(run(args, "asyncio", generator))
+        try:
+            import uvloop
 
-        results += uvloop.run(run(args, "uvloop"))
-    except ImportError:
-        pass
+            results += uvloop.run(run(args, "uvloop", generator))
+        except ImportError:
+            pass
     rows, summary = summarize(results)
     generators = sorted({r["generator"] for r in results if "generator" in r})
     report(

@@ -96,8 +96,7 @@ async def paced(dues: Sequence[float], start: Callable[[int], None]) -> str:
         except BaseException as exc:  # a failure in `start` ends the run, not the loop
             done.set_exception(exc)
         else:
-            done.set_result(None)
-        loop.remove_reader(timer.fd)
+            done.set_result(None)  # the timer is not armed again: `finally` below lets the fd go
 
     try:
         loop.add_reader(timer.fd, due)
