@@ -45,7 +45,7 @@ typedef struct {
 } conn_t;
 
 static char *input;
-static size_t *env_at, *env_len;
+static size_t *env_end; /* where each request's environment ends; the next one starts there */
 static long requests;
 static int64_t *dues;
 static int64_t *latency, *lateness;
@@ -78,21 +78,11 @@ static void read_environments(void) {
         len += (size_t)got;
     }
     long n = 0;
+    if (!(env_end = malloc(sizeof(size_t) * (len / 2 + 1)))) /* each block is two bytes at least */
+        die("malloc");
     for (size_t i = 0; i + 1 < len; i++)
         if (input[i] == '\n' && input[i + 1] == '\n')
-            n++, i++;
-    env_at = malloc(sizeof(size_t) * (size_t)(n + 1));
-    env_len = malloc(sizeof(size_t) * (size_t)(n + 1));
-    size_t start = 0;
-    n = 0;
-    for (size_t i = 0; i + 1 < len; i++)
-        if (input[i] == '\n' && input[i + 1] == '\n') {
-            env_at[n] = start;
-            env_len[n] = i + 2 - start;
-            n++;
-            start = i + 2;
-            i++;
-        }
+            env_end[n++] = ++i + 1;
     requests = n;
 }
 
@@ -182,8 +172,8 @@ static void on_event(conn_t *c, uint32_t events) {
         }
         c->connected = 1;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0 ||
-            send_bytes(c, input + env_at[c->k], env_len[c->k]) < 0) {
+        size_t from = c->k ? env_end[c->k - 1] : 0;
+        if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0 || send_bytes(c, input + from, env_end[c->k] - from) < 0) {
             finish(c, 0);
             return;
         }
