@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, LedgerError
-from rating_engine.ledger.postgres import PostgresLedger
+from rating_engine.ledger.postgres import _MIGRATION_LOCK, PostgresLedger
 from rating_engine.ledger.schema import C_COLUMNS, CALL_TABLES, LATEST, migrations, statements
 
 from .helpers import EUR
@@ -173,6 +173,44 @@ def test_an_upgrade_that_cannot_have_its_tables_soon_changes_nothing_and_says_so
         finally:
             await busy.close()
             await conn.close()
+
+    asyncio.run(run())
+
+
+def test_an_engine_starting_holds_the_upgrade_lock_only_while_it_upgrades(url: str) -> None:
+    """What an engine reads at start (each account's time zone, the extensions with rows) is read
+    after the upgrade's transaction: an engine whose reads wait on a busy table does not keep
+    every other engine starting at the same moment waiting for the upgrade lock behind it."""
+
+    async def run() -> None:
+        async with opened(url) as ledger:
+            await ledger.create_account("acme", AccountSettings("office-fr", "EUR"), now=NOW)
+        busy = await asyncpg.connect(url)
+        other = await asyncpg.connect(url)
+        try:
+            await busy.execute("BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")  # e.g. a VACUUM FULL
+
+            async def start() -> None:
+                async with opened(url) as ledger:
+                    assert "acme" in ledger.zones.of_account  # read once the table was free
+
+            starting = asyncio.create_task(start())
+            waiting = ""
+            for _ in range(200):
+                waiting = await other.fetchval(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.025)
+            assert waiting is not None and "FROM accounts" in waiting  # the start's read waits for the table
+            assert await other.fetchval("SELECT pg_try_advisory_lock($1)", _MIGRATION_LOCK)  # the lock is free
+            await other.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            await busy.execute("COMMIT")
+            await asyncio.wait_for(starting, 15)
+        finally:
+            await busy.close()
+            await other.close()
 
     asyncio.run(run())
 

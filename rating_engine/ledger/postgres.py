@@ -181,19 +181,22 @@ class PostgresLedger(Ledger):
             self.dsn, min_size=self.min_size, max_size=self.max_size, timeout=CONNECT_TIMEOUT, reset=_keep_session
         )
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-                if not self.create and await conn.fetchval("SELECT to_regclass('schema_version')") is None:
-                    raise LedgerError(
-                        "no ledger in this database: create an account first (rating-engine account create …)"
-                    )
-                await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-                current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-                steps = upgrade_steps(current, "postgres")
-                if steps:
-                    await _upgrade(conn, current, steps)
-                await conn.execute(pg_batch.CREATE)
-                await conn.execute(pg_lone.CREATE)
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                    if not self.create and await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+                        raise LedgerError(
+                            "no ledger in this database: create an account first (rating-engine account create …)"
+                        )
+                    await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                    current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+                    steps = upgrade_steps(current, "postgres")
+                    if steps:
+                        await _upgrade(conn, current, steps)
+                    await conn.execute(pg_batch.CREATE)
+                    await conn.execute(pg_lone.CREATE)
+                # Read after the upgrade lock is let go: an engine starting beside this one need not
+                # wait for these reads too (they are hints: a wrong zone costs a batch a second call).
                 for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
                     self.zones.learn(r["id"], r["timezone"])
                 rows = await conn.fetch("SELECT account_id, ext FROM extensions LIMIT $1", pg_batch.Zones.LIMIT)
