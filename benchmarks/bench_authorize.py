@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import pacing
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import context_switches, cpu_seconds, median, report, rounds, spread
+from benchmarks.common import context_switches, cpu_seconds, median, processes_cpu, report, rounds, spread
 from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
@@ -255,12 +255,17 @@ async def measure(
     offset: int,
     in_process: bool = True,
     generator: Path | None = None,
+    pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """`concurrency` channels in a closed loop; negative: an open loop at that many per second.
     The C `generator` where it was built, else the Python one in a process of its own. With the
-    server `in_process`, its CPU per authorization too (this process's threads, and PostgreSQL's
-    processes on this machine): where the time goes, beside the rate."""
+    server `in_process`, or in the processes `pids`, its CPU per authorization too (and PostgreSQL's
+    processes' on this machine): where the time goes, beside the rate. `cores_busy`: the server's,
+    PostgreSQL's and the generator's CPU over the run's wall time, how much of the machine the
+    three took together (a little under: the wall time counts the generator's start)."""
+    started = time.monotonic()
     here0, pg0 = cpu_seconds()
+    theirs0 = processes_cpu(pids) if pids else None
     switches0 = context_switches()
     if generator is not None:
         load = await c_load(generator, port, concurrency, requests, offset)
@@ -273,10 +278,14 @@ async def measure(
         load = await asyncio.get_running_loop().run_in_executor(None, queue.get)
         proc.join()
     here1, pg1 = cpu_seconds()
+    theirs1 = processes_cpu(pids) if pids else None
     switches1 = context_switches()
+    wall = time.monotonic() - started
     if not load.latencies:
         raise RuntimeError(f"no request answered on port {port}: {load.failed} failed")
     lat, late = sorted(load.latencies), None if load.late is None else sorted(load.late)
+    server = here1 - here0 if in_process else None if theirs0 is None or theirs1 is None else theirs1 - theirs0
+    pg = None if pg0 is None or pg1 is None else pg1 - pg0
     return {
         "per_s": round(len(lat) / load.elapsed),
         "p50_ms": round(statistics.median(lat) * 1000, 3),
@@ -288,8 +297,9 @@ async def measure(
         "generator_late_p99_ms": None if late is None else _ms(late, 0.99),
         "generator_timer": load.timer,
         "generator_cpu_pct": round(100 * load.cpu / load.elapsed),
-        "server_cpu_us": round(1e6 * (here1 - here0) / len(lat)) if in_process else None,
-        "postgresql_cpu_us": round(1e6 * (pg1 - pg0) / len(lat)) if pg0 is not None and pg1 is not None else None,
+        "server_cpu_us": None if server is None else round(1e6 * server / len(lat)),
+        "postgresql_cpu_us": None if pg is None else round(1e6 * pg / len(lat)),
+        "cores_busy": None if server is None else round((server + (pg or 0.0) + load.cpu) / wall, 2),
         "server_switches": round((switches1 - switches0) / len(lat), 2) if in_process else None,
     }
 
@@ -368,10 +378,11 @@ async def processes(
     label = f"{who}, {count} process{'es' if count > 1 else ''} (reuse_port)"
     rows = []
     try:
+        pids = [proc.pid for proc in procs if proc.pid is not None]
         await measure(port, 50, 300, offset, False, generator)  # warm-up, not counted: a fresh process's first calls
         offset += 300
         for c in (50, 500):
-            m = await measure(port, c, requests, offset, False, generator)
+            m = await measure(port, c, requests, offset, False, generator, pids)
             offset += requests
             rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
     finally:
@@ -450,23 +461,27 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     taken round by round (each against the baseline measured beside it), median and range.
     The ratio is the rate's under a closed loop, the p99's under the open one."""
     base = {(r["loop"], r["concurrency"], r["round"]): r for r in results if r["path"].startswith("baseline")}
-    alone = {  # (who, load, round): one process's rate
-        (r["path"].split(",")[0], r["concurrency"], r["round"]): r["per_s"]
+    alone = {  # (who, load, round): one process's run
+        (r["path"].split(",")[0], r["concurrency"], r["round"]): r
         for r in results
         if r["path"].endswith("1 process (reuse_port)")
     }
+    cores = os.cpu_count() or 1
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     rows: list[list[Any]] = []
     for r in results:
         if "skipped" in r:  # one per run, not per round
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", "", ""])
+            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", "", "", ""])
             continue
         key = (r["concurrency"], r["round"])
         b = base[(r["loop"], *key)]  # every load of every round has its baseline beside it
         r["vs_bare"] = round(r["p99_ms"] / b["p99_ms"] if r["concurrency"] < 0 else r["per_s"] / b["per_s"], 2)
         one = (r["path"].split(",")[0], *key)
         if r["path"].endswith("2 processes (reuse_port)") and one in alone:
-            r["vs_one_process"] = round(r["per_s"] / alone[one], 2)
+            r["vs_one_process"] = round(r["per_s"] / alone[one]["per_s"], 2)
+            if alone[one].get("cores_busy"):
+                # At one process's CPU per authorization, the machine's cores allow no more than this
+                r["ceiling_vs_one_process"] = round(cores / alone[one]["cores_busy"], 2)
         groups.setdefault((r["loop"], r["path"], r["concurrency"]), []).append(r)
     summary = []
     for (loop, path, c), rs in groups.items():
@@ -476,9 +491,12 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 mid[k] = median([r[k] for r in rs])
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
+        busy = [r["cores_busy"] for r in rs if r.get("cores_busy") is not None]
         ratios = [r["vs_bare"] for r in rs]
         timer = rs[0]["generator_timer"]
         row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid, "generator_timer": timer}
+        if busy:
+            row["cores_busy"] = median(busy)
         row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
         summary.append(row)
         load = f"open {-c:,}/s" if c < 0 else f"{c} closed"
@@ -500,6 +518,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 mid["p99_ms"],
                 ratio,
                 cpu,
+                f"{median(busy):.2f} of {cores}" if busy else "",
                 f"{median(switches):.1f}" if switches else "",
                 f"{mid['generator_cpu_pct']:.0f}",
                 late,
@@ -508,11 +527,25 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
         if shared:
             who = path.split(",")[0]
-            summary.append(
-                {"loop": loop, "path": f"{who}: 2 processes / 1 process", "concurrency": c, "ratio": median(shared)}
-            )
+            ceilings = [r["ceiling_vs_one_process"] for r in rs if "ceiling_vs_one_process" in r]
+            pair = {"loop": loop, "path": f"{who}: 2 processes / 1 process", "concurrency": c, "ratio": median(shared)}
+            summary.append(pair | ({"ceiling": median(ceilings)} if ceilings else {}))
+            ceiling = f"ceiling {spread(ceilings, '{:.2f}x')}" if ceilings else ""
             rows.append(
-                [loop, f"  {who}: 2 processes / 1", load, "", "", "", spread(shared, "{:.2f}x"), "", "", "", ""]
+                [
+                    loop,
+                    f"  {who}: 2 processes / 1",
+                    load,
+                    "",
+                    "",
+                    "",
+                    spread(shared, "{:.2f}x"),
+                    "",
+                    ceiling,
+                    "",
+                    "",
+                    "",
+                ]
             )
     return rows, summary
 
@@ -559,6 +592,7 @@ def main() -> None:
             "p99 ms",
             "vs bare",
             "CPU µs/auth: here / PostgreSQL",
+            "cores busy",
             "switches/auth",
             "generator CPU %",
             "generator late p50 / p99 ms",

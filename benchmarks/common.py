@@ -16,22 +16,36 @@ def cpu_seconds() -> tuple[float, float | None]:
     import resource
 
     me = resource.getrusage(resource.RUSAGE_SELF)
-    server = 0.0
     try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return me.ru_utime + me.ru_stime, None
+    server = sum(cpu for name, cpu in _proc_stats(pids) if name == "postgres")
+    return me.ru_utime + me.ru_stime, server
+
+
+def processes_cpu(pids: list[int]) -> float | None:
+    """CPU time used so far by these processes (None where /proc cannot tell): servers the
+    benchmark started in processes of their own."""
+    stats = _proc_stats(pids)
+    return sum(cpu for _name, cpu in stats) if len(stats) == len(pids) else None
+
+
+def _proc_stats(pids: list[int]) -> list[tuple[str, float]]:
+    """Each readable process's command name and CPU seconds (user + system, /proc/PID/stat)."""
+    import os
+
     tick = os.sysconf("SC_CLK_TCK")
+    found = []
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 name, rest = f.read().split(") ", 1)
         except OSError:
             continue
-        if name.endswith("(postgres"):
-            fields = rest.split()
-            server += (int(fields[11]) + int(fields[12])) / tick
-    return me.ru_utime + me.ru_stime, server
+        fields = rest.split()
+        found.append((name.partition("(")[2], (int(fields[11]) + int(fields[12])) / tick))
+    return found
 
 
 def context_switches() -> int:
