@@ -262,7 +262,8 @@ async def measure(
     server `in_process`, or in the processes `pids`, its CPU per authorization too (and PostgreSQL's
     processes' on this machine): where the time goes, beside the rate. `cores_busy`: the server's,
     PostgreSQL's and the generator's CPU over the run's wall time, how much of the machine the
-    three took together (a little under: the wall time counts the generator's start)."""
+    three took together (a little under: the wall time counts the generator's start; and to a few
+    hundredths of a second: /proc counts other processes' CPU in clock ticks)."""
     started = time.monotonic()
     here0, pg0 = cpu_seconds()
     theirs0 = processes_cpu(pids) if pids else None

@@ -109,8 +109,9 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
         assert r["fallbacks"] == 0, r  # every authorization came from the engine, none from its fallback
         assert r["server_cpu_us"] > 0
         assert r["server_switches"] >= 0
-        # the server, PostgreSQL and the generator together: some of the machine, never more than all of it
-        assert 0 < r["cores_busy"] <= (os.cpu_count() or 1) + 0.05, r
+        # the server, PostgreSQL and the generator together (no upper bound here: /proc counts other
+        # processes' CPU in clock ticks, coarse against these runs of a few hundredths of a second)
+        assert r["cores_busy"] > 0, r
         if r["path"] == "ours: PostgreSQL":
             assert r["postgresql_cpu_us"] is not None
     # One process and then two on one port, bare and (with PostgreSQL) ours: each pair of runs
@@ -123,11 +124,12 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
                 one, two = runs[f"{who}, 1 process (reuse_port)"], runs[f"{who}, 2 processes (reuse_port)"]
                 assert two["vs_one_process"] == pytest.approx(two["per_s"] / one["per_s"], abs=0.01)
                 assert one["server_switches"] is None  # measured in this process only
-                # the processes' own CPU is read from /proc: where one process left the machine idle,
-                # a second could at most fill it at the same CPU per authorization
-                assert one["server_cpu_us"] > 0 and two["server_cpu_us"] > 0
+                # the processes' own CPU, read from /proc (in clock ticks: a run this short may not
+                # move them); the ceiling: the cores over what one process's run kept busy (what two
+                # could reach at the same CPU per authorization)
+                assert one["server_cpu_us"] is not None and two["server_cpu_us"] is not None
                 busy = one["cores_busy"]
-                assert 0 < busy <= (os.cpu_count() or 1) + 0.05
+                assert busy > 0
                 assert two["ceiling_vs_one_process"] == pytest.approx((os.cpu_count() or 1) / busy, abs=0.01)
     shared = {s["path"]: s for s in data["summary"] if s["path"].endswith("2 processes / 1 process")}
     assert set(shared) == {f"{who}: 2 processes / 1 process" for who in kinds}
