@@ -285,7 +285,11 @@ async def measure(
     if not load.latencies:
         raise RuntimeError(f"no request answered on port {port}: {load.failed} failed")
     lat, late = sorted(load.latencies), None if load.late is None else sorted(load.late)
-    server = here1 - here0 if in_process else None if theirs0 is None or theirs1 is None else theirs1 - theirs0
+    server: float | None = None  # the server's CPU over the run, where it can be read
+    if in_process:
+        server = here1 - here0
+    elif theirs0 is not None and theirs1 is not None:
+        server = theirs1 - theirs0
     pg = None if pg0 is None or pg1 is None else pg1 - pg0
     return {
         "per_s": round(len(lat) / load.elapsed),
@@ -380,10 +384,11 @@ async def processes(
     rows = []
     try:
         pids = [proc.pid for proc in procs if proc.pid is not None]
-        await measure(port, 50, 300, offset, False, generator)  # warm-up, not counted: a fresh process's first calls
+        # a warm-up, not counted: a fresh process's first calls
+        await measure(port, 50, 300, offset, in_process=False, generator=generator)
         offset += 300
         for c in (50, 500):
-            m = await measure(port, c, requests, offset, False, generator, pids)
+            m = await measure(port, c, requests, offset, in_process=False, generator=generator, pids=pids)
             offset += requests
             rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
     finally:
@@ -428,7 +433,7 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                     else:
                         n = args.requests
                     for label, server, _ledger, port in live:
-                        m = await measure(port, c, n, offset, True, generator)
+                        m = await measure(port, c, n, offset, generator=generator)
                         offset += n
                         results.append(
                             {
