@@ -61,6 +61,8 @@ from rating_engine.ledger.postgres import PostgresLedger, run_program
 from rating_engine.ledger.schema import collate_names, statements
 
 LINGUISTIC = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+"""A database whose own collation sorts text as English readers do ('acme' before 'Zed'): the
+ledger's names must not take it (`tests/test_pg_schema.py` makes its databases so too)."""
 BATCH = 50
 EXTENSIONS = 50
 Op = tuple[str, tuple[Any, ...]]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
+from benchmarks.bench_pg_instructions import LINGUISTIC
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, LedgerError
 from rating_engine.ledger.postgres import _MIGRATION_LOCK, PostgresLedger
 from rating_engine.ledger.schema import C_COLUMNS, CALL_TABLES, LATEST, migrations, statements
@@ -215,8 +216,6 @@ def test_an_engine_starting_holds_the_upgrade_lock_only_while_it_upgrades(url: s
     asyncio.run(run())
 
 
-LINGUISTIC = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-"""A database whose own collation sorts text as English readers do ('acme' before 'Zed')."""
 IDS = ["acme", "Zed", "b10", "b9", "b-2", "b_3", "B1"]
 
 
