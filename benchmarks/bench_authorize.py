@@ -53,7 +53,7 @@ import time
 from asyncio.subprocess import PIPE
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -253,19 +253,19 @@ async def measure(
     concurrency: int,
     requests: int,
     offset: int,
-    in_process: bool = True,
+    server: list[int] | Literal["here"] | None = "here",
     generator: Path | None = None,
-    pids: list[int] | None = None,
 ) -> dict[str, Any]:
     """`concurrency` channels in a closed loop; negative: an open loop at that many per second.
     The C `generator` where it was built, else the Python one in a process of its own. With the
-    server `in_process`, or in the processes `pids`, its CPU per authorization too (and PostgreSQL's
+    `server` "here" (in this process) or in the processes of those ids, its CPU per authorization too (and PostgreSQL's
     processes' on this machine): where the time goes, beside the rate. `cores_busy`: the server's,
     PostgreSQL's and the generator's CPU over the run's wall time, how much of the machine the
     three took together (a little under: the wall time counts the generator's start; and to a few
     hundredths of a second: /proc counts other processes' CPU in clock ticks)."""
     started = time.monotonic()
     here0, pg0 = cpu_seconds()
+    pids = server if isinstance(server, list) else None
     theirs0 = processes_cpu(pids) if pids else None
     switches0 = context_switches()
     if generator is not None:
@@ -285,11 +285,11 @@ async def measure(
     if not load.latencies:
         raise RuntimeError(f"no request answered on port {port}: {load.failed} failed")
     lat, late = sorted(load.latencies), None if load.late is None else sorted(load.late)
-    server: float | None = None  # the server's CPU over the run, where it can be read
-    if in_process:
-        server = here1 - here0
+    busy: float | None = None  # the server's CPU over the run, where it can be read
+    if server == "here":
+        busy = here1 - here0
     elif theirs0 is not None and theirs1 is not None:
-        server = theirs1 - theirs0
+        busy = theirs1 - theirs0
     pg = None if pg0 is None or pg1 is None else pg1 - pg0
     return {
         "per_s": round(len(lat) / load.elapsed),
@@ -302,10 +302,10 @@ async def measure(
         "generator_late_p99_ms": None if late is None else _ms(late, 0.99),
         "generator_timer": load.timer,
         "generator_cpu_pct": round(100 * load.cpu / load.elapsed),
-        "server_cpu_us": None if server is None else round(1e6 * server / len(lat)),
+        "server_cpu_us": None if busy is None else round(1e6 * busy / len(lat)),
         "postgresql_cpu_us": None if pg is None else round(1e6 * pg / len(lat)),
-        "cores_busy": None if server is None else round((server + (pg or 0.0) + load.cpu) / wall, 2),
-        "server_switches": round((switches1 - switches0) / len(lat), 2) if in_process else None,
+        "cores_busy": None if busy is None else round((busy + (pg or 0.0) + load.cpu) / wall, 2),
+        "server_switches": round((switches1 - switches0) / len(lat), 2) if server == "here" else None,
     }
 
 
@@ -385,10 +385,10 @@ async def processes(
     try:
         pids = [proc.pid for proc in procs if proc.pid is not None]
         # a warm-up, not counted: a fresh process's first calls
-        await measure(port, 50, 300, offset, in_process=False, generator=generator)
+        await measure(port, 50, 300, offset, server=None, generator=generator)
         offset += 300
         for c in (50, 500):
-            m = await measure(port, c, requests, offset, in_process=False, generator=generator, pids=pids)
+            m = await measure(port, c, requests, offset, server=pids, generator=generator)
             offset += requests
             rows.append({"loop": "uvloop", "path": label, "concurrency": c, "requests": requests, **m})
     finally:
@@ -462,6 +462,31 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
     return results
 
 
+COLUMNS = {
+    "loop": "loop",
+    "path": "path",
+    "load": "load",
+    "rate": "auth/s",
+    "p50": "p50 ms",
+    "p99": "p99 ms",
+    "ratio": "vs bare",
+    "cpu": "CPU µs/auth: here / PostgreSQL",
+    "busy": "cores busy",
+    "switches": "switches/auth",
+    "generator_cpu": "generator CPU %",
+    "late": "generator late p50 / p99 ms",
+}
+"""The table's columns, by the name a row gives each cell, and their headers."""
+
+
+def table_row(**cells: Any) -> list[Any]:
+    """A row of the table from its cells by column name; a column not named is left blank."""
+    unknown = cells.keys() - COLUMNS.keys()
+    if unknown:
+        raise KeyError(f"no such column: {sorted(unknown)}")
+    return [cells.get(name, "") for name in COLUMNS]
+
+
 def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict[str, Any]]]:
     """One row per loop, path and load: the median of its rounds, and its ratio to the bare server
     taken round by round (each against the baseline measured beside it), median and range.
@@ -477,7 +502,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
     rows: list[list[Any]] = []
     for r in results:
         if "skipped" in r:  # one per run, not per round
-            rows.append([r["loop"], r["path"], "-", "skipped: " + r["skipped"], "", "", "", "", "", "", "", ""])
+            rows.append(table_row(loop=r["loop"], path=r["path"], load="-", rate="skipped: " + r["skipped"]))
             continue
         key = (r["concurrency"], r["round"])
         b = base[(r["loop"], *key)]  # every load of every round has its baseline beside it
@@ -515,20 +540,20 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         if timer not in (None, pacing.TIMERFD):
             late += f" ({timer})"
         rows.append(
-            [
-                loop,
-                path,
-                load,
-                f"{mid['per_s']:,.0f}",
-                mid["p50_ms"],
-                mid["p99_ms"],
-                ratio,
-                cpu,
-                f"{median(busy):.2f} of {cores}" if busy else "",
-                f"{median(switches):.1f}" if switches else "",
-                f"{mid['generator_cpu_pct']:.0f}",
-                late,
-            ]
+            table_row(
+                loop=loop,
+                path=path,
+                load=load,
+                rate=f"{mid['per_s']:,.0f}",
+                p50=mid["p50_ms"],
+                p99=mid["p99_ms"],
+                ratio=ratio,
+                cpu=cpu,
+                busy=f"{median(busy):.2f} of {cores}" if busy else "",
+                switches=f"{median(switches):.1f}" if switches else "",
+                generator_cpu=f"{mid['generator_cpu_pct']:.0f}",
+                late=late,
+            )
         )
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
         if shared:
@@ -538,20 +563,13 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
             summary.append(pair | ({"ceiling": median(ceilings)} if ceilings else {}))
             ceiling = f"ceiling {spread(ceilings, '{:.2f}x')}" if ceilings else ""
             rows.append(
-                [
-                    loop,
-                    f"  {who}: 2 processes / 1",
-                    load,
-                    "",
-                    "",
-                    "",
-                    spread(shared, "{:.2f}x"),
-                    "",
-                    ceiling,
-                    "",
-                    "",
-                    "",
-                ]
+                table_row(
+                    loop=loop,
+                    path=f"  {who}: 2 processes / 1",
+                    load=load,
+                    ratio=spread(shared, "{:.2f}x"),
+                    busy=ceiling,
+                )
             )
     return rows, summary
 
@@ -589,20 +607,7 @@ def main() -> None:
     generators = sorted({r["generator"] for r in results if "generator" in r})
     report(
         f"bench_authorize (FastAGI authorizations; load generator: {', '.join(generators)})",
-        [
-            "loop",
-            "path",
-            "load",
-            "auth/s",
-            "p50 ms",
-            "p99 ms",
-            "vs bare",
-            "CPU µs/auth: here / PostgreSQL",
-            "cores busy",
-            "switches/auth",
-            "generator CPU %",
-            "generator late p50 / p99 ms",
-        ],
+        list(COLUMNS.values()),
         rows,
         {"rounds": args.rounds, "generator": generators, "summary": summary, "results": results},
         args.json,

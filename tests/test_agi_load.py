@@ -83,7 +83,7 @@ def test_a_port_nobody_listens_on_fails_every_request_and_says_so(agi_load: Path
         load = asyncio.run(B.c_load(agi_load, port, 3, 5, 0))
         assert (load.failed, load.latencies) == (5, [])
         with pytest.raises(RuntimeError, match="no request answered"):
-            asyncio.run(B.measure(port, 3, 5, 0, in_process=False, generator=agi_load))
+            asyncio.run(B.measure(port, 3, 5, 0, server=None, generator=agi_load))
 
 
 @pytest.mark.parametrize("concurrency", [4, -1000])
@@ -94,7 +94,7 @@ def test_measure_runs_either_generator_and_says_which(agi_load: Path, concurrenc
         port = server.sockets[0].getsockname()[1]
         async with server:
             return [
-                await B.measure(port, concurrency, 30, 100 * k, in_process=False, generator=g)
+                await B.measure(port, concurrency, 30, 100 * k, server=None, generator=g)
                 for k, g in enumerate((None, agi_load))
             ]
 

@@ -173,3 +173,47 @@ def test_bench_pg_instructions_counts_each_path_beside_the_per_operation_baselin
     assert data["vs_baseline"]["programs"] == 1.0
     assert counts["icu_v8"] > 1.05 * counts["icu"], counts
     assert counts["ours_2"] > counts["ours_10"] > counts["ours_made"], counts  # the function's cost a call, shared out
+
+
+def _run(path: str, concurrency: int, per_s: int, **extra: Any) -> dict[str, Any]:
+    """One measured run as `bench_authorize.measure` reports it (closed loop, round 0)."""
+    return {
+        "loop": "uvloop",
+        "path": path,
+        "concurrency": concurrency,
+        "round": 0,
+        "per_s": per_s,
+        "p50_ms": 1.0,
+        "p99_ms": 2.0,
+        "generator_cpu_pct": 30,
+        "generator_timer": None,
+        "server_cpu_us": 200,
+        "postgresql_cpu_us": None,
+        "server_switches": None,
+        **extra,
+    }
+
+
+def test_bench_authorize_table_puts_each_figure_under_its_own_header() -> None:
+    from benchmarks.bench_authorize import COLUMNS, summarize, table_row
+
+    results = [
+        _run("baseline: bare FastAGI", 50, 5000, cores_busy=1.5),
+        _run("bare FastAGI, 1 process (reuse_port)", 50, 4000, cores_busy=1.6),
+        _run("bare FastAGI, 2 processes (reuse_port)", 50, 5000, cores_busy=1.9),
+        {"loop": "uvloop", "path": "ours: PostgreSQL", "skipped": "no server"},
+    ]
+    rows, _summary = summarize(results)
+    header = list(COLUMNS.values())
+    assert all(len(row) == len(header) for row in rows)
+    cells = [dict(zip(header, row, strict=True)) for row in rows]
+    pair = next(c for c in cells if c["path"].endswith("2 processes / 1"))
+    assert pair["vs bare"] == "1.25x"  # 5,000 / 4,000: two processes against one
+    assert pair["cores busy"] == f"ceiling {(os.cpu_count() or 1) / 1.6:.2f}x"  # the cores over one process's
+    assert pair["auth/s"] == "" and pair["CPU µs/auth: here / PostgreSQL"] == ""
+    skipped = next(c for c in cells if c["path"] == "ours: PostgreSQL")
+    assert skipped["auth/s"] == "skipped: no server" and skipped["cores busy"] == ""
+    bare = next(c for c in cells if c["path"] == "baseline: bare FastAGI")
+    assert (bare["auth/s"], bare["vs bare"], bare["cores busy"]) == ("5,000", "1.00x", f"1.50 of {os.cpu_count()}")
+    with pytest.raises(KeyError, match="no such column"):
+        table_row(loop="uvloop", rate_per_s="1")
