@@ -171,6 +171,7 @@ class Engine:
         self.stats = EngineStats()
         self.accepting = True
         self._background: set[asyncio.Task[None]] = set()
+        ledger.on_late_reservation = self._give_back_late
         self.on_topup: Callable[[TopupRequest], None] | None = None
         """Pays an automatic top-up a settle asked for (payments.TopupRunner.start); never awaited."""
         self.observer: Callable[[str, dict[str, Any]], None] | None = None
@@ -496,6 +497,18 @@ class Engine:
                 await self.clock.sleep(1)
                 if call.call_id not in self.calls:
                     return False
+
+    def _give_back_late(self, call_id: str) -> None:
+        """A reservation held after its authorization gave up (the fallback told the dialplan no):
+        no call will follow it, so it is released now, through the spool if the ledger is away,
+        rather than held until a reconciliation bills it as a call whose end was never seen."""
+        self._spawn(self._write_late_release(call_id))
+
+    async def _write_late_release(self, call_id: str) -> None:
+        try:
+            await self._write(Pending("release", call_id, self.clock.now_int()))
+        except LedgerError:
+            log.exception("a late reservation could not be released", extra={"call_id": call_id})
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

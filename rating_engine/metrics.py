@@ -75,6 +75,9 @@ class Snapshot:
     spool_written_total: int = field(default=0, metadata=COUNTER)
     renew_failures_total: int = field(default=0, metadata=COUNTER)
     """Renewals of live calls the ledger could not take (each try; the deadline stood)."""
+    late_reservations_total: int = field(default=0, metadata=COUNTER)
+    """Reservations the ledger held after their authorization had given up (answered by the
+    fallback): each released at once. Many mean a ledger slower than `answer_timeout`."""
     node_conflicts_total: int = field(default=0, metadata=COUNTER)
     """Its node found held by another engine after the ledger's session was lost (PostgreSQL)."""
     ledger_fallbacks_total: int = field(default=0, metadata=COUNTER)

@@ -106,6 +106,7 @@ class Service:
             tariff_reload_failures_total=self.reload_failures,
             low_balances_total=s.low_balances,
             renew_failures_total=s.renew_failures,
+            late_reservations_total=self.ledger.late_reservations,
             node_conflicts_total=self.ledger.node_conflicts,
             ledger_fallbacks_total=self.ledger.fallbacks,
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,

@@ -69,7 +69,12 @@ class Rig:
 
 @asynccontextmanager
 async def engine_rig(
-    tmp_path: Path, balance: int = 20 * EUR, speed: float = 1.0, url: str | None = None, **settings: object
+    tmp_path: Path,
+    balance: int = 20 * EUR,
+    speed: float = 1.0,
+    url: str | None = None,
+    answer_timeout: float = 2.0,
+    **settings: object,
 ) -> AsyncIterator[Rig]:
     ledger = make_ledger(url or f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     await ledger.open()
@@ -80,7 +85,7 @@ async def engine_rig(
     clock = Clock(speed=speed)
     engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(**settings))  # type: ignore[arg-type]
     agent = Agent(engine, Sources(account="fixed:acme"))
-    agi = agent.fastagi_server(answer_timeout=2.0)
+    agi = agent.fastagi_server(answer_timeout=answer_timeout)
     port = await agi.start("127.0.0.1", 0)
     try:
         yield Rig(ledger, engine, agi, port, clock, agent)

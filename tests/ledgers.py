@@ -8,10 +8,11 @@ CI (CI=true), where they must run: there a missing server fails them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -93,6 +94,43 @@ async def raw_sql(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def write_lock_held(url: str, account_id: str) -> AsyncIterator[None]:
+    """Someone else holding what a reservation on `account_id` must write, until the block ends:
+    SQLite's write lock (a transaction begun IMMEDIATE on another connection), or the account's
+    row on PostgreSQL (`FOR UPDATE` in an open transaction). A slow or stuck database, as the
+    engine sees it: its statements wait."""
+    if url.startswith("sqlite:///"):
+        blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            blocker.close()  # its transaction rolled back
+        return
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            assert await conn.fetchval("SELECT id FROM accounts WHERE id = $1 FOR UPDATE", account_id) == account_id
+            yield
+    finally:
+        await conn.close()
+
+
+async def until(condition: Callable[[], Awaitable[bool] | bool], seconds: float = 10.0) -> bool:
+    """Whether `condition` (a test, or a coroutine's) came true within `seconds`, asked every 50 ms."""
+
+    async def holds() -> bool:
+        got = condition()
+        return bool(await got) if inspect.isawaitable(got) else bool(got)
+
+    for _ in range(int(seconds / 0.05)):
+        if await holds():
+            return True
+        await asyncio.sleep(0.05)
+    return await holds()
 
 
 @asynccontextmanager

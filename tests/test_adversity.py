@@ -23,10 +23,11 @@ from rating_engine.ledger import AccountSettings, ExtensionSettings, LedgerError
 from rating_engine.ledger.programs import MAX_BALANCE
 from rating_engine.money import MAX_AMOUNT, parse_amount
 
+from .asterisk_helpers import agi_request, agi_transcript, engine_rig
 from .conftest import OFFICE_FR
 from .engine_process import free_port
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened
+from .ledgers import BACKENDS, database_url, opened, until, write_lock_held
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -83,6 +84,36 @@ def test_a_bad_top_up_exits_2_with_one_line_and_writes_nothing(
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from database_url(request.param, tmp_path)
+
+
+async def test_a_reservation_the_database_takes_after_the_answer_timed_out_is_given_back(
+    tmp_path: Path, url: str
+) -> None:
+    """A database slower than `answer_timeout` (here someone else holds its write lock): the
+    dialplan is told no in time, and the reservation the database takes once it is free, which no
+    call will follow, is released at once. Before, it held the money until a reconciliation billed
+    it as a call whose answer was never seen: the whole first quota, estimated."""
+    async with engine_rig(tmp_path, url=url, answer_timeout=0.5) as rig:
+        env, _, _ = agi_transcript("answered_callee_hangs_up")  # a premium number: charged
+        included = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 0612345678"])  # the account read, kept
+        assert included[:2] == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "included"']
+        async with write_lock_held(url, "acme"):
+            started = asyncio.get_running_loop().time()
+            denied = await agi_request(rig.port, env)
+            assert asyncio.get_running_loop().time() - started < 0.5 + 0.5  # not held in the dialplan
+            assert denied[:2] == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "engine_error"']
+            await asyncio.sleep(0.2)
+            assert rig.ledger.late_reservations == 0  # still waiting for the lock
+        assert await until(lambda: rig.ledger.late_reservations == 1)
+
+        async def given_back() -> bool:
+            return await rig.ledger.reservations() == []
+
+        assert await until(given_back)
+        account = await rig.ledger.account("acme")
+        assert (account.balance, account.reserved) == (20 * EUR, 0)
+        assert rig.engine.calls == {} and await rig.ledger.activity("acme") == []
+        assert await rig.ledger.check() == []
 
 
 async def test_no_balance_can_be_pushed_past_its_bound(url: str) -> None:

@@ -28,7 +28,7 @@ from rating_engine.ledger.sqlite import SqliteLedger
 from rating_engine.payments import ManualProvider, TopupRunner
 
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, raw_sql
+from .ledgers import BACKENDS, database_url, opened, raw_sql, until, write_lock_held
 from .payment_doubles import ScriptedProvider
 
 DAY = 86_400
@@ -510,3 +510,46 @@ async def test_a_database_from_a_newer_version_is_refused_untouched(url: str) ->
     with pytest.raises(SchemaTooNew, match="newer rating-engine"):
         async with opened(url):
             pass
+
+
+async def test_a_reservation_held_after_its_caller_gave_up_is_handed_back(url: str) -> None:
+    """The engine waits `answer_timeout` for a reservation, then tells the dialplan no. One that the
+    database was still working on then, and takes once it is free, holds money for a call that
+    will never be made: it is handed to `on_late_reservation` (the engine releases it through its
+    spool), or, with no one to take it, released by the ledger itself. One refused, or given up on
+    before its batch began, holds nothing and is not handed over."""
+    async with opened(url) as ledger:
+        await funded(ledger)
+        late: list[str] = []
+        ledger.on_late_reservation = late.append
+
+        async def given_up(call_id: str, amount: int) -> None:
+            async with write_lock_held(url, "acme"):
+                waiting = asyncio.create_task(ledger.reserve(call_id, "acme", "201", amount, now=NOW))
+                await asyncio.sleep(0.3)  # in its batch, waiting for the lock
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+
+        await given_up("c1", EUR)
+        assert await until(lambda: late == ["c1"])
+        assert ledger.late_reservations == 1
+        [held] = await ledger.reservations()  # the taker's to release
+        assert (held.call_id, held.amount) == ("c1", EUR)
+        assert await ledger.release("c1", now=NOW)
+
+        await given_up("c2", 11 * EUR)  # more than the balance: refused, nothing held
+        await asyncio.sleep(0.3)
+        assert late == ["c1"] and ledger.late_reservations == 1
+
+        ledger.on_late_reservation = None
+        await given_up("c3", 2 * EUR)
+        assert await until(lambda: ledger.late_reservations == 2)
+        assert await until(lambda: _no_reservations(ledger))  # released by the ledger itself
+        account = await ledger.account("acme")
+        assert (account.balance, account.reserved) == (10 * EUR, 0)
+        assert await ledger.activity("acme") == [] and await ledger.check() == []
+
+
+async def _no_reservations(ledger: Ledger) -> bool:
+    return await ledger.reservations() == []

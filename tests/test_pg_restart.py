@@ -78,6 +78,7 @@ async def test_a_postgresql_restart_under_a_running_engine(server: Server, tmp_p
         assert up['rating_authorizations_total{outcome="allow_charged"}'] >= 2
         assert await engine.says("node held again", timeout=10)  # its node is its own again, checked every 5 s
         assert up["rating_node_conflicts_total"] == 0
+        assert up["rating_late_reservations_total"] == 0  # a server that is gone takes nothing late
     finally:
         await engine.stop()
         await sim.close()

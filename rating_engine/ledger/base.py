@@ -6,6 +6,7 @@ Storage only: an automatic top-up decided inside a settle is reported in its res
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -43,6 +44,24 @@ class Ledger(ABC):
     def __init__(self) -> None:
         self.create = True
         """False: `open()` refuses a ledger that does not exist yet instead of creating it."""
+        self.on_late_reservation: Callable[[str], None] | None = None
+        """Given the call id of a reservation held after its caller stopped waiting for it (the
+        authorization ran past `answer_timeout` and the dialplan was told no): the money is held
+        for a call that will not be made, and must be given back. The engine writes the release,
+        through its spool when the ledger cannot take it; without a taker the ledger releases it."""
+        self.late_reservations = 0
+        self._late: set[asyncio.Task[bool]] = set()
+
+    def _held_too_late(self, call_id: str) -> None:
+        """A reservation committed after its caller had given up (its future was cancelled)."""
+        self.late_reservations += 1
+        log.warning("a reservation was held after its authorization gave up: released", extra={"call_id": call_id})
+        if self.on_late_reservation is not None:
+            self.on_late_reservation(call_id)
+            return
+        task = asyncio.get_running_loop().create_task(self.release(call_id))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
 
     # -- backend
     @abstractmethod

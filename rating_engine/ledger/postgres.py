@@ -328,6 +328,10 @@ class PostgresLedger(Ledger):
             self.batches += 1
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():
+                    held = job.op == "reserve" and not isinstance(outcome, _Failed) and outcome.ok
+                    if held and job.future.cancelled():  # its caller gave up while the batch ran
+                        self._learn(job, outcome)  # its release goes the fast way
+                        self._held_too_late(job.args[0])
                     continue
                 if isinstance(outcome, _Failed):
                     job.future.set_exception(outcome.error)

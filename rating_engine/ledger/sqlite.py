@@ -304,8 +304,10 @@ class SqliteLedger(Ledger):
                         fut.set_exception(exc)
                 continue
             self.commits += 1
-            for fut, outcome in zip(futures, outcomes, strict=True):
+            for (fn, args), fut, outcome in zip(jobs, futures, outcomes, strict=True):
                 if fut.done():
+                    if fut.cancelled() and fn is P.reserve and outcome.error is None and outcome.value.ok:
+                        self._held_too_late(args[0])
                     continue
                 if outcome.error is not None:
                     fut.set_exception(outcome.error)
