@@ -16,8 +16,11 @@ E164 = "RATING_E164"
 GUARDSEC = "RATING_GUARDSEC"
 QUOTASEC = "RATING_QUOTASEC"
 CALLID = "RATING_CALLID"
-VARIABLES: tuple[str, ...] = (STATUS, REASON, E164, GUARDSEC, QUOTASEC, CALLID)
-"""Every variable the engine sets, in the order it sets them."""
+VARIABLES: tuple[str, ...] = (REASON, E164, GUARDSEC, QUOTASEC, CALLID, STATUS)
+"""Every variable the engine sets, in the order it sets them: RATING_STATUS last. They go one
+command at a time, so an engine killed midway leaves Asterisk the first few; without the status
+the dialplan fails closed. (Sent first, "ALLOW" and "charged" alone made a call without its
+deadline.)"""
 
 
 class Status(StrEnum):
@@ -107,5 +110,6 @@ Variables = Sequence[tuple[str, str]]
 def answer(
     status: str, reason: str, e164: str = "", guard: str = "", call_id: str = "", quota: str = ""
 ) -> list[tuple[str, str]]:
-    """The variables for one answer, every name always set (an empty value clears it)."""
-    return [(STATUS, status), (REASON, reason), (E164, e164), (GUARDSEC, guard), (QUOTASEC, quota), (CALLID, call_id)]
+    """The variables for one answer, every name always set (an empty value clears it), in the
+    order of `VARIABLES`: the status last."""
+    return [(REASON, reason), (E164, e164), (GUARDSEC, guard), (QUOTASEC, quota), (CALLID, call_id), (STATUS, status)]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rating_engine.asterisk.agent import Agent, Sources
+from rating_engine.asterisk.agi import unquote
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
@@ -55,6 +56,22 @@ async def agi_request(port: int, env_lines: list[str], reply: bytes = b"200 resu
         writer.write(reply)
     writer.close()
     return commands
+
+
+def said(commands: list[str]) -> dict[str, str]:
+    """The variables a FastAGI conversation set, by name (each command `SET VARIABLE NAME "value"`)."""
+    out = {}
+    for c in commands:
+        assert c.startswith("SET VARIABLE "), c
+        name, _, value = c.removeprefix("SET VARIABLE ").partition(" ")
+        out[name] = unquote(value)
+    return out
+
+
+def verdict(commands: list[str]) -> tuple[str, str]:
+    """(RATING_STATUS, RATING_REASON) of a conversation."""
+    variables = said(commands)
+    return variables.get("RATING_STATUS", ""), variables.get("RATING_REASON", "")
 
 
 @dataclass

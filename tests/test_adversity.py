@@ -23,7 +23,7 @@ from rating_engine.ledger import AccountSettings, ExtensionSettings, LedgerError
 from rating_engine.ledger.programs import MAX_BALANCE
 from rating_engine.money import MAX_AMOUNT, parse_amount
 
-from .asterisk_helpers import agi_request, agi_transcript, engine_rig
+from .asterisk_helpers import agi_request, agi_transcript, engine_rig, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port
 from .helpers import EUR
@@ -96,12 +96,12 @@ async def test_a_reservation_the_database_takes_after_the_answer_timed_out_is_gi
     async with engine_rig(tmp_path, url=url, answer_timeout=0.5) as rig:
         env, _, _ = agi_transcript("answered_callee_hangs_up")  # a premium number: charged
         included = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 0612345678"])  # the account read, kept
-        assert included[:2] == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "included"']
+        assert verdict(included) == ("ALLOW", "included")
         async with write_lock_held(url, "acme"):
             started = asyncio.get_running_loop().time()
             denied = await agi_request(rig.port, env)
             assert asyncio.get_running_loop().time() - started < 0.5 + 0.5  # not held in the dialplan
-            assert denied[:2] == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "engine_error"']
+            assert verdict(denied) == ("DENY", "engine_error")
             await asyncio.sleep(0.2)
             assert rig.ledger.late_reservations == 0  # still waiting for the lock
         assert await until(lambda: rig.ledger.late_reservations == 1)

@@ -13,7 +13,7 @@ from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env,
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.contract import VARIABLES
 
-from .asterisk_helpers import agi_request, agi_transcript, engine_rig
+from .asterisk_helpers import agi_request, agi_transcript, engine_rig, verdict
 
 ENV = [
     "agi_network: yes",
@@ -77,13 +77,13 @@ async def test_recorded_asterisk_requests_get_the_contract_variables(tmp_path: P
     async with engine_rig(tmp_path) as rig:
         commands = await agi_request(rig.port, env)
     names = [c.split(" ")[2] for c in commands]
-    assert names == [
-        "RATING_STATUS",
+    assert names == [  # the status last: an engine killed midway leaves none (see test_dialplan)
         "RATING_REASON",
         "RATING_E164",
         "RATING_GUARDSEC",
         "RATING_QUOTASEC",
         "RATING_CALLID",
+        "RATING_STATUS",
     ]
     assert all(c.startswith("SET VARIABLE ") for c in commands)
     values = dict((c.split(" ")[2], c.split(" ", 3)[3].strip('"')) for c in commands)
@@ -147,9 +147,9 @@ async def test_engine_errors_deny_chargeable_calls_but_allow_emergency(tmp_path:
         await rig.ledger.close()  # the ledger is gone: every authorize fails
         env, _, _ = agi_transcript("answered_callee_hangs_up")
         denied = await agi_request(rig.port, env)
-        assert denied[:2] == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "engine_error"']
+        assert verdict(denied) == ("DENY", "engine_error")
         emergency = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 112"])
-        assert emergency[:2] == ['SET VARIABLE RATING_STATUS "ALLOW"', 'SET VARIABLE RATING_REASON "emergency"']
+        assert verdict(emergency) == ("ALLOW", "emergency")
         await rig.ledger.open()
 
 

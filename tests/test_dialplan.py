@@ -155,6 +155,26 @@ def test_variables_left_on_the_channel_are_not_trusted_when_the_engine_says_noth
     assert (w.outcome, w.detail) == ("hangup", "38")
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        contract.answer("ALLOW", Reason.CHARGED, "+33899123456", "180", "pbx1:1.1:1", "120"),
+        contract.answer("ALLOW", Reason.INCLUDED, "+33612345678", "", "pbx1:1.1:1"),
+        contract.answer("DENY", Reason.INSUFFICIENT_FUNDS, "+33899123456", "", "pbx1:1.1:1"),
+    ],
+)
+def test_an_answer_cut_short_never_dials(answer: list[tuple[str, str]]) -> None:
+    """The engine sets its variables one command at a time. Killed between two (a crash, a
+    SIGKILL), it leaves Asterisk the first few: that must fail closed, never dial. With
+    RATING_STATUS first, "ALLOW" and "charged" alone reached the free branch: a charged call
+    dialed with no deadline. So RATING_STATUS goes last, and nothing before it lets a call through."""
+    for n in range(len(answer)):  # every cut: the first n commands delivered
+        w = _walk("0899123456", dict(answer[:n]))
+        assert (w.outcome, w.detail) == ("hangup", "38"), (n, answer[:n])
+    whole = _walk("0899123456", dict(answer))
+    assert whole.outcome == ("dial" if answer[-1] == (contract.STATUS, "ALLOW") else "hangup")
+
+
 def test_an_answer_without_a_reason_fails_closed() -> None:
     w = _walk("0899123456", {"RATING_STATUS": "ALLOW"})
     assert (w.outcome, w.detail) == ("hangup", "38")

@@ -17,7 +17,7 @@ from rating_engine.asterisk.ami_client import AmiClient
 from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
 from rating_engine.clock import Clock
 
-from .asterisk_helpers import TRANSCRIPTS, agi_request, agi_transcript, engine_rig
+from .asterisk_helpers import TRANSCRIPTS, agi_request, agi_transcript, engine_rig, verdict
 
 
 class ReplayAmi:
@@ -114,7 +114,7 @@ async def test_recorded_calls_are_followed_settled_once_or_released(tmp_path: Pa
         try:
             assert await client.wait_logged_in(3)
             commands = await agi_request(rig.port, env)
-            assert commands[0] == 'SET VARIABLE RATING_STATUS "ALLOW"'
+            assert verdict(commands) == ("ALLOW", "charged")
             call_id = next(c for c in commands if "RATING_CALLID" in c).split(" ", 3)[3].strip('"')
             assert [r.call_id for r in await rig.ledger.reservations()] == [call_id]
             ended = asyncio.Event()
@@ -147,7 +147,7 @@ async def test_denied_call_leaves_nothing_behind(tmp_path: Path) -> None:
     env, _, _ = agi_transcript("denied_by_engine")
     async with engine_rig(tmp_path, balance=0) as rig:
         commands = await agi_request(rig.port, env)
-        assert commands[:2] == ['SET VARIABLE RATING_STATUS "DENY"', 'SET VARIABLE RATING_REASON "insufficient_funds"']
+        assert verdict(commands) == ("DENY", "insufficient_funds")
         assert await rig.ledger.reservations() == []
 
 
