@@ -166,6 +166,8 @@ class Engine:
         """Live charged calls by call id (the reservation's key)."""
         self._by_uid: dict[str, str] = {}
         """Channel Uniqueid (caller's or called's) → call id: AMI events name channels."""
+        self._deciding: dict[str, float | None] = {}
+        """Caller channels with an authorization under way → when the channel hung up meanwhile."""
         self.cdr_records: CdrRecords | None = None
         """Asterisk's own durable record of each call, read when reconciling (see cdr.py)."""
         self.stats = EngineStats()
@@ -227,21 +229,25 @@ class Engine:
         # decided with them and reserved in one trip, on the condition that they are still those
         # (their revisions); if they changed, or the money looks short, read them and decide again.
         cached = self._callers.get((account_id, ext)) if account_id else None
-        for _ in range(3):
-            if cached is None:
-                account, extension = await self._read_caller(account_id, ext) if account_id else (None, None)
-            else:
-                account, extension = cached
-            if account is None:
-                c = classify(dialed, s.default_country)
-                if c.kind is Kind.EMERGENCY:
-                    return allow(Reason.EMERGENCY, c.e164)
-                return deny(Reason.UNKNOWN_ACCOUNT, c.e164)
-            answer = await self._authorize_as(request, call_id, now, account, extension, fresh=cached is None)
-            if answer is not None:
-                return self._done(answer)
-            cached = None
-        return deny(Reason.ENGINE_ERROR, classify(dialed, s.default_country).e164)
+        self._deciding[uid] = None  # a Hangup of this channel meanwhile is noted there
+        try:
+            for _ in range(3):
+                if cached is None:
+                    account, extension = await self._read_caller(account_id, ext) if account_id else (None, None)
+                else:
+                    account, extension = cached
+                if account is None:
+                    c = classify(dialed, s.default_country)
+                    if c.kind is Kind.EMERGENCY:
+                        return allow(Reason.EMERGENCY, c.e164)
+                    return deny(Reason.UNKNOWN_ACCOUNT, c.e164)
+                answer = await self._authorize_as(request, call_id, now, account, extension, fresh=cached is None)
+                if answer is not None:
+                    return self._done(answer)
+                cached = None
+            return deny(Reason.ENGINE_ERROR, classify(dialed, s.default_country).e164)
+        finally:
+            self._deciding.pop(uid, None)
 
     async def _read_caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
         """Read the account and the extension, and keep them for the extension's next call."""
@@ -327,6 +333,12 @@ class Engine:
                 call.details(s.node),
                 expect=decided_with,
             )
+            hung_up_at = self._deciding.get(uid)
+            if held.ok and hung_up_at is not None:
+                # The channel hung up while its authorization was under way (its Hangup came before
+                # the call was the engine's to follow): no Dial will come, so the money goes back.
+                await self._finish(call, hung_up_at)
+                return Authorization(Status.DENY, Reason.ENGINE_ERROR, e164, call_id=call_id)
             if held.ok:
                 self.calls[call_id] = call
                 self._by_uid[uid] = call_id
@@ -384,6 +396,8 @@ class Engine:
 
     async def handle(self, event: CallEvent) -> None:
         """One event of a call, in the order Asterisk sent them."""
+        if isinstance(event, HungUp) and event.uniqueid in self._deciding:
+            self._deciding[event.uniqueid] = self._when(event.at)  # see `_authorize_as`
         call = self._call_of(event.uniqueid)
         if call is None:
             return

@@ -420,3 +420,34 @@ async def test_the_extensions_kept_for_one_trip_are_bounded(monkeypatch: pytest.
         assert counting.reads == 120
         again = await r.engine.authorize(request(PREMIUM, "2.1", "419"))  # the last one, still kept
         assert again.reason is Reason.CHARGED and counting.reads == 120
+
+
+@pytest.mark.parametrize("hung_up_during", ["the read", "the reservation"])
+async def test_a_channel_that_hangs_up_while_it_is_authorized_leaves_no_money_held(hung_up_during: str) -> None:
+    """The caller hangs up while the engine is still deciding (the ledger is slow, or the caller
+    quick): Asterisk's Hangup arrives before the call is the engine's to follow, and was dropped
+    as the event of an unknown channel. The reservation made after it was then followed by
+    nothing: the money stayed held until a reconciliation billed the whole first quota, estimated.
+    Now the Hangup is noted, and the reservation goes back as soon as it is made."""
+    async with rig() as r:
+        gate = asyncio.Event()
+        slow = "caller" if hung_up_during == "the read" else "reserve"
+        real = getattr(r.ledger, slow)
+
+        async def held_up(*args: object, **kw: object) -> object:
+            await gate.wait()
+            return await real(*args, **kw)
+
+        setattr(r.ledger, slow, held_up)
+        deciding = asyncio.create_task(r.engine.authorize(request()))
+        await asyncio.sleep(0.05)
+        await r.engine.handle(HungUp("1795535109.7", T0 + 1))
+        gate.set()
+        answer = await deciding
+        assert (answer.status, answer.reason) == (Status.DENY, Reason.ENGINE_ERROR)  # to a channel that is gone
+        assert r.engine.calls == {} and r.engine.stats.released == 1
+        assert await r.ledger.reservations() == [] and (await r.ledger.account("acme")).reserved == 0
+        assert await r.ledger.activity("acme") == [] and await r.ledger.check() == []
+        setattr(r.ledger, slow, real)
+        later = await r.engine.authorize(request(uid="1795535109.8"))  # the next call is not affected
+        assert later.reason is Reason.CHARGED and later.call_id in r.engine.calls
