@@ -59,9 +59,16 @@ class Ledger(ABC):
         if self.on_late_reservation is not None:
             self.on_late_reservation(call_id)
             return
-        task = asyncio.get_running_loop().create_task(self.release(call_id))
+        task = asyncio.get_running_loop().create_task(self._release_late(call_id))
         self._late.add(task)
         task.add_done_callback(self._late.discard)
+
+    async def _release_late(self, call_id: str) -> bool:
+        try:
+            return await self.release(call_id)
+        except Exception:  # closing, or the database away again: a reconciliation will find it
+            log.exception("a late reservation could not be released", extra={"call_id": call_id})
+            return False
 
     # -- backend
     @abstractmethod
