@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rating_engine.asterisk.agent import Agent, Sources
-from rating_engine.asterisk.agi import unquote
+from rating_engine.asterisk.agi import read_set_variable
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
@@ -62,9 +62,9 @@ def said(commands: list[str]) -> dict[str, str]:
     """The variables a FastAGI conversation set, by name (each command `SET VARIABLE NAME "value"`)."""
     out = {}
     for c in commands:
-        assert c.startswith("SET VARIABLE "), c
-        name, _, value = c.removeprefix("SET VARIABLE ").partition(" ")
-        out[name] = unquote(value)
+        setting = read_set_variable(c)
+        assert setting is not None, c
+        out[setting[0]] = setting[1]
     return out
 
 

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rating_engine.asterisk.agi import AgiProtocolError, ReplyReader, parse_env, quote, set_variable, unquote
+from rating_engine.asterisk.agi import (
+    AgiProtocolError,
+    ReplyReader,
+    parse_env,
+    quote,
+    read_set_variable,
+    set_variable,
+    unquote,
+)
 from rating_engine.asterisk.agi_server import FastAgiServer
 from rating_engine.contract import VARIABLES
 
@@ -157,6 +165,8 @@ async def test_engine_errors_deny_chargeable_calls_but_allow_emergency(tmp_path:
 def test_a_quoted_value_reads_back_as_itself(value: str) -> None:
     """What the engine writes in SET VARIABLE is what the simulator (and Asterisk) reads."""
     assert unquote(quote(value)) == value
+    assert read_set_variable(set_variable("RATING_E164", value).decode().rstrip("\n")) == ("RATING_E164", value)
+    assert read_set_variable(f"GET VARIABLE {quote(value)}") is None
 
 
 def _fixed_server(**timeouts: float) -> FastAgiServer:

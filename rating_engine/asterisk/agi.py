@@ -94,6 +94,15 @@ def set_variable(name: str, value: str) -> bytes:
     return f"SET VARIABLE {name} {quote(value)}\n".encode()
 
 
+def read_set_variable(command: str) -> tuple[str, str] | None:
+    """(name, value) of a `SET VARIABLE` command as Asterisk reads it (the inverse of
+    `set_variable`); None for any other command."""
+    if not command.startswith("SET VARIABLE "):
+        return None
+    name, _, value = command.removeprefix("SET VARIABLE ").partition(" ")
+    return name, unquote(value)
+
+
 @dataclass(frozen=True, slots=True)
 class AgiReply:
     code: int

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..clock import Clock
-from .agi import unquote
+from .agi import read_set_variable
 from .ami import BANNER, AmiParser, format_message
 from .templates import EVENT_HEADERS
 
@@ -390,10 +390,9 @@ class AsteriskSimulator:
         writer.write(b"".join(f"{k}: {v}\n".encode() for k, v in env) + b"\n")
         try:
             while line := await asyncio.wait_for(reader.readline(), 30):
-                command = line.decode().strip()
-                if command.startswith("SET VARIABLE "):
-                    name, _, value = command[len("SET VARIABLE ") :].partition(" ")
-                    variables[name] = unquote(value)
+                setting = read_set_variable(line.decode().strip())
+                if setting is not None:
+                    variables[setting[0]] = setting[1]
                     writer.write(b"200 result=1\n")
                 else:
                     writer.write(b"510 Invalid or unknown command\n")
