@@ -75,12 +75,14 @@ def database_url(backend: str, tmp_path: Path) -> Iterator[str]:
             yield url
 
 
-async def until_settled(ledger: Ledger, seconds: float = 10.0) -> None:
-    """Give the engines time to settle what is still reserved (they do after Asterisk's Hangup)."""
-    for _ in range(int(seconds / 0.1)):
-        if not await ledger.reservations():
-            return
-        await asyncio.sleep(0.1)
+async def until_settled(ledger: Ledger, seconds: float = 10.0) -> bool:
+    """Give the engines time to settle or release what is still reserved (they do after Asterisk's
+    Hangup); whether nothing is reserved any more."""
+
+    async def nothing_reserved() -> bool:
+        return await ledger.reservations() == []
+
+    return await until(nothing_reserved, seconds)
 
 
 async def raw_sql(url: str, sql: str) -> None:

@@ -27,7 +27,7 @@ from .asterisk_helpers import agi_request, agi_transcript, engine_rig, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, until, write_lock_held
+from .ledgers import BACKENDS, database_url, opened, until, until_settled, write_lock_held
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -105,11 +105,7 @@ async def test_a_reservation_the_database_takes_after_the_answer_timed_out_is_gi
             await asyncio.sleep(0.2)
             assert rig.ledger.late_reservations == 0  # still waiting for the lock
         assert await until(lambda: rig.ledger.late_reservations == 1)
-
-        async def given_back() -> bool:
-            return await rig.ledger.reservations() == []
-
-        assert await until(given_back)
+        assert await until_settled(rig.ledger)
         account = await rig.ledger.account("acme")
         assert (account.balance, account.reserved) == (20 * EUR, 0)
         assert rig.engine.calls == {} and await rig.ledger.activity("acme") == []

@@ -28,7 +28,7 @@ from rating_engine.ledger.sqlite import SqliteLedger
 from rating_engine.payments import ManualProvider, TopupRunner
 
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, raw_sql, until, write_lock_held
+from .ledgers import BACKENDS, database_url, opened, raw_sql, until, until_settled, write_lock_held
 from .payment_doubles import ScriptedProvider
 
 DAY = 86_400
@@ -545,11 +545,7 @@ async def test_a_reservation_held_after_its_caller_gave_up_is_handed_back(url: s
         ledger.on_late_reservation = None
         await given_up("c3", 2 * EUR)
         assert await until(lambda: ledger.late_reservations == 2)
-        assert await until(lambda: _no_reservations(ledger))  # released by the ledger itself
+        assert await until_settled(ledger)  # released by the ledger itself
         account = await ledger.account("acme")
         assert (account.balance, account.reserved) == (10 * EUR, 0)
         assert await ledger.activity("acme") == [] and await ledger.check() == []
-
-
-async def _no_reservations(ledger: Ledger) -> bool:
-    return await ledger.reservations() == []
