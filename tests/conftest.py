@@ -1,5 +1,5 @@
-"""Test base: the sample tariffs, a fresh PostgreSQL database, a loop-exception guard, and the suite
-on both event loops."""
+"""Test base: the sample tariffs, a fresh PostgreSQL database, a ledger on each backend, a
+loop-exception guard, and the suite on both event loops."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from rating_engine import number_cache
+from rating_engine.ledger import Ledger
 from rating_engine.rating.catalog import Tariffs, load_tariffs
 
-from .ledgers import pg_database
+from .ledgers import BACKENDS, database_url, opened, pg_database
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFICE_FR = ROOT / "tariffs" / "office-fr.toml"
@@ -43,6 +44,19 @@ def pg_url() -> Iterator[str]:
     """A PostgreSQL database of the test's own, dropped after it (see `ledgers.pg_database`)."""
     with pg_database() as url:
         yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A ledger's URL on each backend in turn: a test that takes it runs on SQLite and on PostgreSQL."""
+    yield from database_url(request.param, tmp_path)
+
+
+@pytest.fixture
+async def ledger(url: str) -> AsyncIterator[Ledger]:
+    """The ledger at `url`, open for the test."""
+    async with opened(url) as led:
+        yield led
 
 
 def pytest_asyncio_loop_factories(

@@ -27,7 +27,7 @@ from .asterisk_helpers import agi_request, agi_transcript, engine_rig, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, until, until_settled, write_lock_held
+from .ledgers import opened, until, until_settled, write_lock_held
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -79,11 +79,6 @@ def test_a_bad_top_up_exits_2_with_one_line_and_writes_nothing(
     code, out, err = run(capsys, "account", "topup", "acme", amount, "--db", db)
     assert (code, out) == (2, "") and err.count("\n") == 1 and "Traceback" not in err
     assert _state(db) == before
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from database_url(request.param, tmp_path)
 
 
 async def test_a_reservation_the_database_takes_after_the_answer_timed_out_is_given_back(

@@ -1,12 +1,11 @@
-"""One contract, both backends: every test here runs on SQLite and on PostgreSQL."""
+"""One contract, both backends: every test here runs on SQLite and on PostgreSQL (the `url` and
+`ledger` fixtures of conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -28,22 +27,11 @@ from rating_engine.ledger.sqlite import SqliteLedger
 from rating_engine.payments import ManualProvider, TopupRunner
 
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, raw_sql, until, until_settled, write_lock_held
+from .ledgers import opened, raw_sql, until, until_settled, write_lock_held
 from .payment_doubles import ScriptedProvider
 
 DAY = 86_400
 NOW = 1_795_535_109  # 2026-11-24
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from database_url(request.param, tmp_path)
-
-
-@pytest.fixture
-async def ledger(url: str) -> AsyncIterator[Ledger]:
-    async with opened(url) as led:
-        yield led
 
 
 async def funded(ledger: Ledger, balance: int = 10 * EUR, **settings: object) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +22,10 @@ from rating_engine.rating.catalog import TariffStore
 
 from .conftest import OFFICE_FR
 from .helpers import EUR
-from .ledgers import BACKENDS, database_url, opened, raw_sql
+from .ledgers import opened, raw_sql
 
 NOW = 1_795_535_109  # Tuesday 2026-11-24 09:45 UTC
 HOUR = 3600
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from database_url(request.param, tmp_path)
-
-
-@pytest.fixture
-async def ledger(url: str) -> AsyncIterator[Ledger]:
-    async with opened(url) as led:
-        yield led
 
 
 async def account(ledger: Ledger, balance: int = 100 * EUR, **limits: object) -> None:
