@@ -680,8 +680,9 @@ class Engine:
         """Settle reservations whose channel is gone; follow again those still up. (settled, followed)
 
         A call that ended while the engine was away is billed from Asterisk's own CDR record when
-        one is configured and found (not estimated); otherwise from what the engine had seen, and
-        when it never saw the answer, up to the paid time Asterisk would have allowed (estimated).
+        one is configured and found (not estimated), and released when that record names no called
+        channel; otherwise from what the engine had seen, and when it never saw the answer, up to
+        the paid time Asterisk would have allowed (estimated).
         """
         if self.pbx is None:
             return 0, 0
@@ -724,6 +725,11 @@ class Engine:
                 else:
                     call.answered_at = record.answer
                     await self._finish(call, record.answer + record.billsec)
+            elif record is not None and call.answered_at is None:
+                # Asterisk recorded the caller and no called channel: every Dial gives the caller's
+                # record one, even busy or unanswered. So it never dialed (refused, or the engine
+                # was gone before it answered): nothing was talked.
+                await self._finish(call, record.end or now)
             elif call.answered_at is not None:
                 await self._finish(call, min(now, call.deadline), estimated=True)
             else:

@@ -9,9 +9,11 @@ import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 
+from rating_engine.asterisk.cdr import CdrRecords
 from rating_engine.calls import Answered, AuthorizeRequest, CdrBilled, HungUp
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
@@ -227,6 +229,50 @@ async def test_after_a_restart_a_call_that_ended_meanwhile_is_settled_up_to_its_
         assert await fresh.reconcile() == (1, 0)
         billable, _, estimated = await settled(r, a.call_id)
         assert (billable, estimated) == (60, True) and await ledger.reservations() == []
+
+
+def _cdr_row(uid: str, answer: float | None, end: float, dst: str, disposition: str) -> str:
+    """A line of the CDR file as cdr_custom writes it (asterisk_conf/cdr_custom.conf)."""
+    billsec = int(end - answer) if answer is not None else 0
+    cells = [uid, f"{answer:.6f}" if answer else "", f"{end:.6f}", str(billsec), disposition, dst]
+    return ",".join(f'"{c}"' for c in cells) + "\n"
+
+
+@pytest.mark.parametrize("asterisk_wrote", ["a record without a called channel", "nothing", "the dial's records"])
+async def test_after_a_restart_a_call_that_never_dialed_is_released_by_its_cdr_record(
+    tmp_path: Path, asterisk_wrote: str
+) -> None:
+    """The engine died after its reservation was written and before it answered: the dialplan hung
+    the call up without dialing, and the restart found the money held for a call it never saw
+    answered. It billed the whole first quota, estimated. Asterisk's CDR file says more: a caller
+    that dialed always has a record naming the called channel (even busy or unanswered; after a
+    failed Dial, another without one, as the recorded transcripts show), so a caller whose only
+    records name none never dialed, and is released. With no record at all (cdr.conf's default
+    `unanswered = no` writes none for such a call) nothing is known: billed as before."""
+    uid, cdr_file = "1795535109.7", tmp_path / "rating-engine.csv"
+    async with rig() as r:
+        a = await r.engine.authorize(request(uid=uid))
+        lines = {
+            "a record without a called channel": [_cdr_row(uid, None, T0 + 1, "", "NO ANSWER")],
+            "nothing": [],
+            "the dial's records": [  # answered after 4 s, talked 42 s; a record without one on each side
+                _cdr_row(uid, None, T0 + 1, "", "NO ANSWER"),
+                _cdr_row(uid, T0 + 4, T0 + 46, "PJSIP/trunk-00000002", "ANSWERED"),
+                _cdr_row(uid, None, T0 + 46, "", "NO ANSWER"),
+            ],
+        }[asterisk_wrote]
+        cdr_file.write_text("".join(lines))
+        r.clock.advance(300)  # the engine is away; Asterisk has long ended the call
+        fresh = Engine(TariffStore([OFFICE_FR]), r.ledger, r.clock, r.engine.settings, FakePbx())
+        fresh.cdr_records = CdrRecords(cdr_file)
+        assert await fresh.reconcile() == (1, 0)
+        assert await r.ledger.reservations() == [] and await r.ledger.check() == []
+        if asterisk_wrote == "a record without a called channel":
+            assert await r.ledger.activity("acme") == [] and fresh.stats.released == 1
+            assert (await r.ledger.account("acme")).balance == 10 * EUR
+        else:
+            billable, _, estimated = await settled(r, a.call_id)
+            assert (billable, estimated) == ((60, True) if asterisk_wrote == "nothing" else (42, False))
 
 
 async def _failures(r: Rig, n: int) -> None:

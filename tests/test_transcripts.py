@@ -155,6 +155,26 @@ def _messages(raw: bytes) -> list[dict[str, str]]:
     return AmiParser().feed(raw)
 
 
+def test_the_recorded_cdrs_tell_a_caller_that_dialed_from_one_that_never_did() -> None:
+    """What reconciliation releases by (`Engine.reconcile`, `CdrRecords.find`), read off the
+    recordings: the caller of every call that dialed, answered or not, has a Cdr naming the called
+    channel, and after a failed Dial another naming none (the dialplan after it); the caller the
+    engine refused has Cdrs, and none names a called channel."""
+    events = [m for f in sorted(TRANSCRIPTS.glob("*.ami")) for m in _messages(f.read_bytes())]
+    dialed = {m.get("Uniqueid") for m in events if m.get("Event") == "DialBegin"}
+    for name in [*sorted(SCENARIOS), "denied_by_engine"]:
+        env, _, _ = agi_transcript(name)
+        uid = next(line.split(": ", 1)[1] for line in env if line.startswith("agi_uniqueid: "))
+        called = [
+            m.get("DestinationChannel", "") for m in events if m.get("Event") == "Cdr" and m.get("UniqueID") == uid
+        ]
+        assert called, f"{name}: no Cdr of the caller"
+        assert (uid in dialed) is (name != "denied_by_engine"), name
+        assert any(called) is (uid in dialed), f"{name}: dialed {uid in dialed}, Cdrs naming {called}"
+        if name in ("busy", "no_answer"):
+            assert "" in called, f"{name}: no record of the dialplan after the Dial"
+
+
 def _orders(raw: bytes) -> dict[str, tuple[str, ...]]:
     """Header order per event kind (DialBegin/DialEnd split by whether they carry a Channel)."""
     out: dict[str, tuple[str, ...]] = {}

@@ -56,7 +56,9 @@ class CdrRecords:
         """The record of each call (its caller channel's CDR with a called channel), if written.
 
         A call has several CDRs (one per channel pair); the caller's with a destination is the one
-        that holds its answer and billable time. A later record of the same channel wins.
+        that holds its answer and billable time. A later record of the same channel wins. A caller
+        that dialed also gets records without one (the dialplan after a busy Dial, say), so one of
+        those is returned only where the caller has no other: it never dialed.
         """
         wanted = set(uids)
         found: dict[str, CdrRecord] = {}

@@ -440,6 +440,8 @@ class AsteriskSimulator:
             self.emit("DialEnd:channel", {**caller.fields(), **callee.fields("Dest"), "DialStatus": status})
             self._hangup(callee, 17 if status == "BUSY" else 16)
             self._cdr(caller, callee, scenario, start, None, end, "BUSY" if status == "BUSY" else "NO ANSWER")
+            # the dialplan after Dial (its Hangup) is a record of its own, with no called channel
+            self._cdr(caller, None, scenario, end, None, end, "NO ANSWER")
             self._hangup(caller, 17 if status == "BUSY" else 16)
             result.ended_at, result.dial_status = end, status
             return result
