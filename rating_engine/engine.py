@@ -647,7 +647,7 @@ class Engine:
         except Exception as exc:
             if self.spool is None:
                 raise
-            self.spool.append(entry)
+            await self.spool.keep(entry)
             log.warning(
                 "ledger unreachable: the call's settlement is kept in the spool",
                 extra={"call_id": entry.call_id, "kind": entry.kind, "error": type(exc).__name__},
@@ -671,7 +671,7 @@ class Engine:
                     break
                 taken.append(entry)
             if taken:
-                self.spool.done(taken)
+                await self.spool.drop(taken)
                 log.info("spooled settlements written", extra={"written": len(taken), "left": len(self.spool.entries)})
             return len(taken)
 

@@ -10,6 +10,11 @@ crash between the ledger's commit and this file's rewrite is still billed once.
 One JSON object per line. A torn last line (the engine killed mid-append) is the one entry that
 was never acknowledged: it is skipped, with a warning, and the call is reconciled from Asterisk.
 
+The engine writes it off the event loop (`keep`, `drop`): the entries change at once in the loop,
+and each write and fsync runs on the spool's own thread, in the order asked. A disk slow to
+fsync then delays only the call being settled, never a FastAGI answer (emergency calls included),
+for the reason the SQLite ledger has a thread of its own.
+
 The file, like the reservations noted with its node, is one engine's alone: a running engine holds
 a lock beside it (`claim`), so a second process started as the same node — several processes on one
 port (`reuse_port`) sharing one config file, say — refuses to start instead of following, warning
@@ -18,18 +23,22 @@ and renewing the first one's calls a second time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from .ledger import CallDetails
 
 log = logging.getLogger("rating_engine.spool")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,8 @@ class Spool:
         self.unsaved = 0
         """Entries held in memory only, since the file could not be written."""
         self._lock: int | None = None
+        self._disk: ThreadPoolExecutor | None = None
+        """One thread for the file's writes, so that they happen in the order asked."""
 
     @property
     def lock_path(self) -> Path:
@@ -117,11 +128,36 @@ class Spool:
         disk refuses too (full, read-only): then the entry is kept in memory, said as an error, and
         the whole spool is written with the next entry or rewrite that the disk takes. (Lost only
         if the engine also dies meanwhile: the reservation then stays, and is reconciled.)"""
+        self._save(entry, self._add(entry))
+
+    async def keep(self, entry: Pending) -> None:
+        """`append`, its write and fsync on the spool's thread: the entry is in `entries` at once."""
+        await self._off_loop(self._save, entry, self._add(entry))
+
+    def done(self, taken: list[Pending]) -> None:
+        """Drop what the ledger took; the rest is rewritten whole (a new file, then a rename)."""
+        self._save_all(self._drop(taken))
+
+    async def drop(self, taken: list[Pending]) -> None:
+        """`done`, the rewrite on the spool's thread: `entries` no longer holds `taken` at once."""
+        await self._off_loop(self._save_all, self._drop(taken))
+
+    def _add(self, entry: Pending) -> list[Pending]:
         self.entries.append(entry)
         self.spooled += 1
+        return list(self.entries)
+
+    def _drop(self, taken: list[Pending]) -> list[Pending]:
+        gone = {id(e) for e in taken}
+        self.entries = [e for e in self.entries if id(e) not in gone]
+        self.written += len(taken)
+        return list(self.entries)
+
+    def _save(self, entry: Pending, entries: list[Pending]) -> None:
+        """Append `entry`, or write `entries` (all it is part of) whole if an earlier write failed."""
         try:
             if self.unsaved:
-                self._rewrite()
+                self._rewrite(entries)
             else:
                 self._append_line(entry.line().encode())
         except OSError as exc:
@@ -131,15 +167,16 @@ class Spool:
                 extra={"file": str(self.path), "call_id": entry.call_id, "error": str(exc)},
             )
 
-    def done(self, taken: list[Pending]) -> None:
-        """Drop what the ledger took; the rest is rewritten whole (a new file, then a rename)."""
-        gone = {id(e) for e in taken}
-        self.entries = [e for e in self.entries if id(e) not in gone]
-        self.written += len(taken)
+    def _save_all(self, entries: list[Pending]) -> None:
         try:
-            self._rewrite()
+            self._rewrite(entries)
         except OSError as exc:  # the old file stays: what it still holds is billed once all the same
             log.error("spool file cannot be rewritten", extra={"file": str(self.path), "error": str(exc)})
+
+    async def _off_loop(self, write: Callable[..., T], *args: object) -> T:
+        if self._disk is None:
+            self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        return await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
 
     def _make_dir(self) -> None:
         if not self.path.parent.exists():
@@ -161,11 +198,11 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _rewrite(self) -> None:
+    def _rewrite(self, entries: list[Pending]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            data = "".join(e.line() for e in self.entries).encode()
+            data = "".join(e.line() for e in entries).encode()
             while data:
                 data = data[os.write(fd, data) :]
             os.fsync(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from rating_engine.ledger import AccountSettings, ExtensionSettings, LedgerError
 from rating_engine.ledger.programs import MAX_BALANCE
 from rating_engine.money import MAX_AMOUNT, parse_amount
 
-from .asterisk_helpers import agi_request, agi_transcript, engine_rig, verdict
+from .asterisk_helpers import agi_request, agi_transcript, engine_rig, said, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port
 from .helpers import EUR
@@ -944,6 +945,57 @@ async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_cor
         await ledger.close()
         with sqlite3.connect(disk / "ledger.sqlite3") as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def test_a_disk_slow_to_fsync_the_spool_never_holds_up_an_emergency_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger is away when a call ends: its settlement goes to the spool, written and fsynced
+    before the engine forgets the call. That write ran in the event loop, so a disk slow to fsync
+    (another program flushing a lot, a failing drive) held every FastAGI answer as long, emergency
+    calls included: Asterisk has no read timeout on FastAGI. It runs on the spool's own thread now."""
+    import threading
+    import time
+
+    from rating_engine import spool as spool_module
+    from rating_engine.calls import HungUp
+    from rating_engine.spool import Spool
+
+    from .test_engine import answered
+
+    async with engine_rig(tmp_path) as rig:
+        rig.engine.spool = Spool(tmp_path / "pbx1.spool.jsonl")
+        env, _, _ = agi_transcript("answered_callee_hangs_up")  # a premium number: charged
+        uid = next(line.split(": ", 1)[1] for line in env if line.startswith("agi_uniqueid: "))
+        charged = said(await agi_request(rig.port, env))
+        assert charged["RATING_REASON"] == "charged"
+        await rig.engine.handle(answered(uid, time.time()))
+
+        async def away(*args: object, **kw: object) -> object:
+            raise ConnectionResetError("the database is away")
+
+        monkeypatch.setattr(rig.ledger, "settle", away)
+        fsync, syncing = os.fsync, threading.Event()
+
+        def slow_fsync(fd: int) -> None:
+            syncing.set()
+            time.sleep(1.5)
+            fsync(fd)
+
+        monkeypatch.setattr(spool_module.os, "fsync", slow_fsync)
+        started = time.monotonic()
+        ending = asyncio.create_task(rig.engine.handle(HungUp(uid, time.time())))
+        assert await asyncio.to_thread(syncing.wait, 5)  # the settle failed, the spool's fsync is under way
+        emergency = await agi_request(rig.port, [*env[:-1], "agi_arg_2: 112"])
+        assert verdict(emergency) == ("ALLOW", "emergency")
+        assert time.monotonic() - started < 1.0, "the FastAGI answer waited for the spool's fsync"
+        assert not ending.done()
+        await ending
+        assert [e.call_id for e in rig.engine.spool.entries] == [charged["RATING_CALLID"]]
+        monkeypatch.undo()
+        assert Spool(rig.engine.spool.path).load() == rig.engine.spool.entries  # durable, as before
+        assert await rig.engine.flush_spool() == 1 and Spool(rig.engine.spool.path).load() == []
+        assert await rig.ledger.reservations() == [] and await rig.ledger.check() == []
 
 
 async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: Path) -> None:
