@@ -6,12 +6,18 @@ import json
 import platform
 import statistics
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def cpu_seconds() -> tuple[float, float | None]:
     """CPU time used so far by this process (its threads included) and by the PostgreSQL server's
-    processes on this machine (None where /proc cannot tell): the benchmark's two sides of a run."""
+    processes on this machine (None where /proc cannot tell): the benchmark's two sides of a run.
+
+    A backend or an autovacuum worker that ends during a run takes its CPU time out of /proc with
+    it: summed over the live processes alone, the server's figure could fall (a run of one test
+    read -0.36 cores busy). The kernel adds an ended child's time to its parent's (`cutime`,
+    `cstime`) when the parent reaps it, so the postmaster's count of its reaped children is added,
+    read after theirs: an ended process is then counted once, live or reaped."""
     import os
     import resource
 
@@ -20,19 +26,32 @@ def cpu_seconds() -> tuple[float, float | None]:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return me.ru_utime + me.ru_stime, None
-    server = sum(cpu for name, cpu in _proc_stats(pids) if name == "postgres")
-    return me.ru_utime + me.ru_stime, server
+    server = [s for s in _proc_stats(pids) if s.name == "postgres"]
+    mine = {s.pid for s in server}
+    postmasters = [s.pid for s in server if s.parent not in mine]
+    reaped = sum(s.reaped for s in _proc_stats(postmasters))
+    return me.ru_utime + me.ru_stime, sum(s.cpu for s in server) + reaped
 
 
 def processes_cpu(pids: list[int]) -> float | None:
     """CPU time used so far by these processes (None where /proc cannot tell): servers the
     benchmark started in processes of their own."""
     stats = _proc_stats(pids)
-    return sum(cpu for _name, cpu in stats) if len(stats) == len(pids) else None
+    return sum(s.cpu for s in stats) if len(stats) == len(pids) else None
 
 
-def _proc_stats(pids: list[int]) -> list[tuple[str, float]]:
-    """Each readable process's command name and CPU seconds (user + system, /proc/PID/stat)."""
+class _Stat(NamedTuple):
+    pid: int
+    name: str
+    parent: int
+    cpu: float
+    """Its own CPU seconds, user and system."""
+    reaped: float
+    """Its ended children's, once it has reaped them."""
+
+
+def _proc_stats(pids: list[int]) -> list[_Stat]:
+    """Each readable process's /proc/PID/stat: its command name, parent and CPU seconds."""
     import os
 
     tick = os.sysconf("SC_CLK_TCK")
@@ -43,8 +62,9 @@ def _proc_stats(pids: list[int]) -> list[tuple[str, float]]:
                 name, rest = f.read().split(") ", 1)
         except OSError:
             continue
-        fields = rest.split()
-        found.append((name.partition("(")[2], (int(fields[11]) + int(fields[12])) / tick))
+        fields = rest.split()  # from the state on: the parent is 4th in the file, utime the 14th
+        cpu, reaped = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+        found.append(_Stat(pid, name.partition("(")[2], int(fields[1]), cpu / tick, reaped / tick))
     return found
 
 

@@ -217,3 +217,26 @@ def test_bench_authorize_table_puts_each_figure_under_its_own_header() -> None:
     assert (bare["auth/s"], bare["vs bare"], bare["cores busy"]) == ("5,000", "1.00x", f"1.50 of {os.cpu_count()}")
     with pytest.raises(KeyError, match="no such column"):
         table_row(loop="uvloop", rate_per_s="1")
+
+
+async def test_the_servers_cpu_never_falls_when_one_of_its_processes_ends(pg_url: str) -> None:
+    """The benchmarks read PostgreSQL's CPU from /proc before and after a run. A backend that ended
+    in between took its time out of /proc with it, and the figure fell (once -0.36 cores busy: a
+    failed run). Its time moves to the postmaster's count of reaped children, which is added now."""
+    import asyncio
+
+    import asyncpg
+
+    from benchmarks.common import cpu_seconds
+
+    conn = await asyncpg.connect(pg_url)
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    await conn.fetchval("SELECT count(*) FROM generate_series(1, 3000000)")  # a few tenths of a second
+    _, before = cpu_seconds()
+    await conn.close()
+    for _ in range(100):  # until the postmaster has reaped it
+        if not Path(f"/proc/{pid}").exists():
+            break
+        await asyncio.sleep(0.05)
+    _, after = cpu_seconds()
+    assert before is not None and after is not None and after >= before, (before, after)
