@@ -33,12 +33,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 from .ledger import CallDetails
 
 log = logging.getLogger("rating_engine.spool")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,23 +122,17 @@ class Spool:
                 )
         return self.entries
 
-    def append(self, entry: Pending) -> None:
+    async def keep(self, entry: Pending) -> None:
         """Durable before it returns, so the caller may forget the call — unless the engine's own
         disk refuses too (full, read-only): then the entry is kept in memory, said as an error, and
         the whole spool is written with the next entry or rewrite that the disk takes. (Lost only
-        if the engine also dies meanwhile: the reservation then stays, and is reconciled.)"""
-        self._save(entry, self._add(entry))
-
-    async def keep(self, entry: Pending) -> None:
-        """`append`, its write and fsync on the spool's thread: the entry is in `entries` at once."""
+        if the engine also dies meanwhile: the reservation then stays, and is reconciled.) The
+        entry is in `entries` at once; its write and fsync run on the spool's thread."""
         await self._off_loop(self._save, entry, self._add(entry))
 
-    def done(self, taken: list[Pending]) -> None:
-        """Drop what the ledger took; the rest is rewritten whole (a new file, then a rename)."""
-        self._save_all(self._drop(taken))
-
     async def drop(self, taken: list[Pending]) -> None:
-        """`done`, the rewrite on the spool's thread: `entries` no longer holds `taken` at once."""
+        """Drop what the ledger took (from `entries` at once); the rest is rewritten whole (a new
+        file, then a rename), on the spool's thread."""
         await self._off_loop(self._save_all, self._drop(taken))
 
     def _add(self, entry: Pending) -> list[Pending]:
@@ -173,10 +166,10 @@ class Spool:
         except OSError as exc:  # the old file stays: what it still holds is billed once all the same
             log.error("spool file cannot be rewritten", extra={"file": str(self.path), "error": str(exc)})
 
-    async def _off_loop(self, write: Callable[..., T], *args: object) -> T:
+    async def _off_loop(self, write: Callable[..., None], *args: object) -> None:
         if self._disk is None:
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-        return await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
+        await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
 
     def _make_dir(self) -> None:
         if not self.path.parent.exists():

@@ -97,18 +97,18 @@ async def funded_engine(url: str, spool: Path, clock: ManualClock) -> Engine:
     return engine
 
 
-def test_the_spool_keeps_entries_across_a_reload_and_skips_a_torn_line(tmp_path: Path) -> None:
+async def test_the_spool_keeps_entries_across_a_reload_and_skips_a_torn_line(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.jsonl")
     first = Pending(
         "settle", "pbx1:1.1:1", 100, 930, CallDetails(40, 100, PREMIUM, "+33899123456", billable_seconds=60)
     )
-    spool.append(first)
-    spool.append(Pending("release", "pbx1:1.2:1", 101))
+    await spool.keep(first)
+    await spool.keep(Pending("release", "pbx1:1.2:1", 101))
     with open(spool.path, "a") as f:
         f.write('{"kind":"settle","call_id":"pbx1:1.3')  # the engine killed mid-write
     again = Spool(spool.path)
     assert again.load() == [first, Pending("release", "pbx1:1.2:1", 101)]
-    again.done([again.entries[0]])
+    await again.drop([again.entries[0]])
     assert Spool(spool.path).load() == [Pending("release", "pbx1:1.2:1", 101)]
     assert oct(spool.path.stat().st_mode & 0o777) == "0o600"
 
