@@ -278,7 +278,7 @@ def test_the_cdr_mapping_writes_the_columns_the_engine_reads() -> None:
     import csv
     import re
 
-    from rating_engine.asterisk.cdr import COLUMNS, CdrRecords, parse_row
+    from rating_engine.asterisk.cdr import COLUMNS, CdrRecords, format_row, parse_row
 
     text = (ROOT / "asterisk_conf" / "cdr_custom.conf").read_text()
     mapping = next(x for x in text.splitlines() if x.startswith("rating-engine.csv =>"))
@@ -288,4 +288,5 @@ def test_the_cdr_mapping_writes_the_columns_the_engine_reads() -> None:
     line = '"1795535109.42","1795535112.250000","1795535140.750000","28","ANSWERED","PJSIP/trunk-00000007"'
     record = parse_row(next(csv.reader([line])))
     assert record is not None and (record.answer, record.billsec) == (1795535112.25, 28)
+    assert format_row(record) == line + "\n"  # what the simulator and the tests write, read back
     assert CdrRecords(ROOT / "no-such.csv").find(["x"]) == {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rating_engine.asterisk.cdr import CdrRecords
+from rating_engine.asterisk.cdr import CdrRecord, CdrRecords, format_row
 from rating_engine.calls import Answered, AuthorizeRequest, CdrBilled, HungUp
 from rating_engine.clock import Clock
 from rating_engine.config import EngineSection
@@ -234,8 +234,7 @@ async def test_after_a_restart_a_call_that_ended_meanwhile_is_settled_up_to_its_
 def _cdr_row(uid: str, answer: float | None, end: float, dst: str, disposition: str) -> str:
     """A line of the CDR file as cdr_custom writes it (asterisk_conf/cdr_custom.conf)."""
     billsec = int(end - answer) if answer is not None else 0
-    cells = [uid, f"{answer:.6f}" if answer else "", f"{end:.6f}", str(billsec), disposition, dst]
-    return ",".join(f'"{c}"' for c in cells) + "\n"
+    return format_row(CdrRecord(uid, answer, end, billsec, disposition, dst))
 
 
 @pytest.mark.parametrize("asterisk_wrote", ["a record without a called channel", "nothing", "the dial's records"])

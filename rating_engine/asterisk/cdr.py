@@ -46,6 +46,14 @@ def parse_row(cells: list[str]) -> CdrRecord | None:
     return CdrRecord(uid, answered if answered > 0 else None, ended, int(billsec), disposition, dst)
 
 
+def format_row(record: CdrRecord) -> str:
+    """A line of the file as `cdr_custom.conf`'s mapping writes it (CSV_QUOTE): `parse_row`'s inverse,
+    for the simulator and the tests that play Asterisk's side."""
+    answer = f"{record.answer:.6f}" if record.answer else ""
+    cells = (record.uniqueid, answer, f"{record.end:.6f}", str(record.billsec), record.disposition, record.dstchannel)
+    return ",".join('"' + c.replace('"', '""') + '"' for c in cells) + "\n"
+
+
 class CdrRecords:
     """The CDR file Asterisk appends to; looked up by caller channel Uniqueid."""
 

@@ -25,6 +25,7 @@ from typing import Literal
 from ..clock import Clock
 from .agi import read_set_variable
 from .ami import BANNER, AmiParser, format_message
+from .cdr import CdrRecord, format_row
 from .templates import EVENT_HEADERS
 
 Outcome = Literal["answer", "busy", "noanswer", "cancel"]
@@ -326,9 +327,9 @@ class AsteriskSimulator:
 
         billable = math.floor(end - answer) if answer is not None else 0
         if self.cdr_file is not None:  # cdr_custom's mapping (asterisk_conf/cdr_custom.conf), written at the end
-            row = [caller.uid, f"{answer:.6f}" if answer else "", f"{end:.6f}", str(billable), disposition]
+            record = CdrRecord(caller.uid, answer, end, billable, disposition, callee.name if callee else "")
             with self.cdr_file.open("a", encoding="utf-8") as f:
-                f.write(",".join(f'"{c}"' for c in [*row, callee.name if callee else ""]) + "\n")
+                f.write(format_row(record))
         self.emit(
             "Cdr",
             {
