@@ -958,6 +958,7 @@ async def test_a_disk_slow_to_fsync_the_spool_never_holds_up_an_emergency_call(
     import time
 
     from rating_engine import spool as spool_module
+    from rating_engine.asterisk.agi import parse_env
     from rating_engine.calls import HungUp
     from rating_engine.spool import Spool
 
@@ -966,7 +967,7 @@ async def test_a_disk_slow_to_fsync_the_spool_never_holds_up_an_emergency_call(
     async with engine_rig(tmp_path) as rig:
         rig.engine.spool = Spool(tmp_path / "pbx1.spool.jsonl")
         env, _, _ = agi_transcript("answered_callee_hangs_up")  # a premium number: charged
-        uid = next(line.split(": ", 1)[1] for line in env if line.startswith("agi_uniqueid: "))
+        uid = parse_env("\n".join(env).encode()).uniqueid
         charged = said(await agi_request(rig.port, env))
         assert charged["RATING_REASON"] == "charged"
         await rig.engine.handle(answered(uid, time.time()))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rating_engine.asterisk.agi import parse_env
 from rating_engine.asterisk.ami import AmiParser, format_message
 from rating_engine.asterisk.ami_client import AmiClient
 from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
@@ -164,7 +165,7 @@ def test_the_recorded_cdrs_tell_a_caller_that_dialed_from_one_that_never_did() -
     dialed = {m.get("Uniqueid") for m in events if m.get("Event") == "DialBegin"}
     for name in [*sorted(SCENARIOS), "denied_by_engine"]:
         env, _, _ = agi_transcript(name)
-        uid = next(line.split(": ", 1)[1] for line in env if line.startswith("agi_uniqueid: "))
+        uid = parse_env("\n".join(env).encode()).uniqueid
         called = [
             m.get("DestinationChannel", "") for m in events if m.get("Event") == "Cdr" and m.get("UniqueID") == uid
         ]
