@@ -2,13 +2,29 @@
 
 Secrets never reach a log: nothing here prints configuration, and keys named like secrets
 are masked if a caller passes them anyway.
+
+A line is formatted where it is logged and written to stderr by a thread of its own. A sink that
+stops taking lines (journald behind, a pipe nobody reads) then holds that thread, never the
+event loop, so FastAGI answers (emergency calls among them) never wait on a log. Lines beyond
+`ROOM` waiting are dropped and counted; the count is written as a line of its own when the sink
+takes lines again, and `rating_log_lines_dropped_total` shows it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import sys
+import threading
 import time
+from typing import TextIO
+
+ROOM = 10_000
+"""Lines that may wait for the sink: ~3 MB at most; an engine logs a few lines a call in trouble."""
+EXIT_WAIT = 5.0
+"""Seconds a process's exit waits for its last lines to be written (`logging.shutdown` flushes
+every handler at exit); a stalled sink must not keep it from exiting."""
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _SECRET_WORDS = ("secret", "password", "token")
@@ -42,10 +58,83 @@ class TextFormatter(logging.Formatter):
         return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
 
 
-def setup(level: str = "info", fmt: str = "json") -> None:
-    handler = logging.StreamHandler()
+class OffLoopHandler(logging.Handler):
+    """Formats a line where it is logged (its fields as they were then) and writes it from a thread
+    of its own, so a sink that takes nothing holds that thread only."""
+
+    def __init__(self, stream: TextIO, room: int = ROOM) -> None:
+        super().__init__()
+        self.stream = stream
+        self.dropped_total = 0
+        self._dropped = 0  # since the last note; under the handler's lock
+        self._lines: queue.Queue[str | None] = queue.Queue(room)
+        self._thread = threading.Thread(target=self._write, name="logs", daemon=True)
+        self._thread.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            self._dropped += 1
+            self.dropped_total += 1
+
+    def _write(self) -> None:
+        while (line := self._lines.get()) is not None:
+            self.acquire()  # emit counts under it
+            try:
+                dropped, self._dropped = self._dropped, 0
+            finally:
+                self.release()
+            try:
+                if dropped:
+                    self.stream.write(self._note(dropped) + "\n")
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            except Exception:  # a closed or broken stderr: nothing left to tell it
+                pass
+            finally:
+                self._lines.task_done()
+        self._lines.task_done()
+
+    def _note(self, dropped: int) -> str:
+        reason = "the log's sink took no lines while they came"
+        fields = {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING", "msg": "log lines dropped"}
+        return self.format(logging.makeLogRecord({**fields, "dropped": dropped, "reason": reason}))
+
+    def flush(self, timeout: float = EXIT_WAIT) -> None:
+        """Wait until the lines logged so far are written, or `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._lines.unfinished_tasks and time.monotonic() < deadline and self._thread.is_alive():
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self.flush()
+        try:
+            self._lines.put(None, timeout=0.1)
+        except queue.Full:
+            pass  # the sink is stalled: the thread is a daemon and ends with the process
+        else:
+            self._thread.join(0.1)
+        super().close()
+
+
+def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> OffLoopHandler:
+    handler = OffLoopHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("rating_engine")
+    for old in root.handlers:
+        old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    return handler
+
+
+def dropped_total() -> int:
+    """Lines dropped since start because the sink took none (`rating_log_lines_dropped_total`)."""
+    return sum(h.dropped_total for h in logging.getLogger("rating_engine").handlers if isinstance(h, OffLoopHandler))

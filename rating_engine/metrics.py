@@ -83,6 +83,9 @@ class Snapshot:
     ledger_fallbacks_total: int = field(default=0, metadata=COUNTER)
     """Batches the ledger's fast way (PostgreSQL's function, SQLite's walk) failed on: each ran again
     as programs, so no call was lost, but it is a bug; the log has the traceback."""
+    log_lines_dropped_total: int = field(default=0, metadata=COUNTER)
+    """Log lines dropped because stderr took none while they came (journald behind, a full pipe):
+    the engine never waits on its log."""
 
 
 class Metrics:

@@ -16,7 +16,7 @@ import signal
 import time
 from typing import Any
 
-from . import number_cache, number_table
+from . import logs, number_cache, number_table
 from .asterisk.agent import Agent
 from .asterisk.ami_client import AmiClient
 from .asterisk.cdr import CdrRecords
@@ -109,6 +109,7 @@ class Service:
             late_reservations_total=self.ledger.late_reservations,
             node_conflicts_total=self.ledger.node_conflicts,
             ledger_fallbacks_total=self.ledger.fallbacks,
+            log_lines_dropped_total=logs.dropped_total(),
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
             spool_unsaved=self.engine.spool.unsaved if self.engine.spool else 0,
             spooled_total=self.engine.spool.spooled if self.engine.spool else 0,

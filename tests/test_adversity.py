@@ -351,11 +351,14 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
     before = service.tariffs.current
     damage(plan)  # type: ignore[operator]
-    logs.setup("info", "json")
+    handler = logs.setup("info", "json")
     try:
         asyncio.run(_reloaded(service))
     finally:
-        logging.getLogger().handlers.clear()
+        handler.close()  # its last lines written
+        logger = logging.getLogger("rating_engine")
+        logger.handlers.clear()
+        logger.propagate, logger.level = True, logging.NOTSET
     assert service.tariffs.current is before and service.reload_failures == 1
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]
@@ -1017,3 +1020,122 @@ async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: P
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err.decode()
         assert "cannot be written (a read-only file, directory or file system)" in lines[0]
         assert str(disk / "ledger.sqlite3") in lines[0]
+
+
+# ---------------------------------------------------------------- the log's sink
+
+
+async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: Path) -> None:
+    """`run` logs to stderr: a pipe to journald, say. When its reader falls behind the pipe fills,
+    and a log line written in the event loop held every FastAGI answer until it drained, emergency
+    calls included. Lines are written by a thread of their own now."""
+    import fcntl
+    import json
+    import sys
+    import termios
+
+    from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
+    from rating_engine.clock import Clock
+
+    from .conftest import ROOT
+
+    sim = AsteriskSimulator(Clock(), agi_port=0, secret="simulator")
+    agi, metrics = free_port(), free_port()
+    config = _config(tmp_path, agi, await sim.start(), metrics=f"127.0.0.1:{metrics}")
+    async with opened(f"sqlite:///{tmp_path}/l.sqlite3") as ledger:
+        await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: a few dozen lines fill it
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rating_engine.cli", "run", "--config", str(config), cwd=ROOT,
+        env={**os.environ, "RATING_ENGINE_AMI_SECRET": "simulator"},
+        stdout=asyncio.subprocess.DEVNULL, stderr=write_end,
+    )  # fmt: skip
+    os.close(write_end)
+    text = b""
+
+    async def read_until(msg: str, count: int = 1) -> list[dict[str, object]]:
+        """The whole lines it has written, read until `count` of them say `msg`."""
+        nonlocal text
+        while True:
+            lines = [json.loads(x) for x in text.splitlines(keepends=True) if x.endswith(b"\n")]
+            if sum(e["msg"] == msg for e in lines) >= count:
+                return lines
+            chunk = await asyncio.wait_for(asyncio.to_thread(os.read, read_end, 65536), 20)
+            assert chunk, "the engine exited"
+            text += chunk
+
+    try:
+        await read_until("reconciled with Asterisk")
+        for _ in range(100):  # each one logged: far more than the pipe holds, none read
+            assert await asyncio.wait_for(agi_request(agi, ["not a FastAGI environment"]), 2) == []
+        waiting = fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0")
+        assert int.from_bytes(waiting, sys.byteorder) > 3500  # the pipe is full: stderr takes nothing
+        sim.agi_port = agi
+        call = await asyncio.wait_for(sim.place_call(Scenario("112", talk=1)), 5)
+        assert (call.status, call.reason) == ("ALLOW", "emergency")
+        reader, writer = await asyncio.open_connection("127.0.0.1", metrics)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"\nrating_log_lines_dropped_total 0\n" in await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        lines = await read_until("bad FastAGI request", 100)  # read at last: every line, in order
+        assert all(e["level"] == "warning" for e in lines if e["msg"] == "bad FastAGI request")
+        assert not [e for e in lines if e["msg"] == "log lines dropped"]
+    finally:
+        proc.kill()
+        await proc.wait()
+        os.close(read_end)
+        await sim.close()
+
+
+def test_lines_a_stalled_sink_has_no_room_for_are_counted_and_said_once_it_takes_lines_again() -> None:
+    import io
+    import json
+    import logging
+    import threading
+
+    from rating_engine import logs
+
+    class Stalled(io.StringIO):
+        """A sink that takes its first line, then blocks until released."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.entered, self.released = threading.Event(), threading.Event()
+
+        def write(self, s: str) -> int:
+            self.entered.set()
+            assert self.released.wait(10)
+            return super().write(s)
+
+    sink = Stalled()
+    handler = logs.OffLoopHandler(sink, room=3)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("rating_engine")
+    logger.handlers[:], logger.propagate, logger.level = [handler], False, logging.INFO
+    log = logging.getLogger("rating_engine.test")
+    try:
+        log.info("line", extra={"n": 1})
+        assert sink.entered.wait(5)  # the writer holds line 1, stuck in the sink
+        for n in range(2, 11):
+            log.info("line", extra={"n": n})  # 2-4 wait for it, 5-10 find no room: never a wait here
+        assert logs.dropped_total() == 6 and sink.getvalue() == ""
+        sink.released.set()
+        handler.flush()
+        lines = [json.loads(x) for x in sink.getvalue().splitlines()]
+        assert [(e["msg"], e.get("n"), e.get("dropped")) for e in lines] == [
+            ("line", 1, None),
+            ("log lines dropped", None, 6),
+            ("line", 2, None),
+            ("line", 3, None),
+            ("line", 4, None),
+        ]
+        assert lines[1]["level"] == "warning"
+        log.info("line", extra={"n": 11})
+        handler.close()  # as logging.shutdown does at exit: what was logged is written
+        assert json.loads(sink.getvalue().splitlines()[-1])["n"] == 11 and logs.dropped_total() == 6
+    finally:
+        sink.released.set()
+        handler.close()
+        logger.handlers.clear()
+        logger.propagate, logger.level = True, logging.NOTSET
