@@ -67,6 +67,7 @@ class OffLoopHandler(logging.Handler):
         self.stream = stream
         self.dropped_total = 0
         self._dropped = 0  # since the last note; under the handler's lock
+        self._gave_up = False
         self._lines: queue.Queue[str | None] = queue.Queue(room)
         self._thread = threading.Thread(target=self._write, name="logs", daemon=True)
         self._thread.start()
@@ -107,9 +108,13 @@ class OffLoopHandler(logging.Handler):
         return self.format(logging.makeLogRecord({**fields, "dropped": dropped, "reason": reason}))
 
     def flush(self, timeout: float = EXIT_WAIT) -> None:
-        """Wait until the lines logged so far are written, or `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while self._lines.unfinished_tasks and time.monotonic() < deadline and self._thread.is_alive():
+        """Wait until the lines logged so far are written, or `timeout` seconds: once only for a
+        sink that stays stalled (`logging.shutdown` flushes, then closes, which flushes again)."""
+        deadline = time.monotonic() + (0 if self._gave_up else timeout)
+        while self._lines.unfinished_tasks and self._thread.is_alive():
+            if time.monotonic() >= deadline:
+                self._gave_up = True
+                return
             time.sleep(0.005)
 
     def close(self) -> None:

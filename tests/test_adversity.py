@@ -1139,3 +1139,30 @@ def test_lines_a_stalled_sink_has_no_room_for_are_counted_and_said_once_it_takes
         handler.close()
         logger.handlers.clear()
         logger.propagate, logger.level = True, logging.NOTSET
+
+
+def test_an_exit_waits_once_for_a_sink_that_stays_stalled() -> None:
+    import io
+    import logging
+    import threading
+    import time
+
+    from rating_engine import logs
+
+    release = threading.Event()
+
+    class Stuck(io.StringIO):
+        def write(self, s: str) -> int:
+            release.wait(10)
+            return super().write(s)
+
+    handler = logs.OffLoopHandler(Stuck())
+    handler.setFormatter(logs.JsonFormatter())
+    try:
+        handler.emit(logging.makeLogRecord({"msg": "never written"}))
+        started = time.monotonic()
+        handler.flush(0.3)  # logging.shutdown at exit: flush, then close (which flushes again)
+        handler.close()
+        assert 0.3 <= time.monotonic() - started < 0.6
+    finally:
+        release.set()
