@@ -1,7 +1,13 @@
 """Structured logs: one JSON object a line (or plain text), with the `extra` fields kept.
 
-Secrets never reach a log: nothing here prints configuration, and keys named like secrets
-are masked if a caller passes them anyway.
+Secrets never reach a log: nothing here prints configuration, keys named like secrets are
+masked if a caller passes them anyway, and so are values written after such a name in a
+message or a traceback (`'Secret': '…'`, `secret=…`, an AMI header line `Secret: …`): a
+library's line may quote the action it failed to send, the AMI login among them.
+
+The libraries' warnings and errors (panoramisk, asyncpg, uvicorn) go through the same handler,
+as JSON lines, instead of Python's last-resort handler, which wrote plain text in the caller's
+thread.
 
 A line is formatted where it is logged and written to stderr by a thread of its own. A sink that
 stops taking lines (journald behind, a pipe nobody reads) then holds that thread, never the
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -28,6 +35,23 @@ every handler at exit); a stalled sink must not keep it from exiting."""
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _SECRET_WORDS = ("secret", "password", "token")
+_NAME = r"\w*(?:secret|password|token)\w*"
+_SECRET_VALUES = (
+    (re.compile(rf"""(?i)((['"]){_NAME}\2\s*:\s*)(['"]).*?\3"""), r"\1\3***\3"),  # 'Secret': 'x'
+    (re.compile(rf"""(?i)(\b{_NAME}\s*=\s*)(?:(['"]).*?\2|[^\s&,;)]+)"""), r"\1***"),  # secret=x
+    (re.compile(rf"(?im)^([ \t]*{_NAME}:[ \t]*)\S[^\r\n]*"), r"\1***"),  # Secret: x, a header line
+)
+
+
+def mask(text: str) -> str:
+    """`text` with the values written after a secret's name replaced by ***."""
+    for pattern, replacement in _SECRET_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _masked(value: object) -> object:
+    return mask(value) if isinstance(value, str) else value
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,26 +60,26 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": mask(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                out[key] = "***" if any(w in key.lower() for w in _SECRET_WORDS) else value
+                out[key] = "***" if any(w in key.lower() for w in _SECRET_WORDS) else _masked(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            out["exc"] = mask(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(
-            f"{k}={'***' if any(w in k.lower() for w in _SECRET_WORDS) else v}"
+            f"{k}={'***' if any(w in k.lower() for w in _SECRET_WORDS) else _masked(v)}"
             for k, v in vars(record).items()
             if k not in _STANDARD and not k.startswith("_")
         )
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()} {extras}".rstrip()
-        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+        return mask(line + ("\n" + self.formatException(record.exc_info) if record.exc_info else ""))
 
 
 class OffLoopHandler(logging.Handler):
@@ -128,18 +152,22 @@ class OffLoopHandler(logging.Handler):
         super().close()
 
 
-def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> OffLoopHandler:
-    handler = OffLoopHandler(stream or sys.stderr)
+def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None, room: int = ROOM) -> OffLoopHandler:
+    """Our lines from `level` up, the libraries' from warnings up, through one handler."""
+    handler = OffLoopHandler(stream or sys.stderr, room)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger("rating_engine")
+    root = logging.getLogger()
     for old in root.handlers:
         old.close()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    ours = logging.getLogger("rating_engine")
+    ours.handlers.clear()
+    ours.setLevel(level.upper())
+    ours.propagate = True
     return handler
 
 
 def dropped_total() -> int:
     """Lines dropped since start because the sink took none (`rating_log_lines_dropped_total`)."""
-    return sum(h.dropped_total for h in logging.getLogger("rating_engine").handlers if isinstance(h, OffLoopHandler))
+    return sum(h.dropped_total for h in logging.getLogger().handlers if isinstance(h, OffLoopHandler))

@@ -13,6 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -336,10 +337,8 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object
 ) -> None:
     import json
-    import logging
     import shutil
 
-    from rating_engine import logs
     from rating_engine.config import Config, TariffsSection
     from rating_engine.ledger import make_ledger
     from rating_engine.service import Service
@@ -351,14 +350,9 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
     before = service.tariffs.current
     damage(plan)  # type: ignore[operator]
-    handler = logs.setup("info", "json")
-    try:
+    with logs_set_up("info", "json") as handler:
         asyncio.run(_reloaded(service))
-    finally:
         handler.close()  # its last lines written
-        logger = logging.getLogger("rating_engine")
-        logger.handlers.clear()
-        logger.propagate, logger.level = True, logging.NOTSET
     assert service.tariffs.current is before and service.reload_failures == 1
     lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
     assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]
@@ -1025,6 +1019,23 @@ async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: P
 # ---------------------------------------------------------------- the log's sink
 
 
+@contextlib.contextmanager
+def logs_set_up(*args: Any, **kw: Any) -> Iterator[Any]:
+    """`logs.setup` for one test; the handlers and levels as they were after (pytest's own)."""
+    import logging
+
+    from rating_engine import logs
+
+    root, ours = logging.getLogger(), logging.getLogger("rating_engine")
+    before = (root.handlers[:], root.level, ours.handlers[:], ours.level, ours.propagate)
+    handler = logs.setup(*args, **kw)
+    try:
+        yield handler
+    finally:
+        handler.close()
+        root.handlers[:], root.level, ours.handlers[:], ours.level, ours.propagate = before
+
+
 async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: Path) -> None:
     """`run` logs to stderr: a pipe to journald, say. When its reader falls behind the pipe fills,
     and a log line written in the event loop held every FastAGI answer until it drained, emergency
@@ -1109,12 +1120,8 @@ def test_lines_a_stalled_sink_has_no_room_for_are_counted_and_said_once_it_takes
             return super().write(s)
 
     sink = Stalled()
-    handler = logs.OffLoopHandler(sink, room=3)
-    handler.setFormatter(logs.JsonFormatter())
-    logger = logging.getLogger("rating_engine")
-    logger.handlers[:], logger.propagate, logger.level = [handler], False, logging.INFO
     log = logging.getLogger("rating_engine.test")
-    try:
+    with logs_set_up(stream=sink, room=3) as handler:
         log.info("line", extra={"n": 1})
         assert sink.entered.wait(5)  # the writer holds line 1, stuck in the sink
         for n in range(2, 11):
@@ -1134,11 +1141,6 @@ def test_lines_a_stalled_sink_has_no_room_for_are_counted_and_said_once_it_takes
         log.info("line", extra={"n": 11})
         handler.close()  # as logging.shutdown does at exit: what was logged is written
         assert json.loads(sink.getvalue().splitlines()[-1])["n"] == 11 and logs.dropped_total() == 6
-    finally:
-        sink.released.set()
-        handler.close()
-        logger.handlers.clear()
-        logger.propagate, logger.level = True, logging.NOTSET
 
 
 def test_an_exit_waits_once_for_a_sink_that_stays_stalled() -> None:
@@ -1166,3 +1168,33 @@ def test_an_exit_waits_once_for_a_sink_that_stays_stalled() -> None:
         assert 0.3 <= time.monotonic() - started < 0.6
     finally:
         release.set()
+
+
+def test_the_libraries_warnings_are_json_lines_too_and_a_secret_they_quote_is_masked() -> None:
+    """Before, a library's warning went to Python's last-resort handler: plain text among the JSON
+    lines, written in the event loop, and panoramisk's 'Fail to send' quotes the action, the AMI
+    login with its secret among them."""
+    import io
+    import json
+    import logging
+
+    sink = io.StringIO()
+    with logs_set_up("info", "json", stream=sink) as handler:
+        login = {"Action": "Login", "Username": "engine", "Secret": "hunter2"}
+        logging.getLogger("panoramisk.ami_protocol").info("sent %r", login)  # a library's info: not shown
+        logging.getLogger("panoramisk.ami_protocol").error("Fail to send %r", login)
+        sent = "Action: Login\r\nSecret: " + login["Secret"] + "\r\n"
+        try:
+            raise ConnectionError(sent)
+        except ConnectionError:
+            logging.getLogger("asyncpg.pool").exception("lost", extra={"password": "hunter2"})
+        logging.getLogger("rating_engine.engine").info("ours", extra={"url": "postgresql://x?password=hunter2"})
+        handler.flush()
+    lines = [json.loads(x) for x in sink.getvalue().splitlines()]
+    assert [(e["logger"], e["level"], e["msg"][:12]) for e in lines] == [
+        ("panoramisk.ami_protocol", "error", "Fail to send"),
+        ("asyncpg.pool", "error", "lost"),
+        ("rating_engine.engine", "info", "ours"),
+    ]
+    assert "hunter2" not in sink.getvalue() and "'Username': 'engine'" in lines[0]["msg"]
+    assert "Secret: ***" in lines[1]["exc"] and lines[1]["password"] == "***"
