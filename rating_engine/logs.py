@@ -158,7 +158,8 @@ def setup(level: str = "info", fmt: str = "json", stream: TextIO | None = None, 
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers:
-        old.close()
+        if isinstance(old, OffLoopHandler):  # a setup before this one's (tests): its thread ended
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
     ours = logging.getLogger("rating_engine")
