@@ -271,8 +271,9 @@ async def measure(
     if generator is not None:
         load = await c_load(generator, port, concurrency, requests, offset)
     else:
-        queue: Any = mp.get_context("fork").Queue()
-        proc = mp.get_context("fork").Process(target=_load, args=(port, concurrency, requests, offset, queue))
+        ctx = mp.get_context("spawn")  # a fork of this process (its loop, threads, sockets) may deadlock
+        queue: Any = ctx.Queue()
+        proc = ctx.Process(target=_load, args=(port, concurrency, requests, offset, queue))
         proc.start()
         while proc.is_alive() and queue.empty():
             await asyncio.sleep(0.01)
