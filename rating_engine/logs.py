@@ -109,22 +109,29 @@ class OffLoopHandler(logging.Handler):
             self.dropped_total += 1
 
     def _write(self) -> None:
-        while (line := self._lines.get()) is not None:
+        while True:
+            lines = [self._lines.get()]
+            while lines[-1] is not None and len(lines) < 100:  # what waits goes in one write
+                try:
+                    lines.append(self._lines.get_nowait())
+                except queue.Empty:
+                    break
             self.acquire()  # emit counts under it
             try:
                 dropped, self._dropped = self._dropped, 0
             finally:
                 self.release()
+            text = "".join(line + "\n" for line in lines if line is not None)
             try:
-                if dropped:
-                    self.stream.write(self._note(dropped) + "\n")
-                self.stream.write(line + "\n")
+                self.stream.write((self._note(dropped) + "\n" if dropped else "") + text)
                 self.stream.flush()
             except Exception:  # a closed or broken stderr: nothing left to tell it
                 pass
             finally:
-                self._lines.task_done()
-        self._lines.task_done()
+                for _ in lines:
+                    self._lines.task_done()
+            if lines[-1] is None:
+                return
 
     def _note(self, dropped: int) -> str:
         reason = "the log's sink took no lines while they came"
