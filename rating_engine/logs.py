@@ -99,14 +99,27 @@ class OffLoopHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-        except Exception:
-            self.handleError(record)
-            return
+        except Exception as exc:  # a call with arguments its message does not take (a bug)
+            line = self._unformatted(record, exc)
         try:
             self._lines.put_nowait(line)
         except queue.Full:
             self._dropped += 1
             self.dropped_total += 1
+
+    def _unformatted(self, record: logging.LogRecord, exc: Exception) -> str:
+        """A line in its place, through the same queue: `handleError` would print a traceback to
+        stderr from the thread that logged, the event loop's."""
+        fields = {
+            "name": __name__,
+            "levelno": logging.ERROR,
+            "levelname": "ERROR",
+            "msg": "a log line could not be formatted",
+        }
+        where = f"{record.pathname}:{record.lineno}"
+        return self.format(
+            logging.makeLogRecord({**fields, "source": where, "from_logger": record.name, "error": repr(exc)})
+        )
 
     def _write(self) -> None:
         while True:

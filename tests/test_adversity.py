@@ -1198,3 +1198,24 @@ def test_the_libraries_warnings_are_json_lines_too_and_a_secret_they_quote_is_ma
     ]
     assert "hunter2" not in sink.getvalue() and "'Username': 'engine'" in lines[0]["msg"]
     assert "Secret: ***" in lines[1]["exc"] and lines[1]["password"] == "***"
+
+
+def test_a_line_that_cannot_be_formatted_is_said_through_the_queue_not_printed_by_the_loop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`Handler.handleError` prints a traceback to stderr from the thread that logged: the event
+    loop's, on the very pipe the handler's thread exists to keep it off."""
+    import io
+    import json
+    import logging
+
+    sink = io.StringIO()
+    with logs_set_up("info", "json", stream=sink) as handler:
+        logging.getLogger("somelib").error("%d calls", "not a number")  # a library's bug
+        logging.getLogger("rating_engine.engine").info("after it")
+        handler.flush()
+    lines = [json.loads(x) for x in sink.getvalue().splitlines()]
+    assert [e["msg"] for e in lines] == ["a log line could not be formatted", "after it"]
+    assert lines[0]["from_logger"] == "somelib" and lines[0]["level"] == "error"
+    assert lines[0]["source"].rsplit(":", 1)[0] == __file__  # where the bad call is
+    assert "TypeError" in lines[0]["error"] and capsys.readouterr().err == ""
