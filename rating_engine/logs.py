@@ -50,8 +50,13 @@ def mask(text: str) -> str:
     return text
 
 
-def _masked(value: object) -> object:
-    return mask(value) if isinstance(value, str) else value
+def _extras(record: logging.LogRecord) -> dict[str, object]:
+    """The `extra` fields, those named like secrets as ***; each formatter masks what the others quote."""
+    return {
+        key: "***" if any(w in key.lower() for w in _SECRET_WORDS) else value
+        for key, value in vars(record).items()
+        if key not in _STANDARD and not key.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,10 +66,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": mask(record.getMessage()),
+            **{k: mask(v) if isinstance(v, str) else v for k, v in _extras(record).items()},
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = "***" if any(w in key.lower() for w in _SECRET_WORDS) else _masked(value)
         if record.exc_info:
             out["exc"] = mask(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
@@ -72,14 +75,10 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={'***' if any(w in k.lower() for w in _SECRET_WORDS) else _masked(v)}"
-            for k, v in vars(record).items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
+        extras = " ".join(f"{k}={mask(str(v))}" for k, v in _extras(record).items())
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()} {extras}".rstrip()
-        return mask(line + ("\n" + self.formatException(record.exc_info) if record.exc_info else ""))
+        line = f"{stamp} {record.levelname.lower():7} {record.name}: {mask(record.getMessage())} {extras}".rstrip()
+        return line + ("\n" + mask(self.formatException(record.exc_info)) if record.exc_info else "")
 
 
 class OffLoopHandler(logging.Handler):
@@ -110,15 +109,9 @@ class OffLoopHandler(logging.Handler):
     def _unformatted(self, record: logging.LogRecord, exc: Exception) -> str:
         """A line in its place, through the same queue: `handleError` would print a traceback to
         stderr from the thread that logged, the event loop's."""
-        fields = {
-            "name": __name__,
-            "levelno": logging.ERROR,
-            "levelname": "ERROR",
-            "msg": "a log line could not be formatted",
-        }
         where = f"{record.pathname}:{record.lineno}"
-        return self.format(
-            logging.makeLogRecord({**fields, "source": where, "from_logger": record.name, "error": repr(exc)})
+        return self._own_line(
+            logging.ERROR, "a log line could not be formatted", source=where, from_logger=record.name, error=repr(exc)
         )
 
     def _write(self) -> None:
@@ -148,8 +141,12 @@ class OffLoopHandler(logging.Handler):
 
     def _note(self, dropped: int) -> str:
         reason = "the log's sink took no lines while they came"
-        fields = {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING", "msg": "log lines dropped"}
-        return self.format(logging.makeLogRecord({**fields, "dropped": dropped, "reason": reason}))
+        return self._own_line(logging.WARNING, "log lines dropped", dropped=dropped, reason=reason)
+
+    def _own_line(self, level: int, msg: str, **fields: object) -> str:
+        """A line of this module's own, formatted as the others."""
+        made = {"name": __name__, "levelno": level, "levelname": logging.getLevelName(level), "msg": msg}
+        return self.format(logging.makeLogRecord({**made, **fields}))
 
     def flush(self, timeout: float = EXIT_WAIT) -> None:
         """Wait until the lines logged so far are written, or `timeout` seconds: once only for a
