@@ -23,6 +23,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def read_metrics(port: int) -> dict[str, float]:
+    """The metrics endpoint's samples, by name with labels."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    body = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
+    writer.close()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in body.splitlines() if line and line[0] != "#")
+    }
+
+
 class Engine:
     def __init__(
         self,
@@ -101,15 +113,7 @@ class Engine:
         raise AssertionError(f"{self.node} never said {msg!r}; it said {[x.get('msg') or x for x in self.logs]}")
 
     async def metrics(self) -> dict[str, float]:
-        """The metrics endpoint's samples, by name with labels."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.metrics_port)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        body = (await reader.read()).decode().split("\r\n\r\n", 1)[1]
-        writer.close()
-        return {
-            name: float(value)
-            for name, value in (line.rsplit(" ", 1) for line in body.splitlines() if line and line[0] != "#")
-        }
+        return await read_metrics(self.metrics_port)
 
     async def kill(self) -> None:
         assert self.proc is not None

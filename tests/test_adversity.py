@@ -27,7 +27,7 @@ from rating_engine.money import MAX_AMOUNT, parse_amount
 
 from .asterisk_helpers import agi_request, agi_transcript, engine_rig, said, verdict
 from .conftest import OFFICE_FR
-from .engine_process import free_port
+from .engine_process import free_port, read_metrics
 from .helpers import EUR
 from .ledgers import opened, until, until_settled, write_lock_held
 
@@ -200,7 +200,9 @@ def _config(tmp_path: Path, agi: int, ami: int, metrics: str = "", ledger: str =
     return path
 
 
-async def _run(config: Path, secret: str = "simulator") -> asyncio.subprocess.Process:
+async def _run(
+    config: Path, secret: str = "simulator", stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
     import os
     import sys
 
@@ -209,7 +211,7 @@ async def _run(config: Path, secret: str = "simulator") -> asyncio.subprocess.Pr
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rating_engine.cli", "run", "--config", str(config), cwd=ROOT,
         env={**os.environ, "RATING_ENGINE_AMI_SECRET": secret},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=stderr,
     )  # fmt: skip
 
 
@@ -1048,8 +1050,6 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
     from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
     from rating_engine.clock import Clock
 
-    from .conftest import ROOT
-
     sim = AsteriskSimulator(Clock(), agi_port=0, secret="simulator")
     agi, metrics = free_port(), free_port()
     config = _config(tmp_path, agi, await sim.start(), metrics=f"127.0.0.1:{metrics}")
@@ -1057,11 +1057,7 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: a few dozen lines fill it
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rating_engine.cli", "run", "--config", str(config), cwd=ROOT,
-        env={**os.environ, "RATING_ENGINE_AMI_SECRET": "simulator"},
-        stdout=asyncio.subprocess.DEVNULL, stderr=write_end,
-    )  # fmt: skip
+    proc = await _run(config, stderr=write_end)
     os.close(write_end)
     text = b""
 
@@ -1085,10 +1081,7 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
         sim.agi_port = agi
         call = await asyncio.wait_for(sim.place_call(Scenario("112", talk=1)), 5)
         assert (call.status, call.reason) == ("ALLOW", "emergency")
-        reader, writer = await asyncio.open_connection("127.0.0.1", metrics)
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert b"\nrating_log_lines_dropped_total 0\n" in await asyncio.wait_for(reader.read(), 5)
-        writer.close()
+        assert (await asyncio.wait_for(read_metrics(metrics), 5))["rating_log_lines_dropped_total"] == 0
         lines = await read_until("bad FastAGI request", 100)  # read at last: every line is there
         assert all(e["level"] == "warning" for e in lines if e["msg"] == "bad FastAGI request")
         assert not [e for e in lines if e["msg"] == "log lines dropped"]
