@@ -3,7 +3,6 @@ to what the engine does (its data and cache directories, SIGHUP, its shutdown gr
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -53,7 +52,7 @@ def test_systemd_reads_each_unit_without_a_word(tmp_path: Path, name: str) -> No
     assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
-def test_the_engines_unit_runs_it_where_its_data_and_secrets_are() -> None:
+def test_the_engines_unit_runs_it_where_its_data_and_secrets_are(monkeypatch: pytest.MonkeyPatch) -> None:
     unit = read_unit(UNITS / "rating-engine.service")
     assert unit["Service.ExecStart"] == [f"/usr/local/bin/rating-engine run --config {CONFIG}"]
     assert unit["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the engine reloads its tariffs on it
@@ -61,14 +60,10 @@ def test_the_engines_unit_runs_it_where_its_data_and_secrets_are() -> None:
     assert unit["Service.KillSignal"] == ["SIGTERM"]
     assert float(unit["Service.TimeoutStopSec"][0]) > EngineSection().shutdown_grace + 10
     env = environment(unit)
-    old = dict(os.environ)
-    try:
-        os.environ.update(env)
-        assert data_dir() == Path("/var/lib") / unit["Service.StateDirectory"][0]  # the ledger and the spool
-        assert number_cache.default_dir() == Path("/var/cache") / unit["Service.CacheDirectory"][0]
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert data_dir() == Path("/var/lib") / unit["Service.StateDirectory"][0]  # the ledger and the spool
+    assert number_cache.default_dir() == Path("/var/cache") / unit["Service.CacheDirectory"][0]
     text = (UNITS / "rating-engine.service").read_text()
     assert AmiSection().secret_env in text and unit["Service.EnvironmentFile"] == ["/etc/rating-engine/secrets.env"]
     assert not [k for k in env if "SECRET" in k]  # a secret never in the unit itself
