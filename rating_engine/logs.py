@@ -89,7 +89,10 @@ class OffLoopHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.dropped_total = 0
-        self._dropped = 0  # since the last note; under the handler's lock
+        self._dropped = 0  # since the last note; under _counting
+        # Not the handler's lock: `logging.shutdown` holds that while it flushes, and a writer
+        # waiting on it then could not write the last lines the flush waits for.
+        self._counting = threading.Lock()
         self._gave_up = False
         self._lines: queue.Queue[str | None] = queue.Queue(room)
         self._thread = threading.Thread(target=self._write, name="logs", daemon=True)
@@ -103,8 +106,9 @@ class OffLoopHandler(logging.Handler):
         try:
             self._lines.put_nowait(line)
         except queue.Full:
-            self._dropped += 1
-            self.dropped_total += 1
+            with self._counting:
+                self._dropped += 1
+                self.dropped_total += 1
 
     def _unformatted(self, record: logging.LogRecord, exc: Exception) -> str:
         """A line in its place, through the same queue: `handleError` would print a traceback to
@@ -122,11 +126,8 @@ class OffLoopHandler(logging.Handler):
                     lines.append(self._lines.get_nowait())
                 except queue.Empty:
                     break
-            self.acquire()  # emit counts under it
-            try:
+            with self._counting:
                 dropped, self._dropped = self._dropped, 0
-            finally:
-                self.release()
             text = "".join(line + "\n" for line in lines if line is not None)
             try:
                 self.stream.write((self._note(dropped) + "\n" if dropped else "") + text)

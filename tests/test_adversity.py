@@ -1163,6 +1163,33 @@ def test_an_exit_waits_once_for_a_sink_that_stays_stalled() -> None:
         release.set()
 
 
+def test_the_last_line_is_written_when_the_exit_holds_the_handlers_lock_before_the_writer_took_it() -> None:
+    """`logging.shutdown` holds each handler's lock while it flushes. The writer thread took that
+    same lock to read the drop count, so a line it had picked up just before the exit waited out
+    the exit's 5 s and was lost: `engine stopped`, once, in CI."""
+    import io
+    import json
+    import logging
+    import time
+    import weakref
+
+    from rating_engine import logs
+
+    sink = io.StringIO()
+    handler = logs.OffLoopHandler(sink)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.acquire()  # the exit took the lock before the writer thread got to the line
+    try:
+        handler.handle(logging.makeLogRecord({"msg": "engine stopped"}))
+        started = time.monotonic()
+        logging.shutdown([weakref.ref(handler)])
+        waited = time.monotonic() - started
+    finally:
+        handler.release()
+    assert [json.loads(line)["msg"] for line in sink.getvalue().splitlines()] == ["engine stopped"]
+    assert waited < 1
+
+
 def test_the_libraries_warnings_are_json_lines_too_and_a_secret_they_quote_is_masked() -> None:
     """Before, a library's warning went to Python's last-resort handler: plain text among the JSON
     lines, written in the event loop, and panoramisk's 'Fail to send' quotes the action, the AMI
