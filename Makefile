@@ -23,7 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check rating_engine tests benchmarks
 	$(BIN)/ruff format --check rating_engine tests benchmarks
-	$(BIN)/mypy rating_engine benchmarks
+	$(BIN)/mypy rating_engine benchmarks tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rating.py

@@ -114,7 +114,7 @@ class FakeStripe:
 
     async def _customers(self, request: Request) -> Response:
         async def work(p: dict[str, str]) -> Response:
-            cus = {
+            cus: dict[str, Any] = {
                 "id": self.new_id("cus"),
                 "object": "customer",
                 "description": p.get("description"),
@@ -148,7 +148,7 @@ class FakeStripe:
         async def work(p: dict[str, str]) -> Response:
             self.attempts += 1
             pm = p.get("payment_method", "")
-            intent = {
+            intent: dict[str, Any] = {
                 "id": self.new_id("pi"),
                 "object": "payment_intent",
                 "amount": int(p["amount"]),

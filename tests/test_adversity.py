@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -478,7 +478,7 @@ async def test_the_fastagi_port_survives_a_fuzzer(tmp_path: Path) -> None:
 
     rng = random.Random(20261125)
     legit = ("\n".join(_legit_env("5.5", "0899123456")) + "\n\n").encode()
-    shapes = [
+    shapes: list[Callable[[], bytes]] = [
         lambda: legit[: rng.randrange(len(legit))],  # cut anywhere
         lambda: bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000))),  # noise
         lambda: legit.replace(b"\n", b"\r\n", rng.randrange(1, 20)),  # mixed line ends
@@ -956,7 +956,6 @@ async def test_a_disk_slow_to_fsync_the_spool_never_holds_up_an_emergency_call(
     import threading
     import time
 
-    from rating_engine import spool as spool_module
     from rating_engine.asterisk.agi import parse_env
     from rating_engine.calls import HungUp
     from rating_engine.spool import Spool
@@ -982,7 +981,7 @@ async def test_a_disk_slow_to_fsync_the_spool_never_holds_up_an_emergency_call(
             time.sleep(1.5)
             fsync(fd)
 
-        monkeypatch.setattr(spool_module.os, "fsync", slow_fsync)
+        monkeypatch.setattr(os, "fsync", slow_fsync)  # the spool writes through os.fsync
         started = time.monotonic()
         ending = asyncio.create_task(rig.engine.handle(HungUp(uid, time.time())))
         assert await asyncio.to_thread(syncing.wait, 5)  # the settle failed, the spool's fsync is under way

@@ -10,6 +10,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_a_port_nobody_listens_on_fails_every_request_and_says_so(agi_load: Path
 
 @pytest.mark.parametrize("concurrency", [4, -1000])
 def test_measure_runs_either_generator_and_says_which(agi_load: Path, concurrency: int) -> None:
-    async def both() -> list[dict[str, object]]:
+    async def both() -> list[dict[str, Any]]:
         recorder = Recorder()
         server = await asyncio.start_server(recorder.serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]

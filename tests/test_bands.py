@@ -59,7 +59,7 @@ def reference_fare_cost(seconds: int, fare: Fare) -> int:
             charged = math.ceil(Decimal(length) / p.increment) * p.increment
         total += math.ceil(Decimal(charged) * p.per_minute / 60)
     first = fare.pieces[0][1]
-    return int(max(first.minimum, first.connect_fee + total))
+    return int(max(Decimal(first.minimum), first.connect_fee + total))
 
 
 @given(prices, st.integers(0, 100_000))
@@ -216,9 +216,10 @@ def test_a_quota_granted_before_19_00_is_sized_with_the_change_in_view(banded) -
 
 def test_effective_dates_work_in_every_band(banded) -> None:  # type: ignore[no-untyped-def]
     plan, rates, _t = banded
+    example = phonenumbers.example_number_for_type("GB", phonenumbers.PhoneNumberType.PREMIUM_RATE)
+    assert example is not None
     premium = phonenumbers.format_number(
-        phonenumbers.example_number_for_type("GB", phonenumbers.PhoneNumberType.PREMIUM_RATE),
-        phonenumbers.PhoneNumberFormat.E164,
+        example, phonenumbers.PhoneNumberFormat.E164
     )  # priced by row 44, whose price changes on 2027-01-01
     before = decide(plan, rates, premium, _local(2026, 12, 31, 21))  # offpeak, old UK price
     after = decide(plan, rates, premium, _local(2027, 1, 2, 12))  # weekend, the new one
@@ -282,7 +283,7 @@ async def banded_engine(balance: int, start: float) -> AsyncIterator[tuple[Engin
     await ledger.topup("acme", balance, "opening")
     clock, pbx = ManualClock(start), FakePbx()
     settings = EngineSection(quota_seconds=60, renew_margin=10, warning_seconds=30, final_warning_seconds=10)
-    engine = Engine(TariffStore([ROOT / "tariffs" / "office-fr-bands.toml"]), ledger, clock, settings, pbx)  # type: ignore[arg-type]
+    engine = Engine(TariffStore([ROOT / "tariffs" / "office-fr-bands.toml"]), ledger, clock, settings, pbx)
     try:
         yield engine, ledger, clock, pbx
     finally:

@@ -19,7 +19,7 @@ def test_every_refusal_is_told_to_the_dialplan_by_the_reason_of_its_name() -> No
 
 def test_extension_kinds_are_the_destination_classes_and_nothing_else() -> None:
     s = ExtensionSettings(classes=frozenset({"national", "premium"}))  # type: ignore[arg-type]
-    assert s.classes == {DestinationClass.NATIONAL, DestinationClass.PREMIUM}
+    assert s.classes == frozenset({DestinationClass.NATIONAL, DestinationClass.PREMIUM})
     assert all(type(c) is DestinationClass for c in s.classes)
     with pytest.raises(LedgerError, match="unknown destination kind"):
         ExtensionSettings(classes=frozenset({"national", "satellite"}))  # type: ignore[arg-type]

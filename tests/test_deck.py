@@ -144,8 +144,8 @@ def test_the_fast_path_accepts_exactly_what_the_checking_path_accepts(rows: list
     from rating_engine.rating.deck import _parse_row
 
     lines, expected_rows, expected_errors = [], [], []
-    for n, (*cells, shape) in enumerate(rows):
-        cells = [str(c) for c in cells]
+    for n, (*raw, shape) in enumerate(rows):
+        cells = [str(c) for c in raw]
         if cells[0].strip().removeprefix("+").isdigit():
             cells[0] = cells[0].replace(cells[0].strip(), cells[0].strip() + str(n).zfill(2))  # one row a prefix
         if shape == 2:

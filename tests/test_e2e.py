@@ -24,6 +24,7 @@ from rating_engine.config import (
 )
 from rating_engine.ledger import AccountSettings, ExtensionSettings, Ledger, make_ledger
 from rating_engine.rating.catalog import load_tariffs
+from rating_engine.rating.deck import RateRow
 from rating_engine.rating.price import cost
 from rating_engine.service import Service
 
@@ -31,10 +32,15 @@ from .conftest import OFFICE_FR
 from .helpers import EUR
 
 SPEED = 25.0
-PREMIUM_0899 = (
-    load_tariffs([OFFICE_FR]).tables[OFFICE_FR.parent.joinpath("world.csv").resolve()].lookup("33899123456", 0)
-)
-assert PREMIUM_0899 is not None
+
+
+def _premium_0899() -> RateRow:
+    row = load_tariffs([OFFICE_FR]).tables[OFFICE_FR.parent.joinpath("world.csv").resolve()].lookup("33899123456", 0)
+    assert row is not None
+    return row
+
+
+PREMIUM_0899 = _premium_0899()
 
 
 @dataclass

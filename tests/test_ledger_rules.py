@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rating_engine.contract import Refusal
 from rating_engine.ledger import programs as P
-from rating_engine.ledger.models import Extension, ExtensionSettings, Refusal, periods
+from rating_engine.ledger.models import Extension, ExtensionSettings, periods
 from rating_engine.ledger.schema import migrations, statements
 from rating_engine.ledger.sqlite import run_program_sync
 

@@ -96,11 +96,11 @@ def _reference(cc: int, nsn: str) -> number_table.NumberClass:
 
 def _nsn_near_examples() -> st.SearchStrategy[tuple[int, str]]:
     """Numbers near real ranges: an example of each type of each region, its tail redrawn."""
-    seeds = []
+    seeds: list[tuple[int, str]] = []
     for region in sorted(phonenumbers.SUPPORTED_REGIONS):
         for t in range(12):
             ex = phonenumbers.example_number_for_type(region, t)
-            if ex is not None:
+            if ex is not None and ex.country_code is not None:
                 seeds.append((ex.country_code, phonenumbers.national_significant_number(ex)))
     for cc in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
         ex = phonenumbers.example_number_for_non_geo_entity(cc)
@@ -143,6 +143,7 @@ def test_every_example_of_every_type_of_every_region_is_in_the_table() -> None:
             if ex is None:
                 continue
             nsn = phonenumbers.national_significant_number(ex)
+            assert ex.country_code is not None
             assert t.classes[t.class_id(f"{ex.country_code}{nsn}")] == _reference(ex.country_code, nsn), (region, kind)
             checked += 1
     assert checked > 1300  # the loop did check them

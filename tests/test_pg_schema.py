@@ -193,6 +193,7 @@ def test_an_engine_starting_holds_the_upgrade_lock_only_while_it_upgrades(url: s
 
             async def start() -> None:
                 async with opened(url) as ledger:
+                    assert isinstance(ledger, PostgresLedger)
                     assert "acme" in ledger.zones.of_account  # read once the table was free
 
             starting = asyncio.create_task(start())

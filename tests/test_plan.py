@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from rating_engine.errors import TariffErrors
+from rating_engine.numbering import Kind
 from rating_engine.rating.catalog import load_tariffs
 from rating_engine.rating.plan import load_plan
 
@@ -22,10 +23,10 @@ def write_plan(tmp_path: Path, body: str) -> Path:
 def test_the_sample_plan_includes_france_and_twelve_european_fixed_networks() -> None:
     plan = load_plan(OFFICE_FR)
     assert (plan.country, plan.currency, plan.deck.name) == ("FR", "EUR", "world.csv")
-    assert plan.is_included("FR", "mobile") and plan.is_included("FR", "fixed")
+    assert plan.is_included("FR", Kind.MOBILE) and plan.is_included("FR", Kind.FIXED)
     europe = next(r for r in plan.included if "DE" in r.regions)
     assert len(europe.regions) == 12 and europe.kinds == {"fixed"}
-    assert not plan.is_included("DE", "mobile") and not plan.is_included("US", "fixed")
+    assert not plan.is_included("DE", Kind.MOBILE) and not plan.is_included("US", Kind.FIXED)
 
 
 @pytest.mark.parametrize(

@@ -185,8 +185,9 @@ async def test_stripe_refuses_a_key_reused_with_other_parameters(world: World) -
     params: Any = {"amount": 100, "currency": "eur", "payment_method": "pm_card_visa", "confirm": True}
     first = await client.v1.payment_intents.create_async(params, {"idempotency_key": "same"})
     assert (await client.v1.payment_intents.create_async(params, {"idempotency_key": "same"})).id == first.id
+    other: Any = {**params, "amount": 200}
     with pytest.raises(stripe.IdempotencyError, match="same parameters"):
-        await client.v1.payment_intents.create_async({**params, "amount": 200}, {"idempotency_key": "same"})
+        await client.v1.payment_intents.create_async(other, {"idempotency_key": "same"})
     assert len(world.fake.charges) == 1
 
 

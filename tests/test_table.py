@@ -1,4 +1,5 @@
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from rating_engine.rating.table import RateTable
 from .helpers import deck
 
 
-def brute_force(rows: tuple[RateRow, ...], digits: str, at: int) -> int:
+def brute_force(rows: Sequence[RateRow], digits: str, at: int) -> int:
     best = -1
     for i, r in enumerate(rows):
         if r.active_at(at) and digits.startswith(r.prefix) and (best < 0 or len(r.prefix) > len(rows[best].prefix)):
@@ -29,9 +30,10 @@ number_st = st.text(alphabet="0123", min_size=0, max_size=16)
 @st.composite
 def decks(draw: st.DrawFn) -> Deck:
     prefixes = draw(st.lists(prefix_st, min_size=0, max_size=40, unique=True))
-    rows = []
+    rows: list[RateRow] = []
     for i, p in enumerate(prefixes):
-        windows = draw(st.sampled_from([[(None, None)], [(None, 100), (100, None)], [(50, 150)]]))
+        shapes: list[list[tuple[int | None, int | None]]] = [[(None, None)], [(None, 100), (100, None)], [(50, 150)]]
+        windows = draw(st.sampled_from(shapes))
         for lo, hi in windows:
             rows.append(
                 RateRow(

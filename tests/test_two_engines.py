@@ -89,7 +89,11 @@ async def test_two_engines_share_one_account_and_one_is_killed_mid_storm(pg_url:
     orphans = [
         c
         for i, c in charged.items()
-        if i.startswith("pbx1:") and c.answered_at is not None and c.answered_at < killed_at and c.ended_at < back_at
+        if i.startswith("pbx1:")
+        and c.answered_at is not None
+        and c.answered_at < killed_at
+        and c.ended_at is not None
+        and c.ended_at < back_at
     ]
     assert orphans
     for c in orphans:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from rating_engine.accounts import Accounts
+from rating_engine.contract import DestinationClass
 from rating_engine.ledger import CallDetails, Ledger, make_ledger
 from rating_engine.rating.catalog import load_tariffs
 from rating_engine.users import Users
@@ -329,7 +330,7 @@ async def test_security_headers_and_cookies(page: Page) -> None:
 async def _buy(page: Page, amount: str, key: str | None = None) -> httpx.Response:
     body = (await page.client.get("/accounts/acme/funds")).text
     token = re.search(r'name="csrftoken" value="([^"]+)"', body)
-    purchase = key or re.search(r'name="purchase" value="([^"]+)"', body)  # type: ignore[assignment]
+    purchase = key or re.search(r'name="purchase" value="([^"]+)"', body)
     assert token and purchase
     form = {"amount": amount, "purchase": purchase if isinstance(purchase, str) else purchase.group(1)}
     return await page.client.post("/accounts/acme/funds", data={**form, "csrftoken": token.group(1)})
@@ -423,7 +424,9 @@ async def test_an_extensions_rules_are_set_on_the_page_and_shown_in_the_activity
     assert r.headers["location"] == "/accounts/acme/extensions?saved=201"
     e = await page.ledger.extension("acme", "201")
     assert e is not None and e.settings.name == "Reception <desk>" and e.settings.daily_cap == 3 * EUR
-    assert e.settings.classes == {"national", "premium"} and e.settings.chargeable
+    assert (
+        e.settings.classes == frozenset({DestinationClass.NATIONAL, DestinationClass.PREMIUM}) and e.settings.chargeable
+    )
     await _ext(page, ext="202", name="", kinds=["national", "international", "mobile_abroad", "premium"])
     e2 = await page.ledger.extension("acme", "202")
     assert e2 is not None and not e2.settings.chargeable and e2.settings.classes is None  # every kind: all

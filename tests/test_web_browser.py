@@ -225,8 +225,9 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             expect(page.locator("#daily_cap-204")).to_have_value("2,50")
             page.screenshot(path=str(ARTIFACTS / "extensions-fr.png"), full_page=True)
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844}, locale="fr-FR")
-            phone.context.add_cookies(page.context.cookies())
+            phone = browser.new_page(
+                viewport={"width": 390, "height": 844}, locale="fr-FR", storage_state=page.context.storage_state()
+            )
             phone.goto(f"{base}/accounts/acme/balance")
             phone.screenshot(path=str(ARTIFACTS / "balance-phone.png"), full_page=True)
             width = phone.evaluate("document.documentElement.scrollWidth")

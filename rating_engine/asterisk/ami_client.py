@@ -96,7 +96,7 @@ class AmiClient:
         username: str,
         secret: str,
         on_event: EventHandler,
-        on_login: Callable[[], Awaitable[None]] | None = None,
+        on_login: Callable[[], Awaitable[object]] | None = None,
         *,
         action_timeout: float = 5.0,
         ping_interval: float = 10.0,
