@@ -1,5 +1,6 @@
 """Prometheus text-format metrics on a local HTTP port: authorizations by outcome, latency,
-live calls, reservations and the AMI link."""
+live calls, reservations and the AMI link; and where a slow answer waited: the event loop's lag
+and the ledger's batches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from dataclasses import dataclass, field, fields
 
 MAX_REQUEST_BYTES = 8192
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_TICK = 0.1
+"""Seconds between the loop watch's timers: ten wake-ups a second, a few µs each."""
+STALL = 0.1
+"""An event loop this many seconds late has stalled: every FastAGI answer of that moment waited."""
 
 
 class Histogram:
@@ -30,6 +35,20 @@ class Histogram:
             out.append(f'{name}_bucket{{le="{bound}"}} {running}')
         out += [f'{name}_bucket{{le="+Inf"}} {self.n}', f"{name}_sum {self.total:.6f}", f"{name}_count {self.n}"]
         return out
+
+
+async def watch_loop(lag: Histogram, on_stall: Callable[[float], None], tick: float = LOOP_TICK) -> None:
+    """How late the event loop runs a timer, into `lag`; `on_stall` hears of a lateness of `STALL` or
+    more. A slow answer then says where it waited: in the loop (a long step, the collector), or,
+    with the loop on time, in the ledger (`rating_ledger_batch_seconds`)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + tick
+        await asyncio.sleep(tick)
+        late = max(0.0, loop.time() - due)
+        lag.observe(late)
+        if late >= STALL:
+            on_stall(late)
 
 
 GAUGE = {"kind": "gauge"}
@@ -91,6 +110,8 @@ class Snapshot:
 class Metrics:
     def __init__(self, collect: Callable[[], Snapshot]) -> None:
         self.latency = Histogram()
+        self.loop_lag = Histogram()
+        self.ledger_batches: Histogram | None = None
         self.collect = collect
         self._server: asyncio.Server | None = None
 
@@ -99,8 +120,13 @@ class Metrics:
         lines = ["# TYPE rating_authorizations_total counter"]
         for outcome, n in sorted(data.outcomes.items()):
             lines.append(f'rating_authorizations_total{{outcome="{outcome}"}} {n}')
-        lines.append("# TYPE rating_authorize_seconds histogram")
-        lines += self.latency.lines("rating_authorize_seconds")
+        for name, histogram in (
+            ("rating_authorize_seconds", self.latency),
+            ("rating_event_loop_lag_seconds", self.loop_lag),
+            ("rating_ledger_batch_seconds", self.ledger_batches),
+        ):
+            if histogram is not None:
+                lines += [f"# TYPE {name} histogram", *histogram.lines(name)]
         for f in fields(Snapshot):
             if "kind" in f.metadata:
                 lines += [f"# TYPE rating_{f.name} {f.metadata['kind']}", f"rating_{f.name} {getattr(data, f.name)}"]

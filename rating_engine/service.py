@@ -25,7 +25,7 @@ from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
 from .ledger import Ledger, data_dir, default_url, make_ledger
-from .metrics import Metrics, Snapshot
+from .metrics import Metrics, Snapshot, watch_loop
 from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import TariffStore, load_in_child
 from .spool import Spool
@@ -70,6 +70,8 @@ class Service:
         self.engine.spool = Spool(spool_path(config))
         self._flusher: asyncio.Task[None] | None = None
         self.metrics = Metrics(self._collect)
+        self.metrics.ledger_batches = self.ledger.batch_seconds
+        self._watch: asyncio.Task[None] | None = None
         self.agent = Agent(self.engine, config.agi.sources)
         self.agi = self.agent.fastagi_server(
             answer_timeout=config.engine.answer_timeout, on_latency=self.metrics.latency.observe
@@ -166,6 +168,7 @@ class Service:
             written = await self.engine.flush_spool()
             log.info("spool read at start", extra={"written": written, "left": len(spool.entries)})
         self._flusher = asyncio.get_running_loop().create_task(self._flush_spool_loop())
+        self._watch = asyncio.get_running_loop().create_task(watch_loop(self.metrics.loop_lag, _loop_stalled))
         resumed = await self.topups.resume()
         if resumed:
             log.info("top-ups resumed", extra={"count": resumed})
@@ -210,19 +213,20 @@ class Service:
             except Exception:  # the spool's own disk: said, and tried again
                 log.exception("writing the spool failed")
 
-    async def _stop_flusher(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+    async def _stop_background(self) -> None:
+        for task in (self._flusher, self._watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._flusher = self._watch = None
 
     def _let_go_of_node(self) -> None:
         if self.engine.spool is not None:
             self.engine.spool.let_go()
 
     async def _close_started(self) -> None:
-        await self._stop_flusher()
+        await self._stop_background()
         self._let_go_of_node()
         for closing in (self.agi.close, self.metrics.close):
             with contextlib.suppress(Exception):
@@ -285,7 +289,7 @@ class Service:
             await self.ami.close()
         await self.metrics.close()
         await self.topups.close()  # the payments under way are recorded before the ledger closes
-        await self._stop_flusher()
+        await self._stop_background()
         if self._own_ledger and self._ledger_open:
             await self.ledger.close()
             self._ledger_open = False
@@ -308,6 +312,10 @@ class Service:
             extra={"live_calls": len(self.engine.calls), "grace": self.config.engine.shutdown_grace},
         )
         await self.stop()
+
+
+def _loop_stalled(seconds: float) -> None:
+    log.warning("event loop stalled: every answer of that moment waited", extra={"seconds": round(seconds, 3)})
 
 
 def raise_fd_limit() -> int:

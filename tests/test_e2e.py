@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -295,12 +296,16 @@ async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> N
     async with world(tmp_path) as w:
         await w.sim.place_call(Scenario("0612345678", talk=5))
         assert w.service is not None
+        await asyncio.sleep(0.25)  # the loop watch's timers, every 0.1 s
         reader, writer = await asyncio.open_connection("127.0.0.1", w.service.metrics_port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         body = (await reader.read()).decode()
         assert body.startswith("HTTP/1.1 200 OK")
         assert 'rating_authorizations_total{outcome="allow_included"} 1' in body
         assert "rating_ami_connected 1" in body and "rating_authorize_seconds_count 1" in body
+        assert "# TYPE rating_event_loop_lag_seconds histogram" in body  # where a slow answer waited
+        assert not re.search(r"^rating_event_loop_lag_seconds_count 0$", body, re.M), "the loop watch is not running"
+        assert "# TYPE rating_ledger_batch_seconds histogram" in body
 
 
 async def test_a_caller_who_cannot_pay_more_hears_two_warnings_before_the_cut(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import replace
 
@@ -537,3 +538,25 @@ async def test_a_reservation_held_after_its_caller_gave_up_is_handed_back(url: s
         account = await ledger.account("acme")
         assert (account.balance, account.reserved) == (10 * EUR, 0)
         assert await ledger.activity("acme") == [] and await ledger.check() == []
+
+
+async def test_each_batch_is_timed_and_a_slow_one_is_said(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A slow answer must say where it waited: a ledger batch held up (a stalled disk, a locked row)
+    shows in `rating_ledger_batch_seconds` and, from `SLOW_BATCH`, in a log line."""
+    from rating_engine.ledger.base import SLOW_BATCH
+    from rating_engine.metrics import BUCKETS
+
+    caplog.set_level(logging.WARNING, logger="rating_engine.ledger")
+    async with opened(url) as ledger:
+        await funded(ledger)
+        assert (await ledger.reserve("quick", "acme", "201", EUR, now=NOW)).ok
+        quick = ledger.batch_seconds.n
+        assert quick >= 1 and not [r for r in caplog.records if r.getMessage() == "a ledger batch was slow"]
+        async with write_lock_held(url, "acme"):
+            waiting = asyncio.create_task(ledger.reserve("held", "acme", "201", EUR, now=NOW))
+            await asyncio.sleep(SLOW_BATCH + 0.2)
+        assert (await waiting).ok
+    [slow] = [r for r in caplog.records if r.getMessage() == "a ledger batch was slow"]
+    assert slow.seconds >= SLOW_BATCH and slow.operations == 1  # type: ignore[attr-defined]
+    at_most_one_second = sum(ledger.batch_seconds.counts[: BUCKETS.index(1.0) + 1])
+    assert ledger.batch_seconds.n - at_most_one_second >= 1  # the held batch, in a bucket above 1 s

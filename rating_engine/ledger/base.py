@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..metrics import Histogram
 from . import programs as P
 from .models import (
     Account,
@@ -36,6 +37,9 @@ from .models import (
 
 T = TypeVar("T")
 log = logging.getLogger("rating_engine.ledger")
+SLOW_BATCH = 1.0
+"""Seconds a batch of the call path may take before it is logged: a disk or a server that slow holds
+every authorization of that moment (they are refused at `answer_timeout`)."""
 
 
 class Ledger(ABC):
@@ -51,6 +55,13 @@ class Ledger(ABC):
         through its spool when the ledger cannot take it; without a taker the ledger releases it."""
         self.late_reservations = 0
         self._late: set[asyncio.Task[bool]] = set()
+        self.batch_seconds = Histogram()
+        """Each batch of the call path from its start to its outcome (`rating_ledger_batch_seconds`)."""
+
+    def _batch_took(self, seconds: float, operations: int) -> None:
+        self.batch_seconds.observe(seconds)
+        if seconds >= SLOW_BATCH:
+            log.warning("a ledger batch was slow", extra={"seconds": round(seconds, 3), "operations": operations})
 
     def _held_too_late(self, call_id: str) -> None:
         """A reservation committed after its caller had given up (its future was cancelled)."""

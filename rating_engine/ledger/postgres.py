@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -321,10 +322,12 @@ class PostgresLedger(Ledger):
             del self._jobs[: self.batch_max]  # a caller that gave up (the dialplan's answer is late) is not run
             if not jobs:
                 continue
+            started = time.perf_counter()
             try:
                 outcomes = await self._write(jobs)
             except Exception as exc:  # the batch did not commit: nobody's change happened
                 outcomes = [_Failed(exc)] * len(jobs)
+            self._batch_took(time.perf_counter() - started, len(jobs))
             self.batches += 1
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -296,6 +297,7 @@ class SqliteLedger(Ledger):
             else:
                 jobs, futures = self._jobs[: self.batch_max], self._futures[: self.batch_max]
                 del self._jobs[: self.batch_max], self._futures[: self.batch_max]
+            started = time.perf_counter()
             try:
                 outcomes = await self._in_db_thread(_apply_batch, jobs, self.walk, self.counts, self.kept)
             except Exception as exc:  # the commit itself failed: nobody's change happened
@@ -303,6 +305,8 @@ class SqliteLedger(Ledger):
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self._batch_took(time.perf_counter() - started, len(jobs))
             self.commits += 1
             for (fn, args), fut, outcome in zip(jobs, futures, outcomes, strict=True):
                 if fut.done():
