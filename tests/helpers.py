@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal
 
 from rating_engine.money import MICRO
@@ -12,6 +13,13 @@ from rating_engine.rating.price import Price
 HEADER = ",".join(COLUMNS)
 EUR = MICRO
 """One euro in micro-units."""
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token a page's form carries (asgi-csrf's hidden field)."""
+    found = re.search(r'name="csrftoken" value="([^"]+)"', html)
+    assert found, "every form carries the CSRF token"
+    return found.group(1)
 
 
 def deck_text(*rows: str) -> str:

@@ -18,6 +18,7 @@ from rating_engine.ledger import make_ledger
 from rating_engine.money import format_amount, parse_amount
 
 from .conftest import ROOT
+from .helpers import csrf_token
 
 OPENING = "4.00"
 PAGE = re.compile(r"the Prepaid Account page: (http://127\.0\.0\.1:\d+/)\s+\(user (\S+), password (\S+)\)")
@@ -26,9 +27,8 @@ PAGE = re.compile(r"the Prepaid Account page: (http://127\.0\.0\.1:\d+/)\s+\(use
 def _use_the_page(base: str, user: str, password: str) -> dict[str, Any]:
     """Log in as the demo says, with the CSRF token the form carries; the account's figures."""
     with httpx.Client(base_url=base, timeout=30) as c:
-        found = re.search(r'name="csrftoken" value="([^"]+)"', c.get("/login").text)
-        assert found, "no CSRF token in the login form"
-        r = c.post("/login", data={"username": user, "password": password, "csrftoken": found.group(1)})
+        token = csrf_token(c.get("/login").text)
+        r = c.post("/login", data={"username": user, "password": password, "csrftoken": token})
         assert r.status_code == 303, r.text
         assert c.get("/accounts/acme-office/activity").status_code == 200
         figures = c.get("/accounts/acme-office/balance.json")

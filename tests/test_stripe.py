@@ -25,7 +25,7 @@ from rating_engine.web.app import create_app
 
 from .conftest import OFFICE_FR
 from .fake_stripe import SECRET_KEY, WEBHOOK_SECRET, FakeStripe, signed
-from .helpers import EUR
+from .helpers import EUR, csrf_token
 
 PLAN = next(iter(load_tariffs([OFFICE_FR]).plans.values()))
 PASSWORD = "correct horse battery"
@@ -39,9 +39,7 @@ class World:
     client: httpx.AsyncClient
 
     async def token(self, path: str = "/login") -> str:
-        found = re.search(r'name="csrftoken" value="([^"]+)"', (await self.client.get(path)).text)
-        assert found
-        return found.group(1)
+        return csrf_token((await self.client.get(path)).text)
 
     async def post(self, path: str, **form: str) -> httpx.Response:
         return await self.client.post(path, data={**form, "csrftoken": await self.token("/accounts/acme/balance")})

@@ -18,7 +18,7 @@ from rating_engine.users import Users
 from rating_engine.web.app import create_app
 
 from .conftest import OFFICE_FR
-from .helpers import EUR
+from .helpers import EUR, csrf_token
 from .payment_doubles import ScriptedProvider
 
 PLAN = next(iter(load_tariffs([OFFICE_FR]).plans.values()))
@@ -33,9 +33,7 @@ class Page:
     ledger: Ledger
 
     async def token(self, path: str = "/login") -> str:
-        found = re.search(r'name="csrftoken" value="([^"]+)"', (await self.client.get(path)).text)
-        assert found, "every form carries the CSRF token"
-        return found.group(1)
+        return csrf_token((await self.client.get(path)).text)
 
     async def login(self, username: str, password: str = PASSWORD) -> httpx.Response:
         token = await self.token()
@@ -329,11 +327,11 @@ async def test_security_headers_and_cookies(page: Page) -> None:
 
 async def _buy(page: Page, amount: str, key: str | None = None) -> httpx.Response:
     body = (await page.client.get("/accounts/acme/funds")).text
-    token = re.search(r'name="csrftoken" value="([^"]+)"', body)
+    token = csrf_token(body)
     purchase = key or re.search(r'name="purchase" value="([^"]+)"', body)
-    assert token and purchase
+    assert purchase
     form = {"amount": amount, "purchase": purchase if isinstance(purchase, str) else purchase.group(1)}
-    return await page.client.post("/accounts/acme/funds", data={**form, "csrftoken": token.group(1)})
+    return await page.client.post("/accounts/acme/funds", data={**form, "csrftoken": token})
 
 
 @pytest.mark.parametrize(

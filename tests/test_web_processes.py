@@ -26,7 +26,7 @@ from rating_engine.rating.catalog import load_tariffs
 from rating_engine.users import Users
 
 from .conftest import OFFICE_FR, ROOT
-from .helpers import EUR
+from .helpers import EUR, csrf_token
 
 PASSWORD = "correct horse battery"
 CALLS, AT_ONCE, BROWSERS = 60, 12, 4
@@ -85,9 +85,7 @@ async def _browser(base: str, username: str, n: int, done: asyncio.Event, status
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
 
         async def token(path: str) -> str:
-            found = re.search(r'name="csrftoken" value="([^"]+)"', (await c.get(path)).text)
-            assert found
-            return found.group(1)
+            return csrf_token((await c.get(path)).text)
 
         r = await c.post(
             "/login", data={"username": username, "password": PASSWORD, "csrftoken": await token("/login")}
