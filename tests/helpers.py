@@ -6,6 +6,7 @@ import math
 import re
 from decimal import Decimal
 
+from rating_engine.metrics import BUCKETS, Histogram
 from rating_engine.money import MICRO
 from rating_engine.rating.deck import COLUMNS, Deck, parse_deck
 from rating_engine.rating.price import Price
@@ -20,6 +21,11 @@ def csrf_token(html: str) -> str:
     found = re.search(r'name="csrftoken" value="([^"]+)"', html)
     assert found, "every form carries the CSRF token"
     return found.group(1)
+
+
+def observed_above(h: Histogram, seconds: float) -> int:
+    """Observations in the buckets above `seconds`, one of the buckets' bounds."""
+    return h.n - sum(h.counts[: BUCKETS.index(seconds) + 1])
 
 
 def deck_text(*rows: str) -> str:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rating_engine.metrics import BUCKETS, STALL, Histogram, Metrics, Snapshot, watch_loop
+from rating_engine.metrics import STALL, Histogram, Metrics, Snapshot, watch_loop
 
-
-def _above(h: Histogram, seconds: float) -> int:
-    """Observations in the buckets above `seconds` (a bucket's bound)."""
-    return h.n - sum(h.counts[: BUCKETS.index(seconds) + 1])
+from .helpers import observed_above
 
 
 async def test_a_stalled_event_loop_is_measured_and_said() -> None:
@@ -25,7 +22,7 @@ async def test_a_stalled_event_loop_is_measured_and_said() -> None:
     finally:
         watching.cancel()
     assert on_time >= 2
-    assert _above(lag, 0.25) >= 1, "the stall is not in the histogram"
+    assert observed_above(lag, 0.25) >= 1, "the stall is not in the histogram"
     assert stalls and max(stalls) >= 0.25 and all(s >= STALL for s in stalls)
     assert lag.n > on_time + 1, "the watch went on after the stall"
 
