@@ -1,5 +1,5 @@
-"""`rating-engine run` as a real process: starts, serves a call, stops cleanly on SIGTERM,
-logs structured JSON, and never prints the AMI secret."""
+"""`rating-engine run` as a real process: starts, serves a call, says when it was held still,
+stops cleanly on SIGTERM, logs structured JSON, and never prints the AMI secret."""
 
 from __future__ import annotations
 
@@ -59,6 +59,19 @@ async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
             logs.append(json.loads(line))
         again = await sim.place_call(Scenario("112", talk=1))
         assert (again.status, again.reason) == ("ALLOW", "emergency")
+        # A process held still (as by a host's pause, or swapping) is a stalled event loop: the
+        # engine says so, with how long, and goes on answering.
+        proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.4)
+        proc.send_signal(signal.SIGCONT)
+        while not (stalls := [e for e in logs if str(e.get("msg", "")).startswith("event loop stalled")]):
+            line = await asyncio.wait_for(proc.stderr.readline(), 20)
+            assert line, "the engine exited after a stall"
+            logs.append(json.loads(line))
+        assert stalls[0]["level"] == "warning"
+        assert isinstance(seconds := stalls[0]["seconds"], float) and seconds >= 0.3
+        after = await sim.place_call(Scenario("112", talk=1))
+        assert (after.status, after.reason) == ("ALLOW", "emergency")
         proc.send_signal(signal.SIGTERM)
         _, stderr_tail = await asyncio.wait_for(proc.communicate(), 20)
         tail = [json.loads(line) for line in stderr_tail.splitlines()]
