@@ -24,6 +24,12 @@ spreading the connections), sharing one PostgreSQL: the ratio of the two. Beside
 the bare server, one process and then two: how much a second process can give on this machine at
 all, with the generator and the database on the same cores.
 
+Where a slow answer waited, for the paths served in this process, the longest of each run ("loop
+late / batch / collector, max ms"; p99s and counts in the JSON): how late the event loop ran a
+watch's timer (every 5 ms), how long the ledger's batches took (its thread, its disk, PostgreSQL),
+and how long the cyclic garbage collector's longest pass stopped the process. A loop late well
+beyond the collector's pass was held by the machine (its cores, the host) or a long step.
+
 A third row splits ours in two: the same engine on SQLite, its reservations answered in memory
 instead of written (`--no-split` leaves it out). It is not a way to run; it shows, in the same
 run, the engine's own share (it against the bare server) and the ledger's (SQLite against it).
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import multiprocessing as mp
 import os
@@ -69,6 +76,7 @@ from rating_engine.contract import answer
 from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, ReserveResult, make_ledger
 from rating_engine.ledger.sqlite import SqliteLedger
+from rating_engine.metrics import Histogram, watch_loop
 from rating_engine.rating.catalog import TariffStore
 from rating_engine.service import tune_collector
 
@@ -77,6 +85,9 @@ CONCURRENCY = (1, 50, 500)
 OPEN_RATE = 1000.0
 OPEN_SECONDS = 10.0
 UNWRITTEN = "split: ours, reservations not written"
+WATCH_TICK = 0.005
+"""The benchmark's loop watch: finer than the service's 0.1 s, so that a stall of 10 ms is seen
+more often than not; 200 timers a second, the same for every path in this process."""
 
 
 def _env(i: int) -> bytes:
@@ -319,6 +330,57 @@ async def bare_server() -> FastAgiServer:
     return FastAgiServer({"authorize": echo}, lambda r, w: fixed)
 
 
+class _Seen(Histogram):
+    """A histogram that keeps what it saw: a run's longest wait, not only its bucket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+
+    def observe(self, seconds: float) -> None:
+        super().observe(seconds)
+        self.seen.append(seconds)
+
+
+class _Collections:
+    """Each pass of the cyclic garbage collector in this process, and how long it held the GIL."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+        self._started = 0.0
+
+    def start(self) -> None:
+        gc.callbacks.append(self._callback)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seen.append(time.perf_counter() - self._started)
+
+
+def waited(loop_late: _Seen, batches: Histogram | None, collections: _Collections) -> dict[str, Any]:
+    """Where this run's slow answers waited, from what was seen since each was cleared: how late
+    the event loop ran its watch's timers, how long the ledger's batches took (its thread, its
+    disk, PostgreSQL), and how long the collector's passes stopped everything. A loop late beyond
+    the collector's longest pass was held by the machine (its cores, the host), or a long step."""
+    late = sorted(loop_late.seen)
+    took = sorted(batches.seen) if isinstance(batches, _Seen) else []
+    passes = sorted(collections.seen)
+    return {
+        "loop_late_p99_ms": _ms(late, 0.99) if late else None,
+        "loop_late_max_ms": round(late[-1] * 1000, 3) if late else None,
+        "batch_p99_ms": _ms(took, 0.99) if took else None,
+        "batch_max_ms": round(took[-1] * 1000, 3) if took else None,
+        "batches": len(took) if isinstance(batches, _Seen) else None,
+        "collections": len(passes),
+        "collection_max_ms": round(passes[-1] * 1000, 3) if passes else 0.0,
+    }
+
+
 class _Unwritten(SqliteLedger):
     """Reservations granted in memory, nothing written: the engine without the ledger's trip."""
 
@@ -331,6 +393,7 @@ class _Unwritten(SqliteLedger):
 async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiServer, Any]:
     number_cache.install()  # as `Service.start`: else the first call builds the table (3-4 s)
     ledger = _Unwritten(url.removeprefix("sqlite:///")) if unwritten else make_ledger(url)
+    ledger.batch_seconds = _Seen()  # each batch's time, for `waited`
     await ledger.open()
     if await ledger.find_account("acme") is None:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
@@ -411,6 +474,10 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
             url = await postgres_url()
             backends.append(("ours: PostgreSQL", url) if url else ("ours: PostgreSQL", ""))
         live: list[tuple[str, FastAgiServer, Any, int]] = []
+        loop_late = _Seen()
+        watch = asyncio.get_running_loop().create_task(watch_loop(loop_late, lambda _late: None, WATCH_TICK))
+        collections = _Collections()
+        collections.start()
         try:
             for label, url in backends:
                 if url == "":
@@ -433,8 +500,13 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                         n = max(args.requests // 5, 200)
                     else:
                         n = args.requests
-                    for label, server, _ledger, port in live:
+                    for label, server, ledger, port in live:
+                        batches = None if ledger is None else ledger.batch_seconds
+                        for seen in (loop_late, batches, collections):
+                            if isinstance(seen, _Seen | _Collections):
+                                seen.seen.clear()
                         m = await measure(port, c, n, offset, generator=generator)
+                        m |= waited(loop_late, batches, collections)
                         offset += n
                         results.append(
                             {
@@ -448,6 +520,8 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                             }
                         )
         finally:
+            watch.cancel()
+            collections.stop()
             for _label, server, ledger, _port in live:
                 await server.close()
                 if ledger is not None:
@@ -476,6 +550,7 @@ COLUMNS = {
     "switches": "switches/auth",
     "generator_cpu": "generator CPU %",
     "late": "generator late p50 / p99 ms",
+    "waited": "loop late / batch / collector, max ms",
 }
 """The table's columns, by the name a row gives each cell, and their headers."""
 
@@ -524,9 +599,22 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
         busy = [r["cores_busy"] for r in rs if r.get("cores_busy") is not None]
+        waits = {
+            k: median(values)
+            for k in ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
+            if (values := [r[k] for r in rs if r.get(k) is not None])
+        }
         ratios = [r["vs_bare"] for r in rs]
         timer = rs[0]["generator_timer"]
-        row = {"loop": loop, "path": path, "concurrency": c, "rounds": len(rs), **mid, "generator_timer": timer}
+        row = {
+            "loop": loop,
+            "path": path,
+            "concurrency": c,
+            "rounds": len(rs),
+            **mid,
+            "generator_timer": timer,
+            **waits,
+        }
         if busy:
             row["cores_busy"] = median(busy)
         row |= {"vs_bare": median(ratios), "vs_bare_min": min(ratios), "vs_bare_max": max(ratios)}
@@ -554,6 +642,12 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 switches=f"{median(switches):.1f}" if switches else "",
                 generator_cpu=f"{mid['generator_cpu_pct']:.0f}",
                 late=late,
+                waited=" / ".join(
+                    f"{waits[k]:.1f}" if k in waits else "-"
+                    for k in ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
+                )
+                if waits
+                else "",
             )
         )
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]

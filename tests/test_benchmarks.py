@@ -114,6 +114,16 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
         assert r["cores_busy"] > 0, r
         if r["path"] == "ours: PostgreSQL":
             assert r["postgresql_cpu_us"] is not None
+        if r["path"] != UNWRITTEN:  # each written reservation went in a batch, and each batch was timed
+            assert r["batches"] > 0 and 0 < r["batch_p99_ms"] <= r["batch_max_ms"], r
+    for r in measured:  # where a slow answer waited: the loop's lateness, watched through every run here
+        if "process" in r["path"]:
+            assert r.get("loop_late_max_ms") is None  # another process's loop: not watched from here
+        else:
+            assert 0 <= r["loop_late_p99_ms"] <= r["loop_late_max_ms"], r
+            assert (r["batches"] is None) == r["path"].startswith("baseline"), r  # no ledger, no batch
+            assert r["collection_max_ms"] >= 0 and (r["collections"] > 0 or r["collection_max_ms"] == 0), r
+    assert any(r.get("collections") for r in ours)  # the engine allocates: its runs saw the collector
     # One process and then two on one port, bare and (with PostgreSQL) ours: each pair of runs
     # compared with its own kind's single process, in the same round and at the same load.
     kinds = ["bare FastAGI"] + ([] if absent else ["ours: PostgreSQL"])
@@ -157,6 +167,7 @@ def test_bench_deck_and_bench_activity_run_beside_their_baselines() -> None:
     assert activity["ours_deep_page_ms"] > 0 and activity["baseline_offset_deep_page_ms"] > 0
 
 
+@pytest.mark.timeout(600)  # PostgreSQL under callgrind: ~1 min on a fast machine, ~2 on a slow one
 def test_bench_pg_instructions_counts_each_path_beside_the_per_operation_baseline() -> None:
     """Counted by callgrind on a server of its own: every row has its count, and the rows "before v9"
     really run with the names in the database's collation (on the linguistic database that costs
@@ -198,7 +209,8 @@ def test_bench_authorize_table_puts_each_figure_under_its_own_header() -> None:
     from benchmarks.bench_authorize import COLUMNS, summarize, table_row
 
     results = [
-        _run("baseline: bare FastAGI", 50, 5000, cores_busy=1.5),
+        _run("baseline: bare FastAGI", 50, 5000, cores_busy=1.5, loop_late_max_ms=2.0),
+        _run("ours: SQLite", 50, 3000, loop_late_max_ms=3.0, batch_max_ms=1.5, collection_max_ms=0.5),
         _run("bare FastAGI, 1 process (reuse_port)", 50, 4000, cores_busy=1.6),
         _run("bare FastAGI, 2 processes (reuse_port)", 50, 5000, cores_busy=1.9),
         {"loop": "uvloop", "path": "ours: PostgreSQL", "skipped": "no server"},
@@ -215,6 +227,10 @@ def test_bench_authorize_table_puts_each_figure_under_its_own_header() -> None:
     assert skipped["auth/s"] == "skipped: no server" and skipped["cores busy"] == ""
     bare = next(c for c in cells if c["path"] == "baseline: bare FastAGI")
     assert (bare["auth/s"], bare["vs bare"], bare["cores busy"]) == ("5,000", "1.00x", f"1.50 of {os.cpu_count()}")
+    ours = next(c for c in cells if c["path"] == "ours: SQLite")
+    waited = "loop late / batch / collector, max ms"
+    assert (ours["vs bare"], ours[waited]) == ("0.60x", "3.0 / 1.5 / 0.5")
+    assert bare[waited] == "2.0 / - / -" and pair[waited] == ""
     with pytest.raises(KeyError, match="no such column"):
         table_row(loop="uvloop", rate_per_s="1")
 
