@@ -222,6 +222,8 @@ def _parse_may_strip(cc: IntArray, nsn: IntArray, nsn_len: IntArray, rows: BoolA
         if lo is None:
             out[at_rows] = True  # not reduced: parse decides
             continue
+        if lo.size == 0:
+            continue  # the prefix matches no national number of this length (+352 1000)
         at = np.searchsorted(lo, nsn[at_rows], side="right") - 1
         out[at_rows] = (at >= 0) & (nsn[at_rows] < hi[np.maximum(at, 0)])
     return out

@@ -203,6 +203,19 @@ def test_the_column_classifies_every_string_as_classify_does(dialed: list[str], 
             assert (int(col.length[i]), int(col.value[i])) == (len(c.digits), int(c.digits))
 
 
+def test_every_length_of_a_country_whose_national_prefix_may_match_is_classified_as_one_by_one() -> None:
+    """Where a national prefix for parsing can match a number that does not start with 0, the
+    column asks, per length, which numbers it may match; at some lengths none can (+352 and four
+    digits), and that must read as "none", not fail."""
+    from rating_engine.dialed_column import _npp_live
+
+    live = [cc for cc in range(1000) if _npp_live()[cc]]
+    assert 352 in live
+    dialed = [f"+{cc}{first}{'0' * (n - 1)}" for cc in live for n in range(1, 16) for first in "19"]
+    col = classify_column(dialed, "FR")
+    assert [col.number(i) for i in range(len(dialed))] == [classify(d, "FR") for d in dialed]
+
+
 def test_the_common_forms_take_the_vectorized_path() -> None:
     dialed = ["+33612345678", "0033612345678", "0612345678", "+4930123456", "0899123456", "112", "06 12 34 56 78"]
     col = classify_column(dialed, "FR")
