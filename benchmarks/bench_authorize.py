@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import itertools
 import multiprocessing as mp
 import os
@@ -76,7 +75,7 @@ from rating_engine.contract import answer
 from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, ReserveResult, make_ledger
 from rating_engine.ledger.sqlite import SqliteLedger
-from rating_engine.metrics import Histogram, watch_loop
+from rating_engine.metrics import CollectorPauses, Histogram, watch_loop
 from rating_engine.rating.catalog import TariffStore
 from rating_engine.service import tune_collector
 
@@ -342,34 +341,14 @@ class _Seen(Histogram):
         self.seen.append(seconds)
 
 
-class _Collections:
-    """Each pass of the cyclic garbage collector in this process, and how long it held the GIL."""
-
-    def __init__(self) -> None:
-        self.seen: list[float] = []
-        self._started = 0.0
-
-    def start(self) -> None:
-        gc.callbacks.append(self._callback)
-
-    def stop(self) -> None:
-        gc.callbacks.remove(self._callback)
-
-    def _callback(self, phase: str, _info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seen.append(time.perf_counter() - self._started)
-
-
-def waited(loop_late: _Seen, batches: Histogram | None, collections: _Collections) -> dict[str, Any]:
+def waited(loop_late: _Seen, batches: Histogram | None, passes_seen: _Seen) -> dict[str, Any]:
     """Where this run's slow answers waited, from what was seen since each was cleared: how late
     the event loop ran its watch's timers, how long the ledger's batches took (its thread, its
     disk, PostgreSQL), and how long the collector's passes stopped everything. A loop late beyond
     the collector's longest pass was held by the machine (its cores, the host), or a long step."""
     late = sorted(loop_late.seen)
     took = sorted(batches.seen) if isinstance(batches, _Seen) else []
-    passes = sorted(collections.seen)
+    passes = sorted(passes_seen.seen)
     return {
         "loop_late_p99_ms": _ms(late, 0.99) if late else None,
         "loop_late_max_ms": round(late[-1] * 1000, 3) if late else None,
@@ -476,8 +455,9 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
         live: list[tuple[str, FastAgiServer, Any, int]] = []
         loop_late = _Seen()
         watch = asyncio.get_running_loop().create_task(watch_loop(loop_late, lambda _late: None, WATCH_TICK))
-        collections = _Collections()
-        collections.start()
+        passes = _Seen()
+        collector = CollectorPauses(passes)  # the service's own, as `rating_collector_pause_seconds`
+        collector.start()
         try:
             for label, url in backends:
                 if url == "":
@@ -502,11 +482,11 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                         n = args.requests
                     for label, server, ledger, port in live:
                         batches = None if ledger is None else ledger.batch_seconds
-                        for seen in (loop_late, batches, collections):
-                            if isinstance(seen, _Seen | _Collections):
+                        for seen in (loop_late, batches, passes):
+                            if isinstance(seen, _Seen):
                                 seen.seen.clear()
                         m = await measure(port, c, n, offset, generator=generator)
-                        m |= waited(loop_late, batches, collections)
+                        m |= waited(loop_late, batches, passes)
                         offset += n
                         results.append(
                             {
@@ -521,7 +501,7 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                         )
         finally:
             watch.cancel()
-            collections.stop()
+            collector.stop()
             for _label, server, ledger, _port in live:
                 await server.close()
                 if ledger is not None:

@@ -1,11 +1,13 @@
 """Prometheus text-format metrics on a local HTTP port: authorizations by outcome, latency,
-live calls, reservations and the AMI link; and where a slow answer waited: the event loop's lag
-and the ledger's batches."""
+live calls, reservations and the AMI link; and where a slow answer waited: the event loop's lag,
+the ledger's batches and the garbage collector's passes."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -49,6 +51,30 @@ async def watch_loop(lag: Histogram, on_stall: Callable[[float], None], tick: fl
         lag.observe(late)
         if late >= STALL:
             on_stall(late)
+
+
+class CollectorPauses:
+    """Each pass of the cyclic garbage collector, into `histogram`. A pass stops the Python of every
+    thread, the event loop's with it: beside the loop's lag, it tells a late loop held by the
+    collector from one held by a long step or by the machine."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._started = 0.0
+
+    def start(self) -> None:
+        if self._passed not in gc.callbacks:
+            gc.callbacks.append(self._passed)
+
+    def stop(self) -> None:
+        if self._passed in gc.callbacks:
+            gc.callbacks.remove(self._passed)
+
+    def _passed(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.histogram.observe(time.perf_counter() - self._started)
 
 
 GAUGE = {"kind": "gauge"}
@@ -111,6 +137,7 @@ class Metrics:
     def __init__(self, collect: Callable[[], Snapshot]) -> None:
         self.latency = Histogram()
         self.loop_lag = Histogram()
+        self.collector_pauses = Histogram()
         self.ledger_batches: Histogram | None = None
         self.collect = collect
         self._server: asyncio.Server | None = None
@@ -123,6 +150,7 @@ class Metrics:
         for name, histogram in (
             ("rating_authorize_seconds", self.latency),
             ("rating_event_loop_lag_seconds", self.loop_lag),
+            ("rating_collector_pause_seconds", self.collector_pauses),
             ("rating_ledger_batch_seconds", self.ledger_batches),
         ):
             if histogram is not None:

@@ -25,7 +25,7 @@ from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
 from .ledger import Ledger, data_dir, default_url, make_ledger
-from .metrics import Metrics, Snapshot, watch_loop
+from .metrics import CollectorPauses, Metrics, Snapshot, watch_loop
 from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import TariffStore, load_in_child
 from .spool import Spool
@@ -72,6 +72,7 @@ class Service:
         self.metrics = Metrics(self._collect)
         self.metrics.ledger_batches = self.ledger.batch_seconds
         self._watch: asyncio.Task[None] | None = None
+        self._collector = CollectorPauses(self.metrics.collector_pauses)
         self.agent = Agent(self.engine, config.agi.sources)
         self.agi = self.agent.fastagi_server(
             answer_timeout=config.engine.answer_timeout, on_latency=self.metrics.latency.observe
@@ -169,6 +170,7 @@ class Service:
             log.info("spool read at start", extra={"written": written, "left": len(spool.entries)})
         self._flusher = asyncio.get_running_loop().create_task(self._flush_spool_loop())
         self._watch = asyncio.get_running_loop().create_task(watch_loop(self.metrics.loop_lag, _loop_stalled))
+        self._collector.start()
         resumed = await self.topups.resume()
         if resumed:
             log.info("top-ups resumed", extra={"count": resumed})
@@ -220,6 +222,7 @@ class Service:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._flusher = self._watch = None
+        self._collector.stop()
 
     def _let_go_of_node(self) -> None:
         if self.engine.spool is not None:

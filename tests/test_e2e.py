@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -297,6 +298,7 @@ async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> N
         await w.sim.place_call(Scenario("0612345678", talk=5))
         assert w.service is not None
         await asyncio.sleep(0.25)  # the loop watch's timers, every 0.1 s
+        gc.collect()  # a pass of the collector, which the service times
         reader, writer = await asyncio.open_connection("127.0.0.1", w.service.metrics_port)
         writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         body = (await reader.read()).decode()
@@ -306,6 +308,7 @@ async def test_metrics_are_served_in_prometheus_text_format(tmp_path: Path) -> N
         assert "# TYPE rating_event_loop_lag_seconds histogram" in body  # where a slow answer waited
         assert not re.search(r"^rating_event_loop_lag_seconds_count 0$", body, re.M), "the loop watch is not running"
         assert "# TYPE rating_ledger_batch_seconds histogram" in body
+        assert not re.search(r"^rating_collector_pause_seconds_count 0$", body, re.M), "the collector is not timed"
 
 
 async def test_a_caller_who_cannot_pay_more_hears_two_warnings_before_the_cut(tmp_path: Path) -> None:
