@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rating_engine.asterisk.simulator import AsteriskSimulator, Scenario
@@ -39,24 +40,29 @@ async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert proc.stderr is not None
+        stderr = proc.stderr
+        assert stderr is not None
         logs: list[dict[str, object]] = []
+
+        async def read_until(done: Callable[[], bool], when: str) -> None:
+            """Its lines, into `logs`, until `done()`; it must not exit meanwhile."""
+            while not done():
+                line = await asyncio.wait_for(stderr.readline(), 20)
+                assert line, f"the engine exited {when}"
+                logs.append(json.loads(line))
+
         # Ready when both are logged: the AGI listener is up ("engine started", after it is bound),
         # and the AMI login's reconciliation is done (it may come first).
-        while not {"engine started", "reconciled with Asterisk"} <= {e.get("msg") for e in logs}:
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, "the engine exited early"
-            logs.append(json.loads(line))
+        await read_until(
+            lambda: {"engine started", "reconciled with Asterisk"} <= {e.get("msg") for e in logs}, "early"
+        )
         sim.agi_port = agi_port
         call = await sim.place_call(Scenario("0612345678", talk=1))  # no such account in this ledger
         assert (call.status, call.reason) == ("DENY", "unknown_account")
         emergency = await sim.place_call(Scenario("112", talk=1))
         assert (emergency.status, emergency.reason) == ("ALLOW", "emergency")
         proc.send_signal(signal.SIGHUP)  # reloaded in a child process, the engine serving meanwhile
-        while not any(e.get("msg") == "tariffs reloaded" for e in logs):
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, "the engine exited on SIGHUP"
-            logs.append(json.loads(line))
+        await read_until(lambda: any(e.get("msg") == "tariffs reloaded" for e in logs), "on SIGHUP")
         again = await sim.place_call(Scenario("112", talk=1))
         assert (again.status, again.reason) == ("ALLOW", "emergency")
         # A process held still (as by a host's pause, or swapping) is a stalled event loop: the
@@ -72,11 +78,8 @@ async def test_run_serves_calls_and_stops_on_sigterm(tmp_path: Path) -> None:
                 str(e.get("msg", "")).startswith("event loop stalled") and isinstance(seconds, float) and seconds >= 0.3
             )
 
-        while not (stalls := [e for e in logs[held:] if stalled(e)]):
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, "the engine exited after a stall"
-            logs.append(json.loads(line))
-        assert stalls[0]["level"] == "warning"
+        await read_until(lambda: any(stalled(e) for e in logs[held:]), "after a stall")
+        assert next(e for e in logs[held:] if stalled(e))["level"] == "warning"
         after = await sim.place_call(Scenario("112", talk=1))
         assert (after.status, after.reason) == ("ALLOW", "emergency")
         proc.send_signal(signal.SIGTERM)
