@@ -85,6 +85,8 @@ OPEN_RATE = 1000.0
 OPEN_SECONDS = 10.0
 UNWRITTEN = "split: ours, reservations not written"
 WATCH_TICK = 0.005
+WAITS = ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
+"""A run's longest waits (`waited`), in the order of the table's column."""
 """The benchmark's loop watch: finer than the service's 0.1 s, so that a stall of 10 ms is seen
 more often than not; 200 timers a second, the same for every path in this process."""
 
@@ -579,11 +581,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
         cpu_here = [r["server_cpu_us"] for r in rs if r["server_cpu_us"] is not None]
         cpu_pg = [r["postgresql_cpu_us"] for r in rs if r["postgresql_cpu_us"] is not None]
         busy = [r["cores_busy"] for r in rs if r.get("cores_busy") is not None]
-        waits = {
-            k: median(values)
-            for k in ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
-            if (values := [r[k] for r in rs if r.get(k) is not None])
-        }
+        waits = {k: median(values) for k in WAITS if (values := [r[k] for r in rs if r.get(k) is not None])}
         ratios = [r["vs_bare"] for r in rs]
         timer = rs[0]["generator_timer"]
         row = {
@@ -622,12 +620,7 @@ def summarize(results: list[dict[str, Any]]) -> tuple[list[list[Any]], list[dict
                 switches=f"{median(switches):.1f}" if switches else "",
                 generator_cpu=f"{mid['generator_cpu_pct']:.0f}",
                 late=late,
-                waited=" / ".join(
-                    f"{waits[k]:.1f}" if k in waits else "-"
-                    for k in ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
-                )
-                if waits
-                else "",
+                waited=" / ".join(f"{waits[k]:.1f}" if k in waits else "-" for k in WAITS) if waits else "",
             )
         )
         shared = [r["vs_one_process"] for r in rs if "vs_one_process" in r]
