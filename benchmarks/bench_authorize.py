@@ -85,10 +85,10 @@ OPEN_RATE = 1000.0
 OPEN_SECONDS = 10.0
 UNWRITTEN = "split: ours, reservations not written"
 WATCH_TICK = 0.005
-WAITS = ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
-"""A run's longest waits (`waited`), in the order of the table's column."""
 """The benchmark's loop watch: finer than the service's 0.1 s, so that a stall of 10 ms is seen
 more often than not; 200 timers a second, the same for every path in this process."""
+WAITS = ("loop_late_max_ms", "batch_max_ms", "collection_max_ms")
+"""A run's longest waits (`waited`), in the order of the table's column."""
 
 
 def _env(i: int) -> bytes:
