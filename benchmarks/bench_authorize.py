@@ -30,6 +30,10 @@ watch's timer (every 5 ms), how long the ledger's batches took (its thread, its 
 and how long the cyclic garbage collector's longest pass stopped the process. A loop late well
 beyond the collector's pass was held by the machine (its cores, the host) or a long step.
 
+After each run, every call the engine holds is hung up through its own Hangup path (its
+reservation released), not timed, as a PBX's calls end: kept, the calls of all the runs made the
+collector's full passes walk every one of them. Within a run they are kept (10,000 in the open loop).
+
 A third row splits ours in two: the same engine on SQLite, its reservations answered in memory
 instead of written (`--no-split` leaves it out). It is not a way to run; it shows, in the same
 run, the engine's own share (it against the bare server) and the ledger's (SQLite against it).
@@ -70,6 +74,7 @@ from rating_engine import number_cache
 from rating_engine.asterisk.agent import Agent
 from rating_engine.asterisk.agi import AgiRequest
 from rating_engine.asterisk.agi_server import FastAgiServer
+from rating_engine.calls import HungUp
 from rating_engine.config import EngineSection
 from rating_engine.contract import answer
 from rating_engine.engine import Engine
@@ -371,7 +376,7 @@ class _Unwritten(SqliteLedger):
         return ReserveResult(True, None, amount)
 
 
-async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiServer, Any]:
+async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiServer, Any, Engine]:
     number_cache.install()  # as `Service.start`: else the first call builds the table (3-4 s)
     ledger = _Unwritten(url.removeprefix("sqlite:///")) if unwritten else make_ledger(url)
     ledger.batch_seconds = _Seen()  # each batch's time, for `waited`
@@ -381,7 +386,17 @@ async def engine_server(url: str, *, unwritten: bool = False) -> tuple[FastAgiSe
         await ledger.topup("acme", 10**15, "bench")
     engine = Engine(TariffStore([ROOT / "tariffs/office-fr.toml"]), ledger, settings=EngineSection())
     server = Agent(engine).fastagi_server(answer_timeout=30)
-    return server, ledger
+    return server, ledger, engine
+
+
+async def hang_up(engine: Engine) -> int:
+    """End every call the engine holds, through its own Hangup path (each reservation released),
+    as Asterisk's events would; how many. Between runs, not timed: a PBX's calls end, where the
+    calls of every run kept to the end had the collector's full passes walk all of them, three
+    engines' worth (268 ms in one run), in whichever run a pass fell."""
+    calls = list(engine.calls.values())
+    await asyncio.gather(*(engine.handle(HungUp(call.uid, None)) for call in calls))
+    return len(calls)
 
 
 def _engine_process(url: str | None, port: int, ready: Any, stop: Any) -> None:
@@ -391,12 +406,14 @@ def _engine_process(url: str | None, port: int, ready: Any, stop: Any) -> None:
     tune_collector()
 
     async def serve() -> None:
-        server, ledger = (await bare_server(), None) if url is None else await engine_server(url)
+        server, ledger, engine = (await bare_server(), None, None) if url is None else await engine_server(url)
         await server.start("127.0.0.1", port, reuse_port=True)
         ready.release()
         while not stop.is_set():
             await asyncio.sleep(0.05)
         await server.close()
+        if engine is not None:  # the next round's processes find the shared ledger as a PBX leaves it
+            await hang_up(engine)
         if ledger is not None:
             await ledger.close()
 
@@ -454,7 +471,7 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
         if not args.no_postgres:
             url = await postgres_url()
             backends.append(("ours: PostgreSQL", url) if url else ("ours: PostgreSQL", ""))
-        live: list[tuple[str, FastAgiServer, Any, int]] = []
+        live: list[tuple[str, FastAgiServer, Any, Engine | None, int]] = []
         loop_late = _Seen()
         watch = asyncio.get_running_loop().create_task(watch_loop(loop_late, lambda _late: None, WATCH_TICK))
         passes = _Seen()
@@ -465,11 +482,11 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                 if url == "":
                     results.append({"loop": loop_name, "path": label, "skipped": "no PostgreSQL server"})
                     continue
-                ledger = None
+                ledger = engine = None
                 server = await bare_server() if url is None else None
                 if server is None:
-                    server, ledger = await engine_server(url, unwritten=label == UNWRITTEN)  # type: ignore[arg-type]
-                live.append((label, server, ledger, await server.start("127.0.0.1", 0)))
+                    server, ledger, engine = await engine_server(url, unwritten=label == UNWRITTEN)  # type: ignore[arg-type]
+                live.append((label, server, ledger, engine, await server.start("127.0.0.1", 0)))
             offset = 0
             # Each load on every path in turn, back to back: the machine's speed drifts within a
             # run (the bare server's own rate by half, some days), and a ratio should compare
@@ -482,13 +499,20 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                         n = max(args.requests // 5, 200)
                     else:
                         n = args.requests
-                    for label, server, ledger, port in live:
+                    for label, server, ledger, engine, port in live:
                         batches = None if ledger is None else ledger.batch_seconds
                         for seen in (loop_late, batches, passes):
                             if isinstance(seen, _Seen):
                                 seen.seen.clear()
+                        up = None if engine is None else len(engine.calls)
                         m = await measure(port, c, n, offset, generator=generator)
                         m |= waited(loop_late, batches, passes)
+                        if engine is not None:
+                            m |= {
+                                "calls_up_before": up,
+                                "calls_hung_up": await hang_up(engine),
+                                "reservations_left": len(await ledger.reservations()),
+                            }
                         offset += n
                         results.append(
                             {
@@ -504,7 +528,7 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
         finally:
             watch.cancel()
             collector.stop()
-            for _label, server, ledger, _port in live:
+            for _label, server, ledger, _engine, _port in live:
                 await server.close()
                 if ledger is not None:
                     await ledger.close()

@@ -148,6 +148,10 @@ async def naive_sqlite(path: str, pairs: int, tasks: int) -> float:
     return per_task * tasks / elapsed
 
 
+BENCH_DATABASE = "postgresql://postgres@127.0.0.1:5432/rating_engine_bench"
+"""The benchmarks' database, made afresh by `postgres_url` (and left for a look after the run)."""
+
+
 async def postgres_url() -> str | None:
     import asyncpg
 
@@ -158,7 +162,7 @@ async def postgres_url() -> str | None:
     await conn.execute("DROP DATABASE IF EXISTS rating_engine_bench WITH (FORCE)")
     await conn.execute("CREATE DATABASE rating_engine_bench")
     await conn.close()
-    return "postgresql://postgres@127.0.0.1:5432/rating_engine_bench"
+    return BENCH_DATABASE
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

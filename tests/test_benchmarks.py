@@ -9,6 +9,7 @@ this test ran it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from benchmarks.bench_authorize import UNWRITTEN
+from benchmarks.bench_ledger import BENCH_DATABASE
 from tests.ledgers import pg_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +116,10 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
         assert r["cores_busy"] > 0, r
         if r["path"] == "ours: PostgreSQL":
             assert r["postgresql_cpu_us"] is not None
+        # between runs, every call the run authorized was hung up through the engine's Hangup path,
+        # its reservation released: each run starts with no call up, as a PBX's calls end
+        assert r["calls_up_before"] == 0 and r["calls_hung_up"] == r["requests"], r
+        assert r["reservations_left"] == 0, r
         if r["path"] != UNWRITTEN:  # each written reservation went in a batch, and each batch was timed
             assert r["batches"] > 0 and 0 < r["batch_p99_ms"] <= r["batch_max_ms"], r
     for r in measured:  # where a slow answer waited: the loop's lateness, watched through every run here
@@ -146,6 +152,23 @@ def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_s
     assert all(s["ceiling"] > 0 for s in shared.values())
     if absent:
         pytest.skip(f"bare and SQLite ran; PostgreSQL and its two processes on one port did not: {absent}")
+    # the engine processes hung their calls up too before they stopped: the ledger they shared
+    # holds no reservation and no money reserved, as a PBX's would once its calls ended
+    assert asyncio.run(_held_in_bench_database()) == (0, 0)
+
+
+async def _held_in_bench_database() -> tuple[int, int]:
+    """Reservations, and money reserved, in the database `bench_authorize` left behind."""
+    import asyncpg
+
+    conn = await asyncpg.connect(BENCH_DATABASE)
+    try:
+        return (
+            await conn.fetchval("SELECT count(*) FROM reservations"),
+            await conn.fetchval("SELECT coalesce(sum(reserved), 0) FROM accounts"),
+        )
+    finally:
+        await conn.close()
 
 
 def test_bench_rating_agrees_with_phonenumbers_and_the_one_by_one_path() -> None:
