@@ -228,3 +228,51 @@ async def test_close_lets_a_conversation_in_flight_end() -> None:
     await asyncio.wait_for(closing, 2)
     writer.close()
     assert len(commands) == 4 and server.stats.answered == 1
+
+
+async def test_answers_decided_together_each_reach_their_own_channel() -> None:
+    """Many handlers finish in one turn of the loop and their commands are written after it: each
+    conversation still gets its own variables, all of them, in order."""
+    gate = asyncio.Event()
+
+    async def handler(req) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+        await gate.wait()  # every request decided in the same turn, once all have arrived
+        return [("RATING_STATUS", "ALLOW"), ("RATING_CALLID", req.uniqueid), ("RATING_E164", req.arg(2))]
+
+    server = FastAgiServer({"authorize": handler}, lambda _r, _w: [])
+    port = await server.start("127.0.0.1", 0)
+    try:
+        envs = [[*ENV[:3], f"agi_uniqueid: 7.{n}", "agi_arg_1: 201", f"agi_arg_2: 0{n:09d}"] for n in range(50)]
+        talks = [asyncio.create_task(agi_request(port, env)) for env in envs]
+        while server.stats.requests < len(envs):
+            await asyncio.sleep(0.01)
+        gate.set()
+        for n, commands in enumerate(await asyncio.wait_for(asyncio.gather(*talks), 10)):
+            assert commands == [
+                'SET VARIABLE RATING_STATUS "ALLOW"',
+                f'SET VARIABLE RATING_CALLID "7.{n}"',
+                f'SET VARIABLE RATING_E164 "0{n:09d}"',
+            ]
+        assert (server.stats.answered, server.stats.hangups) == (50, 0)
+    finally:
+        await server.close()
+
+
+async def test_a_channel_gone_before_its_answer_is_written_counts_as_hung_up() -> None:
+    gate = asyncio.Event()
+
+    async def handler(_req: object) -> list[tuple[str, str]]:
+        await gate.wait()
+        return [("RATING_STATUS", "ALLOW")]
+
+    server = FastAgiServer({"authorize": handler}, lambda _r, _w: [])
+    port = await server.start("127.0.0.1", 0)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(("\n".join(ENV) + "\n\n").encode())
+    while server.stats.requests < 1:
+        await asyncio.sleep(0.01)
+    writer.close()  # the caller hung up while the engine decided
+    await asyncio.sleep(0.1)
+    gate.set()
+    await asyncio.wait_for(server.close(), 2)  # nothing waits for a reply that cannot come
+    assert (server.stats.requests, server.stats.answered, server.stats.hangups) == (1, 0, 1)
