@@ -96,11 +96,13 @@ class FastAgiServer:
 class _AgiConnection(asyncio.Protocol):
     """One FastAGI conversation: the environment, the handler's task, then the SET VARIABLEs.
 
-    The commands go one at a time, each when the reply to the one before arrives, from
-    `data_received` itself (the first one after the rest of the loop's turn, see `_serve`): the
-    exchange is a few callbacks and one timer per command, not a coroutine woken through a queue
-    with a timeout scope per reply (that cost the bare server a fifth of its CPU per request).
-    The handler's task waits for `finished`, so `close()` still lets conversations in flight end.
+    The commands go one at a time, each when the reply to the one before arrives: the exchange
+    is a few callbacks and one timer per command, not a coroutine woken through a queue with a
+    timeout scope per reply (that cost the bare server a fifth of its CPU per request). Each
+    command is written after the rest of the loop's turn, not from the callback that made it
+    ready: the turn's reads, and the answers decided in it, then run back to back and its writes
+    together, for a fifth less CPU per request (docs/performance.md). The handler's task waits for
+    `finished`, so `close()` still lets conversations in flight end.
     """
 
     def __init__(self, server: FastAgiServer) -> None:
@@ -207,11 +209,7 @@ class _AgiConnection(asyncio.Protocol):
             log.exception("not a channel variable", extra={"uniqueid": request.uniqueid})
             self._end(hangup=None)
         else:
-            # The first command goes out after the rest of this turn of the loop, not between the
-            # answers decided in it: the engine's Python for requests that arrived together then
-            # runs back to back instead of each after a system call, and costs less (measured in
-            # docs/performance.md).
-            asyncio.get_running_loop().call_soon(self._send)
+            asyncio.get_running_loop().call_soon(self._send)  # after the rest of the turn: see the class
         assert self.finished is not None
         await self.finished  # the conversation's end, for `close()`
 
@@ -237,7 +235,7 @@ class _AgiConnection(asyncio.Protocol):
         if not reply.ok:
             log.warning("AGI command refused", extra={"uniqueid": self.uniqueid, "code": reply.code})
         self.waiting = None
-        self._send()
+        asyncio.get_running_loop().call_soon(self._send)  # after this turn's reads, as in `_serve`
 
     def _no_reply(self) -> None:
         self.timer = None
