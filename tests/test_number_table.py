@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
+import sys
 from bisect import bisect_right
 from pathlib import Path
 
@@ -286,3 +288,24 @@ def test_the_cache_goes_where_xdg_says_else_home(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert number_cache.default_dir() == tmp_path / "home" / ".cache" / "rating-engine"
+
+
+def test_a_process_that_builds_the_table_leaves_the_collector_little_to_walk(tmp_path: Path) -> None:
+    """An engine's first start builds the table: phonenumbers then keeps every region's metadata,
+    which each full collection would walk while the event loop waits. Built in a fresh process
+    here, so that nothing this test process has loaded counts."""
+    script = (
+        "import gc, sys\n"
+        "from pathlib import Path\n"
+        "from rating_engine import number_cache\n"
+        "number_cache.load(Path(sys.argv[1]))\n"
+        "gc.collect()\n"
+        "print(len(gc.get_objects()), gc.get_freeze_count())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True, timeout=120
+    )
+    walked, frozen = map(int, out.stdout.split())
+    assert (tmp_path / number_cache.file_name()).exists()
+    assert frozen > 100_000  # the metadata the build read
+    assert walked < 60_000  # what a process that reads the file has (~25,000 with numpy and the package)
