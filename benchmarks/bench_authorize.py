@@ -354,14 +354,15 @@ def waited(loop_late: _Seen, batches: Histogram | None, passes_seen: _Seen) -> d
     disk, PostgreSQL), and how long the collector's passes stopped everything. A loop late beyond
     the collector's longest pass was held by the machine (its cores, the host), or a long step."""
     late = sorted(loop_late.seen)
-    took = sorted(batches.seen) if isinstance(batches, _Seen) else []
+    seen = batches if isinstance(batches, _Seen) else None
+    took = sorted(seen.seen) if seen is not None else []
     passes = sorted(passes_seen.seen)
     return {
         "loop_late_p99_ms": _ms(late, 0.99) if late else None,
         "loop_late_max_ms": round(late[-1] * 1000, 3) if late else None,
         "batch_p99_ms": _ms(took, 0.99) if took else None,
         "batch_max_ms": round(took[-1] * 1000, 3) if took else None,
-        "batches": len(took) if isinstance(batches, _Seen) else None,
+        "batches": len(took) if seen is not None else None,
         "collections": len(passes),
         "collection_max_ms": round(passes[-1] * 1000, 3) if passes else 0.0,
     }

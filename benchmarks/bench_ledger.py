@@ -159,8 +159,9 @@ async def postgres_url() -> str | None:
         conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres", timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return None
-    await conn.execute("DROP DATABASE IF EXISTS rating_engine_bench WITH (FORCE)")
-    await conn.execute("CREATE DATABASE rating_engine_bench")
+    name = BENCH_DATABASE.rsplit("/", 1)[1]
+    await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await conn.execute(f"CREATE DATABASE {name}")
     await conn.close()
     return BENCH_DATABASE
 
