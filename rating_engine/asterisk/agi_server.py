@@ -101,8 +101,9 @@ class _AgiConnection(asyncio.Protocol):
     timeout scope per reply (that cost the bare server a fifth of its CPU per request). Each
     command is written after the rest of the loop's turn, not from the callback that made it
     ready: the turn's reads, and the answers decided in it, then run back to back and its writes
-    together, for a fifth less CPU per request (docs/performance.md). The handler's task waits for
-    `finished`, so `close()` still lets conversations in flight end.
+    together (a fifth less CPU per request for the bare server, a tenth for the engine's: see
+    docs/performance.md). The handler's task waits for `finished`, so `close()` still lets
+    conversations in flight end.
     """
 
     def __init__(self, server: FastAgiServer) -> None:
