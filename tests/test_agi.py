@@ -267,12 +267,16 @@ async def test_a_channel_gone_before_its_answer_is_written_counts_as_hung_up() -
 
     server = FastAgiServer({"authorize": handler}, lambda _r, _w: [])
     port = await server.start("127.0.0.1", 0)
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(("\n".join(ENV) + "\n\n").encode())
-    while server.stats.requests < 1:
-        await asyncio.sleep(0.01)
-    writer.close()  # the caller hung up while the engine decided
-    await asyncio.sleep(0.1)
-    gate.set()
-    await asyncio.wait_for(server.close(), 2)  # nothing waits for a reply that cannot come
-    assert (server.stats.requests, server.stats.answered, server.stats.hangups) == (1, 0, 1)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(("\n".join(ENV) + "\n\n").encode())
+        while server.stats.requests < 1:
+            await asyncio.sleep(0.01)
+        writer.close()  # the caller hung up while the engine decided
+        await asyncio.sleep(0.1)
+        gate.set()
+        await asyncio.wait_for(server.close(), 2)  # nothing waits for a reply that cannot come
+        assert (server.stats.requests, server.stats.answered, server.stats.hangups) == (1, 0, 1)
+    finally:
+        gate.set()
+        await server.close()  # again, at once, where the test failed before it closed
