@@ -7,8 +7,9 @@ each reconciliation, and first thing after a restart. A settle is once per call 
 (a second finds the reservation gone and changes nothing), so an entry written again after a
 crash between the ledger's commit and this file's rewrite is still billed once.
 
-One JSON object per line. A torn last line (the engine killed mid-append) is the one entry that
-was never acknowledged: it is skipped, with a warning, and the call is reconciled from Asterisk.
+One JSON object per line. A torn last line (the engine or the machine stopped mid-append) is the
+one entry that was never acknowledged: it is skipped, with a warning, and the call is reconciled
+from Asterisk; the next entry appended starts on a line of its own.
 
 The engine writes it off the event loop (`keep`, `drop`): the entries change at once in the loop,
 and each write and fsync runs on the spool's own thread, in the order asked. A disk slow to
@@ -172,14 +173,23 @@ class Spool:
         await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
 
     def _make_dir(self) -> None:
-        if not self.path.parent.exists():
+        """The spool's directory, made with its missing parents, each new name made durable."""
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        if missing:
             self.path.parent.mkdir(parents=True, mode=0o700)
+            for directory in reversed(missing):
+                _sync_dir(directory.parent)
 
     def _append_line(self, data: bytes) -> None:
         self._make_dir()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd, new = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            fd, new = os.open(self.path, os.O_RDWR | os.O_APPEND), False
         try:
             size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # after a line torn by a crash: this entry on a line of its own
             try:
                 while data:
                     data = data[os.write(fd, data) :]
@@ -190,6 +200,8 @@ class Spool:
                 raise
         finally:
             os.close(fd)
+        if new:  # the file's fsync keeps its bytes, not its name in the directory
+            _sync_dir(self.path.parent)
 
     def _rewrite(self, entries: list[Pending]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -206,9 +218,14 @@ class Spool:
             raise
         os.close(fd)
         os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _sync_dir(self.path.parent)
         self.unsaved = 0
+
+
+def _sync_dir(directory: Path) -> None:
+    """Make the names in `directory` durable (a new file, a rename)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,6 +112,42 @@ async def test_the_spool_keeps_entries_across_a_reload_and_skips_a_torn_line(tmp
     await again.drop([again.entries[0]])
     assert Spool(spool.path).load() == [Pending("release", "pbx1:1.2:1", 101)]
     assert oct(spool.path.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_an_entry_kept_after_a_torn_line_is_not_glued_to_it(tmp_path: Path) -> None:
+    """The engine restarted after a crash mid-write, with the database still away: what it keeps
+    next starts on a line of its own, and a second restart finds it."""
+    spool = Spool(tmp_path / "s.jsonl")
+    await spool.keep(Pending("release", "pbx1:1.1:1", 100))
+    with open(spool.path, "a") as f:
+        f.write('{"kind":"settle","call_id":"pbx1:1.2')  # torn: no newline
+    again = Spool(spool.path)
+    assert again.load() == [Pending("release", "pbx1:1.1:1", 100)]
+    later = Pending("settle", "pbx1:1.3:1", 102, 930, CallDetails(40, 100, PREMIUM, "+33899123456"))
+    await again.keep(later)
+    assert Spool(spool.path).load() == [Pending("release", "pbx1:1.1:1", 100), later]
+
+
+async def test_the_spool_file_s_first_append_makes_its_name_durable_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file's fsync makes its bytes durable, not its entry in the directory: a power cut after
+    the first settlement was spooled must not take the new file away."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    spool = Spool(tmp_path / "spool" / "s.jsonl")
+    await spool.keep(Pending("release", "pbx1:1.1:1", 100))
+    # the new directory's name in its parent, the file's bytes, the file's name in the new directory
+    assert synced == [str(tmp_path), str(spool.path), str(spool.path.parent)]
+    synced.clear()
+    await spool.keep(Pending("release", "pbx1:1.2:1", 101))
+    assert synced == [str(spool.path)]  # the name is there already: one fsync an entry
 
 
 async def test_a_call_ending_while_postgresql_is_cut_is_billed_once_when_it_is_back(
