@@ -7,6 +7,7 @@ earlier version is brought to the latest on open."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 
@@ -15,7 +16,7 @@ import pytest
 
 from benchmarks.bench_pg_instructions import LINGUISTIC
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, LedgerError
-from rating_engine.ledger.postgres import _MIGRATION_LOCK, PostgresLedger
+from rating_engine.ledger.postgres import _MIGRATION_LOCK, NOT_DURABLE, PostgresLedger
 from rating_engine.ledger.schema import C_COLUMNS, CALL_TABLES, LATEST, migrations, statements
 
 from .helpers import EUR
@@ -333,3 +334,28 @@ def test_an_upgrade_that_the_database_refuses_changes_nothing_and_says_what_stoo
             await conn.close()
 
     asyncio.run(run())
+
+
+async def test_a_ledger_whose_commits_are_not_durable_says_so_at_open(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With synchronous_commit off, PostgreSQL acknowledges a commit before it is on disk: a crash
+    of the server can then take back reservations and settlements the engine was told were done."""
+    caplog.set_level(logging.WARNING, logger="rating_engine.ledger")
+
+    def said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage() == NOT_DURABLE]
+
+    async with PostgresLedger(pg_url):
+        pass
+    assert said() == []  # the server's default: durable
+    admin = await asyncpg.connect(pg_url)
+    try:
+        name = await admin.fetchval("SELECT current_database()")
+        await admin.execute(f"ALTER DATABASE {name} SET synchronous_commit = off")
+    finally:
+        await admin.close()
+    async with PostgresLedger(pg_url):
+        pass
+    [record] = said()
+    assert record.levelno == logging.WARNING and record.__dict__["synchronous_commit"] == "off"

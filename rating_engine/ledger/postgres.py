@@ -50,6 +50,14 @@ CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
 
+NOT_DURABLE = (
+    "PostgreSQL's synchronous_commit is off for this ledger: a crash of the server can lose the last"
+    " reservations and settlements it acknowledged, and their calls go unbilled; set it to on"
+)
+"""Said at open, not overridden: the setting is the operator's, and a session SET would outlive
+the engine's use of a connection behind a pooler in transaction mode."""
+
+
 UPGRADE_LOCK_TIMEOUT = "1s"
 """How long a schema upgrade waits for the tables it alters. Its lock request queues every other
 engine's statements on those tables behind it: under the default `answer_timeout` (2 s), so that the
@@ -196,6 +204,8 @@ class PostgresLedger(Ledger):
                         await _upgrade(conn, current, steps)
                     await conn.execute(pg_batch.CREATE)
                     await conn.execute(pg_lone.CREATE)
+                if await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off":
+                    log.warning(NOT_DURABLE, extra={"synchronous_commit": "off"})
                 # Read after the upgrade lock is let go: an engine starting beside this one need not
                 # wait for these reads too (they are hints: a wrong zone costs a batch a second call).
                 for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
