@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import multiprocessing as mp
 import os
 import random
@@ -215,6 +216,11 @@ class Load:
     elapsed: float
     failed: int
     generator: str
+    window: tuple[float, float] = (0.0, math.inf)
+    """From the generator's start to its results, on `time.monotonic()`: the run's waits are those
+    seen within it (`waited`), not the benchmark's own setup (the environments built, the process
+    spawned: 16-20 ms of a late loop before an open-loop run's first request) nor its reading of the
+    results."""
 
 
 PYTHON, C = "Python", "C (agi_load.c)"
@@ -244,7 +250,9 @@ async def c_load(binary: Path, port: int, concurrency: int, requests: int, offse
     proc = await asyncio.create_subprocess_exec(
         str(binary), str(port), *mode, str(offset), stdin=PIPE, stdout=PIPE, stderr=PIPE
     )
+    spawned = time.monotonic()
     out, err = await proc.communicate(environments)
+    window = (spawned, time.monotonic())
     if proc.returncode != 0:
         raise RuntimeError(f"agi_load exited with {proc.returncode}: {err.decode(errors='replace')[-500:]}")
     *lines, summary = out.decode().splitlines()
@@ -258,6 +266,7 @@ async def c_load(binary: Path, port: int, concurrency: int, requests: int, offse
         float(elapsed),
         int(failed),
         C,
+        window,
     )
 
 
@@ -272,6 +281,7 @@ async def measure(
     offset: int,
     server: list[int] | Literal["here"] | None = "here",
     generator: Path | None = None,
+    waits: Waits | None = None,
 ) -> dict[str, Any]:
     """`concurrency` channels in a closed loop; negative: an open loop at that many per second.
     The C `generator` where it was built, else the Python one in a process of its own. With the
@@ -279,7 +289,8 @@ async def measure(
     processes' on this machine): where the time goes, beside the rate. `cores_busy`: the server's,
     PostgreSQL's and the generator's CPU over the run's wall time, how much of the machine the
     three took together (a little under: the wall time counts the generator's start; and to a few
-    hundredths of a second: /proc counts other processes' CPU in clock ticks)."""
+    hundredths of a second: /proc counts other processes' CPU in clock ticks). `waits`: what this
+    process saw wait meanwhile, its figures added (`waited`)."""
     started = time.monotonic()
     here0, pg0 = cpu_seconds()
     pids = server if isinstance(server, list) else None
@@ -292,9 +303,12 @@ async def measure(
         queue: Any = ctx.Queue()
         proc = ctx.Process(target=_load, args=(port, concurrency, requests, offset, queue))
         proc.start()
+        spawned = time.monotonic()
         while proc.is_alive() and queue.empty():
             await asyncio.sleep(0.01)
+        done = time.monotonic()
         load = await asyncio.get_running_loop().run_in_executor(None, queue.get)
+        load.window = (spawned, done)
         proc.join()
     here1, pg1 = cpu_seconds()
     theirs1 = processes_cpu(pids) if pids else None
@@ -309,7 +323,7 @@ async def measure(
     elif theirs0 is not None and theirs1 is not None:
         busy = theirs1 - theirs0
     pg = None if pg0 is None or pg1 is None else pg1 - pg0
-    return {
+    figures = {
         "per_s": round(len(lat) / load.elapsed),
         "p50_ms": round(statistics.median(lat) * 1000, 3),
         "p99_ms": _ms(lat, 0.99),
@@ -325,6 +339,7 @@ async def measure(
         "cores_busy": None if busy is None else round((busy + (pg or 0.0) + load.cpu) / wall, 2),
         "server_switches": round((switches1 - switches0) / len(lat), 2) if server == "here" else None,
     }
+    return figures if waits is None else figures | waited(*waits, window=load.window)
 
 
 async def bare_server() -> FastAgiServer:
@@ -337,26 +352,43 @@ async def bare_server() -> FastAgiServer:
 
 
 class _Seen(Histogram):
-    """A histogram that keeps what it saw: a run's longest wait, not only its bucket."""
+    """A histogram that keeps what it saw, and when it ended: a run's longest wait, not only its bucket."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: list[float] = []
+        self.ended: list[float] = []
 
     def observe(self, seconds: float) -> None:
         super().observe(seconds)
         self.seen.append(seconds)
+        self.ended.append(time.monotonic())
+
+    def clear(self) -> None:
+        self.seen.clear()
+        self.ended.clear()
+
+    def within(self, window: tuple[float, float]) -> list[float]:
+        """The waits that began and ended within `window`, in order."""
+        start, end = window
+        return sorted(s for s, at in zip(self.seen, self.ended, strict=True) if at - s >= start and at <= end)
 
 
-def waited(loop_late: _Seen, batches: Histogram | None, passes_seen: _Seen) -> dict[str, Any]:
-    """Where this run's slow answers waited, from what was seen since each was cleared: how late
-    the event loop ran its watch's timers, how long the ledger's batches took (its thread, its
-    disk, PostgreSQL), and how long the collector's passes stopped everything. A loop late beyond
+Waits = tuple[_Seen, Histogram | None, _Seen]
+"""The loop's lateness, the ledger's batches (a `_Seen` where there is a ledger) and the collector's passes."""
+
+
+def waited(
+    loop_late: _Seen, batches: Histogram | None, passes_seen: _Seen, window: tuple[float, float] = (0.0, math.inf)
+) -> dict[str, Any]:
+    """Where this run's slow answers waited, from what was seen within the generator's `window`:
+    how late the event loop ran its watch's timers, how long the ledger's batches took (its thread,
+    its disk, PostgreSQL), and how long the collector's passes stopped everything. A loop late beyond
     the collector's longest pass was held by the machine (its cores, the host), or a long step."""
-    late = sorted(loop_late.seen)
+    late = loop_late.within(window)
     seen = batches if isinstance(batches, _Seen) else None
-    took = sorted(seen.seen) if seen is not None else []
-    passes = sorted(passes_seen.seen)
+    took = seen.within(window) if seen is not None else []
+    passes = passes_seen.within(window)
     return {
         "loop_late_p99_ms": _ms(late, 0.99) if late else None,
         "loop_late_max_ms": round(late[-1] * 1000, 3) if late else None,
@@ -504,10 +536,9 @@ async def run(args: argparse.Namespace, loop_name: str, generator: Path | None) 
                         batches = None if ledger is None else ledger.batch_seconds
                         for seen in (loop_late, batches, passes):
                             if isinstance(seen, _Seen):
-                                seen.seen.clear()
+                                seen.clear()
                         up = None if engine is None else len(engine.calls)
-                        m = await measure(port, c, n, offset, generator=generator)
-                        m |= waited(loop_late, batches, passes)
+                        m = await measure(port, c, n, offset, generator=generator, waits=(loop_late, batches, passes))
                         if engine is not None:
                             m |= {
                                 "calls_up_before": up,
