@@ -16,11 +16,12 @@ import pytest
 
 from benchmarks.bench_pg_instructions import LINGUISTIC
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, LedgerError
-from rating_engine.ledger.postgres import _MIGRATION_LOCK, NOT_DURABLE, PostgresLedger
+from rating_engine.ledger.postgres import _MIGRATION_LOCK, NO_FSYNC, NOT_DURABLE, PostgresLedger
 from rating_engine.ledger.schema import C_COLUMNS, CALL_TABLES, LATEST, migrations, statements
 
 from .helpers import EUR
 from .ledgers import opened, pg_database
+from .pg_server import private_postgres
 
 NOW = 1_795_535_109
 
@@ -359,3 +360,14 @@ async def test_a_ledger_whose_commits_are_not_durable_says_so_at_open(
         pass
     [record] = said()
     assert record.levelno == logging.WARNING and record.__dict__["synchronous_commit"] == "off"
+
+
+async def test_a_server_without_fsync_is_said_at_open(caplog: pytest.LogCaptureFixture) -> None:
+    """fsync off (a test rig's setting, the tests' own private server here): the machine's crash can
+    lose or corrupt the whole ledger, which outweighs the commit's own setting."""
+    caplog.set_level(logging.WARNING, logger="rating_engine.ledger")
+    with private_postgres() as server:
+        async with PostgresLedger(server.url):
+            pass
+    said = [r.getMessage() for r in caplog.records if r.getMessage() in (NO_FSYNC, NOT_DURABLE)]
+    assert said == [NO_FSYNC]

@@ -50,12 +50,17 @@ CONNECT_TIMEOUT = 10.0
 _MIGRATION_LOCK = 0x72617465  # pg_advisory_xact_lock key: one migrator at a time
 
 
+_DURABLE = "SELECT current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS synchronous_commit"
 NOT_DURABLE = (
     "PostgreSQL's synchronous_commit is off for this ledger: a crash of the server can lose the last"
     " reservations and settlements it acknowledged, and their calls go unbilled; set it to on"
 )
-"""Said at open, not overridden: the setting is the operator's, and a session SET would outlive
-the engine's use of a connection behind a pooler in transaction mode."""
+NO_FSYNC = (
+    "PostgreSQL's fsync is off: a crash of its machine (power, kernel) can lose or corrupt the ledger,"
+    " every account's balance and activity; set it to on"
+)
+"""Said at open, not overridden: the settings are the operator's (fsync the server's own), and a
+session SET would outlive the engine's use of a connection behind a pooler in transaction mode."""
 
 
 UPGRADE_LOCK_TIMEOUT = "1s"
@@ -204,7 +209,10 @@ class PostgresLedger(Ledger):
                         await _upgrade(conn, current, steps)
                     await conn.execute(pg_batch.CREATE)
                     await conn.execute(pg_lone.CREATE)
-                if await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off":
+                durable = await conn.fetchrow(_DURABLE)
+                if durable["fsync"] == "off":
+                    log.warning(NO_FSYNC, extra={"fsync": "off"})
+                elif durable["synchronous_commit"] == "off":
                     log.warning(NOT_DURABLE, extra={"synchronous_commit": "off"})
                 # Read after the upgrade lock is let go: an engine starting beside this one need not
                 # wait for these reads too (they are hints: a wrong zone costs a batch a second call).
