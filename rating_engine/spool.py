@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .durable import make_dirs, sync_dir
 from .ledger import CallDetails
 
 log = logging.getLogger("rating_engine.spool")
@@ -173,12 +174,7 @@ class Spool:
         await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
 
     def _make_dir(self) -> None:
-        """The spool's directory, made with its missing parents, each new name made durable."""
-        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
-        if missing:
-            self.path.parent.mkdir(parents=True, mode=0o700)
-            for directory in reversed(missing):
-                _sync_dir(directory.parent)
+        make_dirs(self.path.parent)
 
     def _append_line(self, data: bytes) -> None:
         self._make_dir()
@@ -201,7 +197,7 @@ class Spool:
         finally:
             os.close(fd)
         if new:  # the file's fsync keeps its bytes, not its name in the directory
-            _sync_dir(self.path.parent)
+            sync_dir(self.path.parent)
 
     def _rewrite(self, entries: list[Pending]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -218,14 +214,5 @@ class Spool:
             raise
         os.close(fd)
         os.replace(tmp, self.path)
-        _sync_dir(self.path.parent)
+        sync_dir(self.path.parent)
         self.unsaved = 0
-
-
-def _sync_dir(directory: Path) -> None:
-    """Make the names in `directory` durable (a new file, a rename)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

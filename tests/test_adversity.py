@@ -302,6 +302,30 @@ def test_only_account_create_makes_a_ledger(
     assert code == 2 and "needs a file path" in err
 
 
+def test_a_new_ledger_file_and_its_directories_have_durable_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine makes the ledger's file itself (to make it private), so SQLite never syncs its
+    name: a crash of the machine in the seconds after the first account was made and funded could
+    take the file away. Each new name is fsynced in its directory (SQLite's own fsyncs are in C)."""
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "data" / "ledger.sqlite3"
+    assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
+    assert synced[:2] == [str(tmp_path), str(path.parent)]  # "data" in its parent, then the file in "data"
+    synced.clear()
+    assert run(capsys, "account", "show", "acme", "--db", f"sqlite:///{path}")[0] == 0
+    assert synced == []  # the file is there: nothing to make again
+
+
 def test_a_new_ledger_is_readable_by_its_owner_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import os
     import stat

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from ..durable import make_dirs, sync_dir
 from . import programs as P
 from . import sqlite_batch
 from .base import Ledger
@@ -204,10 +205,9 @@ def _create_private(path: Path, create: bool) -> None:
         return
     if not create:
         raise LedgerError(f"no ledger at {path}: create an account first (rating-engine account create …)")
-    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700)
+    make_dirs(path.parent)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    sync_dir(path.parent)  # SQLite makes its -wal file's name durable, not this one's
 
 
 def _cannot_open(path: str, exc: sqlite3.Error) -> str:
