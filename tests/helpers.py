@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from decimal import Decimal
+
+import pytest
 
 from rating_engine.metrics import BUCKETS, Histogram
 from rating_engine.money import MICRO
@@ -42,3 +45,17 @@ def reference_cost(seconds: int, p: Price) -> int:
         return 0
     charged = max(p.initial, p.initial + math.ceil(Decimal(seconds - p.initial) / p.increment) * p.increment)
     return max(p.minimum, p.connect_fee + math.ceil(Decimal(charged) * p.per_minute / 60))
+
+
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths Python's `os.fsync` is called on from now on, in order (what the engine makes
+    durable; SQLite's own fsyncs are in C and not seen)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced

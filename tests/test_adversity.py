@@ -28,7 +28,7 @@ from rating_engine.money import MAX_AMOUNT, parse_amount
 from .asterisk_helpers import agi_request, agi_transcript, engine_rig, said, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port, read_metrics
-from .helpers import EUR
+from .helpers import EUR, record_fsyncs
 from .ledgers import opened, until, until_settled, write_lock_held
 
 
@@ -308,16 +308,7 @@ def test_a_new_ledger_file_and_its_directories_have_durable_names(
     """The engine makes the ledger's file itself (to make it private), so SQLite never syncs its
     name: a crash of the machine in the seconds after the first account was made and funded could
     take the file away. Each new name is fsynced in its directory (SQLite's own fsyncs are in C)."""
-    import os
-
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     path = tmp_path / "data" / "ledger.sqlite3"
     assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
     assert synced[:2] == [str(tmp_path), str(path.parent)]  # "data" in its parent, then the file in "data"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from rating_engine.rating.price import cost
 from rating_engine.spool import Pending, Spool
 
 from .conftest import OFFICE_FR
+from .helpers import record_fsyncs
 from .test_engine import T0, ManualClock
 
 PREMIUM = "0899123456"
@@ -133,14 +133,7 @@ async def test_the_spool_file_s_first_append_makes_its_name_durable_too(
 ) -> None:
     """A file's fsync makes its bytes durable, not its entry in the directory: a power cut after
     the first settlement was spooled must not take the new file away."""
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = record_fsyncs(monkeypatch)
     spool = Spool(tmp_path / "spool" / "s.jsonl")
     await spool.keep(Pending("release", "pbx1:1.1:1", 100))
     # the new directory's name in its parent, the file's bytes, the file's name in the new directory
