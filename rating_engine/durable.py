@@ -3,15 +3,21 @@ in its directory. What the ledger's SQLite file and the engine's spool are made 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 
 def sync_dir(directory: Path) -> None:
-    """Make the names in `directory` durable (a file made, a rename)."""
+    """Make the names in `directory` durable (a file made, a rename). A file system that cannot sync
+    a directory (EINVAL: some network and FUSE ones) is let be, as SQLite lets it be: its names are
+    as durable as it makes them, and the engine must still start there."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(fd)
 
