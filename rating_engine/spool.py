@@ -87,7 +87,7 @@ class Spool:
         if self._lock is not None:
             return True
         try:
-            self._make_dir()
+            make_dirs(self.path.parent)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             log.error("spool lock cannot be made", extra={"file": str(self.lock_path), "error": str(exc)})
@@ -173,11 +173,8 @@ class Spool:
             self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         await asyncio.get_running_loop().run_in_executor(self._disk, write, *args)
 
-    def _make_dir(self) -> None:
-        make_dirs(self.path.parent)
-
     def _append_line(self, data: bytes) -> None:
-        self._make_dir()
+        make_dirs(self.path.parent)
         try:
             fd, new = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600), True
         except FileExistsError:
