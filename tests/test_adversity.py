@@ -1032,6 +1032,44 @@ async def test_a_ledger_on_a_read_only_file_system_is_one_clear_line(tmp_path: P
         assert str(disk / "ledger.sqlite3") in lines[0]
 
 
+def test_a_file_system_that_cannot_sync_a_directory_still_takes_a_new_ledger(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EINVAL from a directory's fsync (some network and FUSE file systems) is no reason to refuse
+    the ledger; any other error still is."""
+    import errno
+    import os
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int, fails: int = errno.EINVAL) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(fails, os.strerror(fails))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "nfs" / "ledger.sqlite3"
+    assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
+
+    def eio(fd: int) -> None:
+        fsync(fd, errno.EIO)
+
+    monkeypatch.setattr(os, "fsync", eio)
+    code, _, err = run(
+        capsys,
+        "account",
+        "create",
+        "other",
+        "--plan",
+        str(OFFICE_FR),
+        "--db",
+        f"sqlite:///{tmp_path / 'io' / 'l.sqlite3'}",
+    )
+    assert code == 2 and "cannot open the ledger" in err and "Input/output error" in err  # one line, no traceback
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------- the log's sink
 
 
@@ -1270,41 +1308,3 @@ def test_a_line_that_cannot_be_formatted_is_said_through_the_queue_not_printed_b
     assert lines[0]["from_logger"] == "somelib" and lines[0]["level"] == "error"
     assert lines[0]["source"].rsplit(":", 1)[0] == __file__  # where the bad call is
     assert "TypeError" in lines[0]["error"] and capsys.readouterr().err == ""
-
-
-def test_a_file_system_that_cannot_sync_a_directory_still_takes_a_new_ledger(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """EINVAL from a directory's fsync (some network and FUSE file systems) is no reason to refuse
-    the ledger; any other error still is."""
-    import errno
-    import os
-    import stat
-
-    real_fsync = os.fsync
-
-    def fsync(fd: int, fails: int = errno.EINVAL) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(fails, os.strerror(fails))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    path = tmp_path / "nfs" / "ledger.sqlite3"
-    assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
-
-    def eio(fd: int) -> None:
-        fsync(fd, errno.EIO)
-
-    monkeypatch.setattr(os, "fsync", eio)
-    code, _, err = run(
-        capsys,
-        "account",
-        "create",
-        "other",
-        "--plan",
-        str(OFFICE_FR),
-        "--db",
-        f"sqlite:///{tmp_path / 'io' / 'l.sqlite3'}",
-    )
-    assert code == 2 and "cannot open the ledger" in err and "Input/output error" in err  # one line, no traceback
-    assert "Traceback" not in err
