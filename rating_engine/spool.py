@@ -158,7 +158,9 @@ class Spool:
         except OSError as exc:
             self.unsaved += 1
             log.error(
-                "spool file cannot be written: the settlement is kept in memory only",
+                # also when only the new file's name could not be synced: its bytes are on disk,
+                # but a crash of the machine could still take the file away
+                "spool file cannot be written durably: the settlement is held in memory until the disk takes a write",
                 extra={"file": str(self.path), "call_id": entry.call_id, "error": str(exc)},
             )
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,6 +144,34 @@ async def test_the_spool_file_s_first_append_makes_its_name_durable_too(
     synced.clear()
     await spool.keep(Pending("release", "pbx1:1.2:1", 101))
     assert synced == [str(spool.path)]  # the name is there already: one fsync an entry
+
+
+async def test_a_new_spool_file_whose_name_cannot_be_synced_is_written_whole_with_the_next_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first entry's bytes reached the disk but its file's name may not survive a crash (the
+    directory's fsync failed): it counts as unsaved, and the next entry rewrites the file whole,
+    name synced, with both."""
+    spool = Spool(tmp_path / "s.jsonl")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    first = Pending("release", "pbx1:1.1:1", 100)
+    with caplog.at_level("ERROR", "rating_engine.spool"):
+        await spool.keep(first)
+    assert spool.unsaved == 1 and spool.entries == [first]
+    assert "cannot be written durably" in caplog.text and "pbx1:1.1:1" in str(caplog.records[-1].__dict__)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    synced = record_fsyncs(monkeypatch)
+    second = Pending("release", "pbx1:1.2:1", 101)
+    await spool.keep(second)
+    assert spool.unsaved == 0 and Spool(spool.path).load() == [first, second]
+    assert synced == [str(tmp_path / "s.jsonl.tmp"), str(tmp_path)]  # written whole, its name made durable
 
 
 async def test_a_call_ending_while_postgresql_is_cut_is_billed_once_when_it_is_back(
