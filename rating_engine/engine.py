@@ -24,6 +24,7 @@ from .clock import Clock
 from .config import EngineSection
 from .contract import ALL_CLASSES, REASON_OF, DestinationClass, Reason, Refusal, Status
 from .errors import TariffError
+from .event_times import EventTimes
 from .ledger import Account, CallDetails, Extension, Ledger, LedgerError, SettleResult, TopupRequest
 from .ledger.models import zone
 from .numbering import Classification, Kind, classify
@@ -187,6 +188,8 @@ class Engine:
         """(account, extension) → both as last read: a chargeable call is decided with them and
         reserved on the condition that their settings have not changed since (`Ledger.reserve`)."""
         self._flushing = asyncio.Lock()
+        self.event_times = EventTimes()
+        """The PBX's event times on this engine's clock: a call's deadline and its bill read one clock."""
 
     def _notify(self, what: str, **fields: Any) -> None:
         if self.observer is not None:
@@ -380,7 +383,9 @@ class Engine:
 
     # ------------------------------------------------------------ following calls
     def _when(self, at: float | None) -> float:
-        return self.clock.now() if at is None else at
+        """An event's time on the engine's clock (its own time when the PBX gave none)."""
+        now = self.clock.now()
+        return now if at is None else self.event_times.here(at, now)
 
     def _call_of(self, uid: str) -> Call | None:
         key = self._by_uid.get(uid)
@@ -396,14 +401,15 @@ class Engine:
 
     async def handle(self, event: CallEvent) -> None:
         """One event of a call, in the order Asterisk sent them."""
+        at = self._when(event.at) if not isinstance(event, CdrBilled) else 0.0
         if isinstance(event, HungUp) and event.uniqueid in self._deciding:
-            self._deciding[event.uniqueid] = self._when(event.at)  # see `_authorize_as`
+            self._deciding[event.uniqueid] = at  # see `_authorize_as`
         call = self._call_of(event.uniqueid)
         if call is None:
             return
         if isinstance(event, Answered):
             if call.answered_at is None:
-                call.answered_at = self._when(event.at)
+                call.answered_at = at
                 self._bill_from_answer(call)
                 call.channel = event.channel or call.channel
                 call.dest_channel, call.dest_uid = event.called_channel, event.called_uniqueid
@@ -417,7 +423,7 @@ class Engine:
         elif isinstance(event, HungUp):
             # Whichever leg hangs up first ends the bridge: the caller's, or the called channel's
             # (its paid deadline, set by U(), ends it there).
-            await self._finish(self._forget(call), self._when(event.at))
+            await self._finish(self._forget(call), at)
 
     @staticmethod
     def _bill_from_answer(call: Call) -> None:

@@ -922,7 +922,8 @@ async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_cor
         await ledger.open()
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
         await ledger.topup("acme", 10 * EUR, "opening")
-        engine = Engine(TariffStore([OFFICE_FR]), ledger, ManualClock(), EngineSection(node="pbx1"))
+        clock = ManualClock()
+        engine = Engine(TariffStore([OFFICE_FR]), ledger, clock, EngineSection(node="pbx1"))
         engine.spool = Spool(disk / "ledger.sqlite3.pbx1.spool.jsonl")  # beside the ledger: full too
         first = await engine.authorize(AuthorizeRequest("1795535109.1", "0899123456", "201", "acme"))
         price = engine.calls[first.call_id].fare.first
@@ -941,6 +942,7 @@ async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_cor
         included = engine.fallback(AuthorizeRequest("1795535109.998", "0612345678", "201", "acme"), "error")
         assert (included.status, included.reason) == (Status.ALLOW, Reason.INCLUDED)
 
+        clock.advance(40)
         await engine.handle(HungUp("1795535109.1", T0 + 40))  # neither the ledger nor the spool can write
         assert [e.call_id for e in engine.spool.entries] == [first.call_id] and engine.spool.unsaved == 1
         account = await ledger.account("acme")  # reads still work; nothing was half-written
@@ -949,6 +951,7 @@ async def test_a_full_disk_refuses_chargeable_calls_keeps_the_settlement_and_cor
 
         filler.unlink()  # the operator frees the disk
         assert await engine.flush_spool() == 1 and engine.spool.unsaved == 0
+        clock.advance(1)
         for a in held:
             await engine.handle(HungUp(a.call_id.split(":")[1], T0 + 41))
         account = await ledger.account("acme")

@@ -152,6 +152,41 @@ async def test_a_charged_call_is_answered_renewed_and_settled_on_the_clock() -> 
         assert await r.ledger.check() == [] and r.engine.calls == {}
 
 
+@pytest.mark.parametrize("pbx_ahead", [3600.0, 0.5])
+async def test_a_pbx_clock_ahead_of_the_engine_s_gives_no_free_talk(pbx_ahead: float) -> None:
+    """Asterisk stamps its events with its own clock. An hour ahead of the engine's (an engine started
+    before the boot's clock step, another host without NTP), the answer still sets the paid quota, not
+    an hour more; the renewal comes at its moment and the bill is the time talked."""
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        price = r.engine.calls[a.call_id].fare.first
+        r.clock.advance(4)
+        await r.engine.handle(answered("1795535109.7", T0 + 4 + pbx_ahead))
+        assert {await r.pbx.next(), await r.pbx.next()} == {
+            ("timeout", "PJSIP/201-1795535109.7", 60),
+            ("timeout", "PJSIP/trunk-1795535109.7", 60),
+        }
+        r.clock.advance(31)
+        assert [(await r.pbx.next())[0::2] for _ in range(2)] == [("timeout", 89)] * 2
+        r.clock.advance(19)
+        await r.engine.handle(HungUp("1795535109.7", T0 + 54 + pbx_ahead))
+        assert await settled(r, a.call_id) == (50, cost(50, price), False)
+        assert await r.ledger.check() == [] and r.engine.calls == {}
+
+
+async def test_a_pbx_clock_behind_the_engine_s_cuts_calls_early_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """Behind cannot be told from events handled late: nothing is corrected, no more time is given
+    than paid, and the log says why calls end early."""
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        with caplog.at_level("WARNING", "rating_engine.engine"):
+            await r.engine.handle(answered("1795535109.7", T0 - 3600))
+        assert [(await r.pbx.next())[2] for _ in range(2)] == [1, 1]  # the deadline passed: cut at once
+        assert "the PBX's clock is behind" in caplog.text
+        await r.engine.handle(HungUp("1795535109.7", T0 - 3599))
+        assert (await settled(r, a.call_id))[0] == 1 and await r.ledger.check() == []
+
+
 async def test_a_call_the_account_cannot_extend_is_warned_twice_then_left_to_its_deadline() -> None:
     async with rig(balance=SHORT) as r:
         a = await r.engine.authorize(request())

@@ -229,8 +229,10 @@ async def test_spooled_settlements_survive_a_restart_and_a_crash_before_the_rewr
         for n in (1, 3):
             a = await engine.authorize(AuthorizeRequest(f"1795535109.{n}", PREMIUM, "201", "acme"))
             ids.append(a.call_id)
+        clock.advance(2)
         await engine.handle(Answered("1795535109.1", T0 + 2, "PJSIP/201-1", "PJSIP/out-1", "1795535109.2"))
         await proxy.cut()
+        clock.advance(30)
         await engine.handle(HungUp("1795535109.1", T0 + 32))  # answered: a settle
         await engine.handle(HungUp("1795535109.3", T0 + 20))  # never answered: a release
         with contextlib.suppress(Exception):
