@@ -112,6 +112,8 @@ class Service:
             late_reservations_total=self.ledger.late_reservations,
             node_conflicts_total=self.ledger.node_conflicts,
             ledger_fallbacks_total=self.ledger.fallbacks,
+            pbx_clock_lead_seconds=round(self.engine.event_times.lead, 3),
+            pbx_events_late=int(self.engine.event_times.behind),
             log_lines_dropped_total=logs.dropped_total(),
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
             spool_unsaved=self.engine.spool.unsaved if self.engine.spool else 0,

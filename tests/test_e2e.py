@@ -97,11 +97,19 @@ class World:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, balance: int = 10 * EUR, threshold: int = 0, quota: int = 60, cdr: bool = False
+    tmp_path: Path,
+    balance: int = 10 * EUR,
+    threshold: int = 0,
+    quota: int = 60,
+    cdr: bool = False,
+    pbx_ahead: float = 0.0,
 ) -> AsyncIterator[World]:
+    """`pbx_ahead`: seconds the simulated Asterisk's clock is ahead of the engine's (its events'
+    Timestamps, and its deadlines, on its own clock)."""
     clock = Clock(speed=SPEED)
     cdr_file = tmp_path / "rating-engine.csv" if cdr else None
-    sim = AsteriskSimulator(clock, agi_port=0, cdr_file=cdr_file)
+    pbx_clock = Clock(speed=SPEED, start=clock.now() + pbx_ahead) if pbx_ahead else clock
+    sim = AsteriskSimulator(pbx_clock, agi_port=0, cdr_file=cdr_file)
     port = await sim.start()
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     ledger = make_ledger(url)
@@ -216,6 +224,22 @@ async def test_a_call_the_account_cannot_pay_ends_at_its_paid_deadline(tmp_path:
         assert billable <= 66 and charged <= EUR
         acc = await w.service.ledger.account("acme")  # type: ignore[union-attr]
         assert acc.balance >= 0 and acc.balance == EUR - charged
+
+
+async def test_a_pbx_clock_an_hour_ahead_still_ends_the_call_at_its_paid_deadline(tmp_path: Path) -> None:
+    """Asterisk's events carry its own time; an hour ahead of the engine's clock, the deadline the
+    engine sets at the answer and moves at each renewal is still the paid time, not an hour more."""
+    async with world(tmp_path, balance=EUR, pbx_ahead=3600) as w:  # 1 EUR buys 66 s of 0899
+        call = await w.sim.place_call(Scenario("0899123456", talk=300))
+        assert call.cut_by_deadline
+        billable, charged = await settled(w, call)
+        assert 60 <= billable <= 66 and charged <= EUR
+        acc = await w.service.ledger.account("acme")  # type: ignore[union-attr]
+        assert acc.balance >= 0 and acc.balance == EUR - charged
+        assert w.service is not None
+        metrics = w.service.metrics.render()
+        lead = float(re.search(r"^rating_pbx_clock_lead_seconds (\S+)$", metrics, re.M)[1])  # type: ignore[index]
+        assert 3599 < lead <= 3600 and "rating_pbx_events_late 0" in metrics
 
 
 async def test_a_hangup_action_mid_call_is_billed_to_that_moment(tmp_path: Path) -> None:
