@@ -387,6 +387,11 @@ class Engine:
         now = self.clock.now()
         return now if at is None else self.event_times.here(at, now)
 
+    def pinged(self, at: float, round_trip: float) -> None:
+        """The PBX answered a Ping at `at` on its clock, `round_trip` real seconds after it was sent."""
+        received = self.clock.now()
+        self.event_times.pinged(at, received - round_trip * self.clock.speed, received)
+
     def _call_of(self, uid: str) -> Call | None:
         key = self._by_uid.get(uid)
         return None if key is None else self.calls.get(key)

@@ -129,10 +129,11 @@ class Snapshot:
     """Batches the ledger's fast way (PostgreSQL's function, SQLite's walk) failed on: each ran again
     as programs, so no call was lost, but it is a bug; the log has the traceback."""
     pbx_clock_lead_seconds: float = field(default=0.0, metadata=GAUGE)
-    """How far the PBX's clock is ahead of the engine's, taken off its event times (0 within a second)."""
+    """How far the PBX's clock is ahead of the engine's (behind: negative), taken off its event times
+    (0 within a second)."""
     pbx_events_late: int = field(default=0, metadata=GAUGE)
     """1 while AMI events reach the engine over a second after their time, or the PBX's clock is that
-    far behind: calls are then cut that much before their paid time (not corrected)."""
+    far behind, and no Ping has been answered to say which: calls are then cut that much early."""
     log_lines_dropped_total: int = field(default=0, metadata=COUNTER)
     """Log lines dropped because stderr took none while they came (journald behind, a full pipe):
     the engine never waits on its log."""

@@ -194,6 +194,7 @@ class Service:
             secret,
             self.agent.on_ami_event,
             self._on_login,
+            on_pong=self.agent.on_pong,
             action_timeout=a.action_timeout,
             ping_interval=a.ping_interval,
         )

@@ -242,6 +242,26 @@ async def test_a_pbx_clock_an_hour_ahead_still_ends_the_call_at_its_paid_deadlin
         assert 3599 < lead <= 3600 and "rating_pbx_events_late 0" in metrics
 
 
+async def test_a_pbx_clock_an_hour_behind_is_read_from_its_ping_and_its_calls_talk_their_paid_time(
+    tmp_path: Path,
+) -> None:
+    """Behind, the events alone look like events handled an hour late; the Ping's reply, which carries
+    Asterisk's time too, tells which. Without it every charged call was cut a second after its answer."""
+    async with world(tmp_path, pbx_ahead=-3600) as w:
+        assert w.service is not None
+        times = w.service.engine.event_times
+        for _ in range(100):  # the watchdog's first Ping, a second after the login
+            if times.lead:
+                break
+            await asyncio.sleep(0.05)
+        assert -3600 <= times.lead < -3599
+        call = await w.sim.place_call(Scenario("0899123456", talk=95))
+        assert call.dial_status == "ANSWER" and not call.cut_by_deadline
+        billable, charged = await settled(w, call)
+        assert abs(billable - call.billable) <= 1 and billable >= 94
+        assert charged == cost(billable, PREMIUM_0899.price) and not times.behind
+
+
 async def test_a_hangup_action_mid_call_is_billed_to_that_moment(tmp_path: Path) -> None:
     async with world(tmp_path) as w:
         task = asyncio.create_task(w.sim.place_call(Scenario("0899123456", talk=300)))

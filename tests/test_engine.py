@@ -174,9 +174,21 @@ async def test_a_pbx_clock_ahead_of_the_engine_s_gives_no_free_talk(pbx_ahead: f
         assert await r.ledger.check() == [] and r.engine.calls == {}
 
 
+async def test_a_pbx_clock_behind_the_engine_s_is_read_from_a_ping() -> None:
+    async with rig() as r:
+        a = await r.engine.authorize(request())
+        r.engine.pinged(T0 - 3600 + 0.002, 0.004)  # Asterisk's time in its Ping reply, 4 ms there and back
+        await r.engine.handle(answered("1795535109.7", T0 - 3600))
+        # the quota less the round trip's few ms at most (never more than paid), in whole seconds down
+        assert [(await r.pbx.next())[2] for _ in range(2)] == [59, 59]
+        r.clock.advance(45)
+        await r.engine.handle(HungUp("1795535109.7", T0 - 3600 + 45))
+        assert (await settled(r, a.call_id))[0] == 45 and await r.ledger.check() == []
+
+
 async def test_a_pbx_clock_behind_the_engine_s_cuts_calls_early_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    """Behind cannot be told from events handled late: nothing is corrected, no more time is given
-    than paid, and the log says why calls end early."""
+    """Without a Ping answered, behind cannot be told from events handled late: nothing is corrected,
+    no more time is given than paid, and the log says why calls end early."""
     async with rig() as r:
         a = await r.engine.authorize(request())
         with caplog.at_level("WARNING", "rating_engine.engine"):

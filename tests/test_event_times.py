@@ -47,28 +47,65 @@ def test_events_handled_late_never_move_times_later_and_are_said_once(caplog: py
     assert caplog.text.count("reach the engine late") == 1
 
 
+def test_a_ping_tells_a_pbx_clock_behind_from_events_handled_late(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "rating_engine.engine"):
+        late = EventTimes()  # the clocks agree; events wait 3 s in a queue; the Ping goes round in 4 ms
+        late.pinged(T0 + 0.002, T0, T0 + 0.004)
+        assert late.here(T0 + 7, T0 + 10) == T0 + 7 and late.lead == 0.0 and not late.behind
+        behind = EventTimes()  # the PBX an hour behind: events on time, and its Ping says so
+        behind.pinged(T0 - 3600 + 0.002, T0, T0 + 0.004)
+        assert behind.here(T0 + 10 - 3600, T0 + 10) == pytest.approx(T0 + 10 - 0.002, abs=1e-6)
+    assert "behind the engine's: its event times are moved" in caplog.text
+    assert "reach the engine late" not in caplog.text
+
+
+def test_a_ping_answered_slowly_bounds_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    times = EventTimes()
+    times.pinged(T0 - 3600, T0, T0 + TOLERANCE)  # a second's round trip: the PBX's time anywhere in it
+    assert times.lead == 0.0 and times.here(T0 + 5, T0 + 5) == T0 + 5
+
+
 @given(
-    lead=st.floats(0, 86_400, allow_nan=False),
+    lead=st.floats(-86_400, 86_400, allow_nan=False),
     steps=st.lists(
-        st.tuples(st.floats(0, 60, allow_nan=False), st.floats(0, 10, allow_nan=False)), min_size=1, max_size=60
+        st.tuples(
+            st.booleans(),
+            st.floats(0, 60, allow_nan=False),
+            st.floats(0, 10, allow_nan=False),
+            st.floats(0, 1, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=60,
     ),
 )
-def test_an_event_is_never_placed_before_it_happened_nor_long_after(
-    lead: float, steps: list[tuple[float, float]]
+def test_an_event_is_never_placed_long_after_it_happened_nor_long_before_once_pinged(
+    lead: float, steps: list[tuple[bool, float, float, float]]
 ) -> None:
-    """A PBX `lead` seconds ahead; each event handled `delay` seconds after it happened. On the
-    engine's clock an event is placed no earlier than it happened (its call is never cut early by
-    the correction) and no later than the tolerance, or the shortest recent delay, allows (the
-    free talk it can give)."""
+    """A PBX `lead` seconds ahead (behind, if negative). Each step is an event handled `delay`
+    seconds after it happened, or a Ping whose round trip is `delay` (the PBX reading its clock at
+    `share` of it). On the engine's clock an event is placed no later than the tolerance, or the
+    shortest delay since the last Ping, allows (free talk), and, once a Ping has been answered
+    quickly, no earlier than the tolerance and its round trip allow (a call cut early); ahead and
+    never pinged, never before it happened."""
     times = EventTimes()
-    happened = T0
-    seen: list[tuple[float, float]] = []  # (handled, delay)
-    for gap, delay in steps:
-        happened += gap
-        handled = max(happened + delay, seen[-1][0] if seen else happened)  # the engine handles in order
-        delay = handled - happened
-        seen.append((handled, delay))
-        placed = times.here(happened + lead, handled)
-        shortest = min(d for h, d in seen if h >= handled - WINDOW)
+    now = T0
+    floors: list[tuple[float, float]] = []  # (engine time, delay) of each floor since the last Ping
+    ping: tuple[float, float] | None = None  # (engine time, round trip) of the last Ping that counts
+    for is_ping, gap, delay, share in steps:
+        now += gap
+        if is_ping:
+            times.pinged(now + delay * share + lead, now, now + delay)
+            if delay <= TOLERANCE / 2:
+                floors, ping = [(now + delay, delay * (1 - share))], (now + delay, delay)
+            now += delay
+            continue
+        happened, now = now, now + delay
+        floors.append((now, delay))
+        placed = times.here(happened + lead, now)
         late = placed - happened
-        assert -1e-6 <= late <= TOLERANCE + STEADY + shortest + 1e-6
+        shortest = min(d for t, d in floors if t >= now - WINDOW)
+        assert late <= TOLERANCE + STEADY + shortest + 1e-6
+        if ping is not None and ping[0] >= now - WINDOW:
+            assert late >= -(TOLERANCE + ping[1] + STEADY) - 1e-6
+        elif ping is None and lead >= 0:
+            assert late >= -1e-6

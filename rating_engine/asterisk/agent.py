@@ -97,6 +97,8 @@ class CallEngine(Protocol):
 
     async def handle(self, event: CallEvent) -> None: ...
 
+    def pinged(self, at: float, round_trip: float) -> None: ...
+
 
 class Agent:
     """One engine on one Asterisk: the FastAGI route and the AMI event handler."""
@@ -115,6 +117,13 @@ class Agent:
         translated = call_event(event)
         if translated is not None:
             await self.engine.handle(translated)
+
+    def on_pong(self, reply: Mapping[str, str], round_trip: float) -> None:
+        """A Ping's reply: Asterisk's time in it, read between sending and receiving, tells its
+        clock from the engine's both ways (events alone tell it only one way)."""
+        at = _at(reply)
+        if at is not None:
+            self.engine.pinged(at, round_trip)
 
     def fastagi_server(
         self, *, answer_timeout: float = 2.0, on_latency: Callable[[float], None] | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -98,6 +99,7 @@ class AmiClient:
         on_event: EventHandler,
         on_login: Callable[[], Awaitable[object]] | None = None,
         *,
+        on_pong: Callable[[Mapping[str, str], float], None] | None = None,
         action_timeout: float = 5.0,
         ping_interval: float = 10.0,
         reconnect_min: float = 0.5,
@@ -105,6 +107,8 @@ class AmiClient:
     ) -> None:
         self.on_event = on_event
         self.on_login_hook = on_login
+        self.on_pong = on_pong
+        """Told each Ping's reply (it carries Asterisk's time) and its round trip in seconds."""
         self.action_timeout = action_timeout
         self.ping_interval = ping_interval
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
@@ -173,10 +177,13 @@ class AmiClient:
             await asyncio.sleep(self.ping_interval)
             if not self.connected:
                 continue
+            sent = time.monotonic()
             reply = await self.action({"Action": "Ping"})
             if reply is None and self.manager.protocol is not None:
                 log.error("AMI ping unanswered; closing the link to reconnect")
                 self.manager.protocol.transport.close()
+            elif reply is not None and self.on_pong is not None:
+                self.on_pong(dict(reply), time.monotonic() - sent)
 
     async def action(self, action: dict[str, str], as_list: bool = False) -> Any:
         """Send an action; None when it is not answered in time or we are not connected."""
