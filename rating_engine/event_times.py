@@ -39,7 +39,8 @@ class EventTimes:
         self.tolerance = tolerance
         self.window = window
         self.lead = 0.0
-        """Seconds taken off each event time: how far the PBX's clock is ahead of the engine's."""
+        """Seconds taken off each event time: how far the PBX's clock is ahead of the engine's (behind:
+        negative)."""
         self.behind = False
         """Events come over `tolerance` late, or the PBX's clock is that far behind, and no Ping says
         which: not corrected, calls are cut that much early."""

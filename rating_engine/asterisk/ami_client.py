@@ -141,6 +141,8 @@ class AmiClient:
         self.logins += 1
         self.logged_in.set()
         log.info("AMI logged in", extra={"logins": self.logins})
+        if self.on_pong is not None:  # Asterisk's clock read before the first call, not a ping_interval later
+            self._tasks.append(asyncio.get_running_loop().create_task(self._ping()))
         if self.on_login_hook is not None:
             task = asyncio.get_running_loop().create_task(self._run_login_hook())
             self._tasks.append(task)
@@ -177,13 +179,17 @@ class AmiClient:
             await asyncio.sleep(self.ping_interval)
             if not self.connected:
                 continue
-            sent = time.monotonic()
-            reply = await self.action({"Action": "Ping"})
-            if reply is None and self.manager.protocol is not None:
+            if await self._ping() is None and self.manager.protocol is not None:
                 log.error("AMI ping unanswered; closing the link to reconnect")
                 self.manager.protocol.transport.close()
-            elif reply is not None and self.on_pong is not None:
-                self.on_pong(dict(reply), time.monotonic() - sent)
+
+    async def _ping(self) -> Any:
+        """Ping; the reply, which `on_pong` is told of with its round trip, or None."""
+        sent = time.monotonic()
+        reply = await self.action({"Action": "Ping"})
+        if reply is not None and self.on_pong is not None:
+            self.on_pong(dict(reply), time.monotonic() - sent)
+        return reply
 
     async def action(self, action: dict[str, str], as_list: bool = False) -> Any:
         """Send an action; None when it is not answered in time or we are not connected."""
