@@ -19,9 +19,16 @@ class Clock:
         self.speed = speed
         self._real0 = time.monotonic()
         self._sim0 = time.time() if start is None else start
+        self._wall = speed == 1 and start is None
 
     def now(self) -> float:
         return self._sim0 + (time.monotonic() - self._real0) * self.speed
+
+    def stepped(self) -> float:
+        """Seconds the system clock has moved away from this one since it was made (NTP's step at
+        boot, an operator's `date`): this clock runs on from the wall time it read then. 0 for a
+        clock sped up or started elsewhere."""
+        return time.time() - self.now() if self._wall else 0.0
 
     def now_int(self) -> int:
         return int(self.now())

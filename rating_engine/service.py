@@ -32,6 +32,8 @@ from .spool import Spool
 
 log = logging.getLogger("rating_engine.service")
 FLUSH_EVERY = 5.0
+STEP_TOLERANCE = 1.0
+"""Seconds the system clock may move from the engine's (slewing NTP moves both alike) before it is said."""
 """Seconds between two tries at writing the spool while it holds settlements."""
 
 
@@ -87,6 +89,8 @@ class Service:
         self._reloading: asyncio.Task[None] | None = None
         self._reload_again = False
         self.accept_errors = 0
+        self.clock_step = 0.0
+        """Seconds the system clock has stepped away from the engine's since it started, as last said."""
 
     def _collect(self) -> Snapshot:
         s = self.engine.stats
@@ -113,6 +117,7 @@ class Service:
             node_conflicts_total=self.ledger.node_conflicts,
             ledger_fallbacks_total=self.ledger.fallbacks,
             pbx_clock_lead_seconds=round(self.engine.event_times.lead, 3),
+            clock_step_seconds=round(self.clock_step, 3),
             pbx_events_late=int(self.engine.event_times.behind),
             log_lines_dropped_total=logs.dropped_total(),
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
@@ -213,10 +218,30 @@ class Service:
     async def _flush_spool_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_EVERY)
+            self._watch_clock_step()
             try:
                 await self.engine.flush_spool()
             except Exception:  # the spool's own disk: said, and tried again
                 log.exception("writing the spool failed")
+
+    def _watch_clock_step(self) -> None:
+        """Say when the system clock steps away from the engine's. Deadlines stay right (the PBX's
+        clock is measured against the engine's, not the wall's), but the ledger's times follow
+        the engine's clock: they are off by the step until a restart, the days of the caps too."""
+        step = self.clock.stepped()
+        if abs(step) <= STEP_TOLERANCE:
+            step = 0.0
+        if abs(step - self.clock_step) <= STEP_TOLERANCE:
+            return
+        if step:
+            log.warning(
+                "the system clock stepped since the engine started: the ledger's times (the activity, "
+                "the days of the caps) are that far off it until the engine is restarted",
+                extra={"seconds": round(step, 3)},
+            )
+        else:
+            log.warning("the system clock is back with the engine's")
+        self.clock_step = step
 
     async def _stop_background(self) -> None:
         for task in (self._flusher, self._watch):

@@ -4,6 +4,7 @@ and clocks that agree change nothing (the bill stays Asterisk's own times)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -109,3 +110,52 @@ def test_an_event_is_never_placed_long_after_it_happened_nor_long_before_once_pi
             assert late >= -(TOLERANCE + ping[1] + STEADY) - 1e-6
         elif ping is None and lead >= 0:
             assert late >= -1e-6
+
+
+# ---------------------------------------------------------------- the engine's own clock
+
+
+def test_the_engine_s_clock_tells_how_far_the_system_clock_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from rating_engine.clock import Clock
+
+    clock, sped, elsewhere = Clock(), Clock(speed=20), Clock(start=T0)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # NTP's step at boot, say
+    assert clock.stepped() == pytest.approx(3600, abs=0.5)
+    assert sped.stepped() == 0.0 and elsewhere.stepped() == 0.0  # simulated time: nothing to compare
+
+
+async def test_a_step_of_the_system_clock_is_said_once_and_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger's times follow the engine's clock, which runs on from the wall time it read at
+    start: after a step they are off the wall clock until a restart. Said, not silently kept."""
+    from rating_engine.clock import Clock
+    from rating_engine.config import Config, TariffsSection
+    from rating_engine.ledger import make_ledger
+    from rating_engine.service import Service
+
+    from .conftest import OFFICE_FR
+
+    clock = Clock()
+    config = Config(tariffs=TariffsSection(plans=(str(OFFICE_FR),)))
+    service = Service(config, clock=clock, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+    step = [0.3]
+    monkeypatch.setattr(clock, "stepped", lambda: step[0])
+    with caplog.at_level(logging.WARNING, "rating_engine"):
+        service._watch_clock_step()  # within a second: slewing, nothing to say
+        assert service.clock_step == 0.0 and not caplog.records
+        step[0] = -3600.2
+        service._watch_clock_step()
+        service._watch_clock_step()
+        assert service.clock_step == -3600.2
+        assert "rating_clock_step_seconds -3600.2" in service.metrics.render()
+        step[0] = 0.1
+        service._watch_clock_step()
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "the system clock stepped since the engine started",
+        "the system clock is back with the engine's",
+    ]
+    assert service.clock_step == 0.0
