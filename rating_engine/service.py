@@ -32,9 +32,9 @@ from .spool import Spool
 
 log = logging.getLogger("rating_engine.service")
 FLUSH_EVERY = 5.0
+"""Seconds between two tries at writing the spool while it holds settlements."""
 STEP_TOLERANCE = 1.0
 """Seconds the system clock may move from the engine's (slewing NTP moves both alike) before it is said."""
-"""Seconds between two tries at writing the spool while it holds settlements."""
 
 
 def spool_path(config: Config) -> str:
