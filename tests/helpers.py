@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from decimal import Decimal
 
 import pytest
@@ -59,3 +60,16 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(os, "fsync", fsync)
     return synced
+
+
+def fail_directory_fsyncs(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """From now on a directory's `os.fsync` fails with errno `code` (EINVAL: some network and FUSE
+    file systems; EIO: a failing disk); a file's goes through."""
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(code, os.strerror(code))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)

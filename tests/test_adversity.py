@@ -1041,24 +1041,14 @@ def test_a_file_system_that_cannot_sync_a_directory_still_takes_a_new_ledger(
     """EINVAL from a directory's fsync (some network and FUSE file systems) is no reason to refuse
     the ledger; any other error still is."""
     import errno
-    import os
-    import stat
 
-    real_fsync = os.fsync
+    from .helpers import fail_directory_fsyncs
 
-    def fsync(fd: int, fails: int = errno.EINVAL) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(fails, os.strerror(fails))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    fail_directory_fsyncs(monkeypatch, errno.EINVAL)
     path = tmp_path / "nfs" / "ledger.sqlite3"
     assert run(capsys, "account", "create", "acme", "--plan", str(OFFICE_FR), "--db", f"sqlite:///{path}")[0] == 0
-
-    def eio(fd: int) -> None:
-        fsync(fd, errno.EIO)
-
-    monkeypatch.setattr(os, "fsync", eio)
+    monkeypatch.undo()
+    fail_directory_fsyncs(monkeypatch, errno.EIO)
     code, _, err = run(
         capsys,
         "account",

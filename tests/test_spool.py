@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
-import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from rating_engine.rating.price import cost
 from rating_engine.spool import Pending, Spool
 
 from .conftest import OFFICE_FR
-from .helpers import record_fsyncs
+from .helpers import fail_directory_fsyncs, record_fsyncs
 from .test_engine import T0, ManualClock
 
 PREMIUM = "0899123456"
@@ -153,20 +151,13 @@ async def test_a_new_spool_file_whose_name_cannot_be_synced_is_written_whole_wit
     directory's fsync failed): it counts as unsaved, and the next entry rewrites the file whole,
     name synced, with both."""
     spool = Spool(tmp_path / "s.jsonl")
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    fail_directory_fsyncs(monkeypatch, errno.EIO)
     first = Pending("release", "pbx1:1.1:1", 100)
     with caplog.at_level("ERROR", "rating_engine.spool"):
         await spool.keep(first)
     assert spool.unsaved == 1 and spool.entries == [first]
     assert "cannot be written durably" in caplog.text and "pbx1:1.1:1" in str(caplog.records[-1].__dict__)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()  # the disk syncs directories again
     synced = record_fsyncs(monkeypatch)
     second = Pending("release", "pbx1:1.2:1", 101)
     await spool.keep(second)
