@@ -30,6 +30,16 @@ class Clock:
         clock sped up or started elsewhere."""
         return time.time() - self.now() if self._wall else 0.0
 
+    def follow_system(self) -> float:
+        """Read the system clock again, taking in a step it made since; returns the seconds this
+        clock moved. A sped-up or elsewhere-started clock is left as it is (0)."""
+        if not self._wall:
+            return 0.0
+        real = time.monotonic()
+        before = self._sim0 + (real - self._real0) * self.speed
+        self._real0, self._sim0 = real, time.time()
+        return self._sim0 - before
+
     def now_int(self) -> int:
         return int(self.now())
 

@@ -392,6 +392,18 @@ class Engine:
         received = self.clock.now()
         self.event_times.pinged(at, received - round_trip * self.clock.speed, received)
 
+    def follow_system_clock(self) -> float | None:
+        """Take a step of the system clock into the engine's clock, so that the ledger's times (the
+        activity, the days of the caps) are the wall's again; returns the seconds it moved. Only
+        while no call is followed or being decided (None otherwise): a live call's answer and
+        deadline are times on the clock as it was. What was read of the PBX's clock is forgotten:
+        the next event or Ping reads it again against the engine's."""
+        if self.calls or self._deciding:
+            return None
+        moved = self.clock.follow_system()
+        self.event_times.forget()
+        return moved
+
     def _call_of(self, uid: str) -> Call | None:
         key = self._by_uid.get(uid)
         return None if key is None else self.calls.get(key)

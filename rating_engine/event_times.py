@@ -66,6 +66,14 @@ class EventTimes:
         self._ceiling = (received, at - sent)
         self._settle(received)
 
+    def forget(self) -> None:
+        """The engine's clock was moved (a step of the system clock taken in): what was read of the
+        lead is no news, the PBX's clock may have stepped alike (one host) or not. The next event
+        or Ping reads it again; the caller asks for one."""
+        self._floors.clear()
+        self._ceiling = None
+        self.lead, self.behind = 0.0, False
+
     def _floor(self, floor: float, now: float) -> None:
         floors = self._floors
         while floors and floors[-1][1] <= floor:

@@ -132,8 +132,10 @@ class Snapshot:
     """How far the PBX's clock is ahead of the engine's (behind: negative), taken off its event times
     (0 within a second)."""
     clock_step_seconds: float = field(default=0.0, metadata=GAUGE)
-    """How far the system clock has stepped from the engine's since it started (0 within a second):
-    the ledger's times are that far off the wall clock until a restart."""
+    """How far the system clock has stepped from the engine's (0 within a second) while calls were
+    live: the ledger's times are that far off the wall clock until the engine follows the step."""
+    clock_steps_followed_total: int = field(default=0, metadata=COUNTER)
+    """Steps of the system clock the engine's clock took in, each at a moment no call was live."""
     pbx_events_late: int = field(default=0, metadata=GAUGE)
     """1 while AMI events reach the engine over a second after their time, or the PBX's clock is that
     far behind, and no Ping has been answered to say which: calls are then cut that much early."""

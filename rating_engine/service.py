@@ -90,7 +90,9 @@ class Service:
         self._reload_again = False
         self.accept_errors = 0
         self.clock_step = 0.0
-        """Seconds the system clock has stepped away from the engine's since it started, as last said."""
+        """Seconds the system clock has stepped away from the engine's, not yet followed (calls were
+        live), as last said."""
+        self.clock_steps_followed = 0
 
     def _collect(self) -> Snapshot:
         s = self.engine.stats
@@ -118,6 +120,7 @@ class Service:
             ledger_fallbacks_total=self.ledger.fallbacks,
             pbx_clock_lead_seconds=round(self.engine.event_times.lead, 3),
             clock_step_seconds=round(self.clock_step, 3),
+            clock_steps_followed_total=self.clock_steps_followed,
             pbx_events_late=int(self.engine.event_times.behind),
             log_lines_dropped_total=logs.dropped_total(),
             spool_waiting=len(self.engine.spool.entries) if self.engine.spool else 0,
@@ -225,19 +228,32 @@ class Service:
                 log.exception("writing the spool failed")
 
     def _watch_clock_step(self) -> None:
-        """Say when the system clock steps away from the engine's. Deadlines stay right (the PBX's
-        clock is measured against the engine's, not the wall's), but the ledger's times follow
-        the engine's clock: they are off by the step until a restart, the days of the caps too."""
+        """Follow a step of the system clock (an NTP step at boot after the engine started, an
+        operator's `date`). The ledger's times follow the engine's clock, which runs on from the
+        wall time it read: the engine takes the step in at the first moment no call is live (a
+        live call's times are on the clock as it was), and until then it is said and shown.
+        Deadlines are right either way: the PBX's clock is measured against the engine's."""
         step = self.clock.stepped()
         if abs(step) <= STEP_TOLERANCE:
             step = 0.0
+        moved = self.engine.follow_system_clock() if step else None
+        if moved is not None:
+            self.clock_steps_followed += 1
+            log.warning(
+                "the system clock stepped: the engine's clock follows it (no call was live) and reads the PBX's again",
+                extra={"seconds": round(moved, 3)},
+            )
+            self.clock_step = 0.0
+            if self.ami is not None:
+                self.ami.read_clock()  # the PBX's clock read afresh against the engine's
+            return
         if abs(step - self.clock_step) <= STEP_TOLERANCE:
             return
         if step:
             log.warning(
-                "the system clock stepped since the engine started: the ledger's times (the activity, "
-                "the days of the caps) are that far off it until the engine is restarted",
-                extra={"seconds": round(step, 3)},
+                "the system clock stepped: the engine's clock follows it once no call is live; until "
+                "then the ledger's times (the activity, the days of the caps) are that far off it",
+                extra={"seconds": round(step, 3), "live_calls": len(self.engine.calls)},
             )
         else:
             log.warning("the system clock is back with the engine's")

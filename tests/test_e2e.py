@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -103,12 +104,13 @@ async def world(
     quota: int = 60,
     cdr: bool = False,
     pbx_ahead: float = 0.0,
+    speed: float = SPEED,
 ) -> AsyncIterator[World]:
     """`pbx_ahead`: seconds the simulated Asterisk's clock is ahead of the engine's (its events'
-    Timestamps, and its deadlines, on its own clock)."""
-    clock = Clock(speed=SPEED)
+    Timestamps, and its deadlines, on its own clock). `speed` 1: the engine on the wall clock."""
+    clock = Clock(speed=speed)
     cdr_file = tmp_path / "rating-engine.csv" if cdr else None
-    pbx_clock = Clock(speed=SPEED, start=clock.now() + pbx_ahead) if pbx_ahead else clock
+    pbx_clock = Clock(speed=speed, start=clock.now() + pbx_ahead) if pbx_ahead else clock
     sim = AsteriskSimulator(pbx_clock, agi_port=0, cdr_file=cdr_file)
     port = await sim.start()
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
@@ -256,6 +258,39 @@ async def test_a_pbx_clock_an_hour_behind_is_read_from_its_ping_and_its_calls_ta
         billable, charged = await settled(w, call)
         assert abs(billable - call.billable) <= 1 and billable >= 94
         assert charged == cost(billable, PREMIUM_0899.price) and not times.behind
+
+
+async def test_an_engine_started_before_the_boot_s_clock_step_takes_it_in_between_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The system clock steps an hour forward after the engine started (NTP at boot), Asterisk on
+    the same host with it. A call live then is billed its time and keeps the old clock; once no
+    call is live the engine's clock takes the step in, and the activity is on the wall's again."""
+    real = time.time
+    async with world(tmp_path, speed=1, pbx_ahead=3600) as w:
+        assert w.service is not None
+        service = w.service
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)
+        first = asyncio.create_task(w.sim.place_call(Scenario("0899123456", ring=0.2, talk=2)))
+        while not service.engine.calls:
+            await asyncio.sleep(0.01)
+        service._watch_clock_step()  # the flush loop's, every 5 s
+        assert service.clock_step == pytest.approx(3600, abs=1) and abs(w.clock.now() - real()) < 1
+        call = await first
+        billable, _ = await settled(w, call)
+        assert billable == call.billable == 2 and not call.cut_by_deadline
+        service._watch_clock_step()
+        assert service.clock_step == 0.0 and service.clock_steps_followed == 1
+        assert abs(w.clock.now() - time.time()) < 1
+        await asyncio.sleep(0.1)  # the Ping sent when the clock moved
+        assert service.engine.event_times.lead == 0.0 and not service.engine.event_times.behind
+        second = await w.sim.place_call(Scenario("0899123456", ring=0.2, talk=2))
+        billable, _ = await settled(w, second)
+        assert billable == second.billable == 2 and not second.cut_by_deadline
+        rows = {r.call_id: r for r in await service.ledger.activity("acme")}
+        before, after = rows[call.variables["RATING_CALLID"]], rows[second.variables["RATING_CALLID"]]
+        assert abs(before.started_at - real()) < 30  # the engine's clock as it was
+        assert abs(after.started_at - time.time()) < 30  # the wall's again
 
 
 async def test_a_hangup_action_mid_call_is_billed_to_that_moment(tmp_path: Path) -> None:

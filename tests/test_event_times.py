@@ -70,7 +70,7 @@ def test_a_ping_answered_slowly_bounds_nothing(caplog: pytest.LogCaptureFixture)
     lead=st.floats(-86_400, 86_400, allow_nan=False),
     steps=st.lists(
         st.tuples(
-            st.booleans(),
+            st.sampled_from(["event", "ping", "moved"]),
             st.floats(0, 60, allow_nan=False),
             st.floats(0, 10, allow_nan=False),
             st.floats(0, 1, allow_nan=False),
@@ -80,11 +80,12 @@ def test_a_ping_answered_slowly_bounds_nothing(caplog: pytest.LogCaptureFixture)
     ),
 )
 def test_an_event_is_never_placed_long_after_it_happened_nor_long_before_once_pinged(
-    lead: float, steps: list[tuple[bool, float, float, float]]
+    lead: float, steps: list[tuple[str, float, float, float]]
 ) -> None:
     """A PBX `lead` seconds ahead (behind, if negative). Each step is an event handled `delay`
     seconds after it happened, or a Ping whose round trip is `delay` (the PBX reading its clock at
-    `share` of it). On the engine's clock an event is placed no later than the tolerance, or the
+    `share` of it), or the engine's clock moved (a step of the system clock followed) by up to an
+    hour either way. On the engine's clock an event is placed no later than the tolerance, or the
     shortest delay since the last Ping, allows (free talk), and, once a Ping has been answered
     quickly, no earlier than the tolerance and its round trip allow (a call cut early); ahead and
     never pinged, never before it happened."""
@@ -92,9 +93,15 @@ def test_an_event_is_never_placed_long_after_it_happened_nor_long_before_once_pi
     now = T0
     floors: list[tuple[float, float]] = []  # (engine time, delay) of each floor since the last Ping
     ping: tuple[float, float] | None = None  # (engine time, round trip) of the last Ping that counts
-    for is_ping, gap, delay, share in steps:
+    for kind, gap, delay, share in steps:
         now += gap
-        if is_ping:
+        if kind == "moved":  # the PBX's clock, on the same host, stepped alike or (share < 0.5) not
+            moved = (delay - 5) * 720
+            times.forget()
+            now, lead = now + moved, lead if share >= 0.5 else lead - moved
+            floors, ping = [], None
+            continue
+        if kind == "ping":
             times.pinged(now + delay * share + lead, now, now + delay)
             if delay <= TOLERANCE / 2:
                 floors, ping = [(now + delay, delay * (1 - share))], (now + delay, delay)
@@ -112,10 +119,25 @@ def test_an_event_is_never_placed_long_after_it_happened_nor_long_before_once_pi
             assert late >= -1e-6
 
 
+def test_what_was_read_of_the_pbx_s_clock_is_forgotten_when_the_engine_s_moves() -> None:
+    """An engine started before the boot's clock step, Asterisk after it, reads the PBX an hour
+    ahead; once its own clock takes the step in, that reading is no news. So is a floor read before
+    the step: on one host the PBX's clock stepped with the engine's, kept it would say an hour."""
+    times = EventTimes()
+    times.here(T0 + 0.3, T0)
+    times.pinged(T0 + 3600, T0 - 0.002, T0)
+    assert times.lead == pytest.approx(3600, abs=0.01)
+    times.forget()
+    assert times.lead == 0.0 and not times.behind
+    assert times.here(T0 + 10, T0 + 10) == T0 + 10
+
+
 # ---------------------------------------------------------------- the engine's own clock
 
 
-def test_the_engine_s_clock_tells_how_far_the_system_clock_stepped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_engine_s_clock_tells_how_far_the_system_clock_stepped_and_follows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import time
 
     from rating_engine.clock import Clock
@@ -125,13 +147,23 @@ def test_the_engine_s_clock_tells_how_far_the_system_clock_stepped(monkeypatch: 
     monkeypatch.setattr(time, "time", lambda: real() + 3600)  # NTP's step at boot, say
     assert clock.stepped() == pytest.approx(3600, abs=0.5)
     assert sped.stepped() == 0.0 and elsewhere.stepped() == 0.0  # simulated time: nothing to compare
+    assert clock.follow_system() == pytest.approx(3600, abs=0.5)
+    assert clock.now() == pytest.approx(time.time(), abs=0.5) and abs(clock.stepped()) < 0.5
+    before = elsewhere.now()
+    assert sped.follow_system() == 0.0 and elsewhere.follow_system() == 0.0
+    assert before <= elsewhere.now() < before + 0.5
 
 
-async def test_a_step_of_the_system_clock_is_said_once_and_shown(
+async def test_a_step_of_the_system_clock_is_followed_once_no_call_is_live_and_said_until_then(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The ledger's times follow the engine's clock, which runs on from the wall time it read at
-    start: after a step they are off the wall clock until a restart. Said, not silently kept."""
+    start. After a step of the system clock they would be off the wall's for good (the activity,
+    the days of the caps): the engine takes the step in, but not under a live call, whose answer
+    and deadline are on the clock as it was; until then the step is said once and shown."""
+    import time
+    from typing import Any, cast
+
     from rating_engine.clock import Clock
     from rating_engine.config import Config, TariffsSection
     from rating_engine.ledger import make_ledger
@@ -142,20 +174,34 @@ async def test_a_step_of_the_system_clock_is_said_once_and_shown(
     clock = Clock()
     config = Config(tariffs=TariffsSection(plans=(str(OFFICE_FR),)))
     service = Service(config, clock=clock, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+    service.engine.event_times.here(clock.now() + 0.3, clock.now())  # Asterisk's clock, on the same host
+    real = time.time
     step = [0.3]
-    monkeypatch.setattr(clock, "stepped", lambda: step[0])
+    monkeypatch.setattr(time, "time", lambda: real() + step[0])
     with caplog.at_level(logging.WARNING, "rating_engine"):
-        service._watch_clock_step()  # within a second: slewing, nothing to say
+        service._watch_clock_step()  # within a second: slewing, nothing to say or do
         assert service.clock_step == 0.0 and not caplog.records
+        assert clock.stepped() == pytest.approx(0.3, abs=0.2)
         step[0] = -3600.2
+        service.engine.event_times.here(clock.now() - 3600, clock.now())  # Asterisk's clock stepped too
+        service.engine.calls["a call"] = cast(Any, object())
         service._watch_clock_step()
         service._watch_clock_step()
-        assert service.clock_step == -3600.2
-        assert "rating_clock_step_seconds -3600.2" in service.metrics.render()
-        step[0] = 0.1
+        assert service.clock_step == pytest.approx(-3600.2, abs=0.2)
+        assert clock.stepped() == pytest.approx(-3600.2, abs=0.2)  # not under a live call
+        assert "rating_clock_step_seconds -3600." in service.metrics.render()
+        del service.engine.calls["a call"]
+        service._watch_clock_step()
+        assert clock.now() == pytest.approx(time.time(), abs=0.2) and service.clock_step == 0.0
+        assert "rating_clock_steps_followed_total 1" in service.metrics.render()
+        assert "rating_clock_step_seconds 0" in service.metrics.render()
+        times = service.engine.event_times  # read again: on one host, the PBX's clock stepped too
+        assert times.here(clock.now() - 0.05, clock.now()) == pytest.approx(clock.now() - 0.05, abs=0.01)
+        assert times.lead == 0.0 and not times.behind  # kept, the floor read before would say 3600 ahead
         service._watch_clock_step()
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "the system clock stepped since the engine started",
-        "the system clock is back with the engine's",
+        "the system clock stepped",
+        "the system clock stepped",
     ]
-    assert service.clock_step == 0.0
+    assert "once no call is live" in caplog.records[0].getMessage()
+    assert "no call was live" in caplog.records[1].getMessage()

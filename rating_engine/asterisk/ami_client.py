@@ -141,8 +141,7 @@ class AmiClient:
         self.logins += 1
         self.logged_in.set()
         log.info("AMI logged in", extra={"logins": self.logins})
-        if self.on_pong is not None:  # Asterisk's clock read before the first call, not a ping_interval later
-            self._tasks.append(asyncio.get_running_loop().create_task(self._ping()))
+        self.read_clock()  # before the first call, not a ping_interval later
         if self.on_login_hook is not None:
             task = asyncio.get_running_loop().create_task(self._run_login_hook())
             self._tasks.append(task)
@@ -182,6 +181,12 @@ class AmiClient:
             if await self._ping() is None and self.manager.protocol is not None:
                 log.error("AMI ping unanswered; closing the link to reconnect")
                 self.manager.protocol.transport.close()
+
+    def read_clock(self) -> None:
+        """Read Asterisk's clock now (a Ping, whose reply `on_pong` is told of) rather than at the
+        watchdog's next one."""
+        if self.connected and self.on_pong is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._ping()))
 
     async def _ping(self) -> Any:
         """Ping; the reply, which `on_pong` is told of with its round trip, or None."""
