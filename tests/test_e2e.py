@@ -272,8 +272,11 @@ async def test_an_engine_started_before_the_boot_s_clock_step_takes_it_in_betwee
         service = w.service
         monkeypatch.setattr(time, "time", lambda: real() + 3600)
         first = asyncio.create_task(w.sim.place_call(Scenario("0899123456", ring=0.2, talk=2)))
-        while not service.engine.calls:
+        for _ in range(500):
+            if service.engine.calls:
+                break
             await asyncio.sleep(0.01)
+        assert service.engine.calls, "the first call never came up"
         service._watch_clock_step()  # the flush loop's, every 5 s
         assert service.clock_step == pytest.approx(3600, abs=1) and abs(w.clock.now() - real()) < 1
         call = await first
