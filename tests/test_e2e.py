@@ -364,6 +364,7 @@ async def test_an_ami_disconnect_loses_no_call(tmp_path: Path) -> None:
         await w.sim.drop_ami_clients()  # the second call's Hangup falls in the gap
         call, gone = await asyncio.gather(task, lost)
         assert w.service and w.service.ami and w.service.ami.logins >= 2
+        assert len(w.service.ami._tasks) <= 4  # its pump, its watchdog, the last login's: not every login's
         billable, _ = await settled(w, call)
         assert abs(billable - call.billable) <= 1
         gone_billable, _ = await settled(w, gone)

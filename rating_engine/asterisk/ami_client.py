@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from panoramisk import Manager
@@ -130,7 +130,7 @@ class AmiClient:
             loop=asyncio.get_running_loop(),
         )
         self.manager.register_event("*", self._enqueue)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
 
     def _enqueue(self, _manager: Any, event: Any) -> None:
         self.events.put_nowait(dict(event))
@@ -143,8 +143,13 @@ class AmiClient:
         log.info("AMI logged in", extra={"logins": self.logins})
         self.read_clock()  # before the first call, not a ping_interval later
         if self.on_login_hook is not None:
-            task = asyncio.get_running_loop().create_task(self._run_login_hook())
-            self._tasks.append(task)
+            self._spawn(self._run_login_hook())
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` as a task `close` ends; those done are let go (each login makes two, and an
+        engine runs for months across Asterisk's restarts)."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.get_running_loop().create_task(work))
 
     async def _run_login_hook(self) -> None:
         assert self.on_login_hook is not None
@@ -155,8 +160,8 @@ class AmiClient:
 
     async def start(self) -> None:
         self.manager.connect()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._pump()))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._watchdog()))
+        self._spawn(self._pump())
+        self._spawn(self._watchdog())
 
     async def wait_logged_in(self, timeout: float) -> bool:
         try:
@@ -186,7 +191,7 @@ class AmiClient:
         """Read Asterisk's clock now (a Ping, whose reply `on_pong` is told of) rather than at the
         watchdog's next one."""
         if self.connected and self.on_pong is not None:
-            self._tasks.append(asyncio.get_running_loop().create_task(self._ping()))
+            self._spawn(self._ping())
 
     async def _ping(self) -> Any:
         """Ping; the reply, which `on_pong` is told of with its round trip, or None."""
