@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from .errors import RatingEngineError
 from .ledger import Ledger, LedgerError, User
+from .ledger.models import USERNAME
 
 LANGUAGES = ("en", "fr")
 EMAIL = re.compile(r"[^@\s<>\"',;]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
@@ -26,6 +27,8 @@ WINDOW = 15 * 60
 """Seconds over which failed logins are counted."""
 PER_USER = 5
 PER_ADDRESS = 20
+SWEEP_AT = 10_000
+"""Names and addresses with failures on record past which those of no recent failure are let go."""
 
 
 class UserError(RatingEngineError, ValueError):
@@ -61,30 +64,44 @@ class Users:
         except LedgerError as exc:
             raise UserError(str(exc)) from None
 
-    def _recent(self, key: str) -> deque[float]:
-        seen = self._failures.setdefault(key, deque())
+    def _recent(self, key: str) -> int:
+        """Failures of `key` within the window. Only failures are kept, and only while recent:
+        the names a guesser tries are his to choose, and must not pile up in this process."""
+        seen = self._failures.get(key)
+        if seen is None:
+            return 0
         while seen and seen[0] < self.clock() - WINDOW:
             seen.popleft()
-        return seen
+        if not seen:
+            del self._failures[key]
+        return len(seen)
+
+    def _failed(self, keys: list[str]) -> None:
+        now = self.clock()
+        for key in keys:
+            self._failures.setdefault(key, deque()).append(now)
+        if len(self._failures) > SWEEP_AT:
+            for key in [k for k, seen in self._failures.items() if seen[-1] < now - WINDOW]:
+                del self._failures[key]
 
     async def login(self, username: str, password: str, address: str) -> User | None:
         """The user when the password is theirs; None when not. Raises Throttled after too many
-        recent failures for this name or from this address."""
-        by_user, by_address = self._recent(f"user:{username}"), self._recent(f"addr:{address}")
-        if len(by_user) >= PER_USER or len(by_address) >= PER_ADDRESS:
+        recent failures for this name or from this address. A name no user can have (not a user
+        name's characters or length) is not looked up, nor counted by name: by address only."""
+        named = USERNAME.fullmatch(username) is not None
+        user_key, address_key = f"user:{username}", f"addr:{address}"
+        if (named and self._recent(user_key) >= PER_USER) or self._recent(address_key) >= PER_ADDRESS:
             raise Throttled("too many failed logins: wait a few minutes")
-        user = await self.ledger.find_user(username) if len(username) <= 100 else None
+        user = await self.ledger.find_user(username) if named else None
         try:
             self.hasher.verify(user.password_hash if user else self._dummy, password)
             ok = user is not None
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
-            now = self.clock()
-            by_user.append(now)
-            by_address.append(now)
+            self._failed([user_key, address_key] if named else [address_key])
             return None
-        by_user.clear()
+        self._failures.pop(user_key, None)
         return user
 
     async def set_language(self, user: User, language: str) -> None:

@@ -99,6 +99,47 @@ async def test_a_wrong_password_is_refused_and_guessing_is_throttled(page: Page)
     assert r.status_code == 429 and (await page.client.get("/accounts/acme/balance")).status_code == 303
 
 
+async def test_the_names_a_guesser_tries_do_not_pile_up_in_the_page_s_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed logins are counted per name and per address, in memory. A name is the guesser's to
+    choose, any length: a name tried while throttled, or that no user can have, is not kept, and a
+    failure is let go once past the window."""
+    from argon2 import PasswordHasher
+
+    from rating_engine import users as users_module
+
+    monkeypatch.setattr(users_module, "PasswordHasher", lambda: PasswordHasher(1, 64, 1))
+    monkeypatch.setattr(users_module, "SWEEP_AT", 50)
+    ledger = make_ledger("sqlite:///")
+    await ledger.open()
+    try:
+        now = [float(NOW)]
+        users = Users(ledger, clock=lambda: now[0])
+        await users.add("admin@acme", PASSWORD, None)
+        for k in range(users_module.PER_ADDRESS):
+            assert await users.login(f"guess{k}", "wrong", "203.0.113.9") is None
+        for k in range(300):  # throttled: nothing more is kept, whatever the name
+            with pytest.raises(users_module.Throttled):
+                await users.login(f"guess-{k}-" + "x" * 10_000, "wrong", "203.0.113.9")
+        assert len(users._failures) == users_module.PER_ADDRESS + 1
+        assert await users.login("x" * 10_000, "wrong", "198.51.100.7") is None  # no user's name: by address only
+        assert await users.login("no such\nname", "wrong", "198.51.100.7") is None
+        assert not any("x" * 101 in key or "\n" in key for key in users._failures)
+        now[0] += users_module.WINDOW + 1
+        for k in range(40):  # other names from other addresses: the old failures are swept out
+            assert await users.login(f"late{k}", "wrong", f"192.0.2.{k}") is None
+        assert len(users._failures) == 80 and not any(key.startswith("user:guess") for key in users._failures)
+        assert await users.login("admin@acme", "wrong", "203.0.113.9") is None  # its window has passed
+        for k in range(users_module.PER_USER - 1):
+            assert await users.login("admin@acme", "wrong", f"198.51.100.{k}") is None
+        with pytest.raises(users_module.Throttled):  # the name's own limit, from any address
+            await users.login("admin@acme", PASSWORD, "192.0.2.200")
+        now[0] += users_module.WINDOW + 1
+        assert await users.login("admin@acme", PASSWORD, "203.0.113.9") is not None
+        assert "user:admin@acme" not in users._failures
+    finally:
+        await ledger.close()
+
+
 @pytest.mark.parametrize("route", ACME_ROUTES)
 async def test_another_accounts_administrator_gets_404_for_every_route(page: Page, route: str) -> None:
     assert (await page.login("admin@globex")).status_code == 303
