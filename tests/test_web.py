@@ -140,6 +140,29 @@ async def test_the_names_a_guesser_tries_do_not_pile_up_in_the_page_s_process(mo
         await ledger.close()
 
 
+async def test_a_body_too_large_is_refused_before_anything_reads_it(page: Page) -> None:
+    """The CSRF check, a form and the webhook each read a body whole into memory: over 1 MiB, said
+    or chunked, the page answers 413 first (with its security headers), and nothing is counted."""
+    from rating_engine.web.app import MAX_BODY
+
+    token = await page.token()
+    big = {"username": "admin@acme", "password": "x" * MAX_BODY, "csrftoken": token}
+    r = await page.client.post("/login", data=big)
+    assert r.status_code == 413 and r.headers["x-frame-options"] == "DENY"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield f"csrftoken={token}&username=admin%40acme&password=".encode()
+        for _ in range(MAX_BODY // 65536 + 1):
+            yield b"y" * 65536
+
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    r = await page.client.post("/login", content=chunks(), headers=headers)
+    assert r.status_code == 413 and "content-length" not in r.request.headers
+    r = await page.client.post("/webhooks/stripe", content=b"{" * (MAX_BODY + 1))
+    assert r.status_code == 413
+    assert (await page.login("admin@acme")).status_code == 303  # and the page goes on
+
+
 @pytest.mark.parametrize("route", ACME_ROUTES)
 async def test_another_accounts_administrator_gets_404_for_every_route(page: Page, route: str) -> None:
     assert (await page.login("admin@globex")).status_code == 303

@@ -1,4 +1,5 @@
-"""The Prepaid Account page as an ASGI application: routes, sessions, CSRF, security headers.
+"""The Prepaid Account page as an ASGI application: routes, sessions, CSRF, security headers, a
+cap on a request's body.
 
 `rating-engine web` serves it next to `rating-engine run`, on the same ledger (SQLite file or
 PostgreSQL), through the same use cases as the CLI. Every state change is a POST checked for CSRF
@@ -8,6 +9,8 @@ cookies that expire; an administrator of one account gets 404 for everything of 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from ..rating.plan import Plan
 from . import activity, auth, balance, card, extensions, funds, operator, settings, webhooks
 from .base import Site, current_user, render
 
+log = logging.getLogger("rating_engine.web")
 STATIC = Path(__file__).parent / "static"
 CSP = "default-src 'self'; frame-ancestors 'none'; form-action 'self'{hosted}; base-uri 'none'"
 SECURITY_HEADERS = [
@@ -60,6 +64,59 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+MAX_BODY = 1024 * 1024
+"""Bytes a request's body may hold: a form of this page is a few hundred, a provider's event under
+`webhooks.MAX_BODY`. Whatever reads a body here (the CSRF check, a form, the webhook) reads it
+whole into memory; a reverse proxy's limit, if any, is the operator's and may be none."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for a request whose body is over `limit` bytes, said by its Content-Length or counted as
+    it arrives (chunked), before the application holds it."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await _refuse(scope, send)
+            return
+        seen = 0
+        refused = False
+
+        async def counted() -> Message:
+            nonlocal seen, refused
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit and not refused:
+                refused = True
+                await _refuse(scope, send)
+                raise _TooLarge
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:  # the application's answer to a body it never got whole
+                await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counted, unless_refused)
+
+
+async def _refuse(scope: Scope, send: Send) -> None:
+    client = scope.get("client") or ("", 0)
+    log.warning("request body too large: refused", extra={"path": scope.get("path", ""), "client": client[0]})
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"request body too large"})
 
 
 async def _error(request: Request, exc: Exception) -> Response:
@@ -136,4 +193,4 @@ def create_app(
         always_set_cookie=True,
         skip_if_scope=lambda scope: scope.get("path", "").startswith(WEBHOOKS),  # signed by the provider
     )
-    return SecurityHeaders(protected, getattr(app.state.site.runner.provider, "hosted_origin", ""))
+    return SecurityHeaders(BodyLimit(protected), getattr(app.state.site.runner.provider, "hosted_origin", ""))
