@@ -380,6 +380,21 @@ async def test_a_bad_date_in_the_filter_is_said_beside_the_field(page: Page) -> 
     assert r.status_code == 200 and 'id="since-error"' in r.text and 'aria-invalid="true"' in r.text
 
 
+async def test_days_and_cursors_past_any_calendar_are_refused_not_a_server_error(page: Page) -> None:
+    """The page works out the day after the last and the month before the first, and sends the
+    cursor's time to the database: a year 1 or 9999, or a time of 5,000 digits, made it fail (500)."""
+    await page.login("admin@acme")
+    r = await page.client.get("/accounts/acme/activity?since=01/01/0001&until=31/12/9999")
+    assert r.status_code == 200 and 'id="since-error"' in r.text and 'id="until-error"' in r.text
+    r = await page.client.get("/accounts/acme/activity?until=0001-01-05")
+    assert r.status_code == 200 and 'id="until-error"' in r.text
+    assert (await page.client.get("/accounts/acme/activity.csv?until=31/12/9999")).status_code == 200
+    newest = (await page.client.get("/accounts/acme/activity")).text
+    for ended in ("9" * 19, "9" * 5000):
+        r = await page.client.get(f"/accounts/acme/activity?before={ended}:c1")
+        assert r.status_code == 200 and r.text.count("0899123456") == newest.count("0899123456") > 0
+
+
 async def test_security_headers_and_cookies(page: Page) -> None:
     r = await page.login("admin@acme")
     session = next(c for c in r.headers.get_list("set-cookie") if c.startswith("re_session="))

@@ -56,9 +56,10 @@ def chart_period(account: Account, first_day: date | None, last_day: date | None
 
 
 def _cursor(text: str) -> tuple[int, str] | None:
-    """`before=ENDED:CALL_ID` of the "older calls" link (a call id may itself hold colons)."""
+    """`before=ENDED:CALL_ID` of the "older calls" link (a call id may itself hold colons); one the
+    page did not write (a time past any database's integer) is no cursor: the newest calls."""
     ended, _, call_id = text.partition(":")
-    return (int(ended), call_id) if ended.isascii() and ended.isdigit() and call_id else None
+    return (int(ended), call_id) if ended.isascii() and ended.isdigit() and len(ended) <= 18 and call_id else None
 
 
 async def activity(request: Request) -> Response:

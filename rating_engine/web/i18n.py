@@ -93,15 +93,20 @@ class Tongue:
 
     def parse_day(self, text: str) -> date | None:
         """A day as typed in the language's order (day/month/year in both, dots or dashes allowed),
-        or as ISO 2026-12-01 (what the page's own links carry)."""
+        or as ISO 2026-12-01 (what the page's own links carry), from 1900 to 9998: the page works
+        out the day after the last and a month before the first."""
         s = text.strip()
         try:
             if _ISO_DAY.fullmatch(s):
-                return date.fromisoformat(s)
-            m = _LOCAL_DAY.fullmatch(s)
-            return date(int(m["y"]), int(m["m"]), int(m["d"])) if m else None
+                day = date.fromisoformat(s)
+            else:
+                m = _LOCAL_DAY.fullmatch(s)
+                if m is None:
+                    return None
+                day = date(int(m["y"]), int(m["m"]), int(m["d"]))
         except ValueError:
             return None
+        return day if _FIRST_DAY <= day <= _LAST_DAY else None
 
     def action(self, action: str) -> str:
         """An audit line's action, recorded in the ledger's words ("set threshold"), in this language."""
@@ -149,6 +154,7 @@ ACTIONS = {
 
 _GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_FIRST_DAY, _LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
 _LOCAL_DAY = re.compile(r"(?P<d>\d{1,2})[/.-](?P<m>\d{1,2})[/.-](?P<y>\d{4})")
 
 
