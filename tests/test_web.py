@@ -3,6 +3,7 @@ each role may see, CSRF on every POST, escaping, the two languages, the CSV expo
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -393,6 +394,44 @@ async def test_days_and_cursors_past_any_calendar_are_refused_not_a_server_error
     for ended in ("9" * 19, "9" * 5000):
         r = await page.client.get(f"/accounts/acme/activity?before={ended}:c1")
         assert r.status_code == 200 and r.text.count("0899123456") == newest.count("0899123456") > 0
+
+
+FUZZ_VALUES = ["", " ", "0", "-1", "1e309", "NaN", "99999999999999999999999999", "9" * 5000, "1,5", "12.50",
+               "0.000001", "abc", "\x00", "<script>", "a" * 300, "+5", "１２", "٣", "block", "topup", "yes",
+               "confirm", "refuse", "office-fr", "fr", "201", "mobile", "acme-opening", "a@b.example", "//evil.example",
+               "31/12/9999", "0001-01-01", "29/02/2025", "9" * 30 + ":c1", "-5:c1"]  # fmt: skip
+FUZZ_FORMS = {
+    "/accounts/acme/funds": ["amount", "purchase"],
+    "/accounts/acme/extensions": ["ext", "name", "chargeable", "kinds", "daily_cap", "monthly_cap"],
+    "/accounts/acme/settings": ["on_low", "threshold", "topup_amount"],
+    "/language": ["language", "next"],
+    "/accounts": ["account", "plan", "threshold"],
+    "/accounts/acme/operator/funds": ["amount", "reference"],
+    "/accounts/acme/operator/topups": ["reference", "decision"],
+    "/accounts/acme/operator/admins": ["username", "password", "language", "email"],
+}
+FUZZ_QUERIES = ["since", "until", "ext", "before", "purchase", "error", "saved", "q", "state", "created", "said"]
+
+
+@pytest.mark.parametrize("who", ["admin@acme", "operator"])
+async def test_whatever_a_form_or_a_query_holds_the_page_never_fails(page: Page, who: str) -> None:
+    """Every form of the page posted with odd values (huge, negative, not numbers, other scripts'
+    digits, markup, control characters) and every page asked with odd query values: a clear
+    refusal at worst, never a server error, and the ledger stays consistent."""
+    rnd = random.Random(who)
+    await page.login(who)
+    token = await page.token("/accounts/acme/balance" if who != "operator" else "/accounts")
+    for path, names in FUZZ_FORMS.items():
+        for _ in range(40):
+            form = {n: rnd.choice(FUZZ_VALUES) for n in names if rnd.random() < 0.8}
+            r = await page.client.post(path, data={**form, "csrftoken": token})
+            assert r.status_code < 500, (path, form)
+    for route in {r.split("?")[0] for r in ACME_ROUTES} | {"/accounts", "/accounts/acme/operator"}:
+        for key in FUZZ_QUERIES:  # each value, where the filter reads them; one drawn, elsewhere
+            for value in FUZZ_VALUES if "activity" in route else [rnd.choice(FUZZ_VALUES)]:
+                r = await page.client.get(route, params={key: value})
+                assert r.status_code < 500, (route, key, value)
+    assert await page.ledger.check() == []
 
 
 async def test_security_headers_and_cookies(page: Page) -> None:
