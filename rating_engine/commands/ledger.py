@@ -10,6 +10,7 @@ import asyncio
 import csv
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,11 +20,13 @@ from ..contract import DestinationClass
 from ..errors import ConfigError
 from ..ledger import (
     Ledger,
+    LedgerError,
     OnLow,
     default_url,
     extension_totals,
     make_ledger,
 )
+from ..ledger.backup import backup_sqlite
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
 from ..rating.plan import Plan
@@ -128,6 +131,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ck = lsub.add_parser("check", help="prove every balance equals its journal; exit 1 if not")
     _db(ck)
     ck.set_defaults(handler=_sync(cmd_check))
+    bk = lsub.add_parser(
+        "backup",
+        help="copy a SQLite ledger, consistent while the engine runs, to a new file; then check the copy",
+        description="Copy a SQLite ledger to DEST while the engine runs: one consistent snapshot, written "
+        "under a temporary name and renamed, so DEST is the whole copy or absent; readable by its owner "
+        "only; then `ledger check` on the copy. DEST must not exist. A PostgreSQL ledger is backed up "
+        "with pg_dump.",
+    )
+    bk.add_argument("dest", help="the new file's path")
+    _db(bk)
+    bk.set_defaults(handler=_sync(cmd_backup))
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
@@ -521,3 +535,29 @@ async def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {n} account(s), every balance equals its journal")
     return 0
+
+
+async def cmd_backup(args: argparse.Namespace) -> int:
+    url = args.db or default_url()
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        raise ConfigError(
+            f"ledger backup copies a SQLite file; {_safe(url)} is not one (back up PostgreSQL with pg_dump)"
+        )
+    source, dest = Path(url.removeprefix("sqlite:///")), Path(args.dest)
+    try:
+        size = await asyncio.to_thread(backup_sqlite, source, dest)
+    except LedgerError as exc:
+        raise ConfigError(str(exc)) from None
+    copy = make_ledger(f"sqlite:///{dest}")
+    copy.create = False
+    await copy.open()
+    try:
+        problems = await copy.check()
+        n = len(await copy.accounts())
+    finally:
+        await copy.close()
+    for p in problems:
+        print(f"account {p.account_id} in the copy: {p.message}", file=sys.stderr)
+    verdict = "FAILED" if problems else "ok"
+    print(f"backed up {n} account(s) to {dest} ({size} bytes); ledger check on the copy: {verdict}")
+    return 1 if problems else 0
