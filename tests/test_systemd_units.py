@@ -3,6 +3,8 @@ to what the engine does (its data and cache directories, SIGHUP, its shutdown gr
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,10 @@ def environment(unit: dict[str, list[str]]) -> dict[str, str]:
     return dict(v.split("=", 1) for v in unit.get("Service.Environment", []))
 
 
-@pytest.mark.parametrize("name", ["rating-engine.service", "rating-engine-web.service"])
+UNIT_FILES = ["rating-engine.service", "rating-engine-web.service", "rating-engine-backup.service"]
+
+
+@pytest.mark.parametrize("name", [*UNIT_FILES, "rating-engine-backup.timer"])
 def test_systemd_reads_each_unit_without_a_word(tmp_path: Path, name: str) -> None:
     verify = shutil.which("systemd-analyze")
     if verify is None:
@@ -84,3 +89,34 @@ def test_the_pages_unit_shares_the_engines_ledger_and_names_its_secrets() -> Non
 def test_the_config_path_the_units_run_is_the_one_the_guides_tell() -> None:
     for guide in (ROOT / "README.md", ROOT / "asterisk_conf" / "README.md"):
         assert CONFIG in guide.read_text() and "asterisk_conf/systemd" in guide.read_text()
+
+
+def test_the_daily_backup_copies_the_engines_ledger_and_keeps_two_weeks(tmp_path: Path) -> None:
+    """The backup unit's own command lines, run as systemd would run them (its `%%` made `%`, the
+    paths moved under tmp_path): a checked copy of the engine's ledger, and the old copies pruned."""
+    unit, engine = read_unit(UNITS / "rating-engine-backup.service"), read_unit(UNITS / "rating-engine.service")
+    timer = read_unit(UNITS / "rating-engine-backup.timer")
+    assert unit["Service.User"] == engine["Service.User"] and unit["Service.Type"] == ["oneshot"]
+    assert environment(unit)["RATING_ENGINE_DATA"] == environment(engine)["RATING_ENGINE_DATA"]
+    assert engine["Service.StateDirectory"][0] in unit["Service.StateDirectory"][0].split()
+    assert timer["Timer.Persistent"] == ["true"] and timer["Timer.OnCalendar"] == ["daily"]
+    data, backups = tmp_path / "data", tmp_path / "backups"
+    backups.mkdir()
+    executable = str(Path(sys.executable).with_name("rating-engine"))
+    env = {"PATH": "/usr/bin:/bin", "RATING_ENGINE_DATA": str(data)}
+    plan = ROOT / "tariffs" / "office-fr.toml"
+    made = subprocess.run([executable, "account", "create", "acme", "--plan", str(plan)], env=env, timeout=60)
+    assert made.returncode == 0
+
+    def as_run(line: str) -> list[str]:
+        line = line.replace("%%", "%").replace("/usr/local/bin/rating-engine", executable)
+        return shlex.split(line.replace("/var/lib/rating-engine-backups", str(backups)))
+
+    old = backups / "ledger-20000101T000000.sqlite3"
+    old.write_bytes(b"")
+    os.utime(old, (0, 0))
+    done = subprocess.run(as_run(unit["Service.ExecStart"][0]), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "ledger check on the copy: ok" in done.stdout, done.stderr
+    pruned = subprocess.run(as_run(unit["Service.ExecStartPost"][0]), env=env, timeout=60)
+    [copy] = list(backups.iterdir())
+    assert pruned.returncode == 0 and copy.name.startswith("ledger-") and copy.stat().st_size > 0
