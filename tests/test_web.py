@@ -164,6 +164,39 @@ async def test_a_body_too_large_is_refused_before_anything_reads_it(page: Page) 
     assert (await page.login("admin@acme")).status_code == 303  # and the page goes on
 
 
+async def test_the_body_limit_speaks_asgi_whatever_the_length_said_or_when_the_answer_began() -> None:
+    """A Content-Length of 5,000 digits is refused unread (no int of it); an application that began
+    its answer before the body ran over gets it cut short, never a second answer's start."""
+    from starlette.types import Message, Receive, Scope, Send
+
+    from rating_engine.web.app import BodyLimit
+
+    sent: list[Message] = []
+    reached: list[str] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def chunks() -> Message:
+        return {"type": "http.request", "body": b"x" * 600, "more_body": True}
+
+    async def never(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append("app")
+
+    headers = [(b"content-length", b"9" * 5000)]
+    await BodyLimit(never, limit=1000)({"type": "http", "path": "/login", "headers": headers}, chunks, send)
+    assert reached == [] and [m.get("status") for m in sent if m["type"] == "http.response.start"] == [413]
+
+    async def answers_first(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await receive()
+
+    sent.clear()
+    await BodyLimit(answers_first, limit=1000)({"type": "http", "path": "/x", "headers": []}, chunks, send)
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200]
+
+
 @pytest.mark.parametrize("route", ACME_ROUTES)
 async def test_another_accounts_administrator_gets_404_for_every_route(page: Page, route: str) -> None:
     assert (await page.login("admin@globex")).status_code == 303

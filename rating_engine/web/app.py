@@ -88,11 +88,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
+        if declared.isdigit() and (len(declared) > 15 or int(declared) > self.limit):
             await _refuse(scope, send)
             return
         seen = 0
-        refused = False
+        refused = answered = False
 
         async def counted() -> Message:
             nonlocal seen, refused
@@ -100,13 +100,17 @@ class BodyLimit:
             seen += len(message.get("body", b""))
             if seen > self.limit and not refused:
                 refused = True
-                await _refuse(scope, send)
+                if not answered:  # else the answer has begun: the body is only cut short
+                    await _refuse(scope, send)
                 raise _TooLarge
             return message
 
         async def unless_refused(message: Message) -> None:
-            if not refused:  # the application's answer to a body it never got whole
-                await send(message)
+            nonlocal answered
+            if refused and not answered:
+                return  # the application's answer to a body it never got whole: 413 was sent
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
 
         with contextlib.suppress(_TooLarge):
             await self.app(scope, counted, unless_refused)
