@@ -522,16 +522,21 @@ async def cmd_activity(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_check(args: argparse.Namespace) -> int:
-    ledger = await _open(args)
+async def _checked(ledger: Ledger, where: str = "") -> tuple[int, bool]:
+    """Run `ledger check` on an open ledger and close it; each problem on stderr. (accounts, clean)"""
     try:
         problems = await ledger.check()
         n = len(await ledger.accounts())
     finally:
         await ledger.close()
     for p in problems:
-        print(f"account {p.account_id}: {p.message}", file=sys.stderr)
-    if problems:
+        print(f"account {p.account_id}{where}: {p.message}", file=sys.stderr)
+    return n, not problems
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    n, clean = await _checked(await _open(args))
+    if not clean:
         return 1
     print(f"ok: {n} account(s), every balance equals its journal")
     return 0
@@ -551,13 +556,6 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     copy = make_ledger(f"sqlite:///{dest}")
     copy.create = False
     await copy.open()
-    try:
-        problems = await copy.check()
-        n = len(await copy.accounts())
-    finally:
-        await copy.close()
-    for p in problems:
-        print(f"account {p.account_id} in the copy: {p.message}", file=sys.stderr)
-    verdict = "FAILED" if problems else "ok"
-    print(f"backed up {n} account(s) to {dest} ({size} bytes); ledger check on the copy: {verdict}")
-    return 1 if problems else 0
+    n, clean = await _checked(copy, " in the copy")
+    print(f"backed up {n} account(s) to {dest} ({size} bytes); ledger check on the copy: {'ok' if clean else 'FAILED'}")
+    return 0 if clean else 1
