@@ -1,8 +1,10 @@
-"""`rating-engine ledger backup`: a SQLite ledger copied while the engine writes, whole or not at all.
+"""`rating-engine ledger backup` and `restore`: a SQLite ledger copied while the engine writes,
+whole or not at all, and put back only while nothing has it open.
 
 A `cp` of a ledger in WAL mode under load is torn (the last commits sit in the -wal file); the
 command must give one consistent snapshot that `ledger check` accepts, never write over a file,
-never leave half a copy behind, and say in one line why it refused.
+never leave half a copy behind, and say in one line why it refused. A restore must never replace
+a ledger an engine has open, nor with a damaged file, and keeps the ledger it replaces.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def test_a_backup_never_writes_over_a_file_nor_outside_a_directory(
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://postgres:hunter22@127.0.0.1/ledger", "back up PostgreSQL with pg_dump"),
+        ("postgresql://postgres:hunter22@127.0.0.1/ledger", "(PostgreSQL: pg_dump)"),
         ("sqlite:///", "is not one"),
         ("sqlite:///{tmp}/none.sqlite3", "no ledger at"),
     ],
@@ -141,3 +143,68 @@ def test_a_copy_that_fails_leaves_nothing_behind(tmp_path: Path, capsys: pytest.
     code, out, err = run(capsys, "ledger", "backup", str(backups / "x.sqlite3"), "--db", f"sqlite:///{damaged}")
     assert (code, out) == (2, "") and err.count("\n") == 1 and "Traceback" not in err, err
     assert _names(backups) == set()
+
+
+def _balance(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT balance FROM accounts WHERE id = 'acme'").fetchone()[0])
+
+
+def test_a_restore_brings_the_backup_back_and_keeps_the_ledger_it_replaced(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = Path(db.removeprefix("sqlite:///"))
+    assert run(capsys, "account", "topup", "acme", "10", "--reference", "monday", "--db", db)[0] == 0
+    assert run(capsys, "ledger", "backup", str(tmp_path / "monday.sqlite3"), "--db", db)[0] == 0
+    assert run(capsys, "account", "topup", "acme", "5", "--reference", "tuesday", "--db", db)[0] == 0
+    code, out, err = run(capsys, "ledger", "restore", str(tmp_path / "monday.sqlite3"), "--db", db)
+    assert (code, err) == (0, "") and "ledger check: ok" in out, err
+    [kept] = [p for p in tmp_path.iterdir() if ".before-restore-" in p.name]
+    assert f"the ledger it replaced is {kept}" in out
+    assert _balance(ledger) == 10 * EUR and _balance(kept) == 15 * EUR
+    assert os.stat(ledger).st_mode & 0o777 == 0o600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial file left
+
+
+def test_a_restore_onto_a_new_machine_needs_no_ledger_there(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "ledger", "backup", str(tmp_path / "copy.sqlite3"), "--db", db)[0] == 0
+    fresh = tmp_path / "new-host"
+    fresh.mkdir()
+    code, out, _ = run(capsys, "ledger", "restore", str(tmp_path / "copy.sqlite3"), "--db", f"sqlite:///{fresh}/l.db")
+    assert code == 0 and "replaced" not in out and _names(fresh) == {"l.db"}
+
+
+async def test_a_restore_never_replaces_a_ledger_something_has_open(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = Path(db.removeprefix("sqlite:///"))
+    assert (await asyncio.to_thread(run, capsys, "ledger", "backup", str(tmp_path / "copy.sqlite3"), "--db", db))[
+        0
+    ] == 0
+    engine = make_ledger(db)  # as the engine's: open, in WAL mode
+    await engine.open()
+    try:
+        before = _names(tmp_path)
+        code, out, err = await asyncio.to_thread(
+            run, capsys, "ledger", "restore", str(tmp_path / "copy.sqlite3"), "--db", db
+        )
+        assert (code, out) == (2, "") and "is open" in err and "stop the engine" in err and err.count("\n") == 1
+        assert _names(tmp_path) == before and (await engine.account("acme")).id == "acme"
+    finally:
+        await engine.close()
+    assert ledger.exists()
+
+
+def test_a_damaged_backup_replaces_nothing(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger = Path(db.removeprefix("sqlite:///"))
+    original = ledger.read_bytes()
+    for name, content in (("torn.sqlite3", original[: len(original) // 2]), ("junk.sqlite3", b"not a database" * 99)):
+        (tmp_path / name).write_bytes(content)
+        before = _names(tmp_path)
+        code, out, err = run(capsys, "ledger", "restore", str(tmp_path / name), "--db", db)
+        assert (code, out) == (2, "") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert _names(tmp_path) == before and ledger.read_bytes() == original
+    code, _, err = run(capsys, "ledger", "restore", str(tmp_path / "none.sqlite3"), "--db", db)
+    assert code == 2 and "no backup at" in err

@@ -19,6 +19,7 @@ from ..accounts import Accounts
 from ..contract import DestinationClass
 from ..errors import ConfigError
 from ..ledger import (
+    CheckProblem,
     Ledger,
     LedgerError,
     OnLow,
@@ -26,7 +27,7 @@ from ..ledger import (
     extension_totals,
     make_ledger,
 )
-from ..ledger.backup import backup_sqlite
+from ..ledger.backup import Copied, backup_sqlite, restore_sqlite
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
 from ..rating.plan import Plan
@@ -131,17 +132,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ck = lsub.add_parser("check", help="prove every balance equals its journal; exit 1 if not")
     _db(ck)
     ck.set_defaults(handler=_sync(cmd_check))
-    bk = lsub.add_parser(
-        "backup",
-        help="copy a SQLite ledger, consistent while the engine runs, to a new file; then check the copy",
-        description="Copy a SQLite ledger to DEST while the engine runs: one consistent snapshot, written "
-        "under a temporary name and renamed, so DEST is the whole copy or absent; readable by its owner "
-        "only; then `ledger check` on the copy. DEST must not exist. A PostgreSQL ledger is backed up "
-        "with pg_dump.",
-    )
-    bk.add_argument("dest", help="the new file's path")
-    _db(bk)
-    bk.set_defaults(handler=_sync(cmd_backup))
+    for action, path, path_help, handler, about, description in (
+        (
+            "backup",
+            "dest",
+            "the new file's path",
+            cmd_backup,
+            "copy a SQLite ledger, consistent while the engine runs, to a new file, checked",
+            "Copy a SQLite ledger to DEST while the engine runs: one consistent snapshot, checked (SQLite's "
+            "integrity check, then `ledger check`), written under a temporary name and renamed, so DEST is the "
+            "whole copy or absent; readable by its owner only. DEST must not exist. A PostgreSQL ledger is "
+            "backed up with pg_dump.",
+        ),
+        (
+            "restore",
+            "backup",
+            "the backup's path",
+            cmd_restore,
+            "put a backup in the SQLite ledger's place, the engine and the page stopped; the old one is kept",
+            "Put BACKUP (made by `ledger backup`) in the place of the SQLite ledger, which nothing may have "
+            "open: stop the engine and the page first. The backup is checked the same way before it replaces "
+            "anything, and the ledger it replaces is kept beside it (…before-restore-TIME). At its next start "
+            "the engine reconciles with Asterisk as after any restart.",
+        ),
+    ):
+        a = lsub.add_parser(action, help=about, description=description)
+        a.add_argument(path, help=path_help)
+        _db(a)
+        a.set_defaults(handler=_sync(handler))
 
 
 def _limits(p: argparse.ArgumentParser) -> None:
@@ -522,40 +540,54 @@ async def cmd_activity(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _checked(ledger: Ledger, where: str = "") -> tuple[int, bool]:
-    """Run `ledger check` on an open ledger and close it; each problem on stderr. (accounts, clean)"""
+async def cmd_check(args: argparse.Namespace) -> int:
+    ledger = await _open(args)
     try:
         problems = await ledger.check()
         n = len(await ledger.accounts())
     finally:
         await ledger.close()
     for p in problems:
-        print(f"account {p.account_id}{where}: {p.message}", file=sys.stderr)
-    return n, not problems
-
-
-async def cmd_check(args: argparse.Namespace) -> int:
-    n, clean = await _checked(await _open(args))
-    if not clean:
+        print(f"account {p.account_id}: {p.message}", file=sys.stderr)
+    if problems:
         return 1
     print(f"ok: {n} account(s), every balance equals its journal")
     return 0
 
 
-async def cmd_backup(args: argparse.Namespace) -> int:
+def _sqlite_file(args: argparse.Namespace, what: str) -> Path:
     url = args.db or default_url()
     if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
-        raise ConfigError(
-            f"ledger backup copies a SQLite file; {_safe(url)} is not one (back up PostgreSQL with pg_dump)"
-        )
-    source, dest = Path(url.removeprefix("sqlite:///")), Path(args.dest)
+        raise ConfigError(f"ledger {what} is for a SQLite file; {_safe(url)} is not one (PostgreSQL: pg_dump)")
+    return Path(url.removeprefix("sqlite:///"))
+
+
+async def cmd_backup(args: argparse.Namespace) -> int:
+    dest = Path(args.dest)
+    copied = await _copy(backup_sqlite, _sqlite_file(args, "backup"), dest)
+    verdict = _said(copied.problems, "in the copy")
+    print(f"backed up {copied.accounts} account(s) to {dest} ({copied.size} bytes); check on the copy: {verdict}")
+    return 1 if copied.problems else 0
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    target, backup = _sqlite_file(args, "restore"), Path(args.backup)
+    copied = await _copy(restore_sqlite, backup, target)
+    before = f"; the ledger it replaced is {copied.replaced}" if copied.replaced else ""
+    verdict = _said(copied.problems, "restored")
+    print(f"restored {copied.accounts} account(s) from {backup} to {target}{before}; ledger check: {verdict}")
+    return 1 if copied.problems else 0
+
+
+async def _copy(fn: Callable[[Path, Path], Copied], source: Path, dest: Path) -> Copied:
+    """Off the event loop (a big file takes a while), its refusals as one line."""
     try:
-        size = await asyncio.to_thread(backup_sqlite, source, dest)
+        return await asyncio.to_thread(fn, source, dest)
     except LedgerError as exc:
         raise ConfigError(str(exc)) from None
-    copy = make_ledger(f"sqlite:///{dest}")
-    copy.create = False
-    await copy.open()
-    n, clean = await _checked(copy, " in the copy")
-    print(f"backed up {n} account(s) to {dest} ({size} bytes); ledger check on the copy: {'ok' if clean else 'FAILED'}")
-    return 0 if clean else 1
+
+
+def _said(problems: list[CheckProblem], where: str) -> str:
+    for p in problems:
+        print(f"account {p.account_id} {where}: {p.message}", file=sys.stderr)
+    return "FAILED" if problems else "ok"
