@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from rating_engine.cli import main
 from rating_engine.metrics import BUCKETS, Histogram
 from rating_engine.money import MICRO
 from rating_engine.rating.deck import COLUMNS, Deck, parse_deck
@@ -73,3 +74,10 @@ def fail_directory_fsyncs(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", failing)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """`rating-engine ARGV` in process: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

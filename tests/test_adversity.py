@@ -28,14 +28,8 @@ from rating_engine.money import MAX_AMOUNT, parse_amount
 from .asterisk_helpers import agi_request, agi_transcript, engine_rig, said, verdict
 from .conftest import OFFICE_FR
 from .engine_process import free_port, read_metrics
-from .helpers import EUR, record_fsyncs
+from .helpers import EUR, record_fsyncs, run
 from .ledgers import opened, until, until_settled, write_lock_held
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ import pytest
 from rating_engine.cli import main
 from rating_engine.ledger import AccountSettings, CallDetails, make_ledger
 
-from .helpers import EUR
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from .helpers import EUR, run
 
 
 def _names(directory: Path) -> set[str]:

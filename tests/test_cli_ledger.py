@@ -5,20 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from rating_engine.cli import main
-
 from .conftest import OFFICE_FR
+from .helpers import run
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_account_lifecycle_from_the_command_line(capsys, db: str) -> None:  # type: ignore[no-untyped-def]

@@ -4,17 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from rating_engine.cli import main
-
 from .conftest import OFFICE_FR, ROOT
+from .helpers import run
 
 PLAN = str(OFFICE_FR)
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_validate_accepts_the_sample_tariffs(capsys: pytest.CaptureFixture[str]) -> None:
