@@ -35,9 +35,8 @@ class Clock:
         clock moved. A sped-up or elsewhere-started clock is left as it is (0)."""
         if not self._wall:
             return 0.0
-        real = time.monotonic()
-        before = self._sim0 + (real - self._real0) * self.speed
-        self._real0, self._sim0 = real, time.time()
+        before = self.now()
+        self._real0, self._sim0 = time.monotonic(), time.time()
         return self._sim0 - before
 
     def now_int(self) -> int:

@@ -223,7 +223,7 @@ def _sync(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Calla
 async def _open(args: argparse.Namespace, create: bool = False) -> Ledger:
     """Open the ledger the command names; only `account create` may create one."""
     url = args.db or default_url()
-    if url in ("sqlite:///", "sqlite:///:memory:"):
+    if url.startswith("sqlite:///") and _file_of(url) is None:
         raise ConfigError("--db sqlite:/// needs a file path: sqlite:///path/to/ledger.sqlite3")
     ledger = make_ledger(url)
     ledger.create = create
@@ -555,17 +555,25 @@ async def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_of(url: str) -> Path | None:
+    """The file a `sqlite:///path` URL names; None for an in-memory ledger or another backend."""
+    if url not in ("sqlite:///", "sqlite:///:memory:") and url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
 def _sqlite_file(args: argparse.Namespace, what: str) -> Path:
     url = args.db or default_url()
-    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+    path = _file_of(url)
+    if path is None:
         raise ConfigError(f"ledger {what} is for a SQLite file; {_safe(url)} is not one (PostgreSQL: pg_dump)")
-    return Path(url.removeprefix("sqlite:///"))
+    return path
 
 
 async def cmd_backup(args: argparse.Namespace) -> int:
     dest = Path(args.dest)
     copied = await _copy(backup_sqlite, _sqlite_file(args, "backup"), dest)
-    verdict = _said(copied.problems, "in the copy")
+    verdict = _verdict(copied.problems, "in the copy")
     print(f"backed up {copied.accounts} account(s) to {dest} ({copied.size} bytes); check on the copy: {verdict}")
     return 1 if copied.problems else 0
 
@@ -574,7 +582,7 @@ async def cmd_restore(args: argparse.Namespace) -> int:
     target, backup = _sqlite_file(args, "restore"), Path(args.backup)
     copied = await _copy(restore_sqlite, backup, target)
     before = f"; the ledger it replaced is {copied.replaced}" if copied.replaced else ""
-    verdict = _said(copied.problems, "restored")
+    verdict = _verdict(copied.problems, "restored")
     print(f"restored {copied.accounts} account(s) from {backup} to {target}{before}; ledger check: {verdict}")
     return 1 if copied.problems else 0
 
@@ -587,7 +595,8 @@ async def _copy(fn: Callable[[Path, Path], Copied], source: Path, dest: Path) ->
         raise ConfigError(str(exc)) from None
 
 
-def _said(problems: list[CheckProblem], where: str) -> str:
+def _verdict(problems: list[CheckProblem], where: str) -> str:
+    """Each problem `ledger check` found, on stderr; the word for the summary line."""
     for p in problems:
         print(f"account {p.account_id} {where}: {p.message}", file=sys.stderr)
     return "FAILED" if problems else "ok"
