@@ -98,3 +98,21 @@ def test_days_are_read_day_first_or_iso(text: str, day: date | None) -> None:
 @given(st.dates(date(1970, 1, 1), date(9999, 12, 31)))
 def test_a_day_the_page_fills_in_reads_back_the_same(day: date) -> None:
     assert FR.parse_day(FR.day_input(day)) == day
+
+
+@pytest.mark.parametrize(
+    ("tongue", "text", "said"),
+    [
+        (EN, "", None),
+        (EN, " 01/12/2026 ", None),
+        (FR, "2026-12-01", None),
+        (EN, "yesterday", "A date, e.g. 01/12/2026."),
+        (FR, "31/02/2026", "Une date, par exemple 01/12/2026."),
+        (EN, "01/01/0001", "A date from 1900 to 9998."),
+        (FR, "9999-12-31", "Une date de 1900 à 9998."),
+        (FR, "31/12/1899", "Une date de 1900 à 9998."),
+    ],
+)
+def test_a_filter_day_refused_says_why(tongue: Tongue, text: str, said: str | None) -> None:
+    assert tongue.day_problem(text) == said
+    assert (tongue.parse_day(text) is None) == (said is not None or not text.strip())

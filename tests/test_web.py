@@ -412,6 +412,7 @@ async def test_a_bad_date_in_the_filter_is_said_beside_the_field(page: Page) -> 
     await page.login("admin@acme")
     r = await page.client.get("/accounts/acme/activity?since=yesterday")
     assert r.status_code == 200 and 'id="since-error"' in r.text and 'aria-invalid="true"' in r.text
+    assert "A date, e.g. 01/12/2026." in r.text and 'value="yesterday"' in r.text
 
 
 async def test_days_and_cursors_past_any_calendar_are_refused_not_a_server_error(page: Page) -> None:
@@ -420,6 +421,7 @@ async def test_days_and_cursors_past_any_calendar_are_refused_not_a_server_error
     await page.login("admin@acme")
     r = await page.client.get("/accounts/acme/activity?since=01/01/0001&until=31/12/9999")
     assert r.status_code == 200 and 'id="since-error"' in r.text and 'id="until-error"' in r.text
+    assert r.text.count("A date from 1900 to 9998.") == 2  # the range is named, not a typing slip
     r = await page.client.get("/accounts/acme/activity?until=0001-01-05")
     assert r.status_code == 200 and 'id="until-error"' in r.text
     assert (await page.client.get("/accounts/acme/activity.csv?until=31/12/9999")).status_code == 200

@@ -32,7 +32,7 @@ class Selection:
     first_day: date | None
     last_day: date | None
     chosen: dict[str, str]
-    problems: list[str]
+    problems: dict[str, str]
 
 
 async def _selection(request: Request) -> Selection:
@@ -42,7 +42,7 @@ async def _selection(request: Request) -> Selection:
     chosen = {k: q.get(k, "").strip() for k in ("ext", "since", "until")}
     t = tongue(request, user)
     first, last = t.parse_day(chosen["since"]), t.parse_day(chosen["until"])
-    problems = [k for k, d in (("since", first), ("until", last)) if chosen[k] and d is None]
+    problems = {k: said for k in ("since", "until") if (said := t.day_problem(chosen[k]))}
     return Selection(user, account, chosen["ext"] or None, first, last, chosen, problems)
 
 

@@ -95,18 +95,17 @@ class Tongue:
         """A day as typed in the language's order (day/month/year in both, dots or dashes allowed),
         or as ISO 2026-12-01 (what the page's own links carry), from 1900 to 9998: the page works
         out the day after the last and a month before the first."""
-        s = text.strip()
-        try:
-            if _ISO_DAY.fullmatch(s):
-                day = date.fromisoformat(s)
-            else:
-                m = _LOCAL_DAY.fullmatch(s)
-                if m is None:
-                    return None
-                day = date(int(m["y"]), int(m["m"]), int(m["d"]))
-        except ValueError:
+        day = _read_day(text)
+        return day if day is not None and _FIRST_DAY <= day <= _LAST_DAY else None
+
+    def day_problem(self, text: str) -> str | None:
+        """What to say beside a filter's day that `parse_day` refuses: a day out of the range is
+        told as such, not as a typing slip."""
+        if not text.strip() or self.parse_day(text) is not None:
             return None
-        return day if _FIRST_DAY <= day <= _LAST_DAY else None
+        if _read_day(text) is None:
+            return self.gettext("A date, e.g. 01/12/2026.")
+        return self.gettext("A date from 1900 to 9998.")
 
     def action(self, action: str) -> str:
         """An audit line's action, recorded in the ledger's words ("set threshold"), in this language."""
@@ -156,6 +155,17 @@ _GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FIRST_DAY, _LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
 _LOCAL_DAY = re.compile(r"(?P<d>\d{1,2})[/.-](?P<m>\d{1,2})[/.-](?P<y>\d{4})")
+
+
+def _read_day(text: str) -> date | None:
+    s = text.strip()
+    try:
+        if _ISO_DAY.fullmatch(s):
+            return date.fromisoformat(s)
+        m = _LOCAL_DAY.fullmatch(s)
+        return None if m is None else date(int(m["y"]), int(m["m"]), int(m["d"]))
+    except ValueError:
+        return None
 
 
 def choose(cookie: str | None, preferred: str | None, accept: str) -> str:
