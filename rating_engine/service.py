@@ -24,7 +24,7 @@ from .clock import Clock
 from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
-from .ledger import Ledger, data_dir, default_url, make_ledger
+from .ledger import Ledger, data_dir, default_url, make_ledger, sqlite_file
 from .metrics import CollectorPauses, Metrics, Snapshot, watch_loop
 from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import TariffStore, load_in_child
@@ -41,8 +41,9 @@ def spool_path(config: Config) -> str:
     if config.engine.spool_file:
         return config.engine.spool_file
     url = config.ledger.url or default_url()
-    if url.startswith("sqlite:///") and url != "sqlite:///" and not url.endswith(":memory:"):
-        return f"{url.removeprefix('sqlite:///')}.{config.engine.node}.spool.jsonl"
+    file = sqlite_file(url)
+    if file is not None:
+        return f"{file}.{config.engine.node}.spool.jsonl"
     return str(data_dir() / f"{config.engine.node}.spool.jsonl")
 
 

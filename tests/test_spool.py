@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 from rating_engine.calls import Answered, AuthorizeRequest, HungUp
-from rating_engine.config import EngineSection
+from rating_engine.config import EngineSection, parse_config
 from rating_engine.contract import Reason, Status
 from rating_engine.engine import Engine
 from rating_engine.ledger import AccountSettings, CallDetails
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.rating.catalog import TariffStore
 from rating_engine.rating.price import cost
+from rating_engine.service import spool_path
 from rating_engine.spool import Pending, Spool
 
 from .conftest import OFFICE_FR
@@ -269,3 +270,23 @@ def test_a_spool_lock_that_cannot_be_made_does_not_stop_the_engine(
     spool = Spool(tmp_path / "not-a-dir" / "pbx1.spool.jsonl")
     assert spool.claim()
     assert any(r.getMessage() == "spool lock cannot be made" for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("url", "beside"),
+    [
+        ("sqlite:////srv/pbx/ledger.sqlite3", "/srv/pbx/ledger.sqlite3.pbx1.spool.jsonl"),
+        ("sqlite:////srv/pbx/:memory:", "/srv/pbx/:memory:.pbx1.spool.jsonl"),  # a file, as SQLite reads it
+        ("sqlite:///:memory:", None),
+        ("sqlite:///", None),
+        ("postgresql://engine@db/rating", None),
+    ],
+)
+def test_the_spool_sits_beside_a_sqlite_ledger_file_and_in_the_data_directory_otherwise(
+    url: str, beside: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RATING_ENGINE_DATA", str(tmp_path))
+    config = parse_config({"engine": {"node": "pbx1"}, "ledger": {"url": url}})
+    assert spool_path(config) == (beside or str(tmp_path / "pbx1.spool.jsonl"))
+    config = parse_config({"engine": {"node": "pbx1", "spool_file": "/var/spool/x.jsonl"}, "ledger": {"url": url}})
+    assert spool_path(config) == "/var/spool/x.jsonl"

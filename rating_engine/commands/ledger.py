@@ -26,6 +26,7 @@ from ..ledger import (
     default_url,
     extension_totals,
     make_ledger,
+    sqlite_file,
 )
 from ..ledger.backup import Copied, backup_sqlite, restore_sqlite
 from ..money import format_amount, parse_amount
@@ -223,7 +224,7 @@ def _sync(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Calla
 async def _open(args: argparse.Namespace, create: bool = False) -> Ledger:
     """Open the ledger the command names; only `account create` may create one."""
     url = args.db or default_url()
-    if url.startswith("sqlite:///") and _file_of(url) is None:
+    if url.startswith("sqlite:///") and sqlite_file(url) is None:
         raise ConfigError("--db sqlite:/// needs a file path: sqlite:///path/to/ledger.sqlite3")
     ledger = make_ledger(url)
     ledger.create = create
@@ -555,16 +556,9 @@ async def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_of(url: str) -> Path | None:
-    """The file a `sqlite:///path` URL names; None for an in-memory ledger or another backend."""
-    if url not in ("sqlite:///", "sqlite:///:memory:") and url.startswith("sqlite:///"):
-        return Path(url.removeprefix("sqlite:///"))
-    return None
-
-
 def _sqlite_file(args: argparse.Namespace, what: str) -> Path:
     url = args.db or default_url()
-    path = _file_of(url)
+    path = sqlite_file(url)
     if path is None:
         raise ConfigError(f"ledger {what} is for a SQLite file; {_safe(url)} is not one (PostgreSQL: pg_dump)")
     return path

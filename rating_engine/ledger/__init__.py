@@ -83,6 +83,14 @@ def default_url() -> str:
     return f"sqlite:///{data_dir() / 'ledger.sqlite3'}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a `sqlite:///path` URL names; None for an in-memory ledger (`sqlite:///` or
+    `sqlite:///:memory:`, as SQLite reads them) or another backend."""
+    if url not in ("sqlite:///", "sqlite:///:memory:") and url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
 def make_ledger(url: str) -> Ledger:
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteLedger
