@@ -27,7 +27,7 @@ from .errors import StartupError, TariffErrors
 from .ledger import Ledger, data_dir, default_url, make_ledger, sqlite_file
 from .metrics import CollectorPauses, Metrics, Snapshot, watch_loop
 from .payments import PaymentProvider, TopupRunner, make_provider
-from .rating.catalog import TariffStore, load_in_child
+from .rating.catalog import Tariffs, TariffStore, load_in_child
 from .spool import Spool
 
 log = logging.getLogger("rating_engine.service")
@@ -45,6 +45,11 @@ def spool_path(config: Config) -> str:
     if file is not None:
         return f"{file}.{config.engine.node}.spool.jsonl"
     return str(data_dir() / f"{config.engine.node}.spool.jsonl")
+
+
+def _warn_of(tariffs: Tariffs) -> None:
+    for warning in tariffs.warnings():
+        log.warning("tariffs loaded with a warning", extra={"warning": warning})
 
 
 class Service:
@@ -66,6 +71,7 @@ class Service:
         )
         self.ami_secret = ami_secret
         self.tariffs = TariffStore(config.plan_paths())
+        _warn_of(self.tariffs.current)
         self.engine = Engine(self.tariffs, self.ledger, self.clock, config.engine)
         self.engine.on_topup = self.topups.start
         if config.engine.cdr_file:
@@ -326,6 +332,7 @@ class Service:
                 self.reloads += 1
                 seconds = round(time.monotonic() - started, 3)
                 log.info("tariffs reloaded", extra={"plans": len(fresh.plans), "seconds": seconds})
+                _warn_of(fresh)
             if not self._reload_again:
                 return
 

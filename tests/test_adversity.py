@@ -369,6 +369,38 @@ def test_a_reload_that_fails_in_any_way_keeps_the_old_tariffs_and_logs_one_json_
     assert [e["msg"] for e in lines] == ["tariff reload refused; the old tariffs stay"]
 
 
+def test_a_reload_of_a_deck_cut_to_its_header_is_taken_and_logged_as_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A deck with no rates is valid (a plan may include all it allows) but refuses every other
+    call: a reload that brings one in says so, at start as on SIGHUP."""
+    import json
+    import shutil
+
+    from rating_engine.config import Config, TariffsSection
+    from rating_engine.ledger import make_ledger
+    from rating_engine.service import Service
+
+    plan = tmp_path / "office-fr.toml"
+    shutil.copy(OFFICE_FR, plan)
+    deck = tmp_path / "world.csv"
+    shutil.copy(OFFICE_FR.parent / "world.csv", deck)
+    config = Config(tariffs=TariffsSection(plans=(str(plan),)))
+    with logs_set_up("info", "json") as handler:
+        service = Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+        deck.write_text(deck.read_text().split("\n1,")[0] + "\n")  # the header alone
+        asyncio.run(_reloaded(service))
+        Service(config, ledger=make_ledger(f"sqlite:///{tmp_path / 'l.sqlite3'}"), ami_secret="x")
+        handler.close()
+    assert service.reloads == 1 and len(service.tariffs.current.by_plan["office-fr"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+    said = f"{deck}: no rates: plan 'office-fr' refuses every call it does not include (no_rate)"
+    assert [(e["msg"], e.get("warning")) for e in lines if e["level"] != "info"] == [
+        ("tariffs loaded with a warning", said),  # the reload
+        ("tariffs loaded with a warning", said),  # the next start
+    ]
+
+
 async def _reloaded(service: object) -> None:
     from rating_engine.service import Service
 

@@ -11,8 +11,28 @@ PLAN = str(OFFICE_FR)
 
 
 def test_validate_accepts_the_sample_tariffs(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "tariffs", "validate", PLAN, str(ROOT / "tariffs/world.csv"))
-    assert code == 0 and "ok: 2 file(s)" in out
+    code, out, err = run(capsys, "tariffs", "validate", PLAN, str(ROOT / "tariffs/world.csv"))
+    rates = sum(1 for line in (ROOT / "tariffs/world.csv").read_text().splitlines()[1:] if line[:1].isdigit())
+    assert code == 0 and err == "" and rates > 100
+    assert out.splitlines() == [
+        f"ok: {PLAN}: plan office-fr, deck {ROOT / 'tariffs/world.csv'} ({rates:,} rates)",
+        f"ok: {ROOT / 'tariffs/world.csv'}: {rates:,} rates",
+    ]
+
+
+def test_validate_warns_of_a_deck_with_no_rates_and_the_plan_it_empties(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A deck cut short to its header loads (a plan may include everything it allows), but every
+    call outside the plan would be refused: said, on the error stream, without failing."""
+    deck = tmp_path / "deck.csv"
+    deck.write_text((ROOT / "tariffs/world.csv").read_text().split("\n1,")[0] + "\n")
+    plan = tmp_path / "plan.toml"
+    plan.write_text(OFFICE_FR.read_text().replace('deck = "world.csv"', 'deck = "deck.csv"'))
+    code, out, err = run(capsys, "tariffs", "validate", str(plan), str(deck))
+    assert code == 0 and f"deck {deck} (0 rates)" in out and f"ok: {deck}: 0 rates" in out
+    assert err.splitlines() == [
+        f"warning: {deck}: no rates: plan 'office-fr' refuses every call it does not include (no_rate)",
+        f"warning: {deck}: no rates: a plan with this deck refuses every call it does not include",
+    ]
 
 
 def test_validate_lists_every_problem_with_its_place_and_exits_1(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +170,7 @@ def test_rate_file_names_each_call_s_band(capsys, tmp_path: Path) -> None:  # ty
 
 def test_validate_reads_a_bands_file_and_names_its_gaps(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = run(capsys, "tariffs", "validate", str(ROOT / "tariffs/bands-fr.csv"), BANDS_PLAN)
-    assert code == 0 and "ok: 2 file(s)" in out
+    assert code == 0 and f"ok: {ROOT / 'tariffs/bands-fr.csv'}: time bands" in out and "plan office-fr-bands" in out
     bad = tmp_path / "bands.csv"
     bad.write_text("band,days,from,until\npeak,mon-sun,08:00,19:00\noff,mon-sun,00:00,08:00\n")
     code, _, err = run(capsys, "tariffs", "validate", str(bad))

@@ -95,14 +95,23 @@ def _is_bands_file(name: str) -> bool:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     problems: list[TariffError] = []
+    said: list[str] = []
+    warnings: list[str] = []
     for name in args.files:
         try:
             if name.endswith(".toml"):
-                load_tariffs([name])
+                tariffs = load_tariffs([name])
+                warnings += tariffs.warnings()
+                said += [f"{name}: plan {p.name}, deck {p.deck} ({len(tariffs.by_plan[p.name]):,} rates)"
+                         for p in tariffs.plans.values()]  # fmt: skip
             elif _is_bands_file(name):
                 parse_bands(Path(name).read_text(encoding="utf-8").splitlines(), name)
+                said.append(f"{name}: time bands")
             else:
-                load_deck(name)
+                deck = load_deck(name)
+                said.append(f"{name}: {len(deck):,} rates")
+                if not len(deck):
+                    warnings.append(f"{name}: no rates: a plan with this deck refuses every call it does not include")
         except TariffErrors as exc:
             problems.extend(exc.errors)
     for p in problems:
@@ -110,7 +119,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if problems:
         print(f"{len(problems)} problem(s); nothing was loaded", file=sys.stderr)
         return 1
-    print(f"ok: {len(args.files)} file(s)")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for line in said:
+        print(f"ok: {line}")
     return 0
 
 

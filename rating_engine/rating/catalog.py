@@ -51,6 +51,17 @@ class Tariffs:
             return self.rates[plan.name]
         return _rates(plan, self.tables)
 
+    def warnings(self) -> list[str]:
+        """What loads but is most likely a mistake. A deck with no rates (a header alone: an
+        export cut short, say) prices nothing, so its plan refuses every call it does not include;
+        loaded by a reload, it would do so from one moment to the next."""
+        out: list[str] = []
+        for name, plan in sorted(self.plans.items()):
+            for deck in dict.fromkeys((plan.deck, *plan.band_decks)):
+                if len(self.tables[deck.resolve()]) == 0:
+                    out.append(f"{deck}: no rates: plan {name!r} refuses every call it does not include (no_rate)")
+        return out
+
 
 def load_tariffs(plan_paths: Iterable[str | Path]) -> Tariffs:
     """Load every plan and the decks they name; all-or-nothing, every problem reported."""
