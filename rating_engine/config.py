@@ -7,6 +7,7 @@ file of its own (`secret_file`) — never from the command line — and is never
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -276,7 +277,16 @@ def parse_config(data: dict[str, Any], source: str = "<config>", base: Path | No
     return cfg
 
 
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""A node names this PBX's calls in the ledger and its spool file: a plain name, never a path."""
+
+
 def _check(cfg: Config, source: str) -> None:
+    if _NODE.fullmatch(cfg.engine.node) is None:
+        raise ConfigError(
+            f"{source}: engine.node = {cfg.engine.node!r}: a name of up to 63 letters, digits, '.', '_' or '-',"
+            " starting with a letter or a digit"
+        )
     if not 1 <= cfg.ami.port <= 65535:
         raise ConfigError(f"{source}: ami.port must be from 1 to 65535")
     e = cfg.engine

@@ -32,12 +32,23 @@ def test_the_commented_example_is_exactly_the_defaults() -> None:
         ({"agi": {"reuse_port": "yes"}}, "true or false"),
         ({"log": {"level": "loud"}}, "log.level"),
         ({"tariffs": {"plans": "one.toml"}}, "list of strings"),
+        ({"engine": {"node": ""}}, "engine.node = ''"),
+        ({"engine": {"node": "a/b"}}, "engine.node = 'a/b'"),  # its spool file was made in a directory a
+        ({"engine": {"node": "../pbx1"}}, "engine.node"),
+        ({"engine": {"node": "pbx 1"}}, "engine.node"),
+        ({"engine": {"node": ".hidden"}}, "engine.node"),
+        ({"engine": {"node": "p" * 64}}, "engine.node"),
     ],
 )
 def test_bad_settings_are_named(data: dict[str, dict[str, object]], words: str) -> None:
     with pytest.raises(ConfigError, match=r"cfg\.toml") as info:
         parse_config(data, "cfg.toml")
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("node", ["pbx1", "PBX-paris.2", "a", "x_y", "9" * 63])
+def test_a_node_is_a_plain_name(node: str) -> None:
+    assert parse_config({"engine": {"node": node}}, "cfg.toml").engine.node == node
 
 
 def test_the_ami_secret_comes_from_the_environment_or_a_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
