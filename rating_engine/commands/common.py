@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -68,3 +69,8 @@ class Progress:
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
+
+
+def safe_url(url: str) -> str:
+    """A ledger URL without its password."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)

@@ -32,7 +32,7 @@ from ..ledger.backup import Copied, backup_sqlite, restore_sqlite
 from ..money import format_amount, parse_amount
 from ..rating.catalog import load_tariffs
 from ..rating.plan import Plan
-from .common import iso, parse_time, print_json, table
+from .common import iso, parse_time, print_json, safe_url, table
 
 CLASSES = [c.value for c in DestinationClass]
 
@@ -231,15 +231,8 @@ async def _open(args: argparse.Namespace, create: bool = False) -> Ledger:
     try:
         await ledger.open()
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ConfigError(f"cannot open the ledger {_safe(url)}: {exc}") from None
+        raise ConfigError(f"cannot open the ledger {safe_url(url)}: {exc}") from None
     return ledger
-
-
-def _safe(url: str) -> str:
-    """A ledger URL without its password."""
-    import re
-
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def _amount(text: str | None, what: str, allow_none: bool = False) -> int | None:
@@ -560,7 +553,7 @@ def _sqlite_file(args: argparse.Namespace, what: str) -> Path:
     url = args.db or default_url()
     path = sqlite_file(url)
     if path is None:
-        raise ConfigError(f"ledger {what} is for a SQLite file; {_safe(url)} is not one (PostgreSQL: pg_dump)")
+        raise ConfigError(f"ledger {what} is for a SQLite file; {safe_url(url)} is not one (PostgreSQL: pg_dump)")
     return path
 
 

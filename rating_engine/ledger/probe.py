@@ -1,0 +1,74 @@
+"""What a ledger holds, read without writing: for `rating-engine run --check`, before a restart.
+
+Opening a ledger the usual way makes it when it is missing and brings its schema up to date; a
+check must do neither, so this reads the schema version alone, read-only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from . import sqlite_file
+from .models import LedgerError
+from .schema import LATEST
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaState:
+    version: int | None
+    """The ledger's schema version; None where there is no ledger yet."""
+
+    def said(self) -> str:
+        if self.version is None:
+            return "no ledger yet: made at the first start"
+        if self.version < LATEST:
+            return f"schema version {self.version}: brought to {LATEST} at the next start"
+        if self.version > LATEST:
+            return f"schema version {self.version}, newer than this rating-engine ({LATEST}): it would refuse to start"
+        return f"schema version {self.version} (current)"
+
+    @property
+    def startable(self) -> bool:
+        return self.version is None or self.version <= LATEST
+
+
+async def schema_state(url: str) -> SchemaState:
+    if url.startswith("sqlite:///"):
+        path = sqlite_file(url)
+        return SchemaState(None if path is None or not path.exists() else _sqlite_version(str(path)))
+    if url.startswith(("postgresql://", "postgres://")):
+        return SchemaState(await _postgres_version(url))
+    raise LedgerError("unsupported ledger URL: use sqlite:///path or postgresql://…")
+
+
+def _sqlite_version(path: str) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
+            return 0
+        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot read the ledger {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+async def _postgres_version(url: str) -> int | None:
+    import asyncpg
+
+    from .postgres import CONNECT_TIMEOUT
+
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise LedgerError(f"cannot reach the ledger: {exc}") from None
+    try:
+        if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+            return None
+        return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+    finally:
+        await conn.close()
