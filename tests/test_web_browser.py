@@ -191,6 +191,12 @@ def test_an_administrator_watches_the_balance_switches_to_french_and_downloads_t
             download.value.save_as(saved)
             lines = saved.read_text().strip().splitlines()
             assert lines[0].startswith("ended,extension") and len(lines) == 3 and all(",201," in x for x in lines[1:])
+            page.get_by_label("Du").fill("01/01/0001")  # a day, but before any call: the range is named
+            page.get_by_role("button", name="Afficher").click()
+            page.wait_for_url("**/activity?ext=201&since=01%2F01%2F0001*")
+            expect(page.locator("#since-error")).to_have_text("Une date de 1900 à 9998.")
+            assert page.get_by_label("Du").input_value() == "01/01/0001"
+            page.screenshot(path=str(ARTIFACTS / "activity-date-range-fr.png"), full_page=True)
 
             page.get_by_role("link", name="Ajouter des fonds").click()
             page.get_by_label("25,00\u00a0€").check()
