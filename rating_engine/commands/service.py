@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,38 +32,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.ami.resolved_secret()  # fail now, with one clear line, if there is no secret
     if args.check:
-        return asyncio.run(_check(args.config, config))
+        from .checks import check_run
+
+        return asyncio.run(check_run(args.config, config))
     logs.setup(config.log.level, config.log.format)
     run(config)
-    return 0
-
-
-async def _check(path: str, config: Config) -> int:
-    """What `run` would start with, every part read as `run` reads it; exit 1 if it would not start."""
-    from ..ledger import default_url
-    from ..ledger.probe import schema_state
-    from ..rating.catalog import load_tariffs
-    from .common import safe_url
-
-    tariffs = load_tariffs(config.plan_paths())
-    url = config.ledger.url or default_url()
-    schema = await schema_state(url)
-    ami = config.ami
-    secret_from = f"file {ami.secret_file}" if ami.secret_file else f"${ami.secret_env}"
-    metrics = config.metrics_address
-    print(f"config    {path}: node {config.engine.node}")
-    print(f"fastagi   {':'.join(map(str, config.agi_address))}{' (reuse_port)' if config.agi.reuse_port else ''}")
-    print(f"ami       {ami.username}@{ami.host}:{ami.port}, its secret from {secret_from}")
-    print(f"metrics   {':'.join(map(str, metrics)) if metrics else 'off'}")
-    for plan in tariffs.plans.values():
-        print(f"plan      {plan.name}: deck {plan.deck} ({len(tariffs.by_plan[plan.name]):,} rates)")
-    print(f"ledger    {safe_url(url)}: {schema.said()}")
-    for warning in tariffs.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
-    if not schema.startable:
-        print("it would not start", file=sys.stderr)
-        return 1
-    print("ok")
     return 0
 
 

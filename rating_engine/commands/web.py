@@ -12,6 +12,12 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w = sub.add_parser("web", help="serve the Prepaid Account page (balance, activity) on the ledger")
     w.add_argument("--config", required=True, help="TOML config (see asterisk_conf/rating-engine.toml)")
+    w.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, the secrets' presence, the payments, the mail, the plans and the ledger,"
+        " say what would be served, and exit (nothing is written)",
+    )
     w.set_defaults(handler=cmd_web)
     u = sub.add_parser("user", help="people who log in to the page")
     usub = u.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -36,6 +42,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     from ..web.serve import serve
 
     config = load_config(args.config)
+    if args.check:
+        from .checks import check_web
+
+        return asyncio.run(check_web(args.config, config))
     logs.setup(config.log.level, config.log.format)
     return asyncio.run(serve(config))
 

@@ -1,5 +1,6 @@
-"""`rating-engine run --check`: what a restart would start with, read as `run` reads it, with
-nothing written: no ledger made, no schema brought up to date, no secret printed."""
+"""`rating-engine run --check` and `web --check`: what a restart would start with, read as the
+command reads it, with nothing written: no ledger made, no schema brought up to date, no secret
+printed."""
 
 from __future__ import annotations
 
@@ -103,3 +104,55 @@ def test_a_check_names_a_bad_tariff_s_place_and_warns_of_an_empty_deck(
     out, err = capsys.readouterr()
     assert f"deck {deck} (0 rates)" in out and out.endswith("ok\n")
     assert err == f"warning: {deck}: no rates: plan 'office-fr' refuses every call it does not include (no_rate)\n"
+
+
+def test_a_page_check_needs_a_ledger_and_warns_of_a_random_secret(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RATING_ENGINE_WEB_SECRET", raising=False)
+    cfg = _config(tmp_path, url, '[web]\nbind = "127.0.0.1:8088"\n')
+    assert main(["web", "--config", cfg, "--check"]) == 1  # the page makes no ledger
+    out, err = capsys.readouterr()
+    assert "page      127.0.0.1:8088, sessions signed with a secret from nowhere" in out
+    assert out.splitlines()[-1].endswith(": no ledger yet: the page makes none (create an account first)")
+    assert err.splitlines() == [
+        "warning: no web secret: a random one is made at each start, which logs everybody out",
+        "it would not start",
+    ]
+    asyncio.run(_make(url))
+    monkeypatch.setenv("RATING_ENGINE_WEB_SECRET", "page-s3cret")
+    assert main(["web", "--config", cfg, "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert "a secret from $RATING_ENGINE_WEB_SECRET" in out and "payments  manual" in out and "mail      off" in out
+    assert "plan      office-fr" in out and out.endswith("ok\n") and err == "" and "s3cret" not in out
+
+
+def test_a_check_stops_at_a_missing_stripe_key_and_warns_of_what_would_half_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    asyncio.run(_make(url))
+    for name in ("STRIPE_TEST_KEY", "STRIPE_TEST_HOOK", "SMTP_TEST_PASSWORD", "RATING_ENGINE_WEB_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    extra = (
+        '[payments]\nprovider = "stripe"\nstripe_key_env = "STRIPE_TEST_KEY"\n'
+        'stripe_webhook_secret_env = "STRIPE_TEST_HOOK"\n'
+        '[mail]\nenabled = true\nhost = "smtp.example.net"\nusername = "billing"\n'
+        'password_env = "SMTP_TEST_PASSWORD"\n'
+    )
+    cfg = _config(tmp_path, url, extra)
+    for command in ("run", "web"):
+        assert main([command, "--config", cfg, "--check"]) == 2
+        err = capsys.readouterr().err
+        assert err == "rating-engine: payments.provider = stripe needs its secret key in $STRIPE_TEST_KEY\n"
+    monkeypatch.setenv("STRIPE_TEST_KEY", "sk_test_k3y")
+    assert main(["run", "--config", cfg, "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert "payments  stripe, its key from $STRIPE_TEST_KEY, its webhook secret from nowhere" in out
+    assert err == "warning: no Stripe webhook secret in $STRIPE_TEST_HOOK: the page refuses Stripe's events\n"
+    monkeypatch.setenv("STRIPE_TEST_HOOK", "whsec_h00k")
+    assert main(["web", "--config", cfg, "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert "mail      smtp.example.net:587 (starttls), as billing (password from $SMTP_TEST_PASSWORD)" in out
+    assert "mail: no password for billing in $SMTP_TEST_PASSWORD: the server will refuse the login" in err
+    assert not any(secret in out + err for secret in ("k3y", "h00k"))
