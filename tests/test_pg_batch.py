@@ -591,7 +591,11 @@ def test_a_lone_reservation_or_settle_in_one_statement_answers_as_its_program(pg
 
     pg = _one_by_one_against_the_programs(pg_url, tmp_path, prefix, play)
     # held: c1, c4, c8, c10, c11; settled: c1, c4, c8, c11. The rest went to the program.
-    assert pg.lone_in_one == 9 and pg.function_failures == 0
+    # Handed back by the statement (an ERROR in PostgreSQL's log each): only what it finds refused
+    # under the rows' locks (203 not chargeable, the daily cap, other settings, the fifth call, the
+    # money) and the settle that raises a notice. c3's first call and c5's velocity limit go to their
+    # program without it (8 hand-backs before the driver knew to send them there).
+    assert (pg.lone_in_one, pg.lone_handed_back, pg.function_failures) == (9, 6, 0)
 
 
 def test_a_lone_renewal_or_release_in_one_statement_answers_as_its_program(pg_url: str, tmp_path: Path) -> None:
@@ -664,4 +668,6 @@ def test_a_lone_renewal_or_release_in_one_statement_answers_as_its_program(pg_ur
     # in one statement: the reservations c1, c2, c4 and c9 (c3's account has a velocity limit, c5's and
     # c7's extension no row yet, c6's is not chargeable), the renewals of c1 twice, c2 once, c5 twice and
     # c7 once, the settles of c1 and c9, the releases of c2 and c5
-    assert pg.lone_in_one == 4 + 6 + 2 + 2 and pg.function_failures == 0
+    # Handed back: the caps, the money, 203 not chargeable and 201 no longer; c3's reservation and
+    # renewal (a velocity limit) and c5's and c7's first calls go to their program without it (10 before).
+    assert (pg.lone_in_one, pg.lone_handed_back, pg.function_failures) == (4 + 6 + 2 + 2, 6, 0)

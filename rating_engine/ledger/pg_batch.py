@@ -457,17 +457,29 @@ class Zones:
         self.of_call: dict[str, tuple[str, str]] = {}
         self.with_rows: set[tuple[str, str]] = set()
         """Extensions known to have a row: the function does not look for their rows to make them."""
+        self.with_velocity: set[str] = set()
+        """Accounts with a velocity limit, whose lone reservations and renewals go to their program:
+        the one statement (`pg_lone`) cannot sum their spending and would hand them back."""
 
-    def learn(self, account_id: str, tz: str) -> None:
+    def learn(self, account_id: str, tz: str, velocity: bool | None = None) -> None:
+        """An account's zone, and (None: not said) whether it has a velocity limit."""
         if len(self.of_account) >= self.LIMIT:
             self.of_account.clear()
+            self.with_velocity.clear()
         self.of_account[account_id] = tz
+        if velocity:
+            self.with_velocity.add(account_id)
+        elif velocity is not None:
+            self.with_velocity.discard(account_id)
 
     def called(self, call_id: str, account_id: str, ext: str) -> None:
         """A call held (by this engine, or by another, as the function said): its extension has a row."""
         if len(self.of_call) >= self.LIMIT:
             self.of_call.clear()
         self.of_call[call_id] = (account_id, ext)
+        self.has_row(account_id, ext)
+
+    def has_row(self, account_id: str, ext: str) -> None:
         if len(self.with_rows) >= self.LIMIT:
             self.with_rows.clear()
         self.with_rows.add((account_id, ext))

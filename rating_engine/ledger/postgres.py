@@ -24,7 +24,7 @@ from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
 from .call_path import FAST_PROGRAMS, result, validate
-from .models import Account, AccountSettings, Extension, LedgerError
+from .models import Account, AccountSettings, Extension, ExtensionSettings, LedgerError
 from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
@@ -170,6 +170,9 @@ class PostgresLedger(Ledger):
         """Batches of one operation run alone: as their program, or in one statement (`pg_lone`)."""
         self.lone_in_one = 0
         """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
+        self.lone_handed_back = 0
+        """Lone operations the one statement handed back to their program: each an ERROR line (and
+        its statement) in PostgreSQL's log, and a rolled-back transaction in its statistics."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -216,8 +219,10 @@ class PostgresLedger(Ledger):
                     log.warning(NOT_DURABLE, extra={"synchronous_commit": "off"})
                 # Read after the upgrade lock is let go: an engine starting beside this one need not
                 # wait for these reads too (they are hints: a wrong zone costs a batch a second call).
-                for r in await conn.fetch("SELECT id, timezone FROM accounts LIMIT $1", pg_batch.Zones.LIMIT):
-                    self.zones.learn(r["id"], r["timezone"])
+                for r in await conn.fetch(
+                    "SELECT id, timezone, velocity_limit IS NOT NULL AS v FROM accounts LIMIT $1", pg_batch.Zones.LIMIT
+                ):
+                    self.zones.learn(r["id"], r["timezone"], r["v"])
                 rows = await conn.fetch("SELECT account_id, ext FROM extensions LIMIT $1", pg_batch.Zones.LIMIT)
                 self.zones.with_rows.update((r["account_id"], r["ext"]) for r in rows)
         except BaseException:
@@ -255,10 +260,18 @@ class PostgresLedger(Ledger):
     ) -> Account:
         return self._zone_of(await super().update_settings(account_id, settings, actor, now))
 
+    async def set_extension(self, account_id: str, ext: str, settings: ExtensionSettings) -> Extension:
+        return self._row_of(await super().set_extension(account_id, ext, settings))
+
+    def _row_of(self, extension: Extension) -> Extension:
+        """An extension read or written has a row: its first reservation can go the fast way."""
+        self.zones.has_row(extension.account_id, extension.ext)
+        return extension
+
     def _zone_of(self, account: Account) -> Account:
         """Learn an account's zone as soon as it is seen: an operation sent with the wrong one costs
         its batch a second call of the function."""
-        self.zones.learn(account.id, account.settings.timezone)
+        self.zones.learn(account.id, account.settings.timezone, account.settings.velocity_limit is not None)
         return account
 
     async def caller(self, account_id: str, ext: str) -> tuple[Account | None, Extension | None]:
@@ -313,7 +326,7 @@ class PostgresLedger(Ledger):
         found: dict[tuple[str, str], tuple[Account | None, Extension | None]] = dict.fromkeys(keys, (None, None))
         for r in rows:
             account, extension = P.caller_of(r)
-            found[(account.id, r["k_ext"])] = (self._zone_of(account), extension)
+            found[(account.id, r["k_ext"])] = (self._zone_of(account), extension and self._row_of(extension))
         return found
 
     async def _run_in_pool(self, pool: asyncpg.Pool, program: Callable[..., P.Program[T]], *args: Any) -> T:
@@ -443,7 +456,7 @@ class PostgresLedger(Ledger):
             whose = self.zones.of_call.get(job.args[0])
             account_id = whose[0] if whose else ""
         timezone = self.zones.of_account.get(account_id)
-        if timezone is None:
+        if timezone is None or not self._in_one_fits(job, account_id):
             return None
         try:
             async with self._pool.acquire() as conn:
@@ -467,11 +480,23 @@ class PostgresLedger(Ledger):
             if exc.sqlstate != pg_batch.HANDED_BACK:  # a bug, or a server that refuses the statement
                 self.function_failures += 1
                 log.exception("one-statement %s failed; running its program", job.op)
+            else:
+                self.lone_handed_back += 1
             return None
         if ok != 1:
             return None
         self.lone_in_one += 1
         return result(job.op, job.args, *got)
+
+    def _in_one_fits(self, job: _Job, account_id: str) -> bool:
+        """Whether the one statement may take an operation, as far as this engine knows: not a first
+        call of an extension without a row, nor a reservation or a renewal on an account with a
+        velocity limit. Those it would hand back, by an error that PostgreSQL logs with its statement;
+        their program answers them at once. A hint out of date costs a hand-back or a program's round
+        trips, never a wrong answer."""
+        if job.op == "reserve" and (account_id, job.args[2]) not in self.zones.with_rows:
+            return False
+        return not (job.op in ("reserve", "extend") and account_id in self.zones.with_velocity)
 
     async def _alone(self, job: _Job, transaction: bool = True) -> Any:
         """One operation as its program; a note (one UPDATE) without BEGIN and COMMIT of ours: the
