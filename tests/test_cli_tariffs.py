@@ -113,6 +113,7 @@ def test_rate_file_rates_good_rows_and_rejects_bad_ones_with_their_line(capsys, 
         "c4,204,0899123456,not-a-time,10\n"
         "c5,205,112,2026-11-24T10:00:00Z,-3\n"
         "c6,206,garbage,2026-11-24T10:00:00Z,10\n"
+        "c7,207,0899123456,1795535109,95,5\n"  # 95,5 s with a decimal comma, unquoted: was rated as 95 s
     )
     out = tmp_path / "out.csv"
     code, _, err = run(capsys, "rate-file", "--plan", PLAN, str(src), "-o", str(out))
@@ -124,8 +125,17 @@ def test_rate_file_rates_good_rows_and_rejects_bad_ones_with_their_line(capsys, 
     assert (rows[2]["charged_seconds"], rows[2]["cost"]) == ("66", "0.0132")
     assert (rows[3]["decision"], rows[3]["kind"]) == ("invalid_number", "invalid")
     rejects = list(csv.DictReader((tmp_path / "out.csv.rejects.csv").open()))
-    assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5")]
+    assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5"), ("8", "c7")]
     assert f"{src}:5: start:" in err and f"{src}:6: billsec" in err
+    assert f"{src}:8: 6 columns where the header has 5: a comma outside quotes?" in err
+
+
+def test_rate_file_keeps_the_columns_of_a_longer_header(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "calls.csv"
+    src.write_text("call_id,extension,dialed,start,billsec,trunk\nc1,201,0899123456,1795535109,95,sip-a\n")
+    code, _, _ = run(capsys, "rate-file", "--plan", PLAN, str(src), "-o", str(tmp_path / "out.csv"))
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert code == 0 and [(r["call_id"], r["cost"]) for r in rows] == [("c1", "1.386667")]
 
 
 BANDS_PLAN = str(ROOT / "tariffs/office-fr-bands.toml")

@@ -378,7 +378,7 @@ def _rate_stream(
     chunk: list[tuple[list[str], int, int]] = []
     for cells in reader:
         line = reader.line_num
-        row, problem = _check_row(cells)
+        row, problem = _check_row(cells, len(header))
         if problem:
             bad += 1
             print(f"{src}:{line}: {problem}", file=sys.stderr)
@@ -395,9 +395,13 @@ def _rate_stream(
     return good, bad
 
 
-def _check_row(cells: list[str]) -> tuple[tuple[list[str], int, int] | None, str]:
+def _check_row(cells: list[str], columns: int) -> tuple[tuple[list[str], int, int] | None, str]:
+    """A row's five cells checked; a row longer than the header has a comma outside quotes
+    somewhere, and which of its cells is which cannot be told."""
     if len(cells) < len(IN_COLUMNS):
         return None, f"expected {len(IN_COLUMNS)} columns, found {len(cells)}"
+    if len(cells) > columns:
+        return None, f"{len(cells)} columns where the header has {columns}: a comma outside quotes?"
     cells = [c.strip() for c in cells[: len(IN_COLUMNS)]]
     try:
         start = parse_time(cells[3])
