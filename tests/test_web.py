@@ -3,6 +3,7 @@ each role may see, CSRF on every POST, escaping, the two languages, the CSV expo
 
 from __future__ import annotations
 
+import html
 import random
 import re
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 
 from rating_engine.accounts import Accounts
 from rating_engine.contract import DestinationClass
-from rating_engine.ledger import CallDetails, Ledger, make_ledger
+from rating_engine.ledger import AccountSettings, CallDetails, Ledger, make_ledger
 from rating_engine.rating.catalog import load_tariffs
 from rating_engine.users import Users
 from rating_engine.web.app import create_app
@@ -350,6 +351,35 @@ async def test_the_operators_list_filters_by_state(page: Page) -> None:
     assert ">globex<" in (await page.client.get("/accounts?q=GLOB")).text
 
 
+async def test_the_operators_list_shows_a_hundred_accounts_at_a_time_with_its_filters_kept(page: Page) -> None:
+    """With ten thousand accounts the whole list took 370 ms and 1.9 MB; now a page of a hundred,
+    in the order of their names, the search and the state applied to every account first."""
+    for i in range(230):
+        await page.ledger.create_account(f"shop-{i:03d}", AccountSettings("office-fr", "EUR"))
+    await page.login("operator")
+
+    def shown(text: str) -> list[str]:
+        return re.findall(r'<a href="/accounts/([^/"]+)/balance">', text)
+
+    first = (await page.client.get("/accounts")).text
+    assert shown(first) == ["acme", "globex", *(f"shop-{i:03d}" for i in range(98))]
+    assert "1–100 / 232" in first and "Premiers comptes" not in first and "First accounts" not in first
+    more = re.search(r'<a href="([^"]+)" rel="next">Next accounts', first)
+    assert more and html.unescape(more.group(1)) == "?q=&state=&after=shop-097"
+    second = (await page.client.get("/accounts" + html.unescape(more.group(1)))).text
+    assert shown(second) == [f"shop-{i:03d}" for i in range(98, 198)] and "101–200 / 232" in second
+    assert '<a href="?q=&amp;state=">First accounts</a>' in second
+    last = (await page.client.get("/accounts?after=shop-197")).text
+    assert shown(last) == [f"shop-{i:03d}" for i in range(198, 230)] and "201–232 / 232" in last
+    assert 'rel="next"' not in last
+    searched = (await page.client.get("/accounts?q=SHOP-1&state=blocked")).text  # empty accounts: blocked
+    assert shown(searched) == [f"shop-{i:03d}" for i in range(100, 200)] and 'rel="next"' not in searched
+    assert "1–100 / 100" not in searched  # one page: no pager
+    assert shown((await page.client.get("/accounts?q=shop-1&after=shop-150")).text)[0] == "shop-151"
+    hostile = (await page.client.get("/accounts", params={"after": '"><script>x()</script>'})).text
+    assert "<script>x()" not in hostile
+
+
 @pytest.mark.parametrize("route", [*ACME_ROUTES, "/accounts/globex/activity", "/accounts", "/accounts/acme/operator"])
 async def test_the_operator_sees_every_account(page: Page, route: str) -> None:
     assert (await page.login("operator")).headers["location"] == "/accounts"
@@ -445,7 +475,9 @@ FUZZ_FORMS = {
     "/accounts/acme/operator/topups": ["reference", "decision"],
     "/accounts/acme/operator/admins": ["username", "password", "language", "email"],
 }
-FUZZ_QUERIES = ["since", "until", "ext", "before", "purchase", "error", "saved", "q", "state", "created", "said"]
+FUZZ_QUERIES = [
+    *("since", "until", "ext", "before", "purchase", "error", "saved", "q", "state", "created", "said", "after"),
+]
 
 
 @pytest.mark.parametrize("who", ["admin@acme", "operator"])

@@ -9,6 +9,7 @@ does not exist. The rules are the CLI's, through the same use cases.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -42,6 +43,9 @@ def _state(t: Tongue, a: Account) -> tuple[str, str]:
 
 
 STATES = ("low", "blocked")
+PAGE_ACCOUNTS = 100
+"""Accounts the list shows at once: with ten thousand, the whole list took 370 ms to render and
+weighed 1.9 MB; the search and the state filter still see them all."""
 
 
 async def _accounts_page(
@@ -50,12 +54,17 @@ async def _accounts_page(
     s, t = site(request), tongue(request, user)
     q = request.query_params.get("q", "").strip().lower()
     wanted = request.query_params.get("state", "")
+    after = request.query_params.get("after", "")
     rows = []
-    every = await s.ledger.accounts()
-    for a in every:
-        key, words = _state(t, a)
-        if (q and q not in a.id.lower()) or (wanted in STATES and key != wanted):
-            continue
+    every = sorted(await s.ledger.accounts(), key=lambda a: a.id)
+    matching = [
+        (a, words)
+        for a in every
+        for key, words in [_state(t, a)]
+        if not (q and q not in a.id.lower()) and not (wanted in STATES and key != wanted)
+    ]
+    later = [m for m in matching if m[0].id > after]
+    for a, words in later[:PAGE_ACCOUNTS]:
         rows.append(
             {
                 "id": a.id,
@@ -65,6 +74,8 @@ async def _accounts_page(
                 "state": words,
             }
         )
+    chosen = {"q": q, "state": wanted if wanted in STATES else ""}
+    more = "?" + urlencode({**chosen, "after": rows[-1]["id"]}) if len(later) > PAGE_ACCOUNTS else None
     currency = {a.id: a.settings.currency for a in every}
     pending = [(p, currency.get(p.account_id, "")) for p in await s.ledger.pending_topups()]
     return render(
@@ -74,7 +85,11 @@ async def _accounts_page(
         code,
         rows=rows,
         q=q,
-        state=wanted if wanted in STATES else "",
+        state=chosen["state"],
+        matching=len(matching),
+        skipped=len(matching) - len(later),
+        more=more,
+        first="?" + urlencode(chosen) if after else None,
         pending=pending,
         plans=sorted(s.plans),
         form=form,
