@@ -187,6 +187,8 @@ class Engine:
         self._callers: dict[tuple[str, str], tuple[Account, Extension | None]] = {}
         """(account, extension) → both as last read: a chargeable call is decided with them and
         reserved on the condition that their settings have not changed since (`Ledger.reserve`)."""
+        self._plans_missing: dict[str, float] = {}
+        """Plans accounts are on that no loaded file defines → when that was last logged."""
         self._flushing = asyncio.Lock()
         self.event_times = EventTimes()
         """The PBX's event times on this engine's clock: a call's deadline and its bill read one clock."""
@@ -277,6 +279,8 @@ class Engine:
         uid, dialed, ext, account_id = request.uniqueid, request.dialed, request.extension, account.id
         at = int(now)
         tariffs = self.tariffs.current
+        if account.settings.plan not in tariffs.plans:
+            return self._without_plan(account, dialed, call_id)
         plan = tariffs.plan(account.settings.plan)
         rates = tariffs.rates_for(plan)
         rules = _rules(extension, account)
@@ -367,6 +371,24 @@ class Engine:
                 continue
             return Authorization(Status.DENY, _refusal_reason(held.refusal), e164, call_id=call_id)
         return Authorization(Status.DENY, Reason.INSUFFICIENT_FUNDS, e164, call_id=call_id)
+
+    def _without_plan(self, account: Account, dialed: str, call_id: str) -> Authorization:
+        """An account on a plan no loaded file defines (removed from the config, or a reload that
+        dropped it): nothing is known to be free or priced, so only emergency calls go through; said
+        once a minute per plan, not as a traceback at every call."""
+        c = classify(dialed, self.settings.default_country)
+        name = account.settings.plan
+        now = self.clock.now()
+        if now - self._plans_missing.get(name, -math.inf) >= 60:
+            self._plans_missing[name] = now
+            loaded = ", ".join(sorted(self.tariffs.current.plans)) or "none"
+            log.error(
+                "an account's plan is not loaded: its chargeable and included calls are refused",
+                extra={"account": account.id, "plan": name, "loaded": loaded},
+            )
+        if c.kind is Kind.EMERGENCY:
+            return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
+        return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164, call_id=call_id)
 
     def _done(self, a: Authorization) -> Authorization:
         self.stats.count(f"{a.status.lower()}_{a.reason}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rating_engine.cli import main
+from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.schema import LATEST
 
 from .conftest import OFFICE_FR
@@ -156,3 +157,21 @@ def test_a_check_stops_at_a_missing_stripe_key_and_warns_of_what_would_half_work
     assert "mail      smtp.example.net:587 (starttls), as billing (password from $SMTP_TEST_PASSWORD)" in out
     assert "mail: no password for billing in $SMTP_TEST_PASSWORD: the server will refuse the login" in err
     assert not any(secret in out + err for secret in ("k3y", "h00k"))
+
+
+def test_a_check_warns_of_accounts_on_a_plan_no_file_defines(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def accounts() -> None:
+        async with opened(url) as ledger:
+            await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
+            for name in ("berlin-1", "berlin-2"):
+                await ledger.create_account(name, AccountSettings("office-de", "EUR"))
+
+    asyncio.run(accounts())
+    assert main(["run", "--config", _config(tmp_path, url), "--check"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("ok\n") and err == (
+        "warning: 2 account(s) on plan 'office-de', which no plan file here defines:"
+        " every call of theirs but emergency calls would be refused (engine_error)\n"
+    )

@@ -543,3 +543,26 @@ async def test_a_channel_that_hangs_up_while_it_is_authorized_leaves_no_money_he
         setattr(r.ledger, slow, real)
         later = await r.engine.authorize(request(uid="1795535109.8"))  # the next call is not affected
         assert later.reason is Reason.CHARGED and later.call_id in r.engine.calls
+
+
+async def test_an_account_on_a_plan_no_file_defines_is_refused_with_one_line_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plan removed from the config (or dropped by a reload) while accounts are still on it:
+    nothing is known to be free or priced. Emergency calls go through; every other is refused
+    (engine_error), said once a minute per plan, not as a traceback at every call."""
+    async with rig(account=AccountSettings("office-de", "EUR")) as r:
+        with caplog.at_level("ERROR", "rating_engine.engine"):
+            a = await r.engine.authorize(request(PREMIUM, uid="1795535109.1"))
+            b = await r.engine.authorize(request("0612345678", uid="1795535109.2"))  # included in office-fr
+            e = await r.engine.authorize(request("112", uid="1795535109.3"))
+            r.clock.advance(61)
+            await r.engine.authorize(request(PREMIUM, uid="1795535109.4"))
+        assert (a.status, a.reason, b.status, b.reason) == (Status.DENY, Reason.ENGINE_ERROR) * 2
+        assert (e.status, e.reason, e.e164) == (Status.ALLOW, Reason.EMERGENCY, "112")
+        said = [x for x in caplog.records if x.name == "rating_engine.engine"]
+        assert [(x.getMessage(), x.plan, x.loaded) for x in said] == [  # type: ignore[attr-defined]
+            ("an account's plan is not loaded: its chargeable and included calls are refused", "office-de", "office-fr")
+        ] * 2
+        assert not [x for x in caplog.records if x.exc_info]
+        assert (await r.ledger.account("acme")).reserved == 0 and r.engine.calls == {}

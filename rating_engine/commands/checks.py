@@ -30,6 +30,12 @@ async def check_run(path: str, config: Config) -> int:
     for plan in tariffs.plans.values():
         print(f"plan      {plan.name}: deck {plan.deck} ({len(tariffs.by_plan[plan.name]):,} rates)")
     print(f"ledger    {safe_url(url)}: {schema.said()}")
+    for name, count in sorted(schema.plans.items()):
+        if name not in tariffs.plans:
+            warnings.append(
+                f"{count} account(s) on plan {name!r}, which no plan file here defines:"
+                " every call of theirs but emergency calls would be refused (engine_error)"
+            )
     return _verdict(warnings + tariffs.warnings(), schema.startable)
 
 

@@ -7,7 +7,7 @@ check must do neither, so this reads the schema version alone, read-only.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import sqlite_file
 from .models import LedgerError
@@ -18,6 +18,8 @@ from .schema import LATEST
 class SchemaState:
     version: int | None
     """The ledger's schema version; None where there is no ledger yet."""
+    plans: dict[str, int] = field(default_factory=dict)
+    """How many accounts are on each plan: a plan no loaded file defines refuses their calls."""
 
     def said(self) -> str:
         if self.version is None:
@@ -36,28 +38,33 @@ class SchemaState:
 async def schema_state(url: str) -> SchemaState:
     if url.startswith("sqlite:///"):
         path = sqlite_file(url)
-        return SchemaState(None if path is None or not path.exists() else _sqlite_version(str(path)))
+        return SchemaState(None) if path is None or not path.exists() else _sqlite_state(str(path))
     if url.startswith(("postgresql://", "postgres://")):
-        return SchemaState(await _postgres_version(url))
+        return await _postgres_state(url)
     raise LedgerError("unsupported ledger URL: use sqlite:///path or postgresql://…")
 
 
-def _sqlite_version(path: str) -> int:
+PLANS = "SELECT plan, COUNT(*) FROM accounts GROUP BY plan"
+
+
+def _sqlite_state(path: str) -> SchemaState:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
-            return 0
-        return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+            return SchemaState(0)
+        version = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+        plans = dict(conn.execute(PLANS).fetchall()) if version else {}
+        return SchemaState(version, plans)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot read the ledger {path}: {exc}") from None
     finally:
         conn.close()
 
 
-async def _postgres_version(url: str) -> int | None:
+async def _postgres_state(url: str) -> SchemaState:
     import asyncpg
 
     from .postgres import CONNECT_TIMEOUT
@@ -68,7 +75,9 @@ async def _postgres_version(url: str) -> int | None:
         raise LedgerError(f"cannot reach the ledger: {exc}") from None
     try:
         if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
-            return None
-        return int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            return SchemaState(None)
+        version = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+        plans = {r[0]: r[1] for r in await conn.fetch(PLANS)} if version else {}
+        return SchemaState(version, plans)
     finally:
         await conn.close()
