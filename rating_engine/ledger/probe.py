@@ -1,7 +1,8 @@
 """What a ledger holds, read without writing: for `rating-engine run --check`, before a restart.
 
 Opening a ledger the usual way makes it when it is missing and brings its schema up to date; a
-check must do neither, so this reads the schema version alone, read-only.
+check must do neither, so this reads, read-only, the schema version and how many accounts are on
+each plan (a newer schema's tables are not read: the engine would refuse it anyway).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _sqlite_state(path: str) -> SchemaState:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_version'").fetchone() is None:
             return SchemaState(0)
         version = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
-        plans = dict(conn.execute(PLANS).fetchall()) if version else {}
+        plans = dict(conn.execute(PLANS).fetchall()) if 0 < version <= LATEST else {}
         return SchemaState(version, plans)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot read the ledger {path}: {exc}") from None
@@ -77,7 +78,7 @@ async def _postgres_state(url: str) -> SchemaState:
         if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
             return SchemaState(None)
         version = int(await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
-        plans = {r[0]: r[1] for r in await conn.fetch(PLANS)} if version else {}
+        plans = {r[0]: r[1] for r in await conn.fetch(PLANS)} if 0 < version <= LATEST else {}
         return SchemaState(version, plans)
     finally:
         await conn.close()
