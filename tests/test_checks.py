@@ -9,6 +9,7 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from rating_engine.cli import main
@@ -28,6 +29,14 @@ def _config(tmp_path: Path, url: str, extra: str = "") -> str:
 async def _make(url: str) -> None:
     async with opened(url):
         pass
+
+
+async def _tables(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"))
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +59,8 @@ def test_a_check_says_what_would_run_and_makes_no_ledger(
     assert "s3cret" not in out
     if url.startswith("sqlite"):
         assert list(tmp_path.iterdir()) == [tmp_path / "engine.toml"]  # no ledger, no spool, no lock
+    else:
+        assert asyncio.run(_tables(url)) == 0  # no schema made in the database
     asyncio.run(_make(url))
     assert main(["run", "--config", cfg, "--check"]) == 0
     assert f": schema version {LATEST} (current)" in capsys.readouterr().out
