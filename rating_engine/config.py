@@ -156,7 +156,11 @@ class PaymentsSection:
     """Empty: Stripe's API. Only a test or a proxy sets it."""
 
     def stripe_key(self) -> str:
-        return read_secret(self.stripe_key_env, self.stripe_key_file, "payments.stripe_key_file")
+        """Stripe's secret key; without it the Stripe provider cannot start (one clear line)."""
+        key = read_secret(self.stripe_key_env, self.stripe_key_file, "payments.stripe_key_file")
+        if not key:
+            raise ConfigError(f"payments.provider = stripe needs its secret key in ${self.stripe_key_env}")
+        return key
 
     def stripe_webhook_secret(self) -> str:
         return read_secret(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 
 from ..config import Config
-from ..errors import ConfigError
 from ..ledger import default_url
 from ..ledger.probe import SchemaState, schema_state
 from ..rating.catalog import load_tariffs
@@ -44,8 +43,9 @@ async def check_web(path: str, config: Config) -> int:
     url, schema = await _ledger(config)
     web = config.web
     warnings: list[str] = []
-    secret = _source(web.secret_file, web.secret_env) if web.resolved_secret() else "nowhere"
-    if secret == "nowhere":
+    secret = _source(web.secret_file, web.secret_env)
+    if not web.resolved_secret():
+        secret = "nowhere"
         warnings.append("no web secret: a random one is made at each start, which logs everybody out")
     print(f"config    {path}")
     print(f"page      {_address(config.web_address)}, sessions signed with a secret from {secret}")
@@ -71,14 +71,12 @@ def _payments(config: Config, warnings: list[str]) -> str:
     p = config.payments
     if p.provider != "stripe":
         return p.provider
-    if not p.stripe_key():
-        raise ConfigError(f"payments.provider = stripe needs its secret key in ${p.stripe_key_env}")
-    hook = p.stripe_webhook_secret()
-    key_from = _source(p.stripe_key_file, p.stripe_key_env)
-    hook_from = _source(p.stripe_webhook_secret_file, p.stripe_webhook_secret_env) if hook else "nowhere"
-    if not hook:
+    p.stripe_key()  # raises, as `make_provider` does, where there is none
+    hook_from = _source(p.stripe_webhook_secret_file, p.stripe_webhook_secret_env)
+    if not p.stripe_webhook_secret():
+        hook_from = "nowhere"
         warnings.append(f"no Stripe webhook secret in ${p.stripe_webhook_secret_env}: the page refuses Stripe's events")
-    return f"stripe, its key from {key_from}, its webhook secret from {hook_from}"
+    return f"stripe, its key from {_source(p.stripe_key_file, p.stripe_key_env)}, its webhook secret from {hook_from}"
 
 
 def _mail(config: Config, warnings: list[str]) -> str:
