@@ -101,11 +101,12 @@ class Tongue:
     def day_problem(self, text: str) -> str | None:
         """What to say beside a filter's day that `parse_day` refuses: a day out of the range is
         told as such, not as a typing slip."""
-        if not text.strip() or self.parse_day(text) is not None:
+        if not text.strip():
             return None
-        if _read_day(text) is None:
+        day = _read_day(text)
+        if day is None:
             return self.gettext("A date, e.g. 01/12/2026.")
-        return self.gettext("A date from 1900 to 9998.")
+        return None if _FIRST_DAY <= day <= _LAST_DAY else self.gettext("A date from 1900 to 9998.")
 
     def action(self, action: str) -> str:
         """An audit line's action, recorded in the ledger's words ("set threshold"), in this language."""

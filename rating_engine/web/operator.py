@@ -56,13 +56,13 @@ async def _accounts_page(
     wanted = request.query_params.get("state", "")
     after = request.query_params.get("after", "")
     rows = []
+    # In Python's order of the names, which `after` is compared in (a database's collation may differ).
     every = sorted(await s.ledger.accounts(), key=lambda a: a.id)
-    matching = [
-        (a, words)
-        for a in every
-        for key, words in [_state(t, a)]
-        if not (q and q not in a.id.lower()) and not (wanted in STATES and key != wanted)
-    ]
+    matching = []
+    for a in every:
+        key, words = _state(t, a)
+        if not (q and q not in a.id.lower()) and not (wanted in STATES and key != wanted):
+            matching.append((a, words))
     later = [m for m in matching if m[0].id > after]
     for a, words in later[:PAGE_ACCOUNTS]:
         rows.append(
