@@ -7,6 +7,7 @@ import os
 import re
 import stat
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from rating_engine.metrics import BUCKETS, Histogram
 from rating_engine.money import MICRO
 from rating_engine.rating.deck import COLUMNS, Deck, parse_deck
 from rating_engine.rating.price import Price
+
+from .conftest import OFFICE_FR
 
 HEADER = ",".join(COLUMNS)
 EUR = MICRO
@@ -81,3 +84,10 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def office_plan_on(deck: Path) -> Path:
+    """The sample office plan beside `deck`, pricing from it (a deck a test writes)."""
+    plan = deck.with_name("plan.toml")
+    plan.write_text(OFFICE_FR.read_text().replace('deck = "world.csv"', f'deck = "{deck.name}"'))
+    return plan

@@ -17,6 +17,7 @@ from rating_engine.ledger import AccountSettings
 from rating_engine.ledger.schema import LATEST
 
 from .conftest import OFFICE_FR
+from .helpers import HEADER, office_plan_on
 from .ledgers import opened
 
 
@@ -102,10 +103,9 @@ def test_a_check_reads_the_schema_version_without_changing_the_ledger(
 def test_a_check_names_a_bad_tariff_s_place_and_warns_of_an_empty_deck(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    plan = tmp_path / "plan.toml"
     deck = tmp_path / "deck.csv"
-    plan.write_text(OFFICE_FR.read_text().replace('deck = "world.csv"', 'deck = "deck.csv"'))
-    header = (OFFICE_FR.parent / "world.csv").read_text().split("\n1,")[0] + "\n"
+    plan = office_plan_on(deck)
+    header = HEADER + "\n"
     deck.write_text(header + "33,France,x,0,60,60,,,\n")
     cfg = tmp_path / "engine.toml"
     cfg.write_text(f'[ledger]\nurl = "sqlite:///{tmp_path / "l.sqlite3"}"\n[tariffs]\nplans = ["{plan}"]\n')

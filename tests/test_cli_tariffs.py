@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import OFFICE_FR, ROOT
-from .helpers import run
+from .helpers import HEADER, office_plan_on, run
 
 PLAN = str(OFFICE_FR)
 
@@ -24,9 +24,8 @@ def test_validate_warns_of_a_deck_with_no_rates_and_the_plan_it_empties(capsys, 
     """A deck cut short to its header loads (a plan may include everything it allows), but every
     call outside the plan would be refused: said, on the error stream, without failing."""
     deck = tmp_path / "deck.csv"
-    deck.write_text((ROOT / "tariffs/world.csv").read_text().split("\n1,")[0] + "\n")
-    plan = tmp_path / "plan.toml"
-    plan.write_text(OFFICE_FR.read_text().replace('deck = "world.csv"', 'deck = "deck.csv"'))
+    deck.write_text(HEADER + "\n")
+    plan = office_plan_on(deck)
     code, out, err = run(capsys, "tariffs", "validate", str(plan), str(deck))
     assert code == 0 and f"deck {deck} (0 rates)" in out and f"ok: {deck}: 0 rates" in out
     assert err.splitlines() == [
