@@ -1127,7 +1127,10 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
     async with opened(f"sqlite:///{tmp_path}/l.sqlite3") as ledger:
         await ledger.create_account("acme", AccountSettings("office-fr", "EUR"))
     read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # the smallest pipe: a few dozen lines fill it
+    # A small pipe, four times the largest write that waits whole (PIPE_BUF, 4 KiB): a blocked log
+    # thread then leaves it at least three-quarters full, however its lines were grouped (with a
+    # 4 KiB pipe, a group of 3.7 KiB could wait with 395 bytes in it).
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 16384)
     proc = await _run(config, stderr=write_end)
     os.close(write_end)
     text = b""
@@ -1153,7 +1156,7 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
         def waiting() -> int:
             return int.from_bytes(fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
 
-        await bad_requests(100)  # far more than the pipe holds, none read
+        await bad_requests(200)  # far more than the pipe holds, none read
         level = -1
         for _ in range(50):  # the log's own thread writes them a moment later, several lines a write
             await asyncio.sleep(0.2)
@@ -1163,13 +1166,13 @@ async def test_a_stderr_nobody_reads_never_holds_up_an_emergency_call(tmp_path: 
         await bad_requests(10)
         await asyncio.sleep(0.5)
         # The pipe is full: stderr takes nothing more. (How full depends on the writes: one of up to
-        # 4 KiB goes in whole or waits, so the last may wait with a few lines' room left.)
+        # 4 KiB goes in whole or waits, so the last may wait with up to 4 KiB of room left.)
         assert waiting() == level > 1024
         sim.agi_port = agi
         call = await asyncio.wait_for(sim.place_call(Scenario("112", talk=1)), 5)
         assert (call.status, call.reason) == ("ALLOW", "emergency")
         assert (await asyncio.wait_for(read_metrics(metrics), 5))["rating_log_lines_dropped_total"] == 0
-        lines = await read_until("bad FastAGI request", 110)  # read at last: every line is there
+        lines = await read_until("bad FastAGI request", 210)  # read at last: every line is there
         assert all(e["level"] == "warning" for e in lines if e["msg"] == "bad FastAGI request")
         assert not [e for e in lines if e["msg"] == "log lines dropped"]
     finally:
