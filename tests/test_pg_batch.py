@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v12`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v13`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from rating_engine.contract import Refusal
 from rating_engine.ledger import AccountSettings, CallDetails, ExtensionSettings, Ledger, OnLow, SettleResult
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.sqlite import SqliteLedger
@@ -731,3 +732,31 @@ def test_a_row_changed_between_the_look_and_the_lock_is_still_refused_under_the_
             assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
 
     asyncio.run(go())
+
+
+def test_a_batch_with_a_refused_call_writes_nothing_the_first_time_and_raises_no_error(pg_url: str) -> None:
+    """Ten calls at once on an account with money for five: the batches hold refusals. The function,
+    asked for all or nothing, writes nothing of such a batch and says so in its last row, instead of
+    the error PostgreSQL would log with its statement; the batch goes again in a transaction of ours,
+    the refusals answered by their program. Five are held, and the first calls of an extension that
+    has no row, all refused, leave none (the rows the function made for them went again)."""
+
+    async def run() -> None:
+        pg = PostgresLedger(pg_url, writers=1)
+        async with pg:
+            await pg.create_account("few", AccountSettings("office-fr", "EUR"), now=NOW)
+            await pg.topup("few", 5 * MONEY, "few-opening", now=NOW)
+            await pg.create_account("none", AccountSettings("office-fr", "EUR"), now=NOW)
+            assert (await pg.reserve("few-0", "few", "201", 1, NOW)).ok  # the row of 201, and the zone, known
+            await pg.release("few-0", NOW)
+            held = await asyncio.gather(*(pg.reserve(f"few-{i}", "few", "201", MONEY, NOW) for i in range(1, 11)))
+            assert sum(h.ok for h in held) == 5
+            assert {h.refusal for h in held if not h.ok} == {Refusal.INSUFFICIENT_FUNDS}
+            first = await asyncio.gather(*(pg.reserve(f"none-{i}", "none", "209", MONEY, NOW) for i in range(6)))
+            assert not any(h.ok for h in first)
+            assert await pg.extension("none", "209") is None  # a refused first call leaves no row
+            assert pg.batches_handed_back >= 2 and (pg.lone_handed_back, pg.function_failures) == (0, 0)
+            assert (await pg.account("few")).reserved == 5 * MONEY
+            assert await pg.check() == []
+
+    asyncio.run(run())

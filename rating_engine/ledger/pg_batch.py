@@ -2,7 +2,7 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v12`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v13`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
 case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
 or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
@@ -50,7 +50,7 @@ from typing import Any
 
 from .models import CallDetails, periods
 
-FUNCTION = "rating_engine_batch_v12"
+FUNCTION = "rating_engine_batch_v13"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -87,7 +87,10 @@ KEYS = (  # one row per slot: the calls, the accounts and the extensions the ope
 )
 COLUMNS = OPERATIONS + KEYS
 HANDED_BACK = "RE001"
-"""Raised by the function asked for the whole batch or nothing (`p_whole`) when it would hand one back."""
+"""Raised by a one-statement operation (`pg_lone`) that a row changed under it will not take: undone."""
+NOTHING_WRITTEN = 0
+"""The last row's `o_i` when the function, asked for the whole batch or nothing (`p_whole`), would hand an
+operation back: it wrote nothing."""
 CALL = (
     f"SELECT o_i, o_fast, o_a, o_b, o_c, o_tz, o_account, o_ext FROM {FUNCTION}($1, $2, "
     + ", ".join(f"${n}::text::{kind}[]" for n, (_name, kind) in enumerate(COLUMNS, start=3))
@@ -310,8 +313,17 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    IF v_stop IS NOT NULL AND p_whole THEN  -- all or nothing was asked: nothing, and the driver says how
-        RAISE EXCEPTION 'an operation of the batch is handed back' USING ERRCODE = 'RE001';
+    IF v_stop IS NOT NULL AND p_whole THEN
+        -- All or nothing was asked, and an operation is handed back: nothing is written (the rows made at the
+        -- start go again), and a last row with o_i 0 says so; the driver sends the batch again in a transaction
+        -- of its own. Not an error: PostgreSQL would log each one with its statement, at every refused call.
+        IF m_account IS NOT NULL THEN
+            DELETE FROM extensions x USING unnest(m_account, m_ext) AS m(a, e)
+            WHERE x.account_id = m.a AND x.ext = m.e;
+        END IF;
+        o_i := 0; o_fast := false; o_a := 0; o_b := 0; o_c := 0; o_tz := NULL; o_account := NULL; o_ext := NULL;
+        RETURN NEXT;
+        RETURN;
     END IF;
     -- A row made at the start for a reservation that did not happen here (handed back, or not reached after
     -- one was) goes: the program that is handed it finds the extension as it was, and a refused first call

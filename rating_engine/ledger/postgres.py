@@ -172,7 +172,11 @@ class PostgresLedger(Ledger):
         """Of those, reservations, renewals, releases and settles done by one statement (`pg_lone`)."""
         self.lone_handed_back = 0
         """Lone operations the one statement handed back to their program: each an ERROR line (and
-        its statement) in PostgreSQL's log, and a rolled-back transaction in its statistics."""
+        its statement) in PostgreSQL's log, and a rolled-back transaction in its statistics. Only a
+        row changed between the statement's look and its lock makes one."""
+        self.batches_handed_back = 0
+        """Batches the function, asked for all or nothing, wrote nothing of (an operation to hand back):
+        sent again in a transaction of ours. No error: the function says so in its last row."""
         self._pool: asyncpg.Pool | None = None
         self._running = 0  # operations under way; close() lets them finish
         self._idle: asyncio.Event | None = None  # set by close(): no new operations, wait for these
@@ -514,14 +518,12 @@ class PostgresLedger(Ledger):
         """The common batch, every operation the fast way, as one statement that is its own
         transaction: one round trip instead of three (no BEGIN or COMMIT of ours), and the rows are
         let go at the server's commit instead of after a round trip to the engine. If the function
-        would hand an operation back it undoes everything instead (None), and the batch goes again
-        in a transaction of ours, the handed-back operations as their programs in savepoints."""
-        try:
-            got = await conn.fetch(pg_batch.CALL, 1, True, *cols)
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == pg_batch.HANDED_BACK:
-                return None
-            raise
+        would hand an operation back it writes nothing instead (None), and the batch goes again in a
+        transaction of ours, the handed-back operations as their programs in savepoints."""
+        got = await conn.fetch(pg_batch.CALL, 1, True, *cols)
+        if got and got[-1]["o_i"] == pg_batch.NOTHING_WRITTEN:
+            self.batches_handed_back += 1
+            return None
         outcomes: list[Any] = [None] * len(jobs)
         for r in got:
             job = jobs[r["o_i"] - 1]
