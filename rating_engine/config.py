@@ -15,6 +15,7 @@ from typing import Any
 
 from .asterisk.agent import Sources
 from .errors import ConfigError, InvalidAmount
+from .ledger import default_url
 from .money import parse_amount
 
 
@@ -107,6 +108,10 @@ class AmiSection:
 class LedgerSection:
     url: str = ""
     """Empty: sqlite:/// under the data directory."""
+
+    def resolved_url(self) -> str:
+        """The URL the ledger is opened at: the one set, else the default file under the data directory."""
+        return self.url or default_url()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .clock import Clock
 from .config import Config
 from .engine import Engine
 from .errors import StartupError, TariffErrors
-from .ledger import Ledger, data_dir, default_url, make_ledger, sqlite_file
+from .ledger import Ledger, data_dir, make_ledger, sqlite_file
 from .metrics import CollectorPauses, Metrics, Snapshot, watch_loop
 from .payments import PaymentProvider, TopupRunner, make_provider
 from .rating.catalog import Tariffs, TariffStore, load_in_child
@@ -40,7 +40,7 @@ STEP_TOLERANCE = 1.0
 def spool_path(config: Config) -> str:
     if config.engine.spool_file:
         return config.engine.spool_file
-    url = config.ledger.url or default_url()
+    url = config.ledger.resolved_url()
     file = sqlite_file(url)
     if file is not None:
         return f"{file}.{config.engine.node}.spool.jsonl"
@@ -64,7 +64,7 @@ class Service:
     ) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.ledger = ledger or make_ledger(config.ledger.url or default_url())
+        self.ledger = ledger or make_ledger(config.ledger.resolved_url())
         self._own_ledger = ledger is None
         self.topups = TopupRunner(
             self.ledger, provider or make_provider(config.payments, self.ledger), config.payments.timeout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 
 from ..config import Config
-from ..ledger import default_url
 from ..ledger.probe import SchemaState, schema_state
 from ..rating.catalog import load_tariffs
 from ..rating.plan import load_plan
@@ -61,7 +60,7 @@ async def check_web(path: str, config: Config) -> int:
 
 
 async def _ledger(config: Config) -> tuple[str, SchemaState]:
-    url = config.ledger.url or default_url()
+    url = config.ledger.resolved_url()
     return url, await schema_state(url)
 
 

@@ -10,7 +10,7 @@ import uvicorn
 
 from ..config import Config
 from ..errors import StartupError
-from ..ledger import default_url, make_ledger
+from ..ledger import make_ledger
 from ..notices import Notifier, SmtpSettings
 from ..payments import make_provider
 from ..rating.plan import load_plan
@@ -28,7 +28,7 @@ async def serve(config: Config) -> int:
     for path in config.plan_paths():  # the plans alone (a new account's choice), not their rate decks
         plan = load_plan(path)
         plans[plan.name] = plan
-    ledger = make_ledger(config.ledger.url or default_url())
+    ledger = make_ledger(config.ledger.resolved_url())
     ledger.create = False
     try:
         await ledger.open()
