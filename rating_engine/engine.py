@@ -130,6 +130,14 @@ def _price_list(p: Price) -> list[int]:
     return [p.per_minute, p.connect_fee, p.initial, p.increment, p.minimum]
 
 
+def _emergency_only(c: Classification, call_id: str = "") -> Authorization:
+    """What nothing known to be free or priced allows: an emergency number goes through (no
+    reservation made, so no call id), every other call is refused as the engine's error."""
+    if c.kind is Kind.EMERGENCY:
+        return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
+    return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164, call_id=call_id)
+
+
 @dataclass(slots=True)
 class EngineStats:
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -202,19 +210,18 @@ class Engine:
         """Answer without the ledger: emergency numbers still go through, the rest is refused."""
         c = classify(request.dialed, self.settings.default_country)
         self.stats.count(f"fallback_{why}")
-        if c.kind is Kind.EMERGENCY:  # no reservation was made: no call id
-            return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
         known = self._known.get((request.account, request.extension))
-        if known is not None:
+        if known is not None and c.kind is not Kind.EMERGENCY:
             tariffs = self.tariffs.current
             try:
                 plan = tariffs.plan(known[0])
             except TariffError:  # the plan is gone since (a reload): nothing is known to be free
-                return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
-            d = decide(plan, tariffs.rates_for(plan), request.dialed, self.clock.now_int(), known[1])
-            if d.reason is Reason.INCLUDED:
-                return Authorization(Status.ALLOW, Reason.INCLUDED, d.number.e164)
-        return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164)
+                pass
+            else:
+                d = decide(plan, tariffs.rates_for(plan), request.dialed, self.clock.now_int(), known[1])
+                if d.reason is Reason.INCLUDED:
+                    return Authorization(Status.ALLOW, Reason.INCLUDED, d.number.e164)
+        return _emergency_only(c)
 
     async def authorize(self, request: AuthorizeRequest) -> Authorization:
         s = self.settings
@@ -386,9 +393,7 @@ class Engine:
                 "an account's plan is not loaded: its chargeable and included calls are refused",
                 extra={"account": account.id, "plan": name, "loaded": loaded},
             )
-        if c.kind is Kind.EMERGENCY:
-            return Authorization(Status.ALLOW, Reason.EMERGENCY, c.e164)
-        return Authorization(Status.DENY, Reason.ENGINE_ERROR, c.e164, call_id=call_id)
+        return _emergency_only(c, call_id)
 
     def _done(self, a: Authorization) -> Authorization:
         self.stats.count(f"{a.status.lower()}_{a.reason}")
