@@ -707,8 +707,8 @@ def test_a_row_changed_between_the_look_and_the_lock_is_still_refused_under_the_
                 task = asyncio.ensure_future(work)
                 for _ in range(500):  # until the statement waits for the row the transaction holds
                     waiting = await admin.fetchval(
-                        "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
                     )
                     if waiting or task.done():
                         break
