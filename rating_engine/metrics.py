@@ -128,6 +128,10 @@ class Snapshot:
     ledger_fallbacks_total: int = field(default=0, metadata=COUNTER)
     """Batches the ledger's fast way (PostgreSQL's function, SQLite's walk) failed on: each ran again
     as programs, so no call was lost, but it is a bug; the log has the traceback."""
+    ledger_races_total: int = field(default=0, metadata=COUNTER)
+    """Reservations, renewals and settles PostgreSQL's one statement undid because another writer changed
+    a row between its look and its lock: each answered by its program, and each the reason for an
+    `ERROR: handed back to the program` in PostgreSQL's log. Nothing is wrong; many mean a hot account."""
     pbx_clock_lead_seconds: float = field(default=0.0, metadata=GAUGE)
     """How far the PBX's clock is ahead of the engine's (behind: negative), taken off its event times
     (0 within a second)."""

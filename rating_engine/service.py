@@ -125,6 +125,7 @@ class Service:
             late_reservations_total=self.ledger.late_reservations,
             node_conflicts_total=self.ledger.node_conflicts,
             ledger_fallbacks_total=self.ledger.fallbacks,
+            ledger_races_total=self.ledger.races,
             pbx_clock_lead_seconds=round(self.engine.event_times.lead, 3),
             clock_step_seconds=round(self.clock_step, 3),
             clock_steps_followed_total=self.clock_steps_followed,

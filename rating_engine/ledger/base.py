@@ -106,6 +106,12 @@ class Ledger(ABC):
         return 0
 
     @property
+    def races(self) -> int:
+        """Operations undone because another writer changed one of their rows between a look and its
+        lock (PostgreSQL's one statement): each answered by its program; each an ERROR in the server's log."""
+        return 0
+
+    @property
     def node_conflicts(self) -> int:
         """Times this engine found its node held by another after losing it (see `pg_node`)."""
         return 0

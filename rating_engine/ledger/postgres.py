@@ -593,6 +593,10 @@ class PostgresLedger(Ledger):
         return self.function_failures
 
     @property
+    def races(self) -> int:
+        return self.lone_handed_back
+
+    @property
     def node_conflicts(self) -> int:
         return 0 if self._node is None else self._node.conflicts
 
