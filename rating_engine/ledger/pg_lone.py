@@ -27,7 +27,8 @@ chargeable or without a row, a velocity limit, another time zone) is answered by
 with the reason. Nobody waits on a renewal, but as its program it held the account's row
 for four round trips, and every other operation on that account waited behind it. A release (a
 call that never connected) likewise: its reservation taken away, the extension's and the account's
-holds given back; it refuses nothing, so only a missing extension row or another time zone undo it.
+holds given back; it refuses nothing, so only a missing extension row or another time zone leave it
+to its program.
 """
 
 from __future__ import annotations
@@ -180,7 +181,10 @@ def extend_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
 # $1 call, $2 day, $3 month (of now), $4 time zone
 RELEASE = f"""
 WITH d AS (
-    DELETE FROM reservations WHERE call_id = $1 RETURNING account_id, ext, amount
+    DELETE FROM reservations v WHERE call_id = $1
+        AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = v.account_id AND y.timezone = $4)
+        AND EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = v.account_id AND x.ext = v.ext)
+    RETURNING account_id, ext, amount
 ), e AS (
     UPDATE extensions x SET reserved = x.reserved - d.amount, live_calls = x.live_calls - 1,
         day_spent = CASE WHEN x.day = $2 THEN x.day_spent ELSE 0 END, day = $2,
@@ -194,7 +198,8 @@ WITH d AS (
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END
 """
-"""1: released; 0: no reservation, the program's to answer; RE001 raised: undone, the program's too."""
+"""1: released; 0: nothing written (no reservation, or an extension without a row, another time zone), the
+program's to answer; RE001 raised: undone (a row changed under it), the program's too."""
 
 
 def release_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
