@@ -762,14 +762,14 @@ def test_a_batch_with_a_refused_call_writes_nothing_the_first_time_and_raises_no
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("op", ["extend", "release", "settle"])
+@pytest.mark.parametrize("op", ["reserve", "extend", "release", "settle"])
 def test_an_account_s_new_time_zone_sends_a_lone_operation_to_its_program_without_an_error(
     pg_url: str, op: str
 ) -> None:
     """Another engine's administrator moved the account to another time zone while a call was up:
     this engine computed the call's day in the old one. The one statement sees it before it writes,
-    and the program answers (with the days of the new zone), with no error in PostgreSQL's log. (The
-    engine learns the new zone at its next read of the account, for an authorization.)"""
+    and the program answers (with the days of the new zone), with no error in PostgreSQL's log; the
+    statement says the zone it found, so the engine's next operation on the account goes right."""
     prefix = f"zone-{op}"
 
     async def go() -> None:
@@ -782,8 +782,11 @@ def test_an_account_s_new_time_zone_sends_a_lone_operation_to_its_program_withou
                 await admin.execute("UPDATE accounts SET timezone = 'Asia/Tokyo' WHERE id = $1", account)
             finally:
                 await admin.close()
-            if op == "extend":
-                got: Any = await pg.extend(f"{prefix}-c1", MONEY, NOW + 30, NOW + 120)
+            if op == "reserve":
+                got: Any = await pg.reserve(f"{prefix}-c2", account, "201", MONEY, NOW, NOW + 90, "d")
+                assert got.ok
+            elif op == "extend":
+                got = await pg.extend(f"{prefix}-c1", MONEY, NOW + 30, NOW + 120)
                 assert got.ok
             elif op == "release":
                 assert await pg.release(f"{prefix}-c1", NOW + 30)
@@ -791,6 +794,10 @@ def test_an_account_s_new_time_zone_sends_a_lone_operation_to_its_program_withou
                 got = await pg.settle(f"{prefix}-c1", MONEY, CallDetails(NOW, NOW + 40), NOW + 40)
                 assert got.settled
             assert (pg.lone_handed_back, pg.function_failures) == (0, 0)  # the look saw it: no error
+            assert pg.zones.of_account[account] == "Asia/Tokyo"  # said by the statement
+            in_one = pg.lone_in_one
+            assert (await pg.reserve(f"{prefix}-c3", account, "201", MONEY, NOW, NOW + 90, "d")).ok
+            assert pg.lone_in_one == in_one + 1  # in one statement again, with the new zone's day
             assert [p for p in await pg.check() if p.account_id.startswith(prefix)] == []
 
     asyncio.run(go())

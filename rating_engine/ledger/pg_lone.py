@@ -78,10 +78,12 @@ WITH r AS (
     WHERE id = $2 AND EXISTS (SELECT 1 FROM e) AND {_ACCOUNT_TAKES}
     RETURNING 1
 )
-SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM r) THEN {HAND_BACK}() ELSE 0 END
+SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM r) THEN {HAND_BACK}() ELSE 0 END AS ok,
+    (SELECT timezone FROM accounts WHERE id = $2 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
 """
-"""1: held; 0: nothing written (a duplicate, or a call that would not fit), the program's to answer; RE001
-raised: undone (a row changed under it), the program's too."""
+"""ok 1: held; 0: nothing written (a duplicate, or a call that would not fit), the program's to answer; RE001
+raised: undone (a row changed under it), the program's too. tz: the account's time zone, where nothing
+was written (the driver learns a zone another engine changed)."""
 
 
 def reserve_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
@@ -123,10 +125,12 @@ WITH d AS (
         CASE WHEN $2 > a.amount THEN 1 ELSE 0 END, $15 FROM a
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END AS ok,
-    (SELECT balance FROM a) AS balance, (SELECT amount FROM a) AS held
+    (SELECT balance FROM a) AS balance, (SELECT amount FROM a) AS held,
+    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
+        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
 """
 """ok 1: settled (the balance after, what was held); 0: nothing written (no reservation, or one that would
-not fit), the program's; RE001: undone (a row changed under it), the program's too."""
+not fit), the program's; RE001: undone (a row changed under it), the program's too. tz: as RESERVE's."""
 
 
 def settle_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
@@ -165,10 +169,12 @@ WITH r AS (
     RETURNING r.amount
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM r) THEN {HAND_BACK}() ELSE 0 END AS ok,
-    (SELECT amount FROM a) AS amount
+    (SELECT amount FROM a) AS amount,
+    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
+        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
 """
 """ok 1: renewed (the reservation's amount now); 0: nothing written (no reservation, or a renewal that
-would not fit), the program's; RE001: undone (a row changed under it), the program's too."""
+would not fit), the program's; RE001: undone (a row changed under it), the program's too. tz: as RESERVE's."""
 
 
 def extend_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:
@@ -196,10 +202,12 @@ WITH d AS (
     FROM d WHERE y.id = d.account_id AND EXISTS (SELECT 1 FROM e) AND y.timezone = $4
     RETURNING 1
 )
-SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END
+SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END AS ok,
+    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
+        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
 """
-"""1: released; 0: nothing written (no reservation, or an extension without a row, another time zone), the
-program's to answer; RE001 raised: undone (a row changed under it), the program's too."""
+"""ok 1: released; 0: nothing written (no reservation, or an extension without a row, another time zone), the
+program's to answer; RE001 raised: undone (a row changed under it), the program's too. tz: as RESERVE's."""
 
 
 def release_args(args: tuple[Any, ...], timezone: str) -> tuple[Any, ...]:

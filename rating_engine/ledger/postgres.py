@@ -465,17 +465,18 @@ class PostgresLedger(Ledger):
         try:
             async with self._pool.acquire() as conn:
                 if job.op == "reserve":
-                    ok = await conn.fetchval(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
+                    row = await conn.fetchrow(pg_lone.RESERVE, *pg_lone.reserve_args(job.args, timezone))
                     got = (job.args[3], 0, 0)  # held
                 elif job.op == "extend":
                     row = await conn.fetchrow(pg_lone.EXTEND, *pg_lone.extend_args(job.args, timezone))
-                    ok, got = row["ok"], (row["amount"], 0, 0)  # the reservation's amount now
+                    got = (row["amount"], 0, 0)  # the reservation's amount now
                 elif job.op == "release":
-                    ok = await conn.fetchval(pg_lone.RELEASE, *pg_lone.release_args(job.args, timezone))
+                    row = await conn.fetchrow(pg_lone.RELEASE, *pg_lone.release_args(job.args, timezone))
                     got = (1, 0, 0)  # released
                 else:
                     row = await conn.fetchrow(pg_lone.SETTLE, *pg_lone.settle_args(job.args, timezone))
-                    ok, got = row["ok"], (job.args[1], row["held"], row["balance"])  # cost, held, balance
+                    got = (job.args[1], row["held"], row["balance"])  # cost, held, balance
+                ok = row["ok"]
         except LOST as exc:  # the program would not reach it either
             return _Failed(exc)
         except (asyncpg.UniqueViolationError, *RETRYABLE):
@@ -488,6 +489,8 @@ class PostgresLedger(Ledger):
                 self.lone_handed_back += 1
             return None
         if ok != 1:
+            if row["tz"] is not None and row["tz"] != timezone:  # another engine changed it: the next goes right
+                self.zones.learn(account_id, row["tz"])
             return None
         self.lone_in_one += 1
         return result(job.op, job.args, *got)
