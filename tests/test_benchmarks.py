@@ -57,7 +57,10 @@ def test_bench_ledger_reports_every_backend_beside_its_baselines() -> None:
     assert len(rounds) == 2
     for key, ratio in data["vs_baseline"].items():  # each round against its own baseline, then the median
         base = f"naive_sqlite_full/{key.split('/')[1].replace('many', '100')}"
-        assert ratio == pytest.approx(statistics.median(r[key] / r[base] for r in rounds), abs=0.02), key
+        # the rounds' rates are whole pairs/s: a ratio taken again from them is off by up to half a pair
+        # on each side (31.43 against 31.40 for a fast path over a slow disk's baseline of ~300/s)
+        off = max(r[key] / r[base] * (0.5 / r[key] + 0.5 / r[base]) for r in rounds)
+        assert ratio == pytest.approx(statistics.median(r[key] / r[base] for r in rounds), abs=0.006 + off), key
         assert rates[key] == pytest.approx(statistics.median(r[key] for r in rounds), abs=1), key
     for key in ("naive_sqlite_full/1", "naive_sqlite_full/100", "ours_sqlite_full/1", "ours_sqlite_full/100"):
         assert rates[key] > 0, key
