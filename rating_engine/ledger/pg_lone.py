@@ -45,6 +45,12 @@ CREATE = (
 )
 """Raised from the statement to undo what it wrote: a CASE calls it only when it must."""
 
+_ZONE_OF_CALL = """(SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
+        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz"""
+"""For a settle, renewal or release that wrote nothing: the zone of its call's account as found ($1 the call)."""
+_HAS_ROW = "EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = v.account_id AND x.ext = v.ext)"
+"""The extension of the reservation `v` has a row."""
+
 # $1 call, $2 account, $3 extension, $4 amount, $5 now, $6 deadline, $7 details, $8 time zone, $9 day,
 # $10 month, $11 minute, $12 the account's expected settings revision (-1: none), $13 the extension's
 _EXTENSION_TAKES = """chargeable = 1 AND ($12 < 0 OR settings_rev = $13)
@@ -103,7 +109,7 @@ SETTLE = f"""
 WITH d AS (
     DELETE FROM reservations v WHERE call_id = $1
         AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = v.account_id AND {_NO_NOTICE})
-        AND EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = v.account_id AND x.ext = v.ext)
+        AND {_HAS_ROW}
     RETURNING account_id, ext, amount
 ), e AS (
     UPDATE extensions x SET reserved = x.reserved - d.amount, live_calls = x.live_calls - 1,
@@ -126,8 +132,7 @@ WITH d AS (
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END AS ok,
     (SELECT balance FROM a) AS balance, (SELECT amount FROM a) AS held,
-    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
-        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
+    {_ZONE_OF_CALL}
 """
 """ok 1: settled (the balance after, what was held); 0: nothing written (no reservation, or one that would
 not fit), the program's; RE001: undone (a row changed under it), the program's too. tz: as RESERVE's."""
@@ -170,8 +175,7 @@ WITH r AS (
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM r) THEN {HAND_BACK}() ELSE 0 END AS ok,
     (SELECT amount FROM a) AS amount,
-    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
-        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
+    {_ZONE_OF_CALL}
 """
 """ok 1: renewed (the reservation's amount now); 0: nothing written (no reservation, or a renewal that
 would not fit), the program's; RE001: undone (a row changed under it), the program's too. tz: as RESERVE's."""
@@ -189,7 +193,7 @@ RELEASE = f"""
 WITH d AS (
     DELETE FROM reservations v WHERE call_id = $1
         AND EXISTS (SELECT 1 FROM accounts y WHERE y.id = v.account_id AND y.timezone = $4)
-        AND EXISTS (SELECT 1 FROM extensions x WHERE x.account_id = v.account_id AND x.ext = v.ext)
+        AND {_HAS_ROW}
     RETURNING account_id, ext, amount
 ), e AS (
     UPDATE extensions x SET reserved = x.reserved - d.amount, live_calls = x.live_calls - 1,
@@ -203,8 +207,7 @@ WITH d AS (
     RETURNING 1
 )
 SELECT CASE WHEN EXISTS (SELECT 1 FROM a) THEN 1 WHEN EXISTS (SELECT 1 FROM d) THEN {HAND_BACK}() ELSE 0 END AS ok,
-    (SELECT y.timezone FROM reservations v JOIN accounts y ON y.id = v.account_id
-        WHERE v.call_id = $1 AND NOT EXISTS (SELECT 1 FROM a)) AS tz
+    {_ZONE_OF_CALL}
 """
 """ok 1: released; 0: nothing written (no reservation, or an extension without a row, another time zone), the
 program's to answer; RE001 raised: undone (a row changed under it), the program's too. tz: as RESERVE's."""
