@@ -3,7 +3,7 @@
 Random rounds of concurrent operations (reservations, renewals, releases, settles, notes; refused,
 duplicated, unknown; across midnight in two time zones, under caps, call limits, a velocity limit,
 a block threshold and an automatic top-up) run on SQLite, where every operation is its program,
-and on PostgreSQL, where they go through `rating_engine_batch_v13`. The answers and every table
+and on PostgreSQL, where they go through `rating_engine_batch_v14`. The answers and every table
 the operations touch must be the same, row for row.
 """
 
@@ -734,12 +734,14 @@ def test_a_row_changed_between_the_look_and_the_lock_is_still_refused_under_the_
     asyncio.run(go())
 
 
-def test_a_batch_with_a_refused_call_writes_nothing_the_first_time_and_raises_no_error(pg_url: str) -> None:
-    """Ten calls at once on an account with money for five: the batches hold refusals. The function,
-    asked for all or nothing, writes nothing of such a batch and says so in its last row, instead of
-    the error PostgreSQL would log with its statement; the batch goes again in a transaction of ours,
-    the refusals answered by their program. Five are held, and the first calls of an extension that
-    has no row, all refused, leave none (the rows the function made for them went again)."""
+def test_a_batch_answers_its_refusals_itself_and_hands_back_only_a_first_call_s_extension(pg_url: str) -> None:
+    """Ten calls at once on an account with money for five, then renewals it cannot pay, and calls a
+    non-chargeable extension, a cap and a call limit refuse: each refusal is answered by the
+    function, with the reason its program gives, no program run and nothing held (an account that
+    has run out refuses every call of every extension, and each hand-back cost a program and
+    another call of the function). The first calls of an extension that has no row, refused by an
+    account with no money, go to their program (it makes the row and deletes it again), without an
+    error in PostgreSQL's log, and leave no row."""
 
     async def run() -> None:
         pg = PostgresLedger(pg_url, writers=1)
@@ -747,16 +749,48 @@ def test_a_batch_with_a_refused_call_writes_nothing_the_first_time_and_raises_no
             await pg.create_account("few", AccountSettings("office-fr", "EUR"), now=NOW)
             await pg.topup("few", 5 * MONEY, "few-opening", now=NOW)
             await pg.create_account("none", AccountSettings("office-fr", "EUR"), now=NOW)
-            assert (await pg.reserve("few-0", "few", "201", 1, NOW)).ok  # the row of 201, and the zone, known
-            await pg.release("few-0", NOW)
-            held = await asyncio.gather(*(pg.reserve(f"few-{i}", "few", "201", MONEY, NOW) for i in range(1, 11)))
-            assert sum(h.ok for h in held) == 5
+            await pg.set_extension("few", "210", ExtensionSettings(chargeable=False))
+            await pg.set_extension("few", "211", ExtensionSettings(daily_cap=MONEY // 2))
+            await pg.set_extension("few", "212", ExtensionSettings(max_calls=1))
+            for ext in ("201", "210", "211", "212"):  # each row, and the zone, known to this engine
+                await pg.reserve(f"few-{ext}", "few", ext, 1, NOW)
+                await pg.release(f"few-{ext}", NOW)
+            assert (await pg.reserve("few-212-up", "few", "212", 1, NOW)).ok
+            other = PostgresLedger(pg_url, writers=1)  # another engine's administrator: a row this one does not know
+            async with other:
+                await other.set_extension("few", "213", ExtensionSettings())
+            assert ("few", "213") not in pg.zones.with_rows
+            held = await asyncio.gather(
+                *(pg.reserve(f"few-{i}", "few", "201", MONEY, NOW) for i in range(1, 11)),
+                pg.reserve("few-213", "few", "213", MONEY, NOW),
+            )
+            assert sum(h.ok for h in held) == 4  # the fifth's money holds 212's call, and its 1
             assert {h.refusal for h in held if not h.ok} == {Refusal.INSUFFICIENT_FUNDS}
+            assert (await pg.extension("few", "213")) is not None  # not made by the batch: not deleted
+            held = held[:10]
+            ok = [f"few-{i}" for i, h in enumerate(held, start=1) if h.ok]
+            renewed = await asyncio.gather(*(pg.extend(c, MONEY, NOW + 30) for c in ok))
+            assert [(r.ok, r.refusal) for r in renewed] == [(False, Refusal.INSUFFICIENT_FUNDS)] * 4
+            await pg.release(ok[0], NOW + 40)  # money for a call again: now the extensions' rules refuse
+            others = await asyncio.gather(
+                pg.reserve("few-w", "few", "201", 1, NOW + 40),
+                pg.reserve("few-x", "few", "210", 1, NOW + 40),
+                pg.reserve("few-y", "few", "211", MONEY, NOW + 40),
+                pg.reserve("few-z", "few", "212", 1, NOW + 40),
+            )
+            assert [h.refusal for h in others] == [
+                None,
+                Refusal.EXTENSION_NOT_ALLOWED,
+                Refusal.CAP_REACHED,
+                Refusal.TOO_MANY_CALLS,
+            ]
+            assert (pg.slow, pg.batches_handed_back) == (0, 0)  # every refusal answered by the function
+            account = await pg.account("few")
+            assert (account.reserved, account.live_calls) == (3 * MONEY + 2, 5)
             first = await asyncio.gather(*(pg.reserve(f"none-{i}", "none", "209", MONEY, NOW) for i in range(6)))
-            assert not any(h.ok for h in first)
+            assert {h.refusal for h in first} == {Refusal.INSUFFICIENT_FUNDS}
             assert await pg.extension("none", "209") is None  # a refused first call leaves no row
-            assert pg.batches_handed_back >= 2 and (pg.lone_handed_back, pg.function_failures) == (0, 0)
-            assert (await pg.account("few")).reserved == 5 * MONEY
+            assert pg.batches_handed_back >= 1 and (pg.lone_handed_back, pg.function_failures) == (0, 0)
             assert await pg.check() == []
 
     asyncio.run(run())

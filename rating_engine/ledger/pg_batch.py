@@ -2,13 +2,16 @@
 
 A reservation and a settle take eight statements and as many round trips when run as programs,
 each in its own transaction, each queuing on the account row. Here a batch of them (reserve,
-extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v13`, which runs
+extend, release, settle, annotate) is sent as arrays to `rating_engine_batch_v14`, which runs
 them in order in the batch's transaction and commits once. The function only does the common
-case: an operation the programs would refuse, or that raises a notice or an automatic top-up,
-or whose account's time zone this engine does not know yet, is handed back untouched ("slow")
-and its program runs there, in a savepoint, before the function goes on with the rest. So the
-rules stay in `programs.py`; the function repeats only what they write when every check passes,
-and the contract suite runs both against the same tests.
+case: an operation that is a duplicate or unknown, that a velocity limit would refuse, that raises
+a notice or an automatic top-up, or whose account's time zone this engine does not know yet, is
+handed back untouched ("slow") and its program runs there, in a savepoint, before the function
+goes on with the rest. So the rules stay in `programs.py`; the function repeats only what they
+write when every check passes, and why they refuse a reservation or a renewal that a cap, a call
+or attempt limit, the extension's rules or the money would not take (they write nothing then):
+an account that has run out refuses every call of every extension, and each hand-back was a
+program and another call of the function. The contract suite runs both against the same tests.
 
 Checks before writes: the function first makes the rows of the extensions calling for the first
 time, then locks every extension row, then every account row, the batch names, each set in key
@@ -50,7 +53,7 @@ from typing import Any
 
 from .models import CallDetails, periods
 
-FUNCTION = "rating_engine_batch_v13"
+FUNCTION = "rating_engine_batch_v14"
 """Versioned by name: an engine only calls the function its own code installed."""
 
 OPERATIONS = (  # one row per operation
@@ -92,7 +95,7 @@ NOTHING_WRITTEN = 0
 """The last row's `o_i` when the function, asked for the whole batch or nothing (`p_whole`), would hand an
 operation back: it wrote nothing."""
 CALL = (
-    f"SELECT o_i, o_fast, o_a, o_b, o_c, o_tz, o_account, o_ext FROM {FUNCTION}($1, $2, "
+    f"SELECT o_i, o_fast, o_a, o_b, o_c, o_tz, o_account, o_ext, o_refusal FROM {FUNCTION}($1, $2, "
     + ", ".join(f"${n}::text::{kind}[]" for n, (_name, kind) in enumerate(COLUMNS, start=3))
     + ")"
 )
@@ -106,6 +109,8 @@ DECLARE
     v_stop_ext text;
     v_held bigint;
     v_fits boolean;
+    v_ext_fits boolean;
+    v_refused boolean := false;  -- a reservation or a renewal refused here
     v_minute bigint;
     v_spent bigint;
     v_balance bigint;
@@ -181,6 +186,7 @@ BEGIN
 
     FOR k IN p_start..coalesce(array_length(p_op, 1), 0) LOOP
         o_i := k; o_fast := true; o_a := 0; o_b := 0; o_c := 0; o_tz := NULL; o_account := NULL; o_ext := NULL;
+        o_refusal := NULL;
         v_minute := p_now[k] / 60;
         ri := p_rslot[k]; ai := p_aslot[k]; ei := p_eslot[k];
         IF p_op[k] = 'annotate' THEN
@@ -219,19 +225,61 @@ BEGIN
         IF p_op[k] IN ('reserve', 'extend') THEN
             -- no row (a reservation's was made at the start; a renewal's extension has none): the program's
             IF NOT e_found[ei] THEN v_stop := k; EXIT; END IF;
-            -- the programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), on the rows as they now stand
-            v_fits := e_chargeable[ei] = 1
+            -- the programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`), on the rows as they now stand:
+            -- the extension's, then the account's, as the programs take them
+            v_ext_fits := e_chargeable[ei] = 1
                 AND (e_daily[ei] IS NULL OR (CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END)
                     + e_reserved[ei] + p_amount[k] <= e_daily[ei])
                 AND (e_monthly[ei] IS NULL OR (CASE WHEN e_month[ei] = p_month[k] THEN e_month_spent[ei] ELSE 0 END)
                     + e_reserved[ei] + p_amount[k] <= e_monthly[ei])
                 AND (p_op[k] = 'extend' OR (
                     (e_max_calls[ei] IS NULL OR e_live[ei] < e_max_calls[ei])
-                    AND (e_max_att[ei] IS NULL OR e_att_min[ei] <> v_minute OR e_att[ei] < e_max_att[ei])))
+                    AND (e_max_att[ei] IS NULL OR e_att_min[ei] <> v_minute OR e_att[ei] < e_max_att[ei])));
+            v_fits := v_ext_fits
                 AND a_balance[ai] - a_reserved[ai] - a_floor[ai] >= p_amount[k]
                 AND (p_op[k] = 'extend' OR (
                     (a_max_calls[ai] IS NULL OR a_live[ai] < a_max_calls[ai])
                     AND (a_max_att[ai] IS NULL OR a_att_min[ai] <> v_minute OR a_att[ai] < a_max_att[ai])));
+            -- Refused, and why, as the programs say it (`_extension_refusal`, `_account_refusal`), and what they
+            -- leave behind: nothing held. Answered here rather than handed back: when an account has run out, every
+            -- call of every extension is refused, and each hand-back stopped the batch for a program and another
+            -- call of this function. Refused by the account, the programs have taken the extension first and give
+            -- back only its holds: its days move on and a new call's attempt stays counted, here as there. A
+            -- first call's extension whose row this batch made (the program would make it and delete it again)
+            -- is the program's then; the look in the rows made runs only for a refusal.
+            IF v_fits IS FALSE AND v_ext_fits IS NOT NULL
+                AND (NOT v_ext_fits OR p_op[k] = 'extend' OR p_eknown[ei] OR e_dirty[ei] OR m_account IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM unnest(m_account, m_ext) AS m(a, e)
+                        WHERE m.a = p_eacc[ei] AND m.e = p_eext[ei])) THEN
+                IF v_ext_fits THEN
+                    e_day_spent[ei] := CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END;
+                    e_day[ei] := p_day[k];
+                    e_month_spent[ei] := CASE WHEN e_month[ei] = p_month[k] THEN e_month_spent[ei] ELSE 0 END;
+                    e_month[ei] := p_month[k];
+                    IF p_op[k] = 'reserve' THEN
+                        e_att[ei] := CASE WHEN e_att_min[ei] = v_minute THEN e_att[ei] + 1 ELSE 1 END;
+                        e_att_min[ei] := v_minute;
+                    END IF;
+                    e_dirty[ei] := true; v_dirty := true;
+                END IF;
+                o_refusal := CASE
+                    WHEN NOT v_ext_fits THEN CASE
+                        WHEN e_chargeable[ei] <> 1 THEN 'extension_not_allowed'
+                        WHEN p_op[k] = 'reserve' AND e_max_calls[ei] IS NOT NULL AND e_live[ei] >= e_max_calls[ei]
+                            THEN 'too_many_calls'
+                        WHEN p_op[k] = 'reserve' AND e_max_att[ei] IS NOT NULL AND e_att_min[ei] = v_minute
+                            AND e_att[ei] >= e_max_att[ei] THEN 'rate_limited'
+                        ELSE 'cap_reached' END
+                    WHEN p_op[k] = 'reserve' AND a_max_calls[ai] IS NOT NULL AND a_live[ai] >= a_max_calls[ai]
+                        THEN 'too_many_calls'
+                    WHEN p_op[k] = 'reserve' AND a_max_att[ai] IS NOT NULL AND a_att_min[ai] = v_minute
+                        AND a_att[ai] >= a_max_att[ai] THEN 'rate_limited'
+                    WHEN a_floor[ai] > 0 AND a_balance[ai] - a_reserved[ai] >= p_amount[k] THEN 'account_blocked'
+                    ELSE 'insufficient_funds' END;
+                v_refused := true;
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
             IF v_fits AND a_velocity[ai] IS NOT NULL THEN
                 SELECT COALESCE(SUM(cost), 0) INTO v_spent FROM activity
                 WHERE account_id = p_accounts[ai] AND ended_at > p_now[k] - 3600;
@@ -322,15 +370,16 @@ BEGIN
             WHERE x.account_id = m.a AND x.ext = m.e;
         END IF;
         o_i := 0; o_fast := false; o_a := 0; o_b := 0; o_c := 0; o_tz := NULL; o_account := NULL; o_ext := NULL;
+        o_refusal := NULL;
         RETURN NEXT;
         RETURN;
     END IF;
-    -- A row made at the start for a reservation that did not happen here (handed back, or not reached after
-    -- one was) goes: the program that is handed it finds the extension as it was, and a refused first call
-    -- leaves no row. Every reservation that does not stop the loop writes its extension's row, so with no
-    -- operation handed back there is none to look for (matching the rows made to their slots at the start
-    -- cost 4% of a batch of first calls).
-    IF v_stop IS NOT NULL AND m_account IS NOT NULL THEN
+    -- A row made at the start for a reservation that did not happen here (refused, handed back, or not reached
+    -- after one was) goes: the program that is handed it finds the extension as it was, and a refused first
+    -- call leaves no row. Every reservation that is held writes its extension's row, so with none refused or
+    -- handed back there is none to look for (matching the rows made to their slots at the start cost 4% of a
+    -- batch of first calls).
+    IF (v_stop IS NOT NULL OR v_refused) AND m_account IS NOT NULL THEN
         DELETE FROM extensions x
         USING unnest(m_account, m_ext) AS m(a, e), unnest(p_eacc, p_eext, e_dirty) AS u(a, e, dirty)
         WHERE m.a = u.a AND m.e = u.e AND NOT u.dirty AND x.account_id = m.a AND x.ext = m.e;
@@ -393,7 +442,7 @@ BEGIN
     END IF;
     IF v_stop IS NOT NULL THEN  -- handed back as it came, and the function ends there
         o_i := v_stop; o_fast := false; o_a := 0; o_b := 0; o_c := 0;
-        o_tz := v_stop_tz; o_account := v_stop_account; o_ext := v_stop_ext;
+        o_tz := v_stop_tz; o_account := v_stop_account; o_ext := v_stop_ext; o_refusal := NULL;
         RETURN NEXT;
     END IF;
 END
@@ -446,7 +495,8 @@ CREATE = (
     f"CREATE OR REPLACE FUNCTION {FUNCTION}(p_start integer, p_whole boolean, "
     + ", ".join(f"p_{name} {kind}[]" for name, kind in COLUMNS)
     + ")\nRETURNS TABLE (o_i integer, o_fast boolean, o_a bigint, o_b bigint, o_c bigint, o_tz text, o_account text,"
-    + " o_ext text)\nLANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
+    + " o_ext text, o_refusal text)"
+    + "\nLANGUAGE plpgsql SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off"
     + " SET plan_cache_mode = force_generic_plan"
     + " AS $fn$"
     + _built(_BODY)

@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from ..contract import Refusal
 from . import pg_batch, pg_lone, pg_node
 from . import programs as P
 from .base import Ledger
 from .call_path import FAST_PROGRAMS, result, validate
-from .models import Account, AccountSettings, Extension, ExtensionSettings, LedgerError
+from .models import Account, AccountSettings, Extension, ExtensionSettings, LedgerError, ReserveResult
 from .pg_node import LOST, NodeHold
 from .schema import upgrade_steps
 
@@ -132,6 +133,13 @@ class _Job:
     def __init__(self, op: str, program: Callable[..., P.Program[Any]], args: tuple[Any, ...]) -> None:
         self.op, self.program, self.args = op, program, args
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+def _answered(job: _Job, row: Any) -> Any:
+    """What the batch function answered for `job`: done the common way, or refused and why."""
+    if row["o_refusal"] is not None:
+        return ReserveResult(False, Refusal(row["o_refusal"]))
+    return result(job.op, job.args, row["o_a"], row["o_b"], row["o_c"])
 
 
 class _Failed:
@@ -529,8 +537,7 @@ class PostgresLedger(Ledger):
             return None
         outcomes: list[Any] = [None] * len(jobs)
         for r in got:
-            job = jobs[r["o_i"] - 1]
-            outcomes[r["o_i"] - 1] = result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+            outcomes[r["o_i"] - 1] = _answered(jobs[r["o_i"] - 1], r)
         return outcomes
 
     async def _write_on(
@@ -545,7 +552,7 @@ class PostgresLedger(Ledger):
                 k = r["o_i"] - 1
                 job = jobs[k]
                 if r["o_fast"]:
-                    outcomes[k] = result(job.op, job.args, r["o_a"], r["o_b"], r["o_c"])
+                    outcomes[k] = _answered(job, r)
                 elif r["o_account"] is not None and k not in zoned:  # now its zone or account is known: again
                     zoned.add(k)
                     if r["o_tz"] is not None:
