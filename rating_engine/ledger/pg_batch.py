@@ -244,14 +244,13 @@ BEGIN
             -- leave behind: nothing held. Answered here rather than handed back: when an account has run out, every
             -- call of every extension is refused, and each hand-back stopped the batch for a program and another
             -- call of this function. Refused by the account, the programs have taken the extension first and give
-            -- back only its holds: its days move on and a new call's attempt stays counted, here as there. A
-            -- first call's extension whose row this batch made (the program would make it and delete it again)
-            -- is the program's then; the look in the rows made runs only for a refusal.
-            IF v_fits IS FALSE AND v_ext_fits IS NOT NULL
-                AND (NOT v_ext_fits OR p_op[k] = 'extend' OR p_eknown[ei] OR e_dirty[ei] OR m_account IS NULL
+            -- back only its holds: its days move on and a new call's attempt stays counted, here as there; but a
+            -- first call's row that this batch made (and no operation has used yet) the program would make and
+            -- delete again: it is left as made, and goes at the end (the look in the rows made runs only then).
+            IF v_fits IS FALSE AND v_ext_fits IS NOT NULL THEN
+                IF v_ext_fits AND (p_eknown[ei] OR e_dirty[ei] OR m_account IS NULL
                     OR NOT EXISTS (SELECT 1 FROM unnest(m_account, m_ext) AS m(a, e)
                         WHERE m.a = p_eacc[ei] AND m.e = p_eext[ei])) THEN
-                IF v_ext_fits THEN
                     e_day_spent[ei] := CASE WHEN e_day[ei] = p_day[k] THEN e_day_spent[ei] ELSE 0 END;
                     e_day[ei] := p_day[k];
                     e_month_spent[ei] := CASE WHEN e_month[ei] = p_month[k] THEN e_month_spent[ei] ELSE 0 END;
