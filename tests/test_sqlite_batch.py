@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from rating_engine.contract import Refusal
 from rating_engine.ledger import AccountSettings, CallDetails
 from rating_engine.ledger.sqlite import SqliteLedger
 
@@ -174,10 +175,11 @@ def test_rows_kept_between_walks_give_way_to_a_program_that_wrote(tmp_path: Path
             await ledger.update_settings("k", AccountSettings("office-fr", "EUR", max_calls=3), "admin", now=NOW)
             assert not ledger.kept.accounts  # the program wrote: nothing kept
             second = await _pairs(ledger, "second-", 10**6, NOW + 1)
-            assert [r.ok for r in second] == [True, False]
+            assert [(r.ok, r.refusal) for r in second] == [(True, None), (False, Refusal.TOO_MANY_CALLS)]
             assert (await ledger.account("k")).live_calls == 3
             assert await ledger.check() == []
-        assert ledger.counts.walked == 3 and ledger.counts.handed_back == 1  # the refusal is the program's
+        # the refusal walked too: the walk read the account's new limit, and gave the program's reason
+        assert ledger.counts.walked == 4 and ledger.counts.handed_back == 0
 
     asyncio.run(run())
 

@@ -6,11 +6,14 @@ time, so those statements in the database thread are the ledger's limit. Here a 
 path's operations (reserve, extend, release, settle, annotate) in one batch reads the rows it names
 in four statements, runs the operations on that state in Python, and writes what changed with one
 statement per table and kind of change. It is the PostgreSQL function's walk (`pg_batch`), written
-for the database thread: the same common case, the same hand-back. An operation the programs would
-refuse, or that raises a notice or an automatic top-up, or a renewal of an extension without a row,
-or a call already held or settled being reserved again, stops the walk: what was done is written,
-that operation runs as its program, and the walk starts again after it with the rows read afresh.
-So the rules stay in `programs.py`, and the equivalence test runs both on the same rounds.
+for the database thread: the same common case, the same hand-back. An operation that a velocity
+limit would refuse, or that raises a notice or an automatic top-up, or a renewal of an extension
+without a row, or a call already held or settled being reserved again, stops the walk: what was
+done is written, that operation runs as its program, and the walk starts again after it with the
+rows read afresh. A reservation or a renewal that a cap, a limit, the extension's rules or the
+money refuses is answered by the walk itself, with the programs' reason and what they leave behind
+(`_Walk._refused`). So the rules stay in `programs.py`, and the equivalence test runs both on the
+same rounds.
 
 Everything here runs inside the batch's transaction, in the database thread: no other writer can
 change a row between the read and the write.
@@ -20,10 +23,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from ..contract import Refusal
 from .call_path import result
-from .models import CallDetails, periods
+from .models import CallDetails, ReserveResult, periods
 
 Op = tuple[str, tuple[Any, ...]]
 K = TypeVar("K")
@@ -191,6 +195,17 @@ class Kept:
         self.accounts.update(out.accounts)
 
 
+def _limit_refusal(r: _Account | _Extension, minute: int, new_call: bool) -> Refusal | None:
+    """Which per-call limit refused a new call, if one did (`programs._limit_refusal`)."""
+    if not new_call:
+        return None
+    if r.max_calls is not None and r.live >= r.max_calls:
+        return Refusal.TOO_MANY_CALLS
+    if r.max_att is not None and r.att_min == minute and r.att >= r.max_att:
+        return Refusal.RATE_LIMITED
+    return None
+
+
 KEPT_MAX = 100_000
 """Rows kept beyond this: start again (a reservation that is never settled stays kept until then)."""
 
@@ -271,10 +286,11 @@ class _Walk:
             got = getattr(self, op)(*args)
             if got is None:
                 return k
-            self.results.append(result(op, args, *got))
+            self.results.append(ReserveResult(False, got) if isinstance(got, Refusal) else result(op, args, *got))
         return len(ops)
 
-    # Each operation returns the function's (a, b, c) for `call_path.result`, or None: the program's.
+    # Each operation returns the function's (a, b, c) for `call_path.result`, a reservation's or a renewal's
+    # refusal, or None: the program's.
     def annotate(self, call_id: str, deadline: int, details: str) -> tuple[int, int, int]:
         c = self.calls.get(call_id)
         if c is None or c.state not in HELD:
@@ -294,7 +310,7 @@ class _Walk:
         deadline: int = 0,
         details: str = "",
         expect: tuple[int, int] | None = None,
-    ) -> tuple[int, int, int] | None:
+    ) -> tuple[int, int, int] | Refusal | None:
         c = self.calls.get(call_id)
         a = self.accounts.get(account_id)
         if c is not None or call_id in self.done or a is None:
@@ -302,8 +318,11 @@ class _Walk:
         e = self.extensions.get((account_id, ext))
         if expect is not None and (a.rev != expect[0] or (e.rev if e is not None else 0) != expect[1]):
             return None  # decided with settings that have changed since
-        if e is None or not self._take(a, e, amount, now, new_call=True):
+        if e is None:
             return None
+        taken = self._take(a, e, amount, now, new_call=True)
+        if taken is not True:
+            return taken
         minute = now // 60
         e.live += 1
         e.att = e.att + 1 if e.att_min == minute else 1
@@ -316,13 +335,16 @@ class _Walk:
         c.deadline, c.details = deadline, details
         return amount, 0, 0
 
-    def extend(self, call_id: str, amount: int, now: int, deadline: int = 0) -> tuple[int, int, int] | None:
+    def extend(self, call_id: str, amount: int, now: int, deadline: int = 0) -> tuple[int, int, int] | Refusal | None:
         c = self.calls.get(call_id)
         if c is None or c.state not in HELD:
             return None
         a, e = self.accounts.get(c.account_id), self.extensions.get((c.account_id, c.ext))
-        if a is None or e is None or not self._take(a, e, amount, now, new_call=False):
+        if a is None or e is None:
             return None
+        taken = self._take(a, e, amount, now, new_call=False)
+        if taken is not True:
+            return taken
         c.amount += amount
         c.updated = now
         c.deadline = max(c.deadline, deadline)
@@ -342,12 +364,16 @@ class _Walk:
             return None
         return self._give_back(c, cost, now, d if isinstance(d, CallDetails) else CallDetails(), call_id)
 
-    def _take(self, a: _Account, e: _Extension, amount: int, now: int, *, new_call: bool) -> bool:
+    def _take(
+        self, a: _Account, e: _Extension, amount: int, now: int, *, new_call: bool
+    ) -> Literal[True] | Refusal | None:
         """The programs' tests (`_CAPS`, `_NEW_CALL_LIMITS`, `_ACCOUNT_TAKE…`, the velocity limit) on
-        the state as it now stands; if they pass, the amount is held against both budgets."""
+        the state as it now stands: if they pass, the amount is held against both budgets (True).
+        Refused, the reason the programs give, and what they leave behind (see `_refused`); a velocity
+        limit's refusal is the program's (None): it sums the hour and may raise the alert."""
         day, month = periods(now, a.tz)
         minute = now // 60
-        fits = (
+        extension_takes = (
             e.chargeable == 1
             and (e.daily is None or (e.day_spent if e.day == day else 0) + e.reserved + amount <= e.daily)
             and (e.monthly is None or (e.month_spent if e.month == month else 0) + e.reserved + amount <= e.monthly)
@@ -358,21 +384,21 @@ class _Walk:
                     and (e.max_att is None or e.att_min != minute or e.att < e.max_att)
                 )
             )
-            and a.balance - a.reserved - a.floor >= amount
-            and (
-                not new_call
-                or (
-                    (a.max_calls is None or a.live < a.max_calls)
-                    and (a.max_att is None or a.att_min != minute or a.att < a.max_att)
-                )
+        )
+        account_takes = a.balance - a.reserved - a.floor >= amount and (
+            not new_call
+            or (
+                (a.max_calls is None or a.live < a.max_calls)
+                and (a.max_att is None or a.att_min != minute or a.att < a.max_att)
             )
         )
-        if fits and a.velocity is not None:
+        if not (extension_takes and account_takes):
+            return self._refused(a, e, amount, day, month, minute, new_call, extension_takes)
+        if a.velocity is not None:
             (spent,) = self.cur.execute(_SPENT, (a.id, now - HOUR)).fetchone()
             spent += sum(t[10] for t in self.activity if t[1] == a.id and t[4] > now - HOUR)
-            fits = spent + a.reserved + amount <= a.velocity
-        if not fits:
-            return False
+            if spent + a.reserved + amount > a.velocity:
+                return None
         e.reserved += amount
         e.day_spent = e.day_spent if e.day == day else 0
         e.day = day
@@ -382,6 +408,37 @@ class _Walk:
         a.reserved += amount
         a.dirty = True
         return True
+
+    @staticmethod
+    def _refused(
+        a: _Account, e: _Extension, amount: int, day: str, month: str, minute: int, new_call: bool, by_account: bool
+    ) -> Refusal:
+        """Why the programs refuse (`_extension_refusal`, then `_account_refusal`), with what they leave
+        behind: nothing held; refused by the account, they have taken the extension first and give
+        back only its holds, so its days move on and a new call's attempt stays counted. A first call's
+        row made by this walk and not used yet (the program would make it and delete it again) is left
+        as made: it goes when the walk writes. Answered here, not handed back: an account that has run
+        out refuses every call of every extension, and each hand-back ended the walk for a program and
+        read the rows again."""
+        if not by_account:
+            if e.chargeable != 1:
+                return Refusal.EXTENSION_NOT_ALLOWED
+            return _limit_refusal(e, minute, new_call) or Refusal.CAP_REACHED
+        if not (e.made and not e.dirty):
+            e.day_spent = e.day_spent if e.day == day else 0
+            e.day = day
+            e.month_spent = e.month_spent if e.month == month else 0
+            e.month = month
+            if new_call:
+                e.att = e.att + 1 if e.att_min == minute else 1
+                e.att_min = minute
+            e.dirty = True
+        limit = _limit_refusal(a, minute, new_call)
+        if limit is not None:
+            return limit
+        if a.floor > 0 and a.balance - a.reserved >= amount:
+            return Refusal.ACCOUNT_BLOCKED
+        return Refusal.INSUFFICIENT_FUNDS
 
     def _give_back(
         self, c: _Call, spent: int, now: int, d: CallDetails | None, call_id: str
