@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rating.py
 	$(BIN)/python benchmarks/bench_ledger.py
+	$(BIN)/python benchmarks/bench_refusals.py
 	$(BIN)/python benchmarks/bench_authorize.py
 	$(BIN)/python benchmarks/bench_deck.py
 	$(BIN)/python benchmarks/bench_activity.py

@@ -73,6 +73,32 @@ def test_bench_ledger_reports_every_backend_beside_its_baselines() -> None:
             assert data["cpu_us_per_pair"][f"{name}/{tasks}"]["postgresql"] is not None
 
 
+def test_bench_refusals_reports_each_path_beside_its_own_backend_s_baseline() -> None:
+    """An account that has run out: the benchmark itself checks that every attempt on the dry account
+    is refused for its money and that each storm holds exactly what the money pays for, on each path."""
+    absent = postgres_or_why()
+    data = bench("bench_refusals", "--attempts", "200", "--rounds", "2", *(["--no-postgres"] if absent else []))
+    rates, rounds = data["attempts_per_s"], data["attempts_per_s_by_round"]
+    assert len(rounds) == 2
+    baseline = {"ours_sqlite": "sqlite_programs", "ours_postgres": "postgres_per_op"}
+    for key, ratio in data["vs_baseline"].items():
+        name, load = key.split("/")
+        base = f"{baseline[name]}/{load}"
+        off = max(r[key] / r[base] * (0.5 / r[key] + 0.5 / r[base]) for r in rounds)  # whole attempts/s
+        assert ratio == pytest.approx(statistics.median(r[key] / r[base] for r in rounds), abs=0.006 + off), key
+    for load in ("dry", "storm"):
+        for name in ("sqlite_programs", "ours_sqlite"):
+            assert rates[f"{name}/{load}"] > 0
+        assert f"ours_sqlite/{load}" in data["vs_baseline"]
+    if absent:
+        pytest.skip(f"the SQLite part ran; the PostgreSQL part did not: {absent}")
+    for load in ("dry", "storm"):
+        for name in ("postgres_per_op", "ours_postgres"):
+            assert rates[f"{name}/{load}"] > 0
+            assert data["cpu_us_per_attempt"][f"{name}/{load}"]["postgresql"] is not None
+        assert f"ours_postgres/{load}" in data["vs_baseline"]
+
+
 def test_bench_authorize_answers_every_request_from_the_engine_beside_the_bare_server() -> None:
     absent = postgres_or_why()
     args = ["--requests", "100", "--open-seconds", "0.3", "--rounds", "2", *(["--no-postgres"] if absent else [])]
