@@ -100,6 +100,23 @@ async def test_an_extensions_attempts_are_limited_alone(ledger: Ledger) -> None:
     assert (await ledger.reserve("x", "acme", "202", 10_000, now=NOW)).ok
 
 
+async def test_an_attempt_the_money_refuses_is_not_counted(ledger: Ledger) -> None:
+    """A phone retrying on an account that has run out is told it is the money at every attempt, not
+    that it is over its attempt limit: the extension had taken the attempt before the account refused,
+    and gave it back (as the account does for one the velocity limit refuses)."""
+    await account(ledger, balance=3 * EUR, velocity_limit=EUR + EUR // 2, max_attempts=2)
+    await ledger.set_extension("acme", "201", ExtensionSettings(max_attempts=1))
+    refusals = [(await ledger.reserve(f"c{i}", "acme", "201", 4 * EUR, now=NOW + i)).refusal for i in range(3)]
+    assert refusals == [Refusal.INSUFFICIENT_FUNDS] * 3
+    assert (await ledger.reserve("held", "acme", "202", EUR // 2, now=NOW + 3)).ok  # the account's first attempt
+    # the velocity limit (1.5 EUR an hour) refuses after both budgets took the attempt: neither counts it
+    speed = [(await ledger.reserve(f"v{i}", "acme", "203", 5 * EUR // 4, now=NOW + 4 + i)).refusal for i in range(2)]
+    assert speed == [Refusal.VELOCITY_LIMIT] * 2
+    # 201's limit of one attempt a minute, and the account's of two, are untouched
+    assert (await ledger.reserve("next", "acme", "201", EUR // 4, now=NOW + 6)).ok
+    assert (await ledger.account("acme")).live_calls == 2 and await ledger.check() == []
+
+
 # ---------------------------------------------------------------- velocity
 
 

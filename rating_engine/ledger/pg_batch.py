@@ -244,9 +244,10 @@ BEGIN
             -- leave behind: nothing held. Answered here rather than handed back: when an account has run out, every
             -- call of every extension is refused, and each hand-back stopped the batch for a program and another
             -- call of this function. Refused by the account, the programs have taken the extension first and give
-            -- back only its holds: its days move on and a new call's attempt stays counted, here as there; but a
-            -- first call's row that this batch made (and no operation has used yet) the program would make and
-            -- delete again: it is left as made, and goes at the end (the look in the rows made runs only then).
+            -- back its holds and a new call's attempt: its days and its attempt minute move on to now's, here as
+            -- there; but a first call's row that this batch made (and no operation has used yet) the program
+            -- would make and delete again: it is left as made, and goes at the end (the look in the rows made
+            -- runs only then).
             IF v_fits IS FALSE AND v_ext_fits IS NOT NULL THEN
                 IF v_ext_fits AND (p_eknown[ei] OR e_dirty[ei] OR m_account IS NULL
                     OR NOT EXISTS (SELECT 1 FROM unnest(m_account, m_ext) AS m(a, e)
@@ -255,8 +256,8 @@ BEGIN
                     e_day[ei] := p_day[k];
                     e_month_spent[ei] := CASE WHEN e_month[ei] = p_month[k] THEN e_month_spent[ei] ELSE 0 END;
                     e_month[ei] := p_month[k];
-                    IF p_op[k] = 'reserve' THEN
-                        e_att[ei] := CASE WHEN e_att_min[ei] = v_minute THEN e_att[ei] + 1 ELSE 1 END;
+                    IF p_op[k] = 'reserve' THEN  -- counted, then given back: none this minute if it was another's
+                        e_att[ei] := CASE WHEN e_att_min[ei] = v_minute THEN e_att[ei] ELSE 0 END;
                         e_att_min[ei] := v_minute;
                     END IF;
                     e_dirty[ei] := true; v_dirty := true;

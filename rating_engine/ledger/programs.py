@@ -779,8 +779,10 @@ def _take(
         )
         if int(spent["spent"]) + int(acc["reserved"]) > int(acc["velocity_limit"]):
             yield count(
-                "UPDATE accounts SET reserved = reserved - ?, live_calls = live_calls - ? WHERE id = ?",
+                "UPDATE accounts SET reserved = reserved - ?, live_calls = live_calls - ?, attempts = attempts - ?"
+                " WHERE id = ?",
                 amount,
+                calls,
                 calls,
                 account_id,
             )
@@ -801,9 +803,13 @@ def _take(
 
 
 def _untake_extension(account_id: str, ext: str, amount: int, calls: int, created: bool) -> Program[None]:
+    """Give back what `_take` took of the extension: the holds, and a new call's attempt (it was refused).
+    Its days stay moved on, and its attempt minute is now's: nothing counted in it."""
     yield count(
-        "UPDATE extensions SET reserved = reserved - ?, live_calls = live_calls - ? WHERE account_id = ? AND ext = ?",
+        "UPDATE extensions SET reserved = reserved - ?, live_calls = live_calls - ?, attempts = attempts - ?"
+        " WHERE account_id = ? AND ext = ?",
         amount,
+        calls,
         calls,
         account_id,
         ext,

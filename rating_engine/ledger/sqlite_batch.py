@@ -414,8 +414,9 @@ class _Walk:
         a: _Account, e: _Extension, amount: int, day: str, month: str, minute: int, new_call: bool, by_account: bool
     ) -> Refusal:
         """Why the programs refuse (`_extension_refusal`, then `_account_refusal`), with what they leave
-        behind: nothing held; refused by the account, they have taken the extension first and give
-        back only its holds, so its days move on and a new call's attempt stays counted. A first call's
+        behind: nothing held, no attempt counted; refused by the account, they have taken the extension
+        first and given back its holds and the attempt, so its days and its attempt minute have moved
+        on to now's. A first call's
         row made by this walk and not used yet (the program would make it and delete it again) is left
         as made: it goes when the walk writes. Answered here, not handed back: an account that has run
         out refuses every call of every extension, and each hand-back ended the walk for a program and
@@ -429,8 +430,8 @@ class _Walk:
             e.day = day
             e.month_spent = e.month_spent if e.month == month else 0
             e.month = month
-            if new_call:
-                e.att = e.att + 1 if e.att_min == minute else 1
+            if new_call:  # counted, then given back: none counted this minute if it was another's
+                e.att = e.att if e.att_min == minute else 0
                 e.att_min = minute
             e.dirty = True
         limit = _limit_refusal(a, minute, new_call)
