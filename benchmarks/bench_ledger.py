@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import cpu_seconds, report, rounds, spread
+from benchmarks.common import Cpu, cpu_seconds, over, report, rounds
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.sqlite import SqliteLedger
@@ -70,7 +69,7 @@ def skewed(rng: random.Random, accounts: int = MANY) -> str:
     return f"a{rng.randrange(BUSY) if rng.random() < 0.5 else rng.randrange(accounts)}"
 
 
-CPU: dict[str, tuple[float, float | None]] = {}
+CPU: Cpu = {}
 """Per run: this process's CPU and PostgreSQL's, µs per pair (where the time goes, beside the rate)."""
 
 
@@ -261,27 +260,14 @@ def main() -> None:
             key = f"{name}/{tasks}"
             if key not in runs[0][0]:
                 continue
-            base = f"naive_sqlite_full/{100 if tasks == 'many' else tasks}"
-            rates = [r[key] for r, _ in runs if r.get(key)]
             # each round's ratio against the baseline measured in that round
-            ratios = [r[key] / r[base] for r, _ in runs if r.get(key)]
-            client = [cpu[key][0] for _, cpu in runs if key in cpu]
-            server = [p for _, cpu in runs if key in cpu and (p := cpu[key][1]) is not None]
-            pairs_per_s[key] = round(statistics.median(rates)) if rates else None
-            cpu_us[key] = {
-                "this_process": round(statistics.median(client)) if client else None,
-                "postgresql": round(statistics.median(server)) if server else None,
-            }
-            if ratios:
-                vs_baseline[key] = round(statistics.median(ratios), 2)
+            row = over(runs, key, f"naive_sqlite_full/{100 if tasks == 'many' else tasks}")
+            row.record(key, pairs_per_s, vs_baseline, cpu_us)
             rows.append(
                 [
                     label,
                     f"100, {MANY:,} accounts (skewed)" if tasks == "many" else f"{tasks}, one account",
-                    spread(rates, "{:,.0f}") if rates else "skipped (no server)" if "postgres" in name else "-",
-                    spread(ratios, "{:.1f}x") if ratios else "-",
-                    spread(client, "{:,.0f}") if client else "-",
-                    spread(server, "{:,.0f}") if server else "-",
+                    *row.cells("skipped (no server)" if "postgres" in name else "-"),
                 ]
             )
     data = {

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import cpu_seconds, report, rounds, spread
+from benchmarks.common import Cpu, Rates, cpu_seconds, over, report, rounds
 from rating_engine.contract import Refusal
 from rating_engine.ledger import AccountSettings, ExtensionSettings, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
@@ -54,7 +53,7 @@ PATHS = (  # name, label, backend, the ledger's own way (walk / batched), its ba
 )
 LOADS = {"dry": "dry: 100 extensions retrying, no money", "storm": "storm: 50 at once, money for 20"}
 
-CPU: dict[str, tuple[float, float | None]] = {}
+CPU: Cpu = {}
 """Per run: this process's CPU and PostgreSQL's, µs per attempt."""
 
 
@@ -110,8 +109,8 @@ async def measure(ledger: Ledger, load: Callable[[Ledger, int], Awaitable[int]],
     return done / elapsed
 
 
-async def run(args: argparse.Namespace) -> dict[str, float | None]:
-    results: dict[str, float | None] = {}
+async def run(args: argparse.Namespace) -> Rates:
+    results: Rates = {}
     loads: dict[str, Callable[[Ledger, int], Awaitable[int]]] = {"dry": dry, "storm": storm}
     for load_name, load in loads.items():
         for name, _label, backend, way, _base in PATHS:
@@ -154,7 +153,7 @@ def main() -> None:
         loop_name = "uvloop"
     except ImportError:
         loop_name = "asyncio"
-    runs: list[tuple[dict[str, float | None], dict[str, tuple[float, float | None]]]] = []
+    runs: list[tuple[Rates, Cpu]] = []
     for _ in range(args.rounds):
         CPU.clear()
         runs.append((asyncio.run(run(args)), dict(CPU)))
@@ -165,27 +164,9 @@ def main() -> None:
     for load_name, load_label in LOADS.items():
         for name, label, _backend, _way, base in PATHS:
             key = f"{name}/{load_name}"
-            rates = [r for got, _ in runs if (r := got.get(key))]
-            ratios = [got[key] / got[f"{base}/{load_name}"] for got, _ in runs if base and got.get(key)]  # type: ignore[operator]
-            client = [cpu[key][0] for _, cpu in runs if key in cpu]
-            server = [p for _, cpu in runs if key in cpu and (p := cpu[key][1]) is not None]
-            per_s[key] = round(statistics.median(rates)) if rates else None
-            cpu_us[key] = {
-                "this_process": round(statistics.median(client)) if client else None,
-                "postgresql": round(statistics.median(server)) if server else None,
-            }
-            if ratios:
-                vs_baseline[key] = round(statistics.median(ratios), 2)
-            rows.append(
-                [
-                    load_label,
-                    label,
-                    spread(rates, "{:,.0f}") if rates else "skipped (no server)",
-                    spread(ratios, "{:.1f}x") if ratios else "1.0x" if rates else "-",
-                    spread(client, "{:,.0f}") if client else "-",
-                    spread(server, "{:,.0f}") if server else "-",
-                ]
-            )
+            row = over(runs, key, base and f"{base}/{load_name}")
+            row.record(key, per_s, vs_baseline, cpu_us)
+            rows.append([load_label, label, *row.cells("skipped (no server)", "1.0x" if row.rates else "-")])
     data = {
         "loop": loop_name,
         "rounds": args.rounds,

@@ -98,6 +98,50 @@ def spread(values: list[float], fmt: str) -> str:
     return text
 
 
+Rates = dict[str, float | None]
+"""One round's rate per path (None: not run)."""
+Cpu = dict[str, tuple[float, float | None]]
+"""One round's CPU per path, µs per unit of work: this process's and PostgreSQL's."""
+
+
+class Over(NamedTuple):
+    """One path's figures over the rounds, each round's ratio taken against the baseline beside it."""
+
+    rates: list[float]
+    ratios: list[float]
+    here: list[float]
+    server: list[float]
+
+    def record(self, key: str, rate: dict[str, int | None], ratio: dict[str, float], cpu: dict[str, Any]) -> None:
+        """Its medians into the JSON's tables."""
+        rate[key] = round(statistics.median(self.rates)) if self.rates else None
+        cpu[key] = {
+            "this_process": round(statistics.median(self.here)) if self.here else None,
+            "postgresql": round(statistics.median(self.server)) if self.server else None,
+        }
+        if self.ratios:
+            ratio[key] = round(statistics.median(self.ratios), 2)
+
+    def cells(self, missing: str, no_ratio: str = "-") -> list[str]:
+        """Rate, ratio, CPU here and PostgreSQL's, as the table shows them."""
+        return [
+            spread(self.rates, "{:,.0f}") if self.rates else missing,
+            spread(self.ratios, "{:.1f}x") if self.ratios else no_ratio,
+            spread(self.here, "{:,.0f}") if self.here else "-",
+            spread(self.server, "{:,.0f}") if self.server else "-",
+        ]
+
+
+def over(runs: list[tuple[Rates, Cpu]], key: str, base: str | None) -> Over:
+    """`key`'s figures over `runs`; its ratios against `base` (None: it is a baseline)."""
+    return Over(
+        [r for got, _ in runs if (r := got.get(key))],
+        [r / b for got, _ in runs if base and (r := got.get(key)) and (b := got.get(base))],
+        [cpu[key][0] for _, cpu in runs if key in cpu],
+        [p for _, cpu in runs if key in cpu and (p := cpu[key][1]) is not None],
+    )
+
+
 def machine() -> dict[str, Any]:
     import os
 
