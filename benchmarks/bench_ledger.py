@@ -37,7 +37,7 @@ import aiosqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Cpu, cpu_seconds, over, report, rounds
+from benchmarks.common import Cpu, by_round, cpu_seconds, in_rounds, over, report, rounds
 from rating_engine.ledger import AccountSettings, CallDetails, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
 from rating_engine.ledger.sqlite import SqliteLedger
@@ -233,17 +233,7 @@ def main() -> None:
         "--rounds", type=rounds, default=1, help="run everything this many times (medians and ranges are shown)"
     )
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-        loop_name = "uvloop"
-    except ImportError:
-        loop_name = "asyncio"
-    runs = []
-    for _ in range(args.rounds):
-        CPU.clear()
-        runs.append((asyncio.run(run(args)), dict(CPU)))
+    loop_name, runs = in_rounds(lambda: run(args), args.rounds, CPU)
     rows = []
     pairs_per_s: dict[str, int | None] = {}
     cpu_us: dict[str, dict[str, int | None]] = {}
@@ -276,7 +266,7 @@ def main() -> None:
         "pairs_per_s": pairs_per_s,
         "vs_baseline": vs_baseline,
         "cpu_us_per_pair": cpu_us,
-        "pairs_per_s_by_round": [{k: (round(v) if v else None) for k, v in r.items()} for r, _ in runs],
+        "pairs_per_s_by_round": by_round(runs),
     }
     header = ["backend", "tasks", "pairs/s", "vs baseline", "CPU µs/pair: here", "PostgreSQL"]
     report("bench_ledger (reserve+settle pairs/s)", header, rows, data, args.json)

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_ledger import postgres_url
-from benchmarks.common import Cpu, Rates, cpu_seconds, over, report, rounds
+from benchmarks.common import Cpu, Rates, by_round, cpu_seconds, in_rounds, over, report, rounds
 from rating_engine.contract import Refusal
 from rating_engine.ledger import AccountSettings, ExtensionSettings, Ledger
 from rating_engine.ledger.postgres import PostgresLedger
@@ -146,17 +146,7 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--rounds", type=rounds, default=1, help="run everything this many times (medians and ranges)")
     args = ap.parse_args()
-    try:
-        import uvloop
-
-        uvloop.install()
-        loop_name = "uvloop"
-    except ImportError:
-        loop_name = "asyncio"
-    runs: list[tuple[Rates, Cpu]] = []
-    for _ in range(args.rounds):
-        CPU.clear()
-        runs.append((asyncio.run(run(args)), dict(CPU)))
+    loop_name, runs = in_rounds(lambda: run(args), args.rounds, CPU)
     rows: list[list[Any]] = []
     per_s: dict[str, int | None] = {}
     vs_baseline: dict[str, float] = {}
@@ -173,7 +163,7 @@ def main() -> None:
         "attempts_per_s": per_s,
         "vs_baseline": vs_baseline,
         "cpu_us_per_attempt": cpu_us,
-        "attempts_per_s_by_round": [{k: (round(v) if v else None) for k, v in got.items()} for got, _ in runs],
+        "attempts_per_s_by_round": by_round(runs),
     }
     header = ["load", "path", "attempts/s", "vs baseline", "CPU µs/attempt: here", "PostgreSQL"]
     report("bench_refusals (an account that has run out: attempts/s)", header, rows, data, args.json)

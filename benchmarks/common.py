@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import statistics
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 
@@ -140,6 +142,28 @@ def over(runs: list[tuple[Rates, Cpu]], key: str, base: str | None) -> Over:
         [cpu[key][0] for _, cpu in runs if key in cpu],
         [p for _, cpu in runs if key in cpu and (p := cpu[key][1]) is not None],
     )
+
+
+def in_rounds(run: Callable[[], Coroutine[Any, Any, Rates]], n: int, cpu: Cpu) -> tuple[str, list[tuple[Rates, Cpu]]]:
+    """`run` `n` times, each in a fresh event loop (uvloop where it is installed), its rates beside the
+    CPU it recorded in `cpu`; and the loop's name."""
+    try:
+        import uvloop
+
+        uvloop.install()
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
+    runs = []
+    for _ in range(n):
+        cpu.clear()
+        runs.append((asyncio.run(run()), dict(cpu)))
+    return loop_name, runs
+
+
+def by_round(runs: list[tuple[Rates, Cpu]]) -> list[dict[str, int | None]]:
+    """Each round's rates, whole, for the JSON."""
+    return [{k: (round(v) if v else None) for k, v in got.items()} for got, _ in runs]
 
 
 def machine() -> dict[str, Any]:
