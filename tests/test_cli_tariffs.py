@@ -113,20 +113,23 @@ def test_rate_file_rates_good_rows_and_rejects_bad_ones_with_their_line(capsys, 
         "c5,205,112,2026-11-24T10:00:00Z,-3\n"
         "c6,206,garbage,2026-11-24T10:00:00Z,10\n"
         "c7,207,0899123456,1795535109,95,5\n"  # 95,5 s with a decimal comma, unquoted: was rated as 95 s
+        "c1,201,0899123456,2026-11-24T10:00:00+01:00,95\n"  # an export given twice: not billed twice
+        "c7,207,0899123456,1795535109,95\n"  # its rejected row's correction
     )
     out = tmp_path / "out.csv"
     code, _, err = run(capsys, "rate-file", "--plan", PLAN, str(src), "-o", str(out))
     assert code == 0
     rows = list(csv.DictReader(out.open()))
-    assert [r["call_id"] for r in rows] == ["c1", "c2", "c3", "c6"]
+    assert [r["call_id"] for r in rows] == ["c1", "c2", "c3", "c6", "c7"]
     assert (rows[0]["decision"], rows[0]["cost"], rows[0]["prefix"]) == ("charged", "1.386667", "33899")
     assert (rows[1]["decision"], rows[1]["cost"]) == ("included", "0.00")
     assert (rows[2]["charged_seconds"], rows[2]["cost"]) == ("66", "0.0132")
     assert (rows[3]["decision"], rows[3]["kind"]) == ("invalid_number", "invalid")
     rejects = list(csv.DictReader((tmp_path / "out.csv.rejects.csv").open()))
-    assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5"), ("8", "c7")]
+    assert [(r["line"], r["call_id"]) for r in rejects] == [("5", "c4"), ("6", "c5"), ("8", "c7"), ("9", "c1")]
     assert f"{src}:5: start:" in err and f"{src}:6: billsec" in err
     assert f"{src}:8: 6 columns where the header has 5: a comma outside quotes?" in err
+    assert f"{src}:9: call_id 'c1' is already on line 2: rated once" in err
 
 
 def test_rate_file_keeps_the_columns_of_a_longer_header(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

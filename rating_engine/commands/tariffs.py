@@ -67,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--json", action="store_true", help="machine-readable output")
     r.set_defaults(handler=cmd_rate)
 
-    f = sub.add_parser("rate-file", help="re-rate a CSV of calls")
+    f = sub.add_parser(
+        "rate-file",
+        help="re-rate a CSV of calls",
+        description="Re-rate a CSV of calls. A bad row, or a call id already rated on an earlier line, goes to"
+        " the rejects file with its line and the reason; nothing is written unless the whole file was read.",
+    )
     f.add_argument("input", metavar="IN.csv", help=f"columns {','.join(IN_COLUMNS)}")
     f.add_argument("-o", "--output", required=True, metavar="OUT.csv")
     f.add_argument("--plan", required=True, help="the calling plan (.toml)")
@@ -376,9 +381,14 @@ def _rate_stream(
     rej = csv.writer(frej)
     rej.writerow(("line", "error", *IN_COLUMNS))
     chunk: list[tuple[list[str], int, int]] = []
+    seen: dict[str, int] = {}  # each call id rated, and its line: a call given twice would be billed twice
     for cells in reader:
         line = reader.line_num
         row, problem = _check_row(cells, len(header))
+        if row is not None and row[0][0]:
+            first = seen.setdefault(row[0][0], line)
+            if first != line:
+                row, problem = None, f"call_id {row[0][0][:40]!r} is already on line {first}: rated once"
         if problem:
             bad += 1
             print(f"{src}:{line}: {problem}", file=sys.stderr)
