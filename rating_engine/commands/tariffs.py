@@ -385,10 +385,9 @@ def _rate_stream(
     for cells in reader:
         line = reader.line_num
         row, problem = _check_row(cells, len(header))
-        if row is not None and row[0][0]:
-            first = seen.setdefault(row[0][0], line)
-            if first != line:
-                row, problem = None, f"call_id {row[0][0][:40]!r} is already on line {first}: rated once"
+        call_id = row[0][0] if row is not None else ""
+        if call_id and (first := seen.setdefault(call_id, line)) != line:
+            row, problem = None, f"call_id {call_id[:40]!r} is already on line {first}: rated once"
         if problem:
             bad += 1
             print(f"{src}:{line}: {problem}", file=sys.stderr)
