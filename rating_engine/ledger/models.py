@@ -125,6 +125,14 @@ def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+def shortfall(balance: int, reserved: int, floor: int, amount: int) -> Refusal:
+    """Why `amount` cannot be held on an account with these figures: the money is there but below the
+    threshold (its floor), or it is not there. The programs' reason, and the walk's (`sqlite_batch`)."""
+    if floor > 0 and balance - reserved >= amount:
+        return Refusal.ACCOUNT_BLOCKED
+    return Refusal.INSUFFICIENT_FUNDS
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     id: str
@@ -149,9 +157,7 @@ class Account:
 
     def shortfall(self, amount: int) -> Refusal:
         """Why `amount` cannot be held: the money is there but below the threshold, or it is not there."""
-        if self.floor > 0 and self.balance - self.reserved >= amount:
-            return Refusal.ACCOUNT_BLOCKED
-        return Refusal.INSUFFICIENT_FUNDS
+        return shortfall(self.balance, self.reserved, self.floor, amount)
 
 
 @dataclass(frozen=True, slots=True)

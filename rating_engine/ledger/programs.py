@@ -839,12 +839,27 @@ def _account_refusal(account_id: str, amount: int, minute: int, new_call: bool) 
 
 
 def _limit_refusal(r: Row, minute: int, new_call: bool) -> Refusal | None:
-    """Which per-call limit refused a new call, if one did (the same tests as the UPDATEs')."""
+    return limit_refusal(
+        r["max_calls"], r["live_calls"], r["max_attempts"], r["attempts"], r["attempt_minute"], minute, new_call
+    )
+
+
+def limit_refusal(
+    max_calls: int | None,
+    live_calls: int,
+    max_attempts: int | None,
+    attempts: int,
+    attempt_minute: int,
+    minute: int,
+    new_call: bool,
+) -> Refusal | None:
+    """Which per-call limit of an account or an extension refused a new call, if one did (the same
+    tests as the UPDATEs'). The programs' reason, and the walk's (`sqlite_batch`)."""
     if not new_call:
         return None
-    if r["max_calls"] is not None and r["live_calls"] >= r["max_calls"]:
+    if max_calls is not None and live_calls >= max_calls:
         return Refusal.TOO_MANY_CALLS
-    if r["max_attempts"] is not None and r["attempt_minute"] == minute and r["attempts"] >= r["max_attempts"]:
+    if max_attempts is not None and attempt_minute == minute and attempts >= max_attempts:
         return Refusal.RATE_LIMITED
     return None
 

@@ -27,7 +27,8 @@ from typing import Any, Literal, TypeVar
 
 from ..contract import Refusal
 from .call_path import result
-from .models import CallDetails, ReserveResult, periods
+from .models import CallDetails, ReserveResult, periods, shortfall
+from .programs import limit_refusal
 
 Op = tuple[str, tuple[Any, ...]]
 K = TypeVar("K")
@@ -196,14 +197,7 @@ class Kept:
 
 
 def _limit_refusal(r: _Account | _Extension, minute: int, new_call: bool) -> Refusal | None:
-    """Which per-call limit refused a new call, if one did (`programs._limit_refusal`)."""
-    if not new_call:
-        return None
-    if r.max_calls is not None and r.live >= r.max_calls:
-        return Refusal.TOO_MANY_CALLS
-    if r.max_att is not None and r.att_min == minute and r.att >= r.max_att:
-        return Refusal.RATE_LIMITED
-    return None
+    return limit_refusal(r.max_calls, r.live, r.max_att, r.att, r.att_min, minute, new_call)
 
 
 KEPT_MAX = 100_000
@@ -411,17 +405,16 @@ class _Walk:
 
     @staticmethod
     def _refused(
-        a: _Account, e: _Extension, amount: int, day: str, month: str, minute: int, new_call: bool, by_account: bool
+        a: _Account, e: _Extension, amount: int, day: str, month: str, minute: int, new_call: bool, extension_took: bool
     ) -> Refusal:
         """Why the programs refuse (`_extension_refusal`, then `_account_refusal`), with what they leave
         behind: nothing held, no attempt counted; refused by the account, they have taken the extension
         first and given back its holds and the attempt, so its days and its attempt minute have moved
-        on to now's. A first call's
-        row made by this walk and not used yet (the program would make it and delete it again) is left
-        as made: it goes when the walk writes. Answered here, not handed back: an account that has run
-        out refuses every call of every extension, and each hand-back ended the walk for a program and
-        read the rows again."""
-        if not by_account:
+        on to now's. A first call's row made by this walk and not used yet (the program would make it
+        and delete it again) is left as made: it goes when the walk writes. Answered here, not handed
+        back: an account that has run out refuses every call of every extension, and each hand-back
+        ended the walk for a program and read the rows again."""
+        if not extension_took:
             if e.chargeable != 1:
                 return Refusal.EXTENSION_NOT_ALLOWED
             return _limit_refusal(e, minute, new_call) or Refusal.CAP_REACHED
@@ -434,12 +427,7 @@ class _Walk:
                 e.att = e.att if e.att_min == minute else 0
                 e.att_min = minute
             e.dirty = True
-        limit = _limit_refusal(a, minute, new_call)
-        if limit is not None:
-            return limit
-        if a.floor > 0 and a.balance - a.reserved >= amount:
-            return Refusal.ACCOUNT_BLOCKED
-        return Refusal.INSUFFICIENT_FUNDS
+        return _limit_refusal(a, minute, new_call) or shortfall(a.balance, a.reserved, a.floor, amount)
 
     def _give_back(
         self, c: _Call, spent: int, now: int, d: CallDetails | None, call_id: str
